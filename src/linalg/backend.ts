@@ -1,0 +1,166 @@
+/**
+ * The compute interface that the resize pipeline runs on. The CPU backend
+ * (`cpu/`) and the WebGPU backend (`gpu/`) implement it with the same maths:
+ *
+ * - `decompose`: ΔW = scale · B · A (B = up, out × r; A = down, r × in′) is
+ *   factorised without forming B·A. With Gram matrices G_B = BᵀB and
+ *   G_A = A·Aᵀ (r × r) and their eigendecompositions, B = Q_B·R_B and
+ *   Aᵀ = Q_A·R_A with small R factors; the SVD of the small core
+ *   M = R_B·R_Aᵀ gives σ, and U = B·T_B, V = Aᵀ·T_A for small r × k
+ *   transforms T_B, T_A. Only those transforms are kept: U and Vᵀ are built
+ *   for the kept dimensions only, when an output is written (`rebuild`).
+ * - `baseNorms`: Frobenius and spectral norms of base weights, read by the
+ *   backend straight from the checkpoint file (F16/BF16/F32).
+ * - `subspaceScales`: |uᵢᵀ·W·vᵢ| per dimension.
+ *
+ * @module
+ */
+
+import type { FloatDType } from "../safetensors/dtype.ts";
+
+/** A float tensor's raw little-endian bytes and dtype (decoded by the backend). */
+export interface FloatData {
+  /** Element type of `bytes`. */
+  readonly dtype: FloatDType;
+  /** Little-endian element bytes, row-major. */
+  readonly bytes: Uint8Array;
+}
+
+/** The two factors of one LoRA layer: ΔW = scale · up · down. */
+export interface LowRankFactors {
+  /** B, `out × rank`, row-major. */
+  readonly up: FloatData;
+  /** A, `rank × inFlat`, row-major (conv kernels flattened as in×kh×kw). */
+  readonly down: FloatData;
+  /** Rows of ΔW. */
+  readonly out: number;
+  /** Stored rank r. */
+  readonly rank: number;
+  /** Columns of ΔW (in′ = product of the down weight's trailing dims). */
+  readonly inFlat: number;
+  /** α / r (for a merge, the geometric-mean per-rank scale). */
+  readonly scale: number;
+}
+
+/** The SVD of one layer's ΔW, held as transforms of its factors. */
+export interface Decomposition {
+  /** Singular values of ΔW = scale·B·A (scale included), descending, length k ≤ min(out, in′, r). */
+  readonly sigma: Float64Array;
+  /** T_B, `rank × k` row-major: U = B · T_B (columns orthonormal). */
+  readonly upTransform: Float64Array;
+  /** T_A, `rank × k` row-major: V = Aᵀ · T_A (columns orthonormal). */
+  readonly downTransform: Float64Array;
+}
+
+/** A request to build output factors for the kept dimensions of one layer. */
+export interface RebuildRequest {
+  /** The layer's input factors. */
+  readonly factors: LowRankFactors;
+  /** Its decomposition. */
+  readonly decomposition: Decomposition;
+  /** Indices (into `sigma`) of the dimensions to keep, ascending. */
+  readonly keep: readonly number[];
+  /** Factor multiplying every singular value (recipe `rescale`). */
+  readonly rescale: number;
+}
+
+/**
+ * Output factors with the singular values split evenly (√σ on each side):
+ * `up·down·alpha/k′ = Σ_kept rescale·σᵢ·uᵢ·vᵢᵀ` with alpha = scale·k′.
+ */
+export interface RebuiltFactors {
+  /** `out × k′` row-major. */
+  readonly up: Float32Array;
+  /** `k′ × inFlat` row-major. */
+  readonly down: Float32Array;
+}
+
+/** Where a base weight (or a row block of one) lies in a checkpoint file. */
+export interface BaseWeightRef {
+  /** Checkpoint path. */
+  readonly path: string;
+  /** Element type on disk. */
+  readonly dtype: FloatDType;
+  /** Absolute byte offset of the first element. */
+  readonly offset: number;
+  /** Rows of the flattened weight (out). */
+  readonly rows: number;
+  /** Columns of the flattened weight (in′). */
+  readonly cols: number;
+}
+
+/** Which norms to compute. */
+export interface NormRequest {
+  /** Compute the exact Frobenius norm. */
+  readonly frobenius: boolean;
+  /** Compute the spectral norm (σ_max, within 1e-4 relative). */
+  readonly spectral: boolean;
+}
+
+/** Norms of one base weight (only the requested ones are set). */
+export interface BaseNorms {
+  /** ‖W‖_F. */
+  frobenius?: number;
+  /** σ_max(W). */
+  spectral?: number;
+}
+
+/** A request for per-dimension subspace scales |uᵢᵀ·W·vᵢ|. */
+export interface SubspaceRequest {
+  /** The base weight W (rows = out, cols = in′). */
+  readonly weight: BaseWeightRef;
+  /** The layer's factors. */
+  readonly factors: LowRankFactors;
+  /** The layer's decomposition. */
+  readonly decomposition: Decomposition;
+}
+
+/** Progress callback: items done so far and the total. */
+export type Progress = (done: number, total: number) => void;
+
+/** Options shared by backend calls. */
+export interface BackendCallOptions {
+  /** Called as items complete. */
+  readonly onProgress?: Progress;
+}
+
+/**
+ * A compute backend. Results must not depend on batching or worker count.
+ *
+ * @example
+ * ```ts ignore
+ * import type { Backend } from "./backend.ts";
+ * async function sigmas(backend: Backend, layers: LowRankFactors[]) {
+ *   return (await backend.decompose(layers)).map((d) => d.sigma);
+ * }
+ * ```
+ */
+export interface Backend extends AsyncDisposable {
+  /** `"cpu"` or `"webgpu"`. */
+  readonly name: string;
+  /** Human description (worker count, adapter name, …). */
+  readonly description: string;
+  /** SVD of each layer's ΔW (see the module doc). */
+  decompose(
+    layers: readonly LowRankFactors[],
+    options?: BackendCallOptions,
+  ): Promise<Decomposition[]>;
+  /** Output factors for the kept dimensions of each layer. */
+  rebuild(
+    requests: readonly RebuildRequest[],
+    options?: BackendCallOptions,
+  ): Promise<RebuiltFactors[]>;
+  /** Norms of base weights, read from the checkpoint by the backend. */
+  baseNorms(
+    weights: readonly BaseWeightRef[],
+    which: NormRequest,
+    options?: BackendCallOptions,
+  ): Promise<BaseNorms[]>;
+  /** |uᵢᵀ·W·vᵢ| for every dimension of each layer. */
+  subspaceScales(
+    requests: readonly SubspaceRequest[],
+    options?: BackendCallOptions,
+  ): Promise<Float64Array[]>;
+  /** Releases workers / GPU resources. */
+  close(): Promise<void>;
+}

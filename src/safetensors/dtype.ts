@@ -1,0 +1,195 @@
+/**
+ * safetensors dtypes: names, element sizes, layout order and float codecs.
+ *
+ * Decoders assume a little-endian host (every platform Deno ships for).
+ *
+ * @module
+ */
+
+/** Every dtype the safetensors format defines, in the format's enum order. */
+export const DTYPES = [
+  "BOOL",
+  "U8",
+  "I8",
+  "F8_E5M2",
+  "F8_E4M3",
+  "I16",
+  "U16",
+  "F16",
+  "BF16",
+  "I32",
+  "U32",
+  "F32",
+  "F64",
+  "I64",
+  "U64",
+] as const;
+
+/** A safetensors element type. */
+export type DType = typeof DTYPES[number];
+
+/** The float dtypes resize-lora reads as numbers and writes. */
+export type FloatDType = "F16" | "BF16" | "F32" | "F64";
+
+const SIZES: Record<DType, number> = {
+  BOOL: 1,
+  U8: 1,
+  I8: 1,
+  F8_E5M2: 1,
+  F8_E4M3: 1,
+  I16: 2,
+  U16: 2,
+  F16: 2,
+  BF16: 2,
+  I32: 4,
+  U32: 4,
+  F32: 4,
+  F64: 8,
+  I64: 8,
+  U64: 8,
+};
+
+/**
+ * Bytes per element of a dtype.
+ *
+ * @example
+ * ```ts
+ * import { dtypeSize } from "./dtype.ts";
+ * console.log(dtypeSize("BF16")); // 2
+ * ```
+ */
+export function dtypeSize(dtype: DType): number {
+  return SIZES[dtype];
+}
+
+/**
+ * Whether a string names a safetensors dtype.
+ *
+ * @example
+ * ```ts
+ * import { isDType } from "./dtype.ts";
+ * console.log(isDType("F16"), isDType("Q4")); // true false
+ * ```
+ */
+export function isDType(name: unknown): name is DType {
+  return typeof name === "string" && Object.hasOwn(SIZES, name);
+}
+
+/**
+ * Whether a dtype is one of the float types resize-lora can decode.
+ *
+ * @example
+ * ```ts
+ * import { isFloatDType } from "./dtype.ts";
+ * console.log(isFloatDType("BF16"), isFloatDType("I64")); // true false
+ * ```
+ */
+export function isFloatDType(dtype: DType): dtype is FloatDType {
+  return dtype === "F16" || dtype === "BF16" || dtype === "F32" ||
+    dtype === "F64";
+}
+
+/**
+ * Rank of a dtype in the format's enum order; the reference writer lays
+ * tensors out by descending rank, then by name.
+ *
+ * @example
+ * ```ts
+ * import { dtypeRank } from "./dtype.ts";
+ * console.log(dtypeRank("F32") > dtypeRank("F16")); // true
+ * ```
+ */
+export function dtypeRank(dtype: DType): number {
+  return DTYPES.indexOf(dtype);
+}
+
+/** A number array resize-lora decodes float tensors into. */
+export type FloatArray = Float32Array | Float64Array;
+
+function aligned(bytes: Uint8Array, alignment: number): Uint8Array {
+  return bytes.byteOffset % alignment === 0 ? bytes : bytes.slice();
+}
+
+/**
+ * Decodes little-endian float bytes into a new array of the requested kind.
+ *
+ * @example
+ * ```ts
+ * import { decodeFloats } from "./dtype.ts";
+ * const bytes = new Uint8Array(new Float16Array([1.5, -2]).buffer);
+ * console.log(decodeFloats(bytes, "F16", Float32Array)); // Float32Array [1.5, -2]
+ * ```
+ */
+export function decodeFloats<T extends FloatArray>(
+  bytes: Uint8Array,
+  dtype: FloatDType,
+  kind: { new (length: number): T },
+): T {
+  const size = SIZES[dtype];
+  if (bytes.byteLength % size !== 0) {
+    throw new RangeError(
+      `${bytes.byteLength} bytes is not a whole number of ${dtype} values`,
+    );
+  }
+  const n = bytes.byteLength / size;
+  const out = new kind(n);
+  const src = aligned(bytes, size);
+  switch (dtype) {
+    case "F16":
+      out.set(new Float16Array(src.buffer, src.byteOffset, n));
+      break;
+    case "BF16": {
+      const h = new Uint16Array(src.buffer, src.byteOffset, n);
+      const bits = new Uint32Array(n);
+      for (let i = 0; i < n; i++) bits[i] = h[i] << 16;
+      out.set(new Float32Array(bits.buffer));
+      break;
+    }
+    case "F32":
+      out.set(new Float32Array(src.buffer, src.byteOffset, n));
+      break;
+    case "F64":
+      out.set(new Float64Array(src.buffer, src.byteOffset, n));
+      break;
+  }
+  return out;
+}
+
+/**
+ * Encodes numbers as little-endian bytes of a float dtype, rounding to
+ * nearest, ties to even (F16 and BF16 keep NaN a NaN and overflow to ±inf).
+ *
+ * @example
+ * ```ts
+ * import { encodeFloats } from "./dtype.ts";
+ * const bytes = encodeFloats(new Float32Array([1, 2 / 3]), "F16");
+ * console.log(new Float16Array(bytes.buffer)[1]); // 0.66650390625
+ * ```
+ */
+export function encodeFloats(
+  values: ArrayLike<number>,
+  dtype: FloatDType,
+): Uint8Array {
+  switch (dtype) {
+    case "F16":
+      return new Uint8Array(Float16Array.from(values).buffer);
+    case "F32":
+      return new Uint8Array(Float32Array.from(values).buffer);
+    case "F64":
+      return new Uint8Array(Float64Array.from(values).buffer);
+    case "BF16": {
+      const f = Float32Array.from(values);
+      const bits = new Uint32Array(f.buffer);
+      const out = new Uint16Array(f.length);
+      for (let i = 0; i < f.length; i++) {
+        const b = bits[i];
+        if ((b & 0x7fffffff) > 0x7f800000) {
+          out[i] = (b >>> 16) | 0x40; // quiet NaN, sign kept
+        } else {
+          out[i] = (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
+        }
+      }
+      return new Uint8Array(out.buffer);
+    }
+  }
+}

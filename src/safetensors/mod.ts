@@ -1,0 +1,9 @@
+/**
+ * safetensors I/O: validated lazy reading, float codecs, atomic writing.
+ *
+ * @module
+ */
+export * from "./dtype.ts";
+export * from "./header.ts";
+export * from "./reader.ts";
+export * from "./writer.ts";

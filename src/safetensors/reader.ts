@@ -1,0 +1,310 @@
+/**
+ * Lazy safetensors reader: `open()` reads only the header; tensors (or row
+ * ranges of them) are read on demand by offset, so a 7 GB checkpoint opens in
+ * milliseconds and reading one tensor costs that tensor's bytes only.
+ *
+ * @module
+ */
+
+import { SafetensorsError } from "../errors.ts";
+import { decodeFloats, type DType, dtypeSize, type FloatArray, isFloatDType } from "./dtype.ts";
+import { numel, parseHeader, readHeaderLength, type TensorInfo } from "./header.ts";
+
+/** Options for reading part of a tensor. */
+export interface ReadOptions {
+  /** Row range `[start, end)` along the first dimension (default: all rows). */
+  readonly rows?: readonly [number, number];
+}
+
+/** An absolute byte range of a file. */
+export interface ByteRange {
+  /** Absolute offset in the file. */
+  readonly offset: number;
+  /** Number of bytes. */
+  readonly length: number;
+}
+
+async function readFully(
+  file: Deno.FsFile,
+  offset: number,
+  into: Uint8Array,
+): Promise<number> {
+  await file.seek(offset, Deno.SeekMode.Start);
+  let done = 0;
+  while (done < into.byteLength) {
+    const n = await file.read(into.subarray(done));
+    if (n === null) break;
+    done += n;
+  }
+  return done;
+}
+
+/**
+ * An open safetensors file.
+ *
+ * @example
+ * ```ts ignore
+ * import { SafetensorsFile } from "./reader.ts";
+ * await using f = await SafetensorsFile.open("model.safetensors");
+ * for (const t of f.tensors) console.log(t.name, t.dtype, t.shape);
+ * const w = await f.readFloat32("x.weight", { rows: [0, 16] });
+ * ```
+ */
+export class SafetensorsFile implements AsyncDisposable {
+  /** Path the file was opened from. */
+  readonly path: string;
+  /** File size in bytes. */
+  readonly size: number;
+  /** `__metadata__` (empty when absent). */
+  readonly metadata: Readonly<Record<string, string>>;
+  /** Whether the file had a `__metadata__` entry. */
+  readonly hasMetadata: boolean;
+  /** Tensors in data order. */
+  readonly tensors: readonly TensorInfo[];
+  /** Absolute offset of the data section. */
+  readonly dataStart: number;
+  /** Length of the JSON header (without the 8-byte prefix). */
+  readonly headerLength: number;
+  #file: Deno.FsFile | undefined;
+  #byName: Map<string, TensorInfo>;
+  #queue: Promise<unknown> = Promise.resolve();
+
+  private constructor(
+    path: string,
+    size: number,
+    file: Deno.FsFile,
+    header: ReturnType<typeof parseHeader>,
+  ) {
+    this.path = path;
+    this.size = size;
+    this.#file = file;
+    this.metadata = header.metadata;
+    this.hasMetadata = header.hasMetadata;
+    this.tensors = header.tensors;
+    this.dataStart = header.dataStart;
+    this.headerLength = header.headerLength;
+    this.#byName = new Map(header.tensors.map((t) => [t.name, t]));
+  }
+
+  /**
+   * Opens a file and reads and validates its header.
+   *
+   * @example
+   * ```ts ignore
+   * import { SafetensorsFile } from "./reader.ts";
+   * const f = await SafetensorsFile.open("lora.safetensors");
+   * console.log(f.metadata["ss_network_dim"]);
+   * f.close();
+   * ```
+   */
+  static async open(path: string): Promise<SafetensorsFile> {
+    let file: Deno.FsFile;
+    try {
+      file = await Deno.open(path, { read: true });
+    } catch (e) {
+      throw new SafetensorsError(`${path}: cannot open (${describeOsError(e)})`, {
+        cause: e,
+      });
+    }
+    try {
+      const stat = await file.stat();
+      if (!stat.isFile) {
+        throw new SafetensorsError(`${path}: not a regular file`);
+      }
+      const size = stat.size;
+      const prefix = new Uint8Array(8);
+      const got = await readFully(file, 0, prefix);
+      const source = { file: path, fileSize: size };
+      const n = readHeaderLength(prefix.subarray(0, got), source);
+      const json = new Uint8Array(n);
+      if (await readFully(file, 8, json) !== n) {
+        throw new SafetensorsError(`${path}: header is truncated`);
+      }
+      return new SafetensorsFile(path, size, file, parseHeader(json, source));
+    } catch (e) {
+      file.close();
+      throw e;
+    }
+  }
+
+  /** Names of all tensors, in data order. */
+  get names(): string[] {
+    return this.tensors.map((t) => t.name);
+  }
+
+  /** Whether the file has a tensor of this name. */
+  has(name: string): boolean {
+    return this.#byName.has(name);
+  }
+
+  /** The entry of a tensor, or `undefined`. */
+  get(name: string): TensorInfo | undefined {
+    return this.#byName.get(name);
+  }
+
+  /** The entry of a tensor; throws a {@link SafetensorsError} naming file and tensor. */
+  info(name: string): TensorInfo {
+    const t = this.#byName.get(name);
+    if (!t) throw new SafetensorsError(`${this.path}: no tensor '${name}'`);
+    return t;
+  }
+
+  /**
+   * The absolute byte range of a tensor, or of a row range of it.
+   *
+   * @example
+   * ```ts ignore
+   * const { offset, length } = f.byteRange("w", { rows: [10, 20] });
+   * ```
+   */
+  byteRange(name: string, options: ReadOptions = {}): ByteRange {
+    const t = this.info(name);
+    const [begin, end] = t.dataOffsets;
+    if (!options.rows) return { offset: this.dataStart + begin, length: end - begin };
+    const [r0, r1] = options.rows;
+    const rows = t.shape[0];
+    if (
+      t.shape.length === 0 || !Number.isInteger(r0) || !Number.isInteger(r1) ||
+      r0 < 0 || r1 < r0 || r1 > rows
+    ) {
+      throw new SafetensorsError(
+        `${this.path}: tensor '${name}' of shape ${
+          JSON.stringify(t.shape)
+        } has no rows [${r0}, ${r1})`,
+      );
+    }
+    const rowBytes = numel(t.shape.slice(1)) * dtypeSize(t.dtype);
+    return {
+      offset: this.dataStart + begin + r0 * rowBytes,
+      length: (r1 - r0) * rowBytes,
+    };
+  }
+
+  /** Reads a tensor's raw little-endian bytes (or a row range of them). */
+  readBytes(name: string, options: ReadOptions = {}): Promise<Uint8Array> {
+    const { offset, length } = this.byteRange(name, options);
+    return this.readRange(offset, length, name);
+  }
+
+  /** Reads an absolute byte range; `what` names the tensor in errors. */
+  readRange(offset: number, length: number, what = "data"): Promise<Uint8Array> {
+    const run = async () => {
+      const file = this.#file;
+      if (!file) throw new SafetensorsError(`${this.path}: file is closed`);
+      const out = new Uint8Array(length);
+      const got = await readFully(file, offset, out);
+      if (got !== length) {
+        throw new SafetensorsError(
+          `${this.path}: tensor '${what}' is truncated (read ${got} of ${length} bytes; file changed?)`,
+        );
+      }
+      return out;
+    };
+    // One file handle, one cursor: reads are serialised.
+    const p = this.#queue.then(run, run);
+    this.#queue = p.catch(() => {});
+    return p;
+  }
+
+  /** Reads a float tensor (F16/BF16/F32/F64) as a Float32Array. */
+  async readFloat32(name: string, options: ReadOptions = {}): Promise<Float32Array> {
+    return decodeFloats(await this.readBytes(name, options), this.#floatDType(name), Float32Array);
+  }
+
+  /** Reads a float tensor (F16/BF16/F32/F64) as a Float64Array. */
+  async readFloat64(name: string, options: ReadOptions = {}): Promise<Float64Array> {
+    return decodeFloats(await this.readBytes(name, options), this.#floatDType(name), Float64Array);
+  }
+
+  /**
+   * Reads a scalar-like tensor (any float or integer dtype, one element) as a number.
+   *
+   * @example
+   * ```ts ignore
+   * const alpha = await f.readScalar("lora_unet_x.alpha");
+   * ```
+   */
+  async readScalar(name: string): Promise<number> {
+    const t = this.info(name);
+    if (numel(t.shape) !== 1) {
+      throw new SafetensorsError(
+        `${this.path}: tensor '${name}' has shape ${JSON.stringify(t.shape)}, expected one element`,
+      );
+    }
+    const b = await this.readBytes(name);
+    const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+    return scalarFrom(v, t.dtype, `${this.path}: tensor '${name}'`);
+  }
+
+  #floatDType(name: string) {
+    const t = this.info(name);
+    if (!isFloatDType(t.dtype)) {
+      throw new SafetensorsError(
+        `${this.path}: tensor '${name}' has dtype ${t.dtype}, expected a float type`,
+      );
+    }
+    return t.dtype;
+  }
+
+  /** Closes the file handle (idempotent). */
+  close(): void {
+    this.#file?.close();
+    this.#file = undefined;
+  }
+
+  /** Closes the file when used with `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+    return Promise.resolve();
+  }
+}
+
+function scalarFrom(v: DataView, dtype: DType, where: string): number {
+  switch (dtype) {
+    case "F16":
+      return v.getFloat16(0, true);
+    case "BF16":
+      return new Float32Array(new Uint32Array([v.getUint16(0, true) << 16]).buffer)[0];
+    case "F32":
+      return v.getFloat32(0, true);
+    case "F64":
+      return v.getFloat64(0, true);
+    case "BOOL":
+    case "U8":
+      return v.getUint8(0);
+    case "I8":
+      return v.getInt8(0);
+    case "I16":
+      return v.getInt16(0, true);
+    case "U16":
+      return v.getUint16(0, true);
+    case "I32":
+      return v.getInt32(0, true);
+    case "U32":
+      return v.getUint32(0, true);
+    case "I64":
+      return Number(v.getBigInt64(0, true));
+    case "U64":
+      return Number(v.getBigUint64(0, true));
+    default:
+      throw new SafetensorsError(`${where}: cannot read a ${dtype} value as a number`);
+  }
+}
+
+/**
+ * A short description of an OS error for one-line messages.
+ *
+ * @example
+ * ```ts
+ * import { describeOsError } from "./reader.ts";
+ * console.log(describeOsError(new Deno.errors.NotFound("x"))); // "no such file"
+ * ```
+ */
+export function describeOsError(e: unknown): string {
+  if (e instanceof Deno.errors.NotFound) return "no such file";
+  if (e instanceof Deno.errors.PermissionDenied) return "permission denied";
+  if (e instanceof Deno.errors.IsADirectory) return "is a directory";
+  return e instanceof Error ? e.message : String(e);
+}
+
+export type { FloatArray };

@@ -1,0 +1,164 @@
+/**
+ * Atomic, streaming safetensors writer with the reference byte layout
+ * (reference-behaviour §7.3): tensors are written to a temporary file in the
+ * target folder, which is renamed over the target only when complete.
+ *
+ * @module
+ */
+
+import { basename, dirname, join } from "node:path";
+import { OutputError, SafetensorsError } from "../errors.ts";
+import { dtypeSize } from "./dtype.ts";
+import { encodeHeader, layoutTensors, numel, type TensorInfo, type TensorSpec } from "./header.ts";
+import { describeOsError } from "./reader.ts";
+
+/** Bytes of a tensor, given directly or produced on demand (for streaming). */
+export type TensorBytes =
+  | Uint8Array
+  | (() => Uint8Array | Promise<Uint8Array>);
+
+/** A tensor to write: its spec and its little-endian bytes. */
+export interface TensorSource extends TensorSpec {
+  /** The bytes (`numel × dtype size` of them), or a function producing them. */
+  readonly data: TensorBytes;
+}
+
+/** Options of {@link writeSafetensors} and {@link serializeSafetensors}. */
+export interface WriteOptions {
+  /** `__metadata__` to write; omitted from the header when undefined. */
+  readonly metadata?: Readonly<Record<string, string>>;
+  /** Called after each tensor with bytes written so far and the total. */
+  readonly onProgress?: (written: number, total: number) => void;
+}
+
+/** What a write produced. */
+export interface WriteResult {
+  /** Final path. */
+  readonly path: string;
+  /** File size in bytes. */
+  readonly bytes: number;
+  /** Layout of the tensors in the file. */
+  readonly layout: readonly TensorInfo[];
+}
+
+async function bytesOf(t: TensorSource): Promise<Uint8Array> {
+  const data = typeof t.data === "function" ? await t.data() : t.data;
+  const expected = numel(t.shape) * dtypeSize(t.dtype);
+  if (data.byteLength !== expected) {
+    throw new SafetensorsError(
+      `tensor '${t.name}': ${data.byteLength} bytes given, shape ${
+        JSON.stringify(t.shape)
+      } of ${t.dtype} needs ${expected}`,
+    );
+  }
+  return data;
+}
+
+async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < bytes.byteLength) done += await file.write(bytes.subarray(done));
+}
+
+/**
+ * Writes a safetensors file atomically (temporary file + rename).
+ * Tensor data functions are called one at a time in layout order, so a
+ * multi-GB file can be produced with memory for one tensor.
+ *
+ * @example
+ * ```ts ignore
+ * import { writeSafetensors } from "./writer.ts";
+ * import { encodeFloats } from "./dtype.ts";
+ * await writeSafetensors("out.safetensors", [
+ *   { name: "x", dtype: "F16", shape: [2], data: encodeFloats([1, 2], "F16") },
+ * ], { metadata: { note: "hello" } });
+ * ```
+ */
+export async function writeSafetensors(
+  path: string,
+  tensors: readonly TensorSource[],
+  options: WriteOptions = {},
+): Promise<WriteResult> {
+  const layout = layoutTensors(tensors);
+  const header = encodeHeader(layout, options.metadata);
+  const byName = new Map(tensors.map((t) => [t.name, t]));
+  const total = header.byteLength +
+    (layout.length ? layout[layout.length - 1].dataOffsets[1] : 0);
+  const tmp = join(
+    dirname(path),
+    `.${basename(path)}.${Deno.pid}.${crypto.randomUUID().slice(0, 8)}.tmp`,
+  );
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(tmp, { write: true, createNew: true });
+  } catch (e) {
+    throw new OutputError(`${path}: cannot write (${describeOsError(e)})`, { cause: e });
+  }
+  try {
+    await writeAll(file, header);
+    let written = header.byteLength;
+    for (const t of layout) {
+      const bytes = await bytesOf(byName.get(t.name)!);
+      await writeAll(file, bytes);
+      written += bytes.byteLength;
+      options.onProgress?.(written, total);
+    }
+    file.close();
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    try {
+      file.close();
+    } catch { /* already closed */ }
+    await Deno.remove(tmp).catch(() => {});
+    if (e instanceof SafetensorsError || e instanceof OutputError) throw e;
+    throw new OutputError(`${path}: cannot write (${describeOsError(e)})`, { cause: e });
+  }
+  return { path, bytes: total, layout };
+}
+
+/**
+ * Serialises tensors to one in-memory buffer with the same layout as
+ * {@link writeSafetensors} (used for the sd-webui hashes).
+ *
+ * @example
+ * ```ts
+ * import { serializeSafetensors } from "./writer.ts";
+ * const buf = await serializeSafetensors([
+ *   { name: "x", dtype: "U8", shape: [3], data: new Uint8Array([1, 2, 3]) },
+ * ]);
+ * console.log(buf.length % 8); // 3 (8-byte prefix + padded header + 3 data bytes)
+ * ```
+ */
+export async function serializeSafetensors(
+  tensors: readonly TensorSource[],
+  options: WriteOptions = {},
+): Promise<Uint8Array> {
+  const layout = layoutTensors(tensors);
+  const header = encodeHeader(layout, options.metadata);
+  const dataBytes = layout.length ? layout[layout.length - 1].dataOffsets[1] : 0;
+  const out = new Uint8Array(header.byteLength + dataBytes);
+  out.set(header);
+  const byName = new Map(tensors.map((t) => [t.name, t]));
+  for (const t of layout) {
+    out.set(await bytesOf(byName.get(t.name)!), header.byteLength + t.dataOffsets[0]);
+  }
+  return out;
+}
+
+/**
+ * Size in bytes of the file {@link writeSafetensors} would write, without
+ * touching any data.
+ *
+ * @example
+ * ```ts
+ * import { safetensorsFileSize } from "./writer.ts";
+ * console.log(safetensorsFileSize([{ name: "x", dtype: "F32", shape: [4] }], {}));
+ * ```
+ */
+export function safetensorsFileSize(
+  specs: readonly TensorSpec[],
+  metadata?: Readonly<Record<string, string>>,
+): number {
+  const layout = layoutTensors(specs);
+  const data = layout.length ? layout[layout.length - 1].dataOffsets[1] : 0;
+  return encodeHeader(layout, metadata).byteLength + data;
+}
