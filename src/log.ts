@@ -1,0 +1,40 @@
+/**
+ * Logging without printing: library code reports through a {@link LogFn}
+ * that the caller supplies (the CLI prints `LEVEL:root:message` lines on
+ * stderr, like the original tool's Python logging).
+ *
+ * @module
+ */
+
+/** Log levels, as Python's logging names them. */
+export type LogLevel = "DEBUG" | "INFO" | "WARNING" | "ERROR";
+
+/** Receives one log record. */
+export type LogFn = (level: LogLevel, message: string) => void;
+
+/**
+ * A LogFn that discards everything (the library default).
+ *
+ * @example
+ * ```ts
+ * import { silent } from "./log.ts";
+ * silent("INFO", "nobody hears this");
+ * ```
+ */
+export const silent: LogFn = () => {};
+
+/**
+ * A LogFn that collects records into an array (for tests).
+ *
+ * @example
+ * ```ts
+ * import { collectLogs } from "./log.ts";
+ * const { log, records } = collectLogs();
+ * log("WARNING", "careful");
+ * console.log(records); // [["WARNING", "careful"]]
+ * ```
+ */
+export function collectLogs(): { log: LogFn; records: [LogLevel, string][] } {
+  const records: [LogLevel, string][] = [];
+  return { log: (level, message) => records.push([level, message]), records };
+}
