@@ -178,16 +178,26 @@ export function encodeFloats(
     case "F64":
       return new Uint8Array(Float64Array.from(values).buffer);
     case "BF16": {
-      const f = Float32Array.from(values);
+      const n = values.length;
+      const f = new Float32Array(1);
       const bits = new Uint32Array(f.buffer);
-      const out = new Uint16Array(f.length);
-      for (let i = 0; i < f.length; i++) {
-        const b = bits[i];
-        if ((b & 0x7fffffff) > 0x7f800000) {
+      const out = new Uint16Array(n);
+      for (let i = 0; i < n; i++) {
+        const v = values[i];
+        f[0] = v;
+        let b = bits[0];
+        if (v !== v) {
           out[i] = (b >>> 16) | 0x40; // quiet NaN, sign kept
-        } else {
-          out[i] = (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
+          continue;
         }
+        // A double is first rounded to odd at float32 precision (exact when it
+        // already is a float32), so the float32 → BF16 round-to-nearest-even
+        // below cannot round twice.
+        if (f[0] !== v) {
+          if (Math.abs(f[0]) > Math.abs(v)) b -= 1;
+          b |= 1;
+        }
+        out[i] = (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
       }
       return new Uint8Array(out.buffer);
     }

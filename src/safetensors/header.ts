@@ -123,7 +123,7 @@ export function parseHeader(
 ): SafetensorsHeader {
   const { file } = source;
   const fail = (msg: string): never => {
-    throw new SafetensorsError(`${file}: ${msg}`);
+    throw new SafetensorsError(oneLine(`${file}: ${msg}`));
   };
   let text: string;
   try {
@@ -195,14 +195,14 @@ function checkMetadata(
   if (entry === null || typeof entry !== "object" || Array.isArray(entry)) {
     fail("'__metadata__' is not an object of strings");
   }
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(entry as Record<string, unknown>)) {
+  const entries = Object.entries(entry as Record<string, unknown>);
+  for (const [k, v] of entries) {
     if (typeof v !== "string") {
       fail(`'__metadata__' key '${k}' is not a string (got ${typeName(v)})`);
     }
-    out[k] = v as string;
   }
-  return out;
+  // fromEntries defines own properties, so a "__proto__" key is kept as data.
+  return Object.fromEntries(entries) as Record<string, string>;
 }
 
 function checkEntry(
@@ -263,6 +263,21 @@ function checkEntry(
     dataOffsets: [begin, end],
   };
 }
+
+/**
+ * Escapes line breaks and other control characters, so that a message stays
+ * one line even when it quotes a tensor name or a JSON parser's excerpt.
+ */
+function oneLine(text: string): string {
+  return text.replace(
+    CONTROL_CHARS,
+    (c) => NAMED_ESCAPES[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
+}
+
+// deno-lint-ignore no-control-regex
+const CONTROL_CHARS = /[\u0000-\u001f\u007f\u2028\u2029]/g;
+const NAMED_ESCAPES: Record<string, string> = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
 
 function typeName(v: unknown): string {
   if (v === null) return "null";

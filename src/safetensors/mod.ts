@@ -7,3 +7,4 @@ export * from "./dtype.ts";
 export * from "./header.ts";
 export * from "./reader.ts";
 export * from "./writer.ts";
+export * from "./hashes.ts";

@@ -1,0 +1,256 @@
+#!/usr/bin/env -S deno run -A
+/**
+ * The `resize-lora` command line (decisions D1, D10).
+ *
+ * ```
+ * resize-lora CHECKPOINT LORA... [-o DIR] [-t 16|32|bf16] [-d auto|cpu|gpu] [-r RECIPES] [-v|-vv]
+ * resize-lora inspect LORA [CHECKPOINT] [-r RECIPE] [--json]
+ * resize-lora demo [-o DIR]
+ * ```
+ *
+ * This is the only module that prints or exits.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { ResizeLoraError, UsageError } from "./src/errors.ts";
+import { expandGlob } from "./src/glob.ts";
+import type { LogLevel } from "./src/log.ts";
+import { DEFAULT_RECIPES, plan, resize, type OutputSummary } from "./src/resize.ts";
+import type { OutputDType } from "./src/output.ts";
+import type { SizeAccounting } from "./src/recipe/select.ts";
+import type { Device } from "./src/linalg/select_backend.ts";
+import { VERSION } from "./src/version.ts";
+
+
+const HELP = `resize-lora ${VERSION}
+Resizes multiple LoRAs with specified parameters.
+
+usage: resize-lora CHECKPOINT LORA [LORA ...] [options]
+       resize-lora inspect LORA [CHECKPOINT] [-r RECIPE] [--json]
+       resize-lora demo [-o DIR]
+
+positional arguments:
+  CHECKPOINT            base model: a single-file SDXL .safetensors checkpoint
+  LORA                  LoRA .safetensors files (globs are expanded), or weighted merges
+                        "a.safetensors:0.7,b.safetensors:0.3"
+
+options:
+  -h, --help            show this help message and exit
+  --version             show the version and exit
+  -o, --output_folder DIR
+                        folder for the outputs (default: each LoRA's folder; created when missing)
+  -t, --output_dtype {16,32,bf16}
+                        output element type (default: 16)
+  -d, --device {auto,cpu,gpu}
+                        compute device; auto uses WebGPU only on a real, non-fallback adapter
+                        (default: auto)
+  -r, --score_recipes RECIPES
+                        recipes separated by ':' (default: ${DEFAULT_RECIPES})
+  -v, --verbose         -v: INFO, -vv: DEBUG (default: warnings only)
+  --size_accounting {file,original}
+                        size= counts the whole output file (file) or only up/down weights as the
+                        original tool did (default: file)
+  --drop_unmapped       drop tensors that are not part of a resized layer (default: copy them)
+  --norms_cache PATH    norms cache folder, or a .json file (default: $XDG_CACHE_HOME/resize-lora)
+  --no_norms_cache      do not read or write the norms cache
+  --dry_run             print what each recipe would write (sizes, ranks, errors); write nothing
+
+Every long option also has a kebab-case twin (--output-folder, ...).
+Recipe keys: spn_ckpt, spn_lora, fro_ckpt, fro_lora, subspace, params (score weights),
+thr=LOG10_THRESHOLD or size=MIB (selection), rescale=FACTOR.`;
+
+const OPTIONS = {
+  help: { type: "boolean", short: "h" },
+  version: { type: "boolean" },
+  output_folder: { type: "string", short: "o" },
+  "output-folder": { type: "string" },
+  output_dtype: { type: "string", short: "t" },
+  "output-dtype": { type: "string" },
+  device: { type: "string", short: "d" },
+  score_recipes: { type: "string", short: "r" },
+  "score-recipes": { type: "string" },
+  verbose: { type: "boolean", short: "v", multiple: true },
+  size_accounting: { type: "string" },
+  "size-accounting": { type: "string" },
+  drop_unmapped: { type: "boolean" },
+  "drop-unmapped": { type: "boolean" },
+  norms_cache: { type: "string" },
+  "norms-cache": { type: "string" },
+  no_norms_cache: { type: "boolean" },
+  "no-norms-cache": { type: "boolean" },
+  dry_run: { type: "boolean" },
+  "dry-run": { type: "boolean" },
+  json: { type: "boolean" },
+} as const;
+
+type Values = Record<string, string | boolean | boolean[] | undefined>;
+
+function pick<T extends string | boolean>(values: Values, name: string): T | undefined {
+  const v = values[name] ?? values[name.replaceAll("_", "-")];
+  return v as T | undefined;
+}
+
+function choice<T extends string>(
+  value: string | undefined,
+  option: string,
+  choices: Record<string, T>,
+): T | undefined {
+  if (value === undefined) return undefined;
+  if (!Object.hasOwn(choices, value)) {
+    throw new UsageError(
+      `argument ${option}: invalid choice: '${value}' (choose from ${
+        Object.keys(choices).map((c) => `'${c}'`).join(", ")
+      })`,
+    );
+  }
+  return choices[value];
+}
+
+const LEVELS: LogLevel[] = ["WARNING", "INFO", "DEBUG"];
+const RANK: Record<LogLevel, number> = { DEBUG: 10, INFO: 20, WARNING: 30, ERROR: 40 };
+
+/** Prints log lines and a progress bar on stderr. */
+class Console {
+  #bar = "";
+  constructor(readonly level: LogLevel, readonly tty: boolean) {}
+  log = (level: LogLevel, message: string): void => {
+    if (RANK[level] < RANK[this.level]) return;
+    this.#clear();
+    console.error(`${level}:root:${message}`);
+  };
+  progress = (label: string, done: number, total: number): void => {
+    if (!this.tty) return;
+    const width = 30;
+    const filled = total > 0 ? Math.round((width * done) / total) : width;
+    const bar = `${label}: ${Math.round((100 * done) / Math.max(total, 1))}%|${
+      "█".repeat(filled)
+    }${" ".repeat(width - filled)}| ${done}/${total}`;
+    if (bar === this.#bar) return;
+    this.#bar = bar;
+    Deno.stderr.writeSync(new TextEncoder().encode(`\r\x1b[2K${bar}`));
+    if (done >= total) this.#clear();
+  };
+  #clear() {
+    if (!this.#bar) return;
+    Deno.stderr.writeSync(new TextEncoder().encode("\r\x1b[2K"));
+    this.#bar = "";
+  }
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / 2 ** 20).toFixed(2)} MiB`;
+}
+
+function summaryLine(o: OutputSummary): string {
+  const verb = o.written ? "wrote" : "would write";
+  return `${verb} ${o.path}: ${mib(o.bytes)} (${o.bytes} bytes), rank ${o.rankBefore} → ${o.rankAfter}, ` +
+    `relative error ${(100 * o.relativeError).toFixed(2)}% (threshold ${o.threshold})`;
+}
+
+/**
+ * Runs the command line and returns the exit status (0 ok, 1 runtime or input
+ * error, 2 usage error). Prints only to stdout/stderr; never exits itself.
+ *
+ * @example
+ * ```ts ignore
+ * import { main } from "./cli.ts";
+ * Deno.exit(await main(["base.safetensors", "lora.safetensors", "-v"]));
+ * ```
+ */
+export async function main(args: readonly string[]): Promise<number> {
+  let verbosity = 0;
+  try {
+    let parsed;
+    try {
+      parsed = parseArgs({ args: [...args], options: OPTIONS, allowPositionals: true, strict: true });
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+    const values = parsed.values as Values;
+    verbosity = (values.verbose as boolean[] | undefined)?.length ?? 0;
+    if (values.help) {
+      console.log(HELP);
+      return 0;
+    }
+    if (values.version) {
+      console.log(`resize-lora ${VERSION}`);
+      return 0;
+    }
+    const level = LEVELS[Math.min(verbosity, 2)];
+    const out = new Console(level, Deno.stderr.isTerminal());
+    const positionals = parsed.positionals;
+    if (positionals[0] === "demo") {
+      // The demo runs as with -v, but folds the hundreds of per-base-weight
+      // "No LoRA layer found" lines into one count.
+      const demoLevel = verbosity === 0 ? "INFO" : level;
+      const shown = new Console(demoLevel, out.tty);
+      let hidden = 0;
+      const { runDemo } = await import("./src/demo.ts");
+      const result = await runDemo({
+        folder: pick<string>(values, "output_folder"),
+        log: (lvl, msg) =>
+          verbosity < 2 && msg.startsWith("No LoRA layer found") ? hidden++ : shown.log(lvl, msg),
+        logLevel: demoLevel,
+        onProgress: out.progress,
+      });
+      if (hidden) console.error(`(${hidden} INFO lines "No LoRA layer found in file for base layer …" hidden; -vv shows them)`);
+      console.log(result.description);
+      for (const o of result.outputs) console.log(summaryLine(o));
+      return 0;
+    }
+    if (positionals.length < 2) {
+      throw new UsageError(
+        "the following arguments are required: CHECKPOINT, LORA (see --help)",
+      );
+    }
+    const [checkpoint, ...loraArgs] = positionals;
+    const loras = (await Promise.all(loraArgs.map(expandGlob))).flat();
+    const noCache = pick<boolean>(values, "no_norms_cache");
+    const options = {
+      checkpoint,
+      loras,
+      recipes: pick<string>(values, "score_recipes"),
+      outputFolder: pick<string>(values, "output_folder"),
+      outputDtype: choice<OutputDType>(pick(values, "output_dtype"), "-t/--output_dtype", {
+        "16": "F16",
+        "32": "F32",
+        "bf16": "BF16",
+      }),
+      device: choice<Device>(pick(values, "device"), "-d/--device", {
+        auto: "auto",
+        cpu: "cpu",
+        gpu: "gpu",
+      }),
+      sizeAccounting: choice<SizeAccounting>(
+        pick(values, "size_accounting"),
+        "--size_accounting",
+        { file: "file", original: "original" },
+      ),
+      dropUnmapped: pick<boolean>(values, "drop_unmapped") ?? false,
+      normsCache: noCache ? false as const : pick<string>(values, "norms_cache"),
+      log: out.log,
+      logLevel: level,
+      onProgress: out.progress,
+    };
+    const dryRun = pick<boolean>(values, "dry_run") ?? false;
+    const result = dryRun ? await plan(options) : await resize(options);
+    for (const o of result.outputs) console.log(summaryLine(o));
+    return 0;
+  } catch (e) {
+    if (e instanceof ResizeLoraError) {
+      console.error(`error: ${e.message}`);
+      if (verbosity >= 2 && e.stack) console.error(e.stack);
+      return e.exitCode;
+    }
+    const err = e as Error;
+    console.error(`error: ${err?.message ?? String(e)}`);
+    if (verbosity >= 2 && err?.stack) console.error(err.stack);
+    return 1;
+  }
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

@@ -1,0 +1,11 @@
+// Entry point of the WASM kernels (AssemblyScript, SIMD). Pointers are byte offsets into the
+// exported memory, which the TypeScript side (../kernels.ts) lays out and grows.
+
+export { decodeF32, decodeF64, decodeRowsF32, decodeRowsF64, decodeTransposedF64 } from "./decode";
+export { gramRows, matmulF64, toF32 } from "./products";
+export { gramMatvec, rowsTimesTransposed, sumSquares } from "./norms";
+
+/** First free byte after the module's static data. */
+export function heapBase(): usize {
+  return __heap_base;
+}

@@ -1,0 +1,102 @@
+// Dense f64 products for the decomposition (Gram matrices) and the rebuild (B·T, Tᵀ·A).
+
+/** Horizontal sum of an f64x2. */
+function sum2(v: v128): f64 {
+  return f64x2.extract_lane(v, 0) + f64x2.extract_lane(v, 1);
+}
+
+/**
+ * G = X·Xᵀ for X with r rows of `stride` f64 (stride even, padding zero): G is r × r f64,
+ * symmetric. Blocked over columns so that the r row slices stay in cache, 2 × 2 rows at a
+ * time; a fixed summation order makes the result independent of everything but the input.
+ */
+export function gramRows(x: usize, r: i32, stride: i32, g: usize): void {
+  const n = <usize>r;
+  memory.fill(g, 0, (n * n) << 3);
+  // ~64 KiB of rows per column block.
+  let block = (<usize>8192 / n) & ~(<usize>1);
+  if (block < 32) block = 32;
+  const width = <usize>stride;
+  for (let c0: usize = 0; c0 < width; c0 += block) {
+    const bytes = (c0 + block < width ? block : width - c0) << 3;
+    for (let i: usize = 0; i < n; i += 2) {
+      const i1 = i + 1 < n ? i + 1 : i;
+      const xi = x + ((i * width + c0) << 3), xi1 = x + ((i1 * width + c0) << 3);
+      for (let j: usize = i; j < n; j += 2) {
+        const j1 = j + 1 < n ? j + 1 : j;
+        const xj = x + ((j * width + c0) << 3), xj1 = x + ((j1 * width + c0) << 3);
+        let a00 = f64x2.splat(0), a01 = f64x2.splat(0);
+        let a10 = f64x2.splat(0), a11 = f64x2.splat(0);
+        for (let o: usize = 0; o < bytes; o += 16) {
+          const vi = v128.load(xi + o), vi1 = v128.load(xi1 + o);
+          const vj = v128.load(xj + o), vj1 = v128.load(xj1 + o);
+          a00 = f64x2.add(a00, f64x2.mul(vi, vj));
+          a01 = f64x2.add(a01, f64x2.mul(vi, vj1));
+          a10 = f64x2.add(a10, f64x2.mul(vi1, vj));
+          a11 = f64x2.add(a11, f64x2.mul(vi1, vj1));
+        }
+        const gij = g + ((i * n + j) << 3);
+        store<f64>(gij, load<f64>(gij) + sum2(a00));
+        if (j1 != j) store<f64>(gij + 8, load<f64>(gij + 8) + sum2(a01));
+        if (i1 != i) {
+          const g1 = g + ((i1 * n + j) << 3);
+          if (j >= i1) store<f64>(g1, load<f64>(g1) + sum2(a10));
+          if (j1 != j) store<f64>(g1 + 8, load<f64>(g1 + 8) + sum2(a11));
+        }
+      }
+    }
+  }
+  for (let i: usize = 0; i < n; i++) {
+    for (let j: usize = 0; j < i; j++) store<f64>(g + ((i * n + j) << 3), load<f64>(g + ((j * n + i) << 3)));
+  }
+}
+
+/**
+ * C = A·B (f64, row-major with leading dimensions lda, ldb, ldc): C is m × n, A m × k, B k × n.
+ * Each row of C is built by adding rows of B in order of p.
+ */
+export function matmulF64(
+  a: usize,
+  lda: i32,
+  b: usize,
+  ldb: i32,
+  c: usize,
+  ldc: i32,
+  m: i32,
+  k: i32,
+  n: i32,
+): void {
+  const cols = <usize>n;
+  const vec = cols & ~(<usize>1);
+  for (let i: usize = 0; i < <usize>m; i++) {
+    const ci = c + ((i * <usize>ldc) << 3);
+    memory.fill(ci, 0, cols << 3);
+    for (let p: usize = 0; p < <usize>k; p++) {
+      const s = load<f64>(a + ((i * <usize>lda + p) << 3));
+      const sv = f64x2.splat(s);
+      const bp = b + ((p * <usize>ldb) << 3);
+      let j: usize = 0;
+      for (; j < vec; j += 2) {
+        const o = j << 3;
+        v128.store(ci + o, f64x2.add(v128.load(ci + o), f64x2.mul(sv, v128.load(bp + o))));
+      }
+      if (j < cols) store<f64>(ci + (j << 3), load<f64>(ci + (j << 3)) + s * load<f64>(bp + (j << 3)));
+    }
+  }
+}
+
+/** Rounds a rows × cols f64 matrix (row stride `stride`) to a contiguous f32 one. */
+export function toF32(src: usize, stride: i32, dst: usize, rows: i32, cols: i32): void {
+  const n = <usize>cols;
+  const vec = n & ~(<usize>3);
+  for (let r: usize = 0; r < <usize>rows; r++) {
+    const s = src + ((r * <usize>stride) << 3), d = dst + ((r * n) << 2);
+    let j: usize = 0;
+    for (; j < vec; j += 4) {
+      const lo = f32x4.demote_f64x2_zero(v128.load(s + (j << 3)));
+      const hi = f32x4.demote_f64x2_zero(v128.load(s + (j << 3), 16));
+      v128.store(d + (j << 2), i32x4.shuffle(lo, hi, 0, 1, 4, 5));
+    }
+    for (; j < n; j++) store<f32>(d + (j << 2), <f32>load<f64>(s + (j << 3)));
+  }
+}

@@ -1,0 +1,211 @@
+/**
+ * Loader and memory arena for the WASM SIMD kernels (`kernels.wasm`, built
+ * from `assembly/` by `tools/build_wasm.ts`). Each {@link Kernels} owns one
+ * instance with its own linear memory: callers reserve regions with
+ * {@link Kernels.alloc}, fill them through typed views, run kernels on the
+ * pointers, and {@link Kernels.reset} the arena between work items. Memory grows
+ * as needed (up to the 4 GiB of wasm32) and is reused, never shrunk.
+ *
+ * @module
+ */
+
+import { BackendError } from "../../errors.ts";
+import type { FloatDType } from "../../safetensors/dtype.ts";
+import { loadAsset } from "../asset.ts";
+
+/** Where the kernels binary lies (beside this module). */
+export const KERNELS_URL: URL = new URL("./kernels.wasm", import.meta.url);
+
+const PAGE = 65536;
+const MAX_PAGES = 65536; // 4 GiB
+
+/** The kernels' code for each float dtype. */
+export const DTYPE_CODES: Readonly<Record<FloatDType, number>> = { F16: 0, BF16: 1, F32: 2, F64: 3 };
+
+/** The functions `kernels.wasm` exports (pointers are byte offsets into `memory`). */
+export interface KernelExports {
+  /** The instance's linear memory. */
+  readonly memory: WebAssembly.Memory;
+  /** First free byte after static data. */
+  heapBase(): number;
+  /** n values of a dtype code to f32. */
+  decodeF32(src: number, dst: number, n: number, dtype: number): void;
+  /** n values of a dtype code to f64. */
+  decodeF64(src: number, dst: number, n: number, dtype: number): void;
+  /** rows × cols to f32 rows of `stride` values (padding zeroed). */
+  decodeRowsF32(
+    src: number,
+    dst: number,
+    rows: number,
+    cols: number,
+    stride: number,
+    dtype: number,
+  ): void;
+  /** rows × cols to f64 rows of `stride` values (padding zeroed). */
+  decodeRowsF64(
+    src: number,
+    dst: number,
+    rows: number,
+    cols: number,
+    stride: number,
+    dtype: number,
+  ): void;
+  /** rows × cols to its f64 transpose, cols rows of `stride` values (padding zeroed). */
+  decodeTransposedF64(
+    src: number,
+    dst: number,
+    rows: number,
+    cols: number,
+    stride: number,
+    dtype: number,
+  ): void;
+  /** G = X·Xᵀ for X: r rows of `stride` f64 (stride even). */
+  gramRows(x: number, r: number, stride: number, g: number): void;
+  /** C = A·B in f64 with leading dimensions. */
+  matmulF64(
+    a: number,
+    lda: number,
+    b: number,
+    ldb: number,
+    c: number,
+    ldc: number,
+    m: number,
+    k: number,
+    n: number,
+  ): void;
+  /** rows × cols f64 (row stride `stride`) to contiguous f32. */
+  toF32(src: number, stride: number, dst: number, rows: number, cols: number): void;
+  /** Σ x² over n values (f64 accumulation). */
+  sumSquares(src: number, n: number, dtype: number): number;
+  /** z = WᵀW·v (f32 vectors of cols rounded up to 4). */
+  gramMatvec(
+    w: number,
+    rows: number,
+    cols: number,
+    dtype: number,
+    v: number,
+    z: number,
+    scratch: number,
+  ): void;
+  /** Y = W·Aᵀ (A f32 r × stride4, Y f64 rows × r). */
+  rowsTimesTransposed(
+    w: number,
+    rows: number,
+    cols: number,
+    dtype: number,
+    a: number,
+    r: number,
+    y: number,
+    scratch: number,
+  ): void;
+}
+
+let compiled: Promise<WebAssembly.Module> | undefined;
+
+function compileKernels(url: URL): Promise<WebAssembly.Module> {
+  if (url.href !== KERNELS_URL.href) return loadAsset(url).then((b) => WebAssembly.compile(b));
+  compiled ??= loadAsset(url).then((b) => WebAssembly.compile(b)).catch((e) => {
+    compiled = undefined;
+    throw e instanceof BackendError ? e : new BackendError(`${url.href}: ${e}`, { cause: e });
+  });
+  return compiled;
+}
+
+/**
+ * One kernels instance and a bump allocator over its memory.
+ *
+ * @example
+ * ```ts
+ * import { Kernels } from "./kernels.ts";
+ * const k = await Kernels.load();
+ * const p = k.alloc(8 * 3);
+ * k.f64(p, 3).set([1, 2, 2]);
+ * console.log(Math.sqrt(k.exports.sumSquares(p, 3, 3))); // 3
+ * ```
+ */
+export class Kernels {
+  /** The raw exports. */
+  readonly exports: KernelExports;
+  readonly #base: number;
+  #top: number;
+
+  private constructor(exports: KernelExports) {
+    this.exports = exports;
+    this.#base = align(exports.heapBase());
+    this.#top = this.#base;
+  }
+
+  /**
+   * Instantiates the kernels (the module is compiled once per thread).
+   *
+   * @example
+   * ```ts
+   * import { Kernels } from "./kernels.ts";
+   * const k = await Kernels.load();
+   * console.log(k.memoryBytes > 0); // true
+   * ```
+   */
+  static async load(url: URL = KERNELS_URL): Promise<Kernels> {
+    const module = await compileKernels(url);
+    const instance = await WebAssembly.instantiate(module, {});
+    return new Kernels(instance.exports as unknown as KernelExports);
+  }
+
+  /** Current size of the linear memory in bytes. */
+  get memoryBytes(): number {
+    return this.exports.memory.buffer.byteLength;
+  }
+
+  /** Releases every region (the memory itself is kept for the next item). */
+  reset(): void {
+    this.#top = this.#base;
+  }
+
+  /**
+   * Reserves `bytes` bytes (16-byte aligned, contents undefined) and returns
+   * the pointer. Growing the memory detaches earlier views, so take views
+   * after the allocations of a step.
+   */
+  alloc(bytes: number): number {
+    const ptr = this.#top;
+    const top = align(ptr + bytes);
+    const buffer = this.exports.memory.buffer;
+    if (top > buffer.byteLength) {
+      const pages = Math.ceil((top - buffer.byteLength) / PAGE);
+      if (buffer.byteLength / PAGE + pages > MAX_PAGES) {
+        throw new BackendError(
+          `the CPU kernels need ${Math.ceil(top / 2 ** 20)} MiB, more than the 4 GiB of WASM memory`,
+        );
+      }
+      this.exports.memory.grow(pages);
+    }
+    this.#top = top;
+    return ptr;
+  }
+
+  /** Copies bytes into a new region and returns its pointer. */
+  put(bytes: Uint8Array): number {
+    const ptr = this.alloc(bytes.byteLength);
+    this.u8(ptr, bytes.byteLength).set(bytes);
+    return ptr;
+  }
+
+  /** A byte view of a region. */
+  u8(ptr: number, length: number): Uint8Array {
+    return new Uint8Array(this.exports.memory.buffer, ptr, length);
+  }
+
+  /** An f32 view of a region (ptr 4-aligned). */
+  f32(ptr: number, length: number): Float32Array {
+    return new Float32Array(this.exports.memory.buffer, ptr, length);
+  }
+
+  /** An f64 view of a region (ptr 8-aligned). */
+  f64(ptr: number, length: number): Float64Array {
+    return new Float64Array(this.exports.memory.buffer, ptr, length);
+  }
+}
+
+function align(n: number): number {
+  return Math.ceil(n / 16) * 16;
+}

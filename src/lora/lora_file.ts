@@ -1,0 +1,262 @@
+/**
+ * Reading LoRA files: layer discovery, exact factors, and the pass-through set
+ * (reference-behaviour §3, decision D5).
+ *
+ * A layer is a `<name>.lora_down.weight` / `<name>.lora_up.weight` pair, with
+ * an optional `<name>.alpha` (missing → alpha = rank) and `<name>.dora_scale`.
+ * Every other tensor — LoHa, LoKr, IA3, full diffs, Tucker LoCon layers (with
+ * `lora_mid`, which resizing the pair alone would get wrong), lone halves of a
+ * pair, anything else — is kept byte for byte as pass-through. Factors stay
+ * raw little-endian bytes; the compute backend decodes them.
+ *
+ * @module
+ */
+
+import { parse as parsePath } from "node:path";
+import { LoraError } from "../errors.ts";
+import type { FloatData, LowRankFactors } from "../linalg/backend.ts";
+import { decodeFloats, type DType, dtypeSize, isFloatDType } from "../safetensors/dtype.ts";
+import { numel } from "../safetensors/header.ts";
+import { SafetensorsFile } from "../safetensors/reader.ts";
+import { mergeLoras, type MergePrecision } from "./merge.ts";
+import { parseMergeSpec } from "./merge_spec.ts";
+import { summarizePassThrough } from "./pass_through.ts";
+
+/** A tensor as stored: name, dtype, shape and little-endian bytes. */
+export interface RawTensor {
+  /** Tensor name. */
+  readonly name: string;
+  /** Element type. */
+  readonly dtype: DType;
+  /** Dimensions (`[]` for a scalar). */
+  readonly shape: readonly number[];
+  /** The stored bytes. */
+  readonly bytes: Uint8Array;
+}
+
+/** One LoRA layer: ΔW = alpha/rank · up · down. */
+export interface LoraLayer {
+  /** Layer name, e.g. `lora_unet_input_blocks_4_1_proj_in`. */
+  readonly name: string;
+  /** Up/down bytes and dtypes, out, rank, inFlat, scale = alpha/rank. */
+  readonly factors: LowRankFactors;
+  /** Stored alpha (rank when the file has none). */
+  readonly alpha: number;
+  /** The down weight's dims after the first: `[in]` or `[in, kh, kw]`. */
+  readonly inShape: readonly number[];
+  /** The up weight's full shape: `[out, r]` or `[out, r, 1, 1]`. */
+  readonly upShape: readonly number[];
+  /** DoRA magnitude vector, carried through unchanged. */
+  readonly doraScale?: RawTensor;
+  /** The layer's own tensors (alpha, dora_scale, down, up), by name, for pass-through if unmapped. */
+  readonly tensors: readonly RawTensor[];
+}
+
+/** Counts of pass-through tensors. */
+export interface PassThroughSummary {
+  /** Number of pass-through tensors. */
+  readonly total: number;
+  /**
+   * Tensors per kind (`LoHa`, `LoKr`, `IA3`, `full diff`, `lora_mid (Tucker LoCon)`,
+   * `incomplete LoRA layer`, `other`); the counts add up to `total`.
+   */
+  readonly byKind: Readonly<Record<string, number>>;
+  /** Merge only: tensors of later members dropped because an earlier member has the same name. */
+  readonly clashes: number;
+  /** Merge only: pass-through tensors of members whose merge weight is not 1, copied unweighted. */
+  readonly unweighted: number;
+}
+
+/** A loaded LoRA (one file, or the merge of several). */
+export interface LoraModel {
+  /** File stem, or the merged name (reference §6.3). */
+  readonly name: string;
+  /** The entry as typed (a path or a merge spec). */
+  readonly entry: string;
+  /** The file(s) read. */
+  readonly paths: readonly string[];
+  /** Default output folder: the (first) file's folder. */
+  readonly folder: string;
+  /** The (first) file's `__metadata__`; `{}` when absent. */
+  readonly metadata: Readonly<Record<string, string>>;
+  /** The layers, sorted by name. */
+  readonly layers: readonly LoraLayer[];
+  /** Every tensor not part of a layer, sorted by name. */
+  readonly passThrough: readonly RawTensor[];
+  /** What `passThrough` holds. */
+  readonly passThroughSummary: PassThroughSummary;
+}
+
+/** Options of {@link loadLora}. */
+export interface LoadLoraOptions {
+  /** Element type of merged factors (default `F64`: the merge identity holds to ~1e-15). */
+  readonly mergePrecision?: MergePrecision;
+}
+
+const DOWN = ".lora_down.weight";
+const UP = ".lora_up.weight";
+const MID = ".lora_mid.weight";
+
+/**
+ * Loads a LoRA entry: a plain `.safetensors` path, or a merge spec
+ * `"a.safetensors:0.7,b.safetensors:-0.3"` (decision D4; a single weighted
+ * member `a.safetensors:0.5` is a one-member merge).
+ *
+ * @example
+ * ```ts ignore
+ * import { loadLora } from "./lora_file.ts";
+ * const lora = await loadLora("my_lora.safetensors");
+ * console.log(lora.name, lora.layers.length, lora.passThroughSummary);
+ * const merged = await loadLora("style.safetensors:0.6,char.safetensors:0.4");
+ * console.log(merged.name); // "style(0.60)+char(0.40)"
+ * ```
+ */
+export async function loadLora(entry: string, options: LoadLoraOptions = {}): Promise<LoraModel> {
+  const members = parseMergeSpec(entry);
+  if (!members) return await readLoraFile(entry);
+  const inputs = [];
+  for (const member of members) {
+    inputs.push({ model: await readLoraFile(member.path), weight: member.weight });
+  }
+  return mergeLoras(inputs, { entry, precision: options.mergePrecision });
+}
+
+/**
+ * Reads one LoRA file: its layers (validated, factors as raw bytes) and its
+ * pass-through tensors. Each tensor is read once, in file order.
+ *
+ * @example
+ * ```ts ignore
+ * import { readLoraFile } from "./lora_file.ts";
+ * const lora = await readLoraFile("tests/fixtures/microB-locon-r8c4.safetensors");
+ * const conv = lora.layers.find((l) => l.inShape.length === 3)!;
+ * console.log(conv.factors.inFlat, conv.upShape); // in·3·3, [out, 4, 1, 1]
+ * ```
+ */
+export async function readLoraFile(path: string): Promise<LoraModel> {
+  await using file = await SafetensorsFile.open(path);
+  const layerNames = findLayers(file);
+  const raw = new Map<string, RawTensor>();
+  // One read per tensor, all queued at once, in file order.
+  await Promise.all(file.tensors.map(async ({ name, dtype, shape }) => {
+    raw.set(name, { name, dtype, shape, bytes: await file.readBytes(name) });
+  }));
+  const alphas = new Map<string, number>();
+  for (const name of layerNames) {
+    const alpha = raw.get(`${name}.alpha`);
+    if (alpha) alphas.set(name, await scalarValue(file, alpha));
+  }
+
+  const claimed = new Set<string>();
+  const layers = layerNames.map((name) => {
+    const layer = buildLayer(path, name, raw, alphas.get(name));
+    for (const t of layer.tensors) claimed.add(t.name);
+    return layer;
+  });
+  const passThrough = [...raw.values()].filter((t) => !claimed.has(t.name)).sort(byName);
+  const { name, dir } = parsePath(path);
+  return {
+    name,
+    entry: path,
+    paths: [path],
+    folder: dir === "" ? "." : dir,
+    metadata: file.metadata,
+    layers,
+    passThrough,
+    passThroughSummary: summarizePassThrough(passThrough),
+  };
+}
+
+/** A one-element tensor's value: float bytes already read are decoded here, the rest by the reader. */
+function scalarValue(file: SafetensorsFile, t: RawTensor): number | Promise<number> {
+  if (isFloatDType(t.dtype) && t.bytes.byteLength === dtypeSize(t.dtype)) {
+    return decodeFloats(t.bytes, t.dtype, Float64Array)[0];
+  }
+  return file.readScalar(t.name); // integer dtypes; a wrong element count fails there, named
+}
+
+/** Names having both halves of a pair and no `lora_mid`, sorted. */
+function findLayers(file: SafetensorsFile): string[] {
+  const names: string[] = [];
+  for (const t of file.tensors) {
+    if (!t.name.endsWith(DOWN)) continue;
+    const name = t.name.slice(0, -DOWN.length);
+    if (file.has(name + UP) && !file.has(name + MID)) names.push(name);
+  }
+  return names.sort(compareText);
+}
+
+function buildLayer(
+  path: string,
+  name: string,
+  raw: ReadonlyMap<string, RawTensor>,
+  storedAlpha: number | undefined,
+): LoraLayer {
+  const down = raw.get(name + DOWN)!;
+  const up = raw.get(name + UP)!;
+  const fail = (why: string): never => {
+    throw new LoraError(`${path}: layer '${name}': ${why}`);
+  };
+  const upData = floatData(up, fail);
+  const downData = floatData(down, fail);
+  const rank = down.shape[0];
+  const chains = down.shape.length >= 2 && up.shape.length >= 2 && up.shape[1] === rank &&
+    up.shape.slice(2).every((d) => d === 1);
+  if (!chains) {
+    fail(
+      `lora_up.weight ${shapeText(up.shape)} does not chain with lora_down.weight ${
+        shapeText(down.shape)
+      } (expected up [out, r] or [out, r, 1, 1] and down [r, in, …])`,
+    );
+  }
+  if (rank === 0) fail(`rank 0 (lora_down.weight ${shapeText(down.shape)})`);
+  const alpha = storedAlpha ?? rank;
+  const inShape = down.shape.slice(1);
+  const doraScale = raw.get(`${name}.dora_scale`);
+  const alphaTensor = raw.get(`${name}.alpha`);
+  const tensors = [alphaTensor, doraScale, down, up].filter((t) => t !== undefined);
+  return {
+    name,
+    factors: {
+      up: upData,
+      down: downData,
+      out: up.shape[0],
+      rank,
+      inFlat: numel(inShape),
+      scale: alpha / rank,
+    },
+    alpha,
+    inShape,
+    upShape: up.shape,
+    ...(doraScale ? { doraScale } : {}),
+    tensors,
+  };
+}
+
+function floatData(t: RawTensor, fail: (why: string) => never): FloatData {
+  if (!isFloatDType(t.dtype)) {
+    fail(`tensor '${t.name}' has dtype ${t.dtype}, expected F16, BF16, F32 or F64`);
+  }
+  return { dtype: t.dtype as FloatData["dtype"], bytes: t.bytes };
+}
+
+/**
+ * A shape as messages print it: `[a, b, c]`.
+ *
+ * @example
+ * ```ts
+ * import { shapeText } from "./lora_file.ts";
+ * console.log(shapeText([640, 8, 1, 1])); // "[640, 8, 1, 1]"
+ * ```
+ */
+export function shapeText(shape: readonly number[]): string {
+  return `[${shape.join(", ")}]`;
+}
+
+function compareText(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+function byName(a: { name: string }, b: { name: string }): number {
+  return compareText(a.name, b.name);
+}

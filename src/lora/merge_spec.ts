@@ -1,0 +1,97 @@
+/**
+ * Merge specifications (`"a.safetensors:0.7,b.safetensors:-0.3"`, decision D4)
+ * and the name of a merged LoRA (reference-behaviour §6.3).
+ *
+ * A member is `path[:weight]`. It is split at its **last** `:` only when what
+ * follows is empty or a Python `float()` number, so Windows paths
+ * (`C:\loras\a.safetensors:0.5`) work. An entry with a comma, or a single
+ * member with a weight, is a merge; anything else is a plain path.
+ *
+ * @module
+ */
+
+import { parse as parsePath } from "node:path";
+import { LoraError } from "../errors.ts";
+import { parsePythonFloat, pyFormatFixed } from "../recipe/pyfloat.ts";
+
+/** One member of a merge. */
+export interface MergeMember {
+  /** The member's file path. */
+  readonly path: string;
+  /** Its weight (1 when none was given). */
+  readonly weight: number;
+}
+
+/**
+ * The members of a merge spec, or `undefined` when `entry` is a plain path.
+ * Throws a {@link LoraError} for an empty member path or a non-finite weight.
+ *
+ * @example
+ * ```ts
+ * import { parseMergeSpec } from "./merge_spec.ts";
+ * console.log(parseMergeSpec("a.safetensors:0.7,b.safetensors"));
+ * // [{ path: "a.safetensors", weight: 0.7 }, { path: "b.safetensors", weight: 1 }]
+ * console.log(parseMergeSpec("C:\\x\\a.safetensors:-0.5")); // [{ path: "C:\\x\\a.safetensors", weight: -0.5 }]
+ * console.log(parseMergeSpec("C:\\x\\a.safetensors")); // undefined
+ * ```
+ */
+export function parseMergeSpec(entry: string): MergeMember[] | undefined {
+  const isMerge = entry.includes(",");
+  const texts = entry.split(",");
+  const members: MergeMember[] = [];
+  let weighted = false;
+  texts.forEach((text, i) => {
+    const split = splitMember(text);
+    weighted ||= split.weight !== undefined;
+    const where = `merge spec '${entry}': member ${i + 1}`;
+    if (split.path === "") throw new LoraError(`${where} has an empty path`);
+    if (split.weight !== undefined && !Number.isFinite(split.weight)) {
+      throw new LoraError(`${where} ('${text}') has a weight that is not a finite number`);
+    }
+    members.push({ path: split.path, weight: split.weight ?? 1 });
+  });
+  return isMerge || weighted ? members : undefined;
+}
+
+function splitMember(text: string): { path: string; weight?: number } {
+  const colon = text.lastIndexOf(":");
+  if (colon < 0) return { path: text };
+  const tail = text.slice(colon + 1);
+  const weight = tail === "" ? 1 : parsePythonFloat(tail);
+  return weight === undefined ? { path: text } : { path: text.slice(0, colon), weight };
+}
+
+/**
+ * The merged LoRA's name, as the original builds it: each member's file stem
+ * up to its first `-`, `_` or space; members grouped by that token (in order
+ * of first appearance); a group is written `token(w1+w2…)` with `%.2f`
+ * weights when any of its weights differs from 1 by more than 1e-6, else
+ * `token`; groups joined with `+`.
+ *
+ * @example
+ * ```ts
+ * import { mergedName } from "./merge_spec.ts";
+ * console.log(mergedName([
+ *   { path: "style_lora.safetensors", weight: 0.6 },
+ *   { path: "char_lora.safetensors", weight: 0.4 },
+ * ])); // "style(0.60)+char(0.40)"
+ * console.log(mergedName([
+ *   { path: "char_a.safetensors", weight: 1 },
+ *   { path: "char_b.safetensors", weight: 1 },
+ * ])); // "char"
+ * ```
+ */
+export function mergedName(members: readonly MergeMember[]): string {
+  const groups = new Map<string, number[]>();
+  for (const { path, weight } of members) {
+    const token = parsePath(path).name.split(/[-_ ]/)[0];
+    const weights = groups.get(token);
+    if (weights) weights.push(weight);
+    else groups.set(token, [weight]);
+  }
+  return [...groups].map(([token, weights]) =>
+    weights.some((w) => Math.abs(w - 1) > 1e-6)
+      ? `${token}(${weights.map((w) => pyFormatFixed(w, 2)).join("+")})`
+      : token
+  ).join("+");
+}

@@ -1,0 +1,119 @@
+/**
+ * Pairing each layer of a LoRA with the base weight it modifies
+ * (reference-behaviour §3.3, decision D5), with the shape check the original
+ * lacks.
+ *
+ * @module
+ */
+
+import { MappingError } from "../errors.ts";
+import type { NameKind } from "../sdxl/key_map.ts";
+import {
+  type BaseCheckpoint,
+  type BaseEntry,
+  pythonRepr,
+  pythonTuple,
+} from "../sdxl/checkpoint.ts";
+import { type LoraLayer, type LoraModel, shapeText } from "./lora_file.ts";
+
+/** A LoRA layer and its base weight. */
+export interface PairedLayer {
+  /** The LoRA layer. */
+  readonly layer: LoraLayer;
+  /** The base weight (or q/k/v block) it modifies. */
+  readonly base: BaseEntry;
+  /** Which name family matched (`short` aliases are lossy: worth a warning). */
+  readonly matchedBy: NameKind;
+}
+
+/** The result of {@link pairLayers}. */
+export interface Pairing {
+  /** Layers with a base weight, in layer-name order. */
+  readonly paired: readonly PairedLayer[];
+  /** Layers whose name maps to no base weight, in name order (their tensors pass through). */
+  readonly unmapped: readonly LoraLayer[];
+  /** Base entries no layer modifies, in label order (the original's INFO log order). */
+  readonly unmatchedBase: readonly BaseEntry[];
+}
+
+/**
+ * Pairs every layer of `model` with its base entry. Throws a
+ * {@link MappingError} when no layer pairs, when a layer's shape disagrees
+ * with its base weight, or when a fused q/k/v weight does not split evenly.
+ *
+ * @example
+ * ```ts ignore
+ * import { BaseCheckpoint } from "../sdxl/checkpoint.ts";
+ * import { loadLora } from "./lora_file.ts";
+ * import { pairLayers } from "./pairing.ts";
+ * await using ckpt = await BaseCheckpoint.open("sd_xl_base_1.0.safetensors");
+ * const { paired, unmapped } = pairLayers(await loadLora("my_lora.safetensors"), ckpt);
+ * console.log(`${paired.length} paired, ${unmapped.length} unmapped`);
+ * ```
+ */
+export function pairLayers(model: LoraModel, checkpoint: BaseCheckpoint): Pairing {
+  const paired: PairedLayer[] = [];
+  const unmapped: LoraLayer[] = [];
+  const used = new Set<BaseEntry>();
+  for (const layer of model.layers) {
+    const match = checkpoint.match(layer.name);
+    if (!match) {
+      unmapped.push(layer);
+      continue;
+    }
+    checkpoint.checkEntry(match.entry);
+    checkShape(model, layer, match.entry, checkpoint.path);
+    paired.push({ layer, base: match.entry, matchedBy: match.kind });
+    used.add(match.entry);
+  }
+  if (paired.length === 0) {
+    throw new MappingError(
+      `no layer of ${model.entry} matches the base checkpoint ${checkpoint.path} (is it an SDXL LoRA?)`,
+    );
+  }
+  const unmatchedBase = checkpoint.entries().filter((e) => !used.has(e));
+  return { paired, unmapped, unmatchedBase };
+}
+
+function checkShape(model: LoraModel, layer: LoraLayer, base: BaseEntry, ckptPath: string): void {
+  const baseIn = base.shape.slice(1);
+  // A 1×1 conv may be adapted by a linear LoRA (or the reverse): same maths.
+  const fits = layer.factors.out === base.rows &&
+    shapeText(withoutTrailingOnes(layer.inShape)) === shapeText(withoutTrailingOnes(baseIn));
+  if (fits) return;
+  const what = base.chunk
+    ? `rows of ${base.label} (a ${pythonTuple(base.shape)} weight)`
+    : `'${base.key}'`;
+  throw new MappingError(
+    `${model.entry}: layer '${layer.name}' has shape ${
+      shapeText([layer.factors.out, ...layer.inShape])
+    } ` +
+      `(up ${shapeText(layer.upShape)}, down ${
+        shapeText([layer.factors.rank, ...layer.inShape])
+      }) ` +
+      `but its base weight ${what} in ${ckptPath} has shape ${shapeText([base.rows, ...baseIn])}`,
+  );
+}
+
+function withoutTrailingOnes(shape: readonly number[]): readonly number[] {
+  let n = shape.length;
+  while (n > 1 && shape[n - 1] === 1) n--;
+  return shape.slice(0, n);
+}
+
+/**
+ * The original's INFO line for a base entry no layer modifies (it names the
+ * whole tensor and its full shape, also for a q/k/v block).
+ *
+ * @example
+ * ```ts ignore
+ * for (const e of pairing.unmatchedBase) log("INFO", unmatchedBaseMessage(e));
+ * // No LoRA layer found in file for base layer 'model.diffusion_model.input_blocks.0.0.weight'
+ * //   (5, 4, 3, 3) (e.g., an expected LoRA key was: 'lora_unet_input_blocks_0_0')
+ * ```
+ */
+export function unmatchedBaseMessage(entry: BaseEntry): string {
+  return `No LoRA layer found in file for base layer ${pythonRepr(entry.key)} ${
+    pythonTuple(entry.shape)
+  } (e.g., an expected LoRA key was: ${pythonRepr(entry.firstAlias)})`;
+}

@@ -1,0 +1,251 @@
+/**
+ * Persistent cache of base-model norms (decision D7).
+ *
+ * One JSON file per checkpoint, named by a content fingerprint of the file
+ * (size + header bytes + a hash of sampled data blocks), so a checkpoint
+ * replaced at the same path is never served stale norms, and a copy at a new
+ * path reuses them. Entries are keyed by base tensor key (plus `#chunk` for a
+ * row block). Every update is written atomically (temp file + rename) and
+ * merged with what is on disk, so an interrupted run keeps what it computed.
+ *
+ * @module
+ */
+
+import { createHash } from "node:crypto";
+import { dirname, join } from "node:path";
+import { describeOsError } from "./safetensors/reader.ts";
+import { OutputError } from "./errors.ts";
+import type { BaseNorms } from "./linalg/backend.ts";
+
+/** Number of data blocks hashed into a fingerprint, and their size. */
+const SAMPLE_BLOCKS = 64;
+const SAMPLE_BYTES = 64 * 1024;
+const FORMAT = "resize-lora-norms/1";
+
+/**
+ * Content fingerprint of a checkpoint: SHA-256 over its size, its first
+ * bytes (the header, up to 1 MiB … it is read whole when smaller) and
+ * {@link SAMPLE_BLOCKS} evenly spaced data blocks. Reads ~5 MB whatever the
+ * file size.
+ *
+ * @example
+ * ```ts ignore
+ * import { fingerprintFile } from "./norms_cache.ts";
+ * console.log(await fingerprintFile("sd_xl_base_1.0.safetensors")); // "3f1c…" (64 hex digits)
+ * ```
+ */
+export async function fingerprintFile(path: string): Promise<string> {
+  const file = await Deno.open(path, { read: true });
+  try {
+    const { size } = await file.stat();
+    const hash = createHash("sha256");
+    hash.update(`${FORMAT}\0${size}\0`);
+    const read = async (offset: number, length: number) => {
+      const buf = new Uint8Array(Math.max(0, Math.min(length, size - offset)));
+      await file.seek(offset, Deno.SeekMode.Start);
+      let done = 0;
+      while (done < buf.length) {
+        const n = await file.read(buf.subarray(done));
+        if (n === null) break;
+        done += n;
+      }
+      hash.update(buf.subarray(0, done));
+    };
+    // The header (length prefix + JSON) names, shapes and places every tensor.
+    const prefix = new Uint8Array(8);
+    await file.read(prefix);
+    const headerLength = size >= 8
+      ? Number(new DataView(prefix.buffer).getBigUint64(0, true))
+      : 0;
+    await read(0, Math.min(size, 8 + Math.min(headerLength, 100_000_000)));
+    const dataStart = Math.min(size, 8 + headerLength);
+    const span = size - dataStart;
+    if (span <= SAMPLE_BLOCKS * SAMPLE_BYTES) {
+      await read(dataStart, span);
+    } else {
+      const stride = Math.floor((span - SAMPLE_BYTES) / (SAMPLE_BLOCKS - 1));
+      for (let i = 0; i < SAMPLE_BLOCKS; i++) {
+        await read(dataStart + i * stride, SAMPLE_BYTES);
+      }
+    }
+    return hash.digest("hex");
+  } finally {
+    file.close();
+  }
+}
+
+/**
+ * The default cache folder: `$XDG_CACHE_HOME/resize-lora`, else
+ * `~/.cache/resize-lora` (`%LOCALAPPDATA%\resize-lora` on Windows).
+ *
+ * @example
+ * ```ts
+ * import { defaultCacheDir } from "./norms_cache.ts";
+ * console.log(defaultCacheDir().endsWith("resize-lora")); // true
+ * ```
+ */
+export function defaultCacheDir(): string {
+  const env = (k: string) => {
+    try {
+      return Deno.env.get(k);
+    } catch {
+      return undefined; // no --allow-env: fall through
+    }
+  };
+  const xdg = env("XDG_CACHE_HOME");
+  if (xdg) return join(xdg, "resize-lora");
+  const local = env("LOCALAPPDATA");
+  if (Deno.build.os === "windows" && local) return join(local, "resize-lora");
+  return join(env("HOME") ?? env("USERPROFILE") ?? ".", ".cache", "resize-lora");
+}
+
+/** Options of {@link NormsCache.open}. */
+export interface NormsCacheOptions {
+  /**
+   * Cache location: a folder (one file per checkpoint fingerprint inside),
+   * or a path ending in `.json` used as the file itself. Default:
+   * {@link defaultCacheDir}.
+   */
+  readonly location?: string;
+  /** A fingerprint computed already (skips reading the checkpoint). */
+  readonly fingerprint?: string;
+}
+
+interface CacheFile {
+  format: string;
+  fingerprint: string;
+  checkpoint: { path: string; size: number };
+  norms: Record<string, BaseNorms>;
+}
+
+/**
+ * Norms of one checkpoint's base weights, persisted across runs.
+ *
+ * @example
+ * ```ts ignore
+ * import { NormsCache } from "./norms_cache.ts";
+ * const cache = await NormsCache.open("base.safetensors");
+ * cache.get("model.diffusion_model.out.2.weight")?.frobenius;
+ * await cache.update({ "model.diffusion_model.out.2.weight": { frobenius: 3.5 } });
+ * ```
+ */
+export class NormsCache {
+  /** The cache file. */
+  readonly file: string;
+  /** The checkpoint's content fingerprint. */
+  readonly fingerprint: string;
+  /** Whether a cache file existed and matched the checkpoint. */
+  readonly loaded: boolean;
+  #checkpoint: { path: string; size: number };
+  #norms: Map<string, BaseNorms>;
+
+  private constructor(
+    file: string,
+    fingerprint: string,
+    checkpoint: { path: string; size: number },
+    norms: Map<string, BaseNorms>,
+    loaded: boolean,
+  ) {
+    this.file = file;
+    this.fingerprint = fingerprint;
+    this.#checkpoint = checkpoint;
+    this.#norms = norms;
+    this.loaded = loaded;
+  }
+
+  /**
+   * Opens (or starts) the cache of a checkpoint. A cache file whose
+   * fingerprint does not match the checkpoint is ignored (and replaced on the
+   * next update).
+   */
+  static async open(checkpoint: string, options: NormsCacheOptions = {}): Promise<NormsCache> {
+    const fingerprint = options.fingerprint ?? await fingerprintFile(checkpoint);
+    const location = options.location ?? defaultCacheDir();
+    const file = location.endsWith(".json")
+      ? location
+      : join(location, `${fingerprint.slice(0, 32)}.json`);
+    const stored = await readCacheFile(file);
+    const valid = stored?.fingerprint === fingerprint;
+    const size = (await Deno.stat(checkpoint)).size;
+    return new NormsCache(
+      file,
+      fingerprint,
+      { path: checkpoint, size },
+      new Map(valid ? Object.entries(stored!.norms) : []),
+      valid,
+    );
+  }
+
+  /** Cached norms of a base entry key (`key` or `key#chunk`). */
+  get(key: string): Readonly<BaseNorms> | undefined {
+    return this.#norms.get(key);
+  }
+
+  /** Number of entries. */
+  get size(): number {
+    return this.#norms.size;
+  }
+
+  /**
+   * Adds norms and writes the file atomically, merged with whatever another
+   * process wrote meanwhile.
+   */
+  async update(entries: Readonly<Record<string, BaseNorms>>): Promise<void> {
+    for (const [k, v] of Object.entries(entries)) {
+      this.#norms.set(k, { ...this.#norms.get(k), ...v });
+    }
+    const onDisk = await readCacheFile(this.file);
+    const merged: Record<string, BaseNorms> = {};
+    if (onDisk?.fingerprint === this.fingerprint) Object.assign(merged, onDisk.norms);
+    for (const [k, v] of [...this.#norms].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0)) {
+      merged[k] = { ...merged[k], ...v };
+    }
+    const body: CacheFile = {
+      format: FORMAT,
+      fingerprint: this.fingerprint,
+      checkpoint: this.#checkpoint,
+      norms: merged,
+    };
+    const tmp = `${this.file}.${Deno.pid}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+    try {
+      await Deno.mkdir(dirname(this.file), { recursive: true });
+      await Deno.writeTextFile(tmp, JSON.stringify(body) + "\n");
+      await Deno.rename(tmp, this.file);
+    } catch (e) {
+      await Deno.remove(tmp).catch(() => {});
+      throw new OutputError(`${this.file}: cannot write the norms cache (${describeOsError(e)})`, {
+        cause: e,
+      });
+    }
+  }
+}
+
+async function readCacheFile(file: string): Promise<CacheFile | undefined> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(file);
+  } catch {
+    return undefined;
+  }
+  try {
+    const parsed = JSON.parse(text) as CacheFile;
+    if (parsed?.format !== FORMAT || typeof parsed.norms !== "object") return undefined;
+    return parsed;
+  } catch {
+    return undefined; // a corrupt cache is recomputed, never trusted
+  }
+}
+
+/**
+ * The cache key of a base entry: its tensor key, plus `#index` for a row
+ * block (TE2 q/k/v).
+ *
+ * @example
+ * ```ts
+ * import { normsKey } from "./norms_cache.ts";
+ * console.log(normsKey({ key: "a.in_proj_weight", chunk: { index: 1, count: 3 } })); // "a.in_proj_weight#1"
+ * ```
+ */
+export function normsKey(entry: { key: string; chunk?: { index: number } }): string {
+  return entry.chunk ? `${entry.key}#${entry.chunk.index}` : entry.key;
+}

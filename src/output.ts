@@ -1,0 +1,192 @@
+/**
+ * The output LoRA file of one (LoRA, recipe) pair: its tensors, metadata and
+ * exact size (reference-behaviour §5.5, §7; decisions D5, D8).
+ *
+ * The size of a candidate selection is computed from names, shapes and
+ * metadata alone, so size-mode selection and `--dry_run` know the exact file
+ * size without building any tensor.
+ *
+ * @module
+ */
+
+import { type DType, decodeFloats, encodeFloats, isFloatDType } from "./safetensors/dtype.ts";
+import { sshsHashes } from "./safetensors/hashes.ts";
+import type { TensorSource } from "./safetensors/writer.ts";
+import { safetensorsFileSize } from "./safetensors/writer.ts";
+import type { TensorSpec } from "./safetensors/header.ts";
+import type { RebuiltFactors } from "./linalg/backend.ts";
+import type { LoraLayer, RawTensor } from "./lora/lora_file.ts";
+import { pyRepr } from "./recipe/pyfloat.ts";
+
+/** Output element types (`-t 16|32|bf16`). */
+export type OutputDType = "F16" | "F32" | "BF16";
+
+/** Bytes per element of an output dtype. */
+export function outputElementSize(dtype: OutputDType): number {
+  return dtype === "F32" ? 4 : 2;
+}
+
+/** A resized layer of the output: the input layer and how many dimensions it keeps. */
+export interface OutputLayer {
+  /** The input layer. */
+  readonly layer: LoraLayer;
+  /** Number of kept dimensions k′ (0 = omitted from the output). */
+  readonly kept: number;
+}
+
+/** Rounds a number to an output dtype (as a cast to that dtype would). */
+export function roundTo(value: number, dtype: OutputDType): number {
+  return decodeFloats(encodeFloats([value], dtype), dtype, Float64Array)[0];
+}
+
+/** The stored alpha of an output layer: α·k′/r rounded to the output dtype. */
+export function outputAlpha(layer: LoraLayer, kept: number, dtype: OutputDType): number {
+  return roundTo(layer.factors.scale * kept, dtype);
+}
+
+function layerSpecs(o: OutputLayer, dtype: OutputDType): TensorSpec[] {
+  const { layer, kept } = o;
+  const up = [layer.factors.out, kept, ...layer.inShape.slice(1).map(() => 1)];
+  const specs: TensorSpec[] = [
+    { name: `${layer.name}.alpha`, dtype, shape: [] },
+    { name: `${layer.name}.lora_down.weight`, dtype, shape: [kept, ...layer.inShape] },
+    { name: `${layer.name}.lora_up.weight`, dtype, shape: up },
+  ];
+  if (layer.doraScale) {
+    specs.push({ ...layer.doraScale, name: layer.doraScale.name, dtype: castDType(layer.doraScale.dtype, dtype) });
+  }
+  return specs;
+}
+
+/** Float tensors are cast to the output dtype; others are copied unchanged. */
+function castDType(dtype: DType, to: OutputDType): DType {
+  return isFloatDType(dtype) ? to : dtype;
+}
+
+/** A tensor carried from the input, cast to the output dtype (bytes kept when equal). */
+export function castTensor(t: RawTensor, to: OutputDType): TensorSource {
+  const dtype = castDType(t.dtype, to);
+  if (dtype === t.dtype || !isFloatDType(t.dtype)) {
+    return { name: t.name, dtype, shape: t.shape, data: t.bytes };
+  }
+  return {
+    name: t.name,
+    dtype,
+    shape: t.shape,
+    data: () => encodeFloats(decodeFloats(t.bytes, t.dtype as "F16", Float32Array), to),
+  };
+}
+
+/**
+ * `ss_network_dim` / `ss_network_alpha` as kohya's resize writes them: the
+ * common rank and alpha when every written layer has the same, else `Dynamic`.
+ */
+export function networkDimAlpha(
+  layers: readonly OutputLayer[],
+  dtype: OutputDType,
+): { ss_network_dim: string; ss_network_alpha: string } {
+  const written = layers.filter((o) => o.kept > 0);
+  const ranks = new Set(written.map((o) => o.kept));
+  const alphas = new Set(written.map((o) => outputAlpha(o.layer, o.kept, dtype)));
+  if (ranks.size !== 1 || alphas.size !== 1) {
+    return { ss_network_dim: "Dynamic", ss_network_alpha: "Dynamic" };
+  }
+  return { ss_network_dim: String([...ranks][0]), ss_network_alpha: pyRepr([...alphas][0]) };
+}
+
+/** Everything that determines an output file except the factor values. */
+export interface OutputShape {
+  /** Resized layers (in name order) with their kept counts. */
+  readonly layers: readonly OutputLayer[];
+  /** Tensors copied from the input (unmapped layers, other adapters, …). */
+  readonly passThrough: readonly RawTensor[];
+  /** Output element type. */
+  readonly dtype: OutputDType;
+  /** The input metadata. */
+  readonly inputMetadata: Readonly<Record<string, string>>;
+  /** The `resize_params` text. */
+  readonly resizeParams: string;
+}
+
+const HASH_PLACEHOLDER = {
+  sshs_model_hash: "0".repeat(64),
+  sshs_legacy_hash: "0".repeat(8),
+};
+
+/** The output metadata, with hashes still to be filled in. */
+function metadataOf(shape: OutputShape): Record<string, string> {
+  return {
+    ...shape.inputMetadata,
+    ...networkDimAlpha(shape.layers, shape.dtype),
+    resize_params: shape.resizeParams,
+    ...HASH_PLACEHOLDER,
+  };
+}
+
+function specsOf(shape: OutputShape): TensorSpec[] {
+  const specs = shape.layers.filter((o) => o.kept > 0).flatMap((o) => layerSpecs(o, shape.dtype));
+  for (const t of shape.passThrough) {
+    specs.push({ name: t.name, dtype: castDType(t.dtype, shape.dtype), shape: t.shape });
+  }
+  return specs;
+}
+
+/**
+ * Exact size in bytes of the output file (hashes have fixed lengths, so
+ * placeholders measure the same).
+ *
+ * @example
+ * ```ts ignore
+ * const bytes = outputFileSize({ layers, passThrough: [], dtype: "F16", inputMetadata: {}, resizeParams });
+ * ```
+ */
+export function outputFileSize(shape: OutputShape): number {
+  return safetensorsFileSize(specsOf(shape), metadataOf(shape));
+}
+
+/** Output tensors and metadata, ready for `writeSafetensors`. */
+export interface OutputContents {
+  /** Tensors (bytes given). */
+  readonly tensors: TensorSource[];
+  /** Final metadata, hashes included. */
+  readonly metadata: Record<string, string>;
+}
+
+/**
+ * Builds the output tensors from the rebuilt factors (one per layer with
+ * k′ > 0, in `shape.layers` order) and the final metadata with the
+ * sd-webui hashes of exactly these bytes.
+ *
+ * @example
+ * ```ts ignore
+ * const { tensors, metadata } = buildOutput(shape, rebuilt);
+ * await writeSafetensors(path, tensors, { metadata });
+ * ```
+ */
+export function buildOutput(
+  shape: OutputShape,
+  rebuilt: readonly RebuiltFactors[],
+): OutputContents {
+  const { dtype } = shape;
+  const tensors: TensorSource[] = [];
+  let next = 0;
+  for (const o of shape.layers) {
+    if (o.kept === 0) continue;
+    const factors = rebuilt[next++];
+    const [alpha, down, up, dora] = layerSpecs(o, dtype);
+    tensors.push(
+      { ...alpha, data: encodeFloats([o.layer.factors.scale * o.kept], dtype) },
+      { ...down, data: encodeFloats(factors.down, dtype) },
+      { ...up, data: encodeFloats(factors.up, dtype) },
+    );
+    if (dora) tensors.push(materialise(castTensor(o.layer.doraScale!, dtype)));
+  }
+  for (const t of shape.passThrough) tensors.push(materialise(castTensor(t, dtype)));
+  const metadata = metadataOf(shape);
+  Object.assign(metadata, sshsHashes(tensors, metadata));
+  return { tensors, metadata };
+}
+
+function materialise(t: TensorSource): TensorSource {
+  return typeof t.data === "function" ? { ...t, data: t.data() as Uint8Array } : t;
+}

@@ -1,0 +1,238 @@
+/**
+ * Score recipes: the small language of `-r/--score_recipes`, the output file
+ * name a recipe gives, and the `resize_params` metadata it writes.
+ *
+ * ```
+ * recipes := recipe (":" recipe)*      recipe := part ("," part)*
+ * part    := key ["=" value]           value  := Python float() syntax
+ * ```
+ *
+ * Keys: the score weights `spn_ckpt`, `spn_lora`, `fro_ckpt`, `fro_lora`,
+ * `subspace`, `params` (a bare key means weight 1; weights are divided by
+ * their signed sum), `thr` (log10 threshold), `size` (target MiB), `rescale`.
+ * Messages and evaluation order are those of the original tool; on top of
+ * them, `rescale` not finite or ≤ 0, `size` not finite or < 0 and `thr` NaN
+ * are rejected, and `size` together with `thr` warns that `size` wins.
+ *
+ * @module
+ */
+
+import { RecipeError } from "../errors.ts";
+import { fmt, parsePythonFloat } from "./pyfloat.ts";
+import { pyJsonDumps } from "./pyformat.ts";
+
+/** Normalised score weights (they sum to 1), keyed by the recipe's names. */
+export interface ScoreWeights {
+  /** Reference: the largest singular value of the LoRA layer. */
+  readonly spn_lora: number;
+  /** Reference: the spectral norm of the base weight. */
+  readonly spn_ckpt: number;
+  /** Per-dimension reference |uᵢᵀ·W·vᵢ|. */
+  readonly subspace: number;
+  /** Reference: the Frobenius norm of the LoRA layer, ‖σ‖₂. */
+  readonly fro_lora: number;
+  /** Reference: the Frobenius norm of the base weight. */
+  readonly fro_ckpt: number;
+  /** Reference: the parameters per rank, out + in′. */
+  readonly params: number;
+}
+
+/** The name of one score weight. */
+export type ScoreKey = keyof ScoreWeights;
+
+/** The score weights in the order of the original tool (and of `resize_params`). */
+export const SCORE_KEYS: readonly ScoreKey[] = [
+  "spn_lora",
+  "spn_ckpt",
+  "subspace",
+  "fro_lora",
+  "fro_ckpt",
+  "params",
+];
+
+/** A parsed recipe. Size mode when `sizeMiB` is set, threshold mode otherwise. */
+export interface Recipe {
+  /** The recipe text as given (used in messages, progress labels and `resize_params`). */
+  readonly text: string;
+  /** Score weights divided by their signed sum. */
+  readonly weights: ScoreWeights;
+  /** Target size in MiB (size mode). */
+  readonly sizeMiB?: number;
+  /** Fixed log10 threshold (threshold mode); unset when `sizeMiB` is set, since size wins. */
+  readonly threshold?: number;
+  /** Factor applied to the LoRA's singular values (default 1). */
+  readonly rescale: number;
+  /** Warnings to log once (e.g. `size` and `thr` both given). */
+  readonly warnings: readonly string[];
+}
+
+/**
+ * Parses one recipe.
+ *
+ * @throws {RecipeError} with the original tool's messages (`Unknown key foo in
+ * recipe foo=1`, …) or, for values the original accepted but could not use,
+ * `Invalid rescale=0 in recipe …: rescale must be finite and > 0` and the like.
+ *
+ * @example
+ * ```ts
+ * import { parseRecipe } from "./recipe.ts";
+ * const recipe = parseRecipe("fro_ckpt=3,spn_lora,thr=-1");
+ * console.log(recipe.weights.fro_ckpt, recipe.weights.spn_lora, recipe.threshold); // 0.75 0.25 -1
+ * ```
+ */
+export function parseRecipe(text: string): Recipe {
+  const raw: Record<ScoreKey, number> = {
+    spn_lora: 0,
+    spn_ckpt: 0,
+    subspace: 0,
+    fro_lora: 0,
+    fro_ckpt: 0,
+    params: 0,
+  };
+  // Selection settings keep their value text too, for the messages below.
+  let size: { value: number; text: string } | undefined;
+  let thr: { value: number; text: string } | undefined;
+  let rescale: { value: number; text: string } | undefined;
+
+  for (const part of text.split(",")) {
+    const eq = part.indexOf("=");
+    const key = eq < 0 ? part : part.slice(0, eq);
+    const valueText = eq < 0 ? "" : part.slice(eq + 1);
+    let value = NaN;
+    if (valueText !== "") {
+      const parsed = parsePythonFloat(valueText);
+      if (parsed === undefined) {
+        throw new RecipeError(`Could not parse ${key}=${valueText} in recipe ${text}`);
+      }
+      value = parsed;
+    }
+    if (Object.hasOwn(raw, key)) {
+      raw[key as ScoreKey] = valueText === "" ? 1 : value;
+      continue;
+    }
+    if (valueText === "") {
+      throw new RecipeError(`Empty value not accepted for key ${key} in recipe ${text}`);
+    }
+    const setting = { value, text: valueText };
+    switch (key) {
+      case "size":
+        size = setting;
+        break;
+      case "thr":
+        thr = setting;
+        break;
+      case "rescale":
+        rescale = setting;
+        break;
+      default:
+        throw new RecipeError(`Unknown key ${key} in recipe ${text}`);
+    }
+  }
+
+  let sum = 0; // Python's sum(): left to right, in SCORE_KEYS order
+  for (const key of SCORE_KEYS) sum += raw[key];
+  if (sum === 0) throw new RecipeError("At least one score type must be specified");
+  const weights = Object.fromEntries(
+    SCORE_KEYS.map((key) => [key, raw[key] / sum]),
+  ) as unknown as ScoreWeights;
+
+  if (size === undefined && thr === undefined) {
+    throw new RecipeError("Either 'size' or 'thr' must be specified in the recipe");
+  }
+  // Checks the original did not make (decision D2), after its own, so that a
+  // recipe it rejected still gets its message.
+  if (rescale !== undefined && !(Number.isFinite(rescale.value) && rescale.value > 0)) {
+    throw new RecipeError(
+      `Invalid rescale=${rescale.text} in recipe ${text}: rescale must be finite and > 0`,
+    );
+  }
+  if (size !== undefined && !(Number.isFinite(size.value) && size.value >= 0)) {
+    throw new RecipeError(
+      `Invalid size=${size.text} in recipe ${text}: size must be finite and >= 0`,
+    );
+  }
+  if (thr !== undefined && Number.isNaN(thr.value)) {
+    throw new RecipeError(`Invalid thr=${thr.text} in recipe ${text}: thr must be a number`);
+  }
+
+  const warnings: string[] = [];
+  if (size !== undefined && thr !== undefined) {
+    warnings.push(
+      `Recipe ${text} gives both size and thr: size=${size.text} wins, thr=${thr.text} is ignored`,
+    );
+  }
+  return {
+    text,
+    weights,
+    ...(size !== undefined ? { sizeMiB: size.value } : { threshold: thr!.value }),
+    rescale: rescale?.value ?? 1,
+    warnings,
+  };
+}
+
+/**
+ * Parses a `:`-separated list of recipes (the `-r` option).
+ *
+ * @throws {RecipeError} on the first invalid recipe.
+ *
+ * @example
+ * ```ts
+ * import { parseRecipes } from "./recipe.ts";
+ * const recipes = parseRecipes("fro_ckpt=1,thr=-3.5:spn_lora=1,size=32");
+ * console.log(recipes.map((r) => r.sizeMiB ?? r.threshold)); // [-3.5, 32]
+ * ```
+ */
+export function parseRecipes(text: string): Recipe[] {
+  return text.split(":").map(parseRecipe);
+}
+
+/** File-name tokens of the weights, in alphabetical key order. */
+const NAME_ORDER: readonly ScoreKey[] = [...SCORE_KEYS].sort();
+
+/**
+ * The output file name the original tool gives a (LoRA, recipe) pair:
+ * `<lora>_<weights>[_scale<r>][_size<S>]_th<t>.safetensors`, with each
+ * non-zero weight as its key without underscores followed by its value,
+ * in alphabetical key order, and numbers written by {@link fmt}.
+ *
+ * @param loraName the LoRA file name without its extension (or a merge's name)
+ * @param recipe the recipe
+ * @param thresholdUsed the user's `thr`, or the threshold computed in size mode
+ *
+ * @example
+ * ```ts
+ * import { outputFileName, parseRecipe } from "./recipe.ts";
+ * const recipe = parseRecipe("spn_ckpt=1,size=32");
+ * console.log(outputFileName("my_lora", recipe, -2.871)); // my_lora_spnckpt1_size32_th-2.87.safetensors
+ * ```
+ */
+export function outputFileName(loraName: string, recipe: Recipe, thresholdUsed: number): string {
+  const tokens = NAME_ORDER
+    .filter((key) => recipe.weights[key] !== 0)
+    .map((key) => `${key.replaceAll("_", "")}${fmt(recipe.weights[key])}`);
+  if (recipe.rescale !== 1) tokens.push(`scale${fmt(recipe.rescale)}`);
+  if (recipe.sizeMiB !== undefined) tokens.push(`size${fmt(recipe.sizeMiB)}`);
+  return `${loraName}_${tokens.join("_")}_th${fmt(thresholdUsed)}.safetensors`;
+}
+
+/**
+ * The `resize_params` metadata value, byte for byte as the original writes it
+ * (Python `json.dumps` of the recipe with the threshold used).
+ *
+ * @example
+ * ```ts
+ * import { parseRecipe, resizeParamsJson } from "./recipe.ts";
+ * console.log(resizeParamsJson(parseRecipe("fro_ckpt=1,thr=-3.5"), -3.5));
+ * // {"recipe_str": "fro_ckpt=1,thr=-3.5", "weights": {"spn_lora": 0.0, …}, "target_size": null,
+ * //  "threshold": -3.5, "rescale": 1.0}
+ * ```
+ */
+export function resizeParamsJson(recipe: Recipe, thresholdUsed: number): string {
+  return pyJsonDumps({
+    recipe_str: recipe.text,
+    weights: Object.fromEntries(SCORE_KEYS.map((key) => [key, recipe.weights[key]])),
+    target_size: recipe.sizeMiB ?? null,
+    threshold: thresholdUsed,
+    rescale: recipe.rescale,
+  });
+}

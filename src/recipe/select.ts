@@ -1,0 +1,363 @@
+/**
+ * Which dimensions of each layer a recipe keeps.
+ *
+ * - Threshold mode: keep dimension i iff scoreᵢ ≥ t (inclusive, float64).
+ * - Size mode ranks every dimension of every layer by score, descending, ties
+ *   in layer order (a stable sort; layers come in processing order), then:
+ *   - `file` accounting (the default, decision D6): keep the longest prefix of
+ *     the ranking whose whole output file fits in S MiB;
+ *   - `original` accounting (reference §5.4): keep the shortest prefix whose
+ *     up/down weight bytes reach S MiB, plus every dimension tied with its
+ *     last score.
+ *
+ * Dimensions whose score is NaN are never kept and cost nothing (no
+ * threshold admits them).
+ *
+ * @module
+ */
+
+import { pyPercentFormat } from "./pyformat.ts";
+
+const MIB = 1 << 20;
+
+/** The dimensions a recipe keeps. */
+export interface Selection {
+  /** Per layer, the indices of the kept dimensions, ascending. */
+  readonly keep: number[][];
+  /**
+   * The threshold used: the user's in threshold mode; in size mode the score
+   * of the last kept dimension of the ranking, −∞ when everything is kept and
+   * +∞ when nothing is.
+   */
+  readonly threshold: number;
+}
+
+/**
+ * Keeps, in every layer, the dimensions whose score is ≥ `threshold`.
+ *
+ * @example
+ * ```ts
+ * import { selectByThreshold } from "./select.ts";
+ * const { keep } = selectByThreshold([new Float64Array([-1, -2, -3])], -2);
+ * console.log(keep); // [[0, 1]]
+ * ```
+ */
+export function selectByThreshold(scores: readonly Float64Array[], threshold: number): Selection {
+  const keep = scores.map((layer) => {
+    const kept: number[] = [];
+    for (let i = 0; i < layer.length; i++) if (layer[i] >= threshold) kept.push(i);
+    return kept;
+  });
+  return { keep, threshold };
+}
+
+/** Every dimension of every layer, best first. Parallel arrays of length n. */
+export interface Ranking {
+  /** Layer index of each ranked dimension. */
+  readonly layer: Uint32Array;
+  /** Dimension index (into the layer's σ) of each ranked dimension. */
+  readonly dim: Uint32Array;
+  /** Score of each ranked dimension, non-increasing. */
+  readonly score: Float64Array;
+}
+
+/**
+ * Ranks all dimensions by score, descending; equal scores keep layer order,
+ * then dimension order. NaN scores are left out.
+ *
+ * @example
+ * ```ts
+ * import { rankDimensions } from "./select.ts";
+ * const r = rankDimensions([new Float64Array([-0.7, -1.3]), new Float64Array([-0.8])]);
+ * console.log(Array.from(r.layer), Array.from(r.dim)); // [0, 1, 0] [0, 0, 1]
+ * ```
+ */
+export function rankDimensions(scores: readonly Float64Array[]): Ranking {
+  let n = 0;
+  for (const layer of scores) for (const s of layer) if (!Number.isNaN(s)) n++;
+  const layerOf = new Uint32Array(n);
+  const dimOf = new Uint32Array(n);
+  const flat = new Float64Array(n);
+  let at = 0;
+  scores.forEach((layer, l) => {
+    for (let i = 0; i < layer.length; i++) {
+      if (Number.isNaN(layer[i])) continue;
+      layerOf[at] = l;
+      dimOf[at] = i;
+      flat[at++] = layer[i];
+    }
+  });
+  // Positions in `flat` follow layer then dimension order, so breaking ties by
+  // position makes the sort stable whatever the engine's algorithm.
+  const order = new Uint32Array(n);
+  for (let i = 0; i < n; i++) order[i] = i;
+  order.sort((a, b) => (flat[a] < flat[b] ? 1 : flat[a] > flat[b] ? -1 : a - b));
+  const ranking = {
+    layer: new Uint32Array(n),
+    dim: new Uint32Array(n),
+    score: new Float64Array(n),
+  };
+  for (let r = 0; r < n; r++) {
+    const p = order[r];
+    ranking.layer[r] = layerOf[p];
+    ranking.dim[r] = dimOf[p];
+    ranking.score[r] = flat[p];
+  }
+  return ranking;
+}
+
+/** The kept dimensions per layer for the first `count` entries of a ranking. */
+function keepPrefix(ranking: Ranking, layerSizes: readonly number[], count: number): number[][] {
+  const masks = layerSizes.map((k) => new Uint8Array(k));
+  for (let r = 0; r < count; r++) masks[ranking.layer[r]][ranking.dim[r]] = 1;
+  return masks.map((mask) => {
+    const kept: number[] = [];
+    for (let i = 0; i < mask.length; i++) if (mask[i]) kept.push(i);
+    return kept;
+  });
+}
+
+/** How size mode counts bytes: the whole output file (D6) or the original's weights-only sum. */
+export type SizeAccounting = "file" | "original";
+
+/** Where a size target cut the ranking: the values of the `Total rank` log line. */
+export interface SizeCut {
+  /** The accounting that produced it. */
+  readonly accounting: SizeAccounting;
+  /** Length of the kept ranking prefix. */
+  readonly totalRank: number;
+  /** Score of the last kept dimension (the threshold used). */
+  readonly threshold: number;
+  /** The target S, in MiB. */
+  readonly targetMiB: number;
+  /** Bytes of the selection (weights only for `original`, the whole file for `file`). */
+  readonly realBytes: number;
+  /** Bytes with one more dimension of the ranking (= `realBytes` when none is left). */
+  readonly nextBytes: number;
+}
+
+/** A size-mode selection. */
+export interface SizeSelection extends Selection {
+  /** Set when the target cut the ranking (the original then logs `Total rank: …`). */
+  readonly cut?: SizeCut;
+}
+
+/** One layer's scores and the shape that prices its dimensions. */
+export interface ScoredLayer {
+  /** Scores of the layer's dimensions. */
+  readonly scores: Float64Array;
+  /** Rows of ΔW. */
+  readonly out: number;
+  /** Columns of ΔW (in′). */
+  readonly inFlat: number;
+}
+
+/** Options of {@link selectBySizeOriginal}. */
+export interface OriginalSizeOptions {
+  /** The target S, in MiB. */
+  readonly targetMiB: number;
+  /** Bytes per output element (2 for F16/BF16, 4 for F32). */
+  readonly elementSize: number;
+}
+
+/**
+ * The original's size mode (reference §5.4): a dimension costs
+ * `elementSize·(out + in′)` bytes; with the ranking's running cost `cum`,
+ * if the target S·2^20 is below the total, t = the score at the first index
+ * where `cum ≥ target` and every dimension with score ≥ t is kept (so the
+ * target is usually exceeded by up to one dimension, plus ties); otherwise
+ * everything is kept with t = −∞.
+ *
+ * @example
+ * ```ts
+ * import { selectBySizeOriginal } from "./select.ts";
+ * const layers = [
+ *   { scores: new Float64Array([-0.699, -1.301]), out: 4, inFlat: 6 }, // 20 bytes per dim
+ *   { scores: new Float64Array([-0.778]), out: 3, inFlat: 3 }, // 12 bytes
+ * ];
+ * const s = selectBySizeOriginal(layers, { targetMiB: 32 / 2 ** 20, elementSize: 2 });
+ * console.log(s.keep, s.threshold); // [[0], [0]] -0.778
+ * ```
+ */
+export function selectBySizeOriginal(
+  layers: readonly ScoredLayer[],
+  options: OriginalSizeOptions,
+): SizeSelection {
+  const scores = layers.map((layer) => layer.scores);
+  const ranking = rankDimensions(scores);
+  const n = ranking.score.length;
+  const cum = new Float64Array(n); // integers, exact below 2^53
+  let total = 0;
+  for (let r = 0; r < n; r++) {
+    const layer = layers[ranking.layer[r]];
+    total += options.elementSize * (layer.out + layer.inFlat);
+    cum[r] = total;
+  }
+  const target = options.targetMiB * MIB;
+  if (n === 0 || !(target < total)) return selectByThreshold(scores, -Infinity);
+  let idx = 0; // first index with cum[idx] ≥ target (cum is increasing)
+  let hi = n - 1;
+  while (idx < hi) {
+    const mid = (idx + hi) >>> 1;
+    if (cum[mid] >= target) hi = mid;
+    else idx = mid + 1;
+  }
+  const threshold = ranking.score[idx];
+  return {
+    ...selectByThreshold(scores, threshold),
+    cut: {
+      accounting: "original",
+      totalRank: idx + 1,
+      threshold,
+      targetMiB: options.targetMiB,
+      realBytes: cum[idx],
+      nextBytes: cum[Math.min(idx + 1, n - 1)],
+    },
+  };
+}
+
+/**
+ * Size in bytes of the output file that keeps `keptPerLayer[l]` dimensions of
+ * layer l (0 = the layer is omitted). Which dimensions does not matter.
+ */
+export type FileSizeFn = (keptPerLayer: Uint32Array) => number;
+
+/** Options of {@link selectBySizeFile}. */
+export interface FileSizeOptions {
+  /** The target S, in MiB. */
+  readonly targetMiB: number;
+  /** Computes the output file size of a selection (header, metadata and data). */
+  readonly fileSize: FileSizeFn;
+}
+
+/** A `file`-accounting size selection. */
+export interface FileSizeSelection extends SizeSelection {
+  /**
+   * False when even the file without any layer is larger than the target: the
+   * caller reports the error (it knows the file name); `keep` is then empty.
+   */
+  readonly fits: boolean;
+  /** Size in bytes of the file for this selection. */
+  readonly fileBytes: number;
+}
+
+/**
+ * Size mode with `file` accounting (decision D6): keeps the longest prefix
+ * of the ranking whose output file is at most S·2^20 bytes.
+ *
+ * `fileSize` is called O(log n) times (a binary search over the prefix
+ * length). The file size grows with the prefix but not strictly monotonically
+ * (header text such as `ss_network_dim` can shrink by a few bytes), so the
+ * search only ever accepts a prefix it has measured to fit: the result
+ * always fits, and the prefix one longer does not.
+ *
+ * @example
+ * ```ts
+ * import { selectBySizeFile } from "./select.ts";
+ * const scores = [new Float64Array([-0.7, -1.3]), new Float64Array([-0.8])];
+ * // A fake file: 100 bytes of header, 20 bytes per dimension.
+ * const fileSize = (kept: Uint32Array) => 100 + 20 * kept.reduce((a, b) => a + b, 0);
+ * const s = selectBySizeFile(scores, { targetMiB: 145 / 2 ** 20, fileSize });
+ * console.log(s.keep, s.threshold, s.fileBytes); // [[0], [0]] -0.8 140
+ * ```
+ */
+export function selectBySizeFile(
+  scores: readonly Float64Array[],
+  options: FileSizeOptions,
+): FileSizeSelection {
+  const ranking = rankDimensions(scores);
+  const n = ranking.score.length;
+  const layerSizes = scores.map((layer) => layer.length);
+  const sizeOf = (count: number): number => {
+    const kept = new Uint32Array(scores.length);
+    for (let r = 0; r < count; r++) kept[ranking.layer[r]]++;
+    return options.fileSize(kept);
+  };
+  const target = options.targetMiB * MIB;
+
+  const fullBytes = sizeOf(n);
+  if (fullBytes <= target) {
+    return {
+      keep: keepPrefix(ranking, layerSizes, n),
+      threshold: -Infinity,
+      fits: true,
+      fileBytes: fullBytes,
+    };
+  }
+  const emptyBytes = sizeOf(0);
+  if (emptyBytes > target) {
+    return {
+      keep: layerSizes.map(() => []),
+      threshold: Infinity,
+      fits: false,
+      fileBytes: emptyBytes,
+    };
+  }
+  // Invariant: prefix `lo` fits (measured), prefix `hi` does not.
+  let lo = 0;
+  let loBytes = emptyBytes;
+  let hi = n;
+  let hiBytes = fullBytes;
+  while (hi - lo > 1) {
+    const mid = lo + ((hi - lo) >>> 1);
+    const bytes = sizeOf(mid);
+    if (bytes <= target) {
+      lo = mid;
+      loBytes = bytes;
+    } else {
+      hi = mid;
+      hiBytes = bytes;
+    }
+  }
+  const threshold = lo > 0 ? ranking.score[lo - 1] : Infinity;
+  return {
+    keep: keepPrefix(ranking, layerSizes, lo),
+    threshold,
+    fits: true,
+    fileBytes: loBytes,
+    cut: {
+      accounting: "file",
+      totalRank: lo,
+      threshold,
+      targetMiB: options.targetMiB,
+      realBytes: loBytes,
+      nextBytes: hiBytes,
+    },
+  };
+}
+
+/**
+ * The INFO line of a size cut. `original`: the original's text,
+ * `Total rank: %d. threshold %.2f: target:%.3fM <= real:%.3fM < next:%.3fM`;
+ * `file`: the same numbers ordered as they relate, `real <= target < next`.
+ *
+ * @example
+ * ```ts
+ * import { formatTotalRankLine } from "./select.ts";
+ * const cut = { accounting: "original", totalRank: 2, threshold: -0.778, targetMiB: 0.4,
+ *   realBytes: 419440, nextBytes: 419460 } as const;
+ * console.log(formatTotalRankLine(cut));
+ * // Total rank: 2. threshold -0.78: target:0.400M <= real:0.400M < next:0.400M
+ * ```
+ */
+export function formatTotalRankLine(cut: SizeCut): string {
+  const args = [
+    BigInt(cut.totalRank),
+    cut.threshold,
+    cut.targetMiB,
+    cut.realBytes / MIB,
+    cut.nextBytes / MIB,
+  ];
+  return cut.accounting === "original"
+    ? pyPercentFormat(
+      "Total rank: %d. threshold %.2f: target:%.3fM <= real:%.3fM < next:%.3fM",
+      args,
+    )
+    : pyPercentFormat("Total rank: %d. threshold %.2f: real:%.3fM <= target:%.3fM < next:%.3fM", [
+      args[0],
+      args[1],
+      args[3],
+      args[2],
+      args[4],
+    ]);
+}

@@ -1,0 +1,622 @@
+/**
+ * The resize pipeline, readable in one sitting:
+ *
+ * ```
+ * resize(options)
+ *   for each LoRA:   load → pair with the checkpoint → decompose (once)
+ *     for each recipe: base norms (cached) → score → select → build → write
+ * ```
+ *
+ * `plan()` is the same flow without writing (dry runs, reports).
+ *
+ * @module
+ */
+
+import { dirname, join, resolve } from "node:path";
+import { OutputError, RecipeError } from "./errors.ts";
+import type { Backend, BaseNorms, Decomposition } from "./linalg/backend.ts";
+import { type Device, selectBackend } from "./linalg/select_backend.ts";
+import { type LogFn, type LogLevel, silent } from "./log.ts";
+import { type LoraLayer, type LoraModel, loadLora, type RawTensor } from "./lora/lora_file.ts";
+import { type PairedLayer, pairLayers, unmatchedBaseMessage } from "./lora/pairing.ts";
+import { NormsCache, normsKey } from "./norms_cache.ts";
+import {
+  type OutputDType,
+  outputElementSize,
+  outputFileSize,
+  type OutputLayer,
+  type OutputShape,
+  buildOutput,
+} from "./output.ts";
+import { outputFileName, parseRecipes, type Recipe, resizeParamsJson } from "./recipe/recipe.ts";
+import {
+  formatLayerDebugLine,
+  formatQuantilesLine,
+  recipeNeeds,
+  scoreLayer,
+  scoreQuantiles,
+  truncationError,
+} from "./recipe/score.ts";
+import {
+  formatTotalRankLine,
+  rankDimensions,
+  type Selection,
+  selectByThreshold,
+  selectBySizeFile,
+  selectBySizeOriginal,
+  type SizeAccounting,
+  type SizeCut,
+} from "./recipe/select.ts";
+import { BaseCheckpoint, type BaseEntry } from "./sdxl/checkpoint.ts";
+import { writeSafetensors } from "./safetensors/writer.ts";
+
+/** The original tool's default recipe. */
+export const DEFAULT_RECIPES = "fro_ckpt=1,thr=-3.5";
+
+/** A singular value below this (absolute) makes a layer an all-zero layer (§3.6). */
+const ZERO_LAYER_SIGMA = 1e-6;
+
+/** Progress of a long step: a label (`SVD`, `Norms`, `Scoring <recipe>`), items done, total. */
+export type ProgressFn = (label: string, done: number, total: number) => void;
+
+/** Options of {@link resize} and {@link plan}. */
+export interface ResizeOptions {
+  /** Base checkpoint (single-file SGM SDXL safetensors). */
+  readonly checkpoint: string;
+  /** LoRA entries: paths, or merge specs `"a.safetensors:0.7,b.safetensors:0.3"`. */
+  readonly loras: readonly string[];
+  /** Recipes separated by `:` (default {@link DEFAULT_RECIPES}). */
+  readonly recipes?: string;
+  /** Output folder (default: each LoRA's folder); created when missing. */
+  readonly outputFolder?: string;
+  /** Output element type (default `F16`). */
+  readonly outputDtype?: OutputDType;
+  /** `auto` (default), `cpu` or `gpu`; ignored when `backend` is given. */
+  readonly device?: Device;
+  /** A backend to use (the caller keeps ownership). */
+  readonly backend?: Backend;
+  /** Norms cache location (folder or `.json` file), or `false` to disable it. */
+  readonly normsCache?: string | false;
+  /** Size-mode accounting (default `file`, decision D6). */
+  readonly sizeAccounting?: SizeAccounting;
+  /** Drop tensors that are not part of a resized layer instead of copying them (D5). */
+  readonly dropUnmapped?: boolean;
+  /** Log receiver (default: silent). */
+  readonly log?: LogFn;
+  /** Lowest level the caller shows; `DEBUG` enables the per-layer report (needs Frobenius norms). */
+  readonly logLevel?: LogLevel;
+  /** Progress receiver. */
+  readonly onProgress?: ProgressFn;
+  /** Also compute each output's size ↔ error curve (for reports). */
+  readonly curve?: boolean;
+}
+
+/** One achievable point of the size ↔ error trade-off of a recipe's scoring. */
+export interface CurvePoint {
+  /** Number of kept dimensions (a prefix of the score ranking). */
+  readonly rank: number;
+  /** Score of the last kept dimension (+∞ for the empty selection). */
+  readonly threshold: number;
+  /** Exact output file size in bytes. */
+  readonly bytes: number;
+  /** Relative Frobenius error of the truncated LoRA (0 … 1). */
+  readonly relativeError: number;
+}
+
+/** One layer of an output plan. */
+export interface LayerPlan {
+  /** Layer name. */
+  readonly name: string;
+  /** The base weight (or q/k/v block) it modifies, as the original labels it. */
+  readonly base: string;
+  /** `linear`, or `conv` for a LoCon kernel (4-D down weight). */
+  readonly kind: "linear" | "conv";
+  /** Rows of ΔW. */
+  readonly out: number;
+  /** The down weight's trailing dims (`[in]` or `[in, kh, kw]`). */
+  readonly inShape: readonly number[];
+  /** Stored rank r. */
+  readonly rank: number;
+  /** Stored alpha. */
+  readonly alpha: number;
+  /** Frobenius norm of the base weight, when known. */
+  readonly baseFrobenius?: number;
+  /** Spectral norm of the base weight, when known. */
+  readonly baseSpectral?: number;
+  /** Number of singular values k. */
+  readonly dims: number;
+  /** Kept dimensions k′. */
+  readonly kept: number;
+  /** Scaled singular values (α/r included, rescale not). */
+  readonly sigma: Float64Array;
+  /** Scores of the recipe. */
+  readonly scores: Float64Array;
+}
+
+/** What one (LoRA, recipe) pair produces (or would produce, in a dry run). */
+export interface OutputSummary {
+  /** The LoRA entry as given. */
+  readonly lora: string;
+  /** The recipe text. */
+  readonly recipe: string;
+  /** Output path. */
+  readonly path: string;
+  /** Exact file size in bytes. */
+  readonly bytes: number;
+  /** Whether the file was written (false in a dry run). */
+  readonly written: boolean;
+  /** The threshold used (user's, or computed in size mode). */
+  readonly threshold: number;
+  /** Total rank of the resized layers before (Σ k over non-zero layers). */
+  readonly rankBefore: number;
+  /** Total rank after (Σ k′). */
+  readonly rankAfter: number;
+  /** ‖ΔW_out − rescale·ΔW_in‖_F / ‖rescale·ΔW_in‖_F over all resized layers. */
+  readonly relativeError: number;
+  /** Per-layer plan (non-zero paired layers, name order). */
+  readonly layers: readonly LayerPlan[];
+  /** The size-mode cut, when the target cut the ranking. */
+  readonly cut?: SizeCut;
+  /** Size ↔ error curve (when `curve` was asked for), from the empty to the full selection. */
+  readonly curve?: readonly CurvePoint[];
+}
+
+/** The result of {@link resize}. */
+export interface ResizeResult {
+  /** One summary per (LoRA, recipe), in order. */
+  readonly outputs: OutputSummary[];
+}
+
+/** A LoRA after pairing and decomposition, shared by all recipes. */
+interface PreparedLora {
+  readonly model: LoraModel;
+  /** Paired non-zero layers, name order. */
+  readonly layers: readonly PairedLayer[];
+  readonly decompositions: readonly Decomposition[];
+  readonly passThrough: readonly RawTensor[];
+  subspace?: Float64Array[];
+}
+
+/** Resources of one run. */
+class Run implements AsyncDisposable {
+  readonly norms = new Map<string, BaseNorms>();
+  constructor(
+    readonly options: ResizeOptions,
+    readonly log: LogFn,
+    readonly backend: Backend,
+    readonly ownsBackend: boolean,
+    readonly checkpoint: BaseCheckpoint,
+    readonly cache: NormsCache | undefined,
+  ) {}
+
+  async [Symbol.asyncDispose]() {
+    this.checkpoint.close();
+    if (this.ownsBackend) await this.backend.close();
+  }
+}
+
+/**
+ * Resizes every LoRA with every recipe and writes one file per pair.
+ *
+ * @example
+ * ```ts ignore
+ * import { resize } from "./resize.ts";
+ * const { outputs } = await resize({
+ *   checkpoint: "sd_xl_base_1.0.safetensors",
+ *   loras: ["my_lora.safetensors"],
+ *   recipes: "fro_ckpt=1,thr=-3.5:spn_lora=1,size=32",
+ *   outputFolder: "out",
+ * });
+ * for (const o of outputs) console.log(o.path, o.bytes, o.rankBefore, "→", o.rankAfter);
+ * ```
+ */
+export function resize(options: ResizeOptions): Promise<ResizeResult> {
+  return runPipeline(options, true);
+}
+
+/**
+ * Runs the pipeline up to the write: exact output sizes, ranks and errors of
+ * every (LoRA, recipe) pair, nothing written. Base norms already in the norms
+ * cache are not read again.
+ *
+ * @example
+ * ```ts ignore
+ * import { plan } from "./resize.ts";
+ * const { outputs } = await plan({ checkpoint: "base.safetensors", loras: ["a.safetensors"] });
+ * console.log(outputs[0].bytes, outputs[0].relativeError);
+ * ```
+ */
+export function plan(options: ResizeOptions): Promise<ResizeResult> {
+  return runPipeline(options, false);
+}
+
+async function runPipeline(options: ResizeOptions, write: boolean): Promise<ResizeResult> {
+  const log = options.log ?? silent;
+  const recipes = parseRecipes(options.recipes ?? DEFAULT_RECIPES);
+  for (const r of recipes) for (const w of r.warnings) log("WARNING", w);
+  await using run = await openRun(options, log);
+  const outputs: OutputSummary[] = [];
+  for (const entry of options.loras) {
+    log("INFO", `Processing LoRA model: ${entry}`);
+    const lora = await prepareLora(run, entry);
+    for (const recipe of recipes) {
+      outputs.push(await resizeWithRecipe(run, lora, recipe, write));
+    }
+  }
+  return { outputs };
+}
+
+async function openRun(options: ResizeOptions, log: LogFn): Promise<Run> {
+  let cache: NormsCache | undefined;
+  if (options.normsCache !== false) {
+    cache = await NormsCache.open(options.checkpoint, { location: options.normsCache });
+    if (cache.loaded) log("INFO", `Loading ${cache.file}`);
+  }
+  const checkpoint = await BaseCheckpoint.open(options.checkpoint);
+  try {
+    const backend = options.backend ?? await selectBackend(options.device ?? "auto", { log });
+    return new Run(options, log, backend, !options.backend, checkpoint, cache);
+  } catch (e) {
+    checkpoint.close();
+    throw e;
+  }
+}
+
+/** Load, pair, decompose, drop all-zero layers. */
+async function prepareLora(run: Run, entry: string): Promise<PreparedLora> {
+  const { log, options } = run;
+  const model = await loadLora(entry);
+  const pairing = pairLayers(model, run.checkpoint);
+  const passThrough = [...model.passThrough];
+  if (options.dropUnmapped) {
+    for (const layer of pairing.unmapped) {
+      log(
+        "WARNING",
+        `LoRA key '${layer.name}' found in file but is not mapped to any base layer by the checkpoint's key_mapper.`,
+      );
+    }
+  } else {
+    for (const layer of pairing.unmapped) {
+      log("DEBUG", `LoRA layer '${layer.name}' maps to no base weight: copied unchanged`);
+      passThrough.push(...layer.tensors);
+    }
+  }
+  for (const base of pairing.unmatchedBase) log("INFO", unmatchedBaseMessage(base));
+  log(
+    "INFO",
+    `Mapped ${pairing.paired.length} LoRA layers from file to base layers (out of ${model.layers.length} LoRA alpha keys in file).`,
+  );
+  reportPassThrough(run, model, pairing.unmapped, passThrough);
+  const short = pairing.paired.filter((p) => p.matchedBy === "short");
+  if (short.length > 0) {
+    log(
+      "WARNING",
+      `${short.length} layers of ${entry} matched only through lossy short aliases (e.g. '${
+        short[0].layer.name
+      }' → '${short[0].base.label}'); check the pairing with -v`,
+    );
+  }
+
+  const decompositions = await run.backend.decompose(
+    pairing.paired.map((p) => p.layer.factors),
+    { onProgress: (d, t) => options.onProgress?.("SVD", d, t) },
+  );
+  const layers: PairedLayer[] = [];
+  const kept: Decomposition[] = [];
+  pairing.paired.forEach((p, i) => {
+    const d = decompositions[i];
+    if (!(d.sigma.length > 0 && d.sigma[0] >= ZERO_LAYER_SIGMA)) {
+      // kohya trains no TE1 layer 11 (SDXL uses the penultimate CLIP-L layer).
+      if (!p.layer.name.includes("text_model_encoder_layers_11")) {
+        log("WARNING", `LoRA layer ${p.layer.name} is all zeroes! dim=${d.sigma.length}`);
+      }
+      return;
+    }
+    layers.push(p);
+    kept.push(d);
+  });
+  return { model, layers, decompositions: kept, passThrough };
+}
+
+function reportPassThrough(
+  run: Run,
+  model: LoraModel,
+  unmapped: readonly LoraLayer[],
+  passThrough: readonly RawTensor[],
+): void {
+  const parts: string[] = [];
+  if (unmapped.length > 0) {
+    parts.push(`${unmapped.length} LoRA layers with no base weight`);
+  }
+  for (const [kind, n] of Object.entries(model.passThroughSummary.byKind)) {
+    if (n > 0) parts.push(`${n} ${kind} tensors`);
+  }
+  if (parts.length === 0) return;
+  const count = run.options.dropUnmapped
+    ? model.passThrough.length + unmapped.reduce((n, l) => n + l.tensors.length, 0)
+    : passThrough.length;
+  run.log(
+    "WARNING",
+    run.options.dropUnmapped
+      ? `Dropping ${count} tensors of ${model.entry} that are not part of a resized layer: ${
+        parts.join(", ")
+      }`
+      : `Copying ${count} tensors of ${model.entry} that are not part of a resized layer unchanged: ${
+        parts.join(", ")
+      } (--drop_unmapped drops them)`,
+  );
+}
+
+/** Base norms for the layers' entries: from memory, the cache, or the backend. */
+async function baseNorms(
+  run: Run,
+  layers: readonly PairedLayer[],
+  which: { frobenius: boolean; spectral: boolean },
+): Promise<BaseNorms[]> {
+  const missing = new Map<string, { entry: BaseEntry; layer: string }>();
+  const lookup = (key: string) => run.norms.get(key) ?? run.cache?.get(key);
+  for (const p of layers) {
+    const key = normsKey(p.base);
+    const known = lookup(key);
+    const lacks = (which.frobenius && known?.frobenius === undefined) ||
+      (which.spectral && known?.spectral === undefined);
+    if (lacks && !missing.has(key)) missing.set(key, { entry: p.base, layer: p.layer.name });
+  }
+  const todo = [...missing];
+  // Batches, so that an interrupted run keeps what it computed (D7).
+  const BATCH = 32;
+  for (let start = 0; start < todo.length; start += BATCH) {
+    const batch = todo.slice(start, start + BATCH);
+    for (const [, { entry, layer }] of batch) {
+      run.log("DEBUG", `Loading base weight ${entry.label} for ${layer}`);
+    }
+    const norms = await run.backend.baseNorms(
+      batch.map(([, { entry }]) => run.checkpoint.weightRef(entry)),
+      which,
+      {
+        onProgress: (d, _t) => run.options.onProgress?.("Norms", start + d, todo.length),
+      },
+    );
+    const update: Record<string, BaseNorms> = {};
+    batch.forEach(([key], i) => {
+      const merged = { ...lookup(key), ...norms[i] };
+      run.norms.set(key, merged);
+      update[key] = norms[i];
+    });
+    await run.cache?.update(update);
+  }
+  return layers.map((p) => lookup(normsKey(p.base)) ?? {});
+}
+
+async function subspaceScales(run: Run, lora: PreparedLora): Promise<Float64Array[]> {
+  lora.subspace ??= await run.backend.subspaceScales(
+    lora.layers.map((p, i) => ({
+      weight: run.checkpoint.weightRef(p.base),
+      factors: p.layer.factors,
+      decomposition: lora.decompositions[i],
+    })),
+  );
+  return lora.subspace;
+}
+
+/** Score, select, build and (unless planning) write one output. */
+async function resizeWithRecipe(
+  run: Run,
+  lora: PreparedLora,
+  recipe: Recipe,
+  write: boolean,
+): Promise<OutputSummary> {
+  const { log, options } = run;
+  const dtype = options.outputDtype ?? "F16";
+  const debug = options.logLevel === "DEBUG";
+  const needs = recipeNeeds(recipe, { layerReport: debug });
+  const norms: BaseNorms[] = needs.frobenius || needs.spectral
+    ? await baseNorms(run, lora.layers, needs)
+    : lora.layers.map(() => ({}));
+  const subspace = needs.subspace ? await subspaceScales(run, lora) : undefined;
+
+  const scores = lora.layers.map((p, i) => {
+    options.onProgress?.(`Scoring ${recipe.text}`, i + 1, lora.layers.length);
+    return scoreLayer(recipe, {
+      sigma: lora.decompositions[i].sigma,
+      out: p.layer.factors.out,
+      inFlat: p.layer.factors.inFlat,
+      froCkpt: norms[i].frobenius,
+      spnCkpt: norms[i].spectral,
+      subspace: subspace?.[i],
+      name: p.layer.name,
+    });
+  });
+
+  const shapeFor = (kept: ArrayLike<number>, threshold: number): OutputShape => ({
+    layers: lora.layers.map((p, i) => ({ layer: p.layer, kept: kept[i] })),
+    passThrough: lora.passThrough,
+    dtype,
+    inputMetadata: lora.model.metadata,
+    resizeParams: resizeParamsJson(recipe, threshold),
+  });
+  const selection = select(run, lora, recipe, scores, shapeFor);
+  const threshold = selection.threshold;
+  const keptCounts = selection.keep.map((k) => k.length);
+  const shape = shapeFor(keptCounts, threshold);
+  const folder = options.outputFolder ?? lora.model.folder;
+  const path = join(folder, outputFileName(lora.model.name, recipe, threshold));
+
+  let dropped2 = 0;
+  let total2 = 0;
+  const layers: LayerPlan[] = lora.layers.map((p, i) => {
+    const sigma = lora.decompositions[i].sigma;
+    const keep = selection.keep[i];
+    const keptSet = new Set(keep);
+    sigma.forEach((s, j) => {
+      const v = s * recipe.rescale;
+      total2 += v * v;
+      if (!keptSet.has(j)) dropped2 += v * v;
+    });
+    if (debug) {
+      const e = truncationError(sigma, keep, {
+        rescale: recipe.rescale,
+        froCkpt: norms[i].frobenius ?? NaN,
+      });
+      log(
+        "DEBUG",
+        formatLayerDebugLine(p.layer.name, { ...e, dims: sigma.length, kept: keep.length }),
+      );
+    }
+    return {
+      name: p.layer.name,
+      base: p.base.label,
+      kind: p.layer.inShape.length > 1 ? "conv" as const : "linear" as const,
+      out: p.layer.factors.out,
+      inShape: p.layer.inShape,
+      rank: p.layer.factors.rank,
+      alpha: p.layer.alpha,
+      baseFrobenius: norms[i].frobenius ?? run.norms.get(normsKey(p.base))?.frobenius ??
+        run.cache?.get(normsKey(p.base))?.frobenius,
+      baseSpectral: norms[i].spectral ?? run.norms.get(normsKey(p.base))?.spectral ??
+        run.cache?.get(normsKey(p.base))?.spectral,
+      dims: sigma.length,
+      kept: keep.length,
+      sigma,
+      scores: scores[i],
+    };
+  });
+  log("INFO", formatQuantilesLine(scoreQuantiles(scores)));
+
+  const summary = {
+    lora: lora.model.entry,
+    recipe: recipe.text,
+    path,
+    bytes: outputFileSize(shape),
+    written: false,
+    threshold,
+    rankBefore: layers.reduce((n, l) => n + l.dims, 0),
+    rankAfter: layers.reduce((n, l) => n + l.kept, 0),
+    relativeError: total2 > 0 ? Math.sqrt(dropped2 / total2) : 0,
+    layers,
+    cut: selection.cut,
+    curve: options.curve ? tradeOffCurve(lora, recipe, scores, shapeFor) : undefined,
+  };
+  if (!write) return summary;
+
+  await checkOutputPath(run, lora, path);
+  const requests = lora.layers.flatMap((p, i) =>
+    selection.keep[i].length > 0
+      ? [{
+        factors: p.layer.factors,
+        decomposition: lora.decompositions[i],
+        keep: selection.keep[i],
+        rescale: recipe.rescale,
+      }]
+      : []
+  );
+  const rebuilt = await run.backend.rebuild(requests);
+  const { tensors, metadata } = buildOutput(shape, rebuilt);
+  log("INFO", `Saving ${path}`);
+  await Deno.mkdir(folder, { recursive: true }).catch((e) => {
+    throw new OutputError(`${folder}: cannot create the output folder (${e.message})`);
+  });
+  const result = await writeSafetensors(path, tensors, { metadata });
+  if (result.bytes !== summary.bytes) {
+    throw new OutputError(`${path}: wrote ${result.bytes} bytes, planned ${summary.bytes}`);
+  }
+  return { ...summary, written: true };
+}
+
+function select(
+  run: Run,
+  lora: PreparedLora,
+  recipe: Recipe,
+  scores: Float64Array[],
+  shapeFor: (kept: ArrayLike<number>, threshold: number) => OutputShape,
+): Selection & { cut?: SizeCut } {
+  const { options, log } = run;
+  if (recipe.sizeMiB === undefined) return selectByThreshold(scores, recipe.threshold!);
+  const dtype = options.outputDtype ?? "F16";
+  let selection: Selection & { cut?: SizeCut };
+  if (options.sizeAccounting === "original") {
+    selection = selectBySizeOriginal(
+      lora.layers.map((p, i) => ({
+        scores: scores[i],
+        out: p.layer.factors.out,
+        inFlat: p.layer.factors.inFlat,
+      })),
+      { targetMiB: recipe.sizeMiB, elementSize: outputElementSize(dtype) },
+    );
+  } else {
+    // The threshold is not known until the cut is: measure with the longest
+    // text a threshold can take, so the real file is never larger.
+    const widest = -1.2345678901234567e-308;
+    const s = selectBySizeFile(scores, {
+      targetMiB: recipe.sizeMiB,
+      fileSize: (kept) => outputFileSize(shapeFor(kept, widest)),
+    });
+    if (!s.fits) {
+      throw new RecipeError(
+        `${lora.model.entry}: recipe ${recipe.text}: even an output without any resized layer (${s.fileBytes} bytes) is larger than size=${recipe.sizeMiB} MiB`,
+      );
+    }
+    selection = s;
+  }
+  if (selection.cut) log("INFO", formatTotalRankLine(selection.cut));
+  return selection;
+}
+
+/** Points of the size ↔ error curve along the score ranking (about 200, ends included). */
+function tradeOffCurve(
+  lora: PreparedLora,
+  recipe: Recipe,
+  scores: Float64Array[],
+  shapeFor: (kept: ArrayLike<number>, threshold: number) => OutputShape,
+): CurvePoint[] {
+  const ranking = rankDimensions(scores);
+  const n = ranking.score.length;
+  let total = 0;
+  for (const d of lora.decompositions) for (const s of d.sigma) total += (s * recipe.rescale) ** 2;
+  const steps = Math.min(n, 200);
+  const points: CurvePoint[] = [];
+  const kept = new Uint32Array(scores.length);
+  let keptEnergy = 0;
+  let at = 0;
+  for (let step = 0; step <= steps; step++) {
+    const count = Math.round((n * step) / steps);
+    for (; at < count; at++) {
+      const l = ranking.layer[at];
+      kept[l]++;
+      keptEnergy += (lora.decompositions[l].sigma[ranking.dim[at]] * recipe.rescale) ** 2;
+    }
+    const threshold = count > 0 ? ranking.score[count - 1] : Infinity;
+    points.push({
+      rank: count,
+      threshold,
+      bytes: outputFileSize(shapeFor(kept, threshold)),
+      relativeError: count === n || total === 0
+        ? 0
+        : Math.sqrt(Math.max(0, total - keptEnergy) / total),
+    });
+  }
+  return points;
+}
+
+async function realPathOrResolve(path: string): Promise<string> {
+  try {
+    return await Deno.realPath(path);
+  } catch {
+    try {
+      return join(await Deno.realPath(dirname(path)), path.split(/[\\/]/).pop()!);
+    } catch {
+      return resolve(path);
+    }
+  }
+}
+
+async function checkOutputPath(run: Run, lora: PreparedLora, path: string): Promise<void> {
+  const out = await realPathOrResolve(path);
+  for (const input of [...lora.model.paths, run.checkpoint.path]) {
+    if (out === await realPathOrResolve(input)) {
+      throw new OutputError(`${path}: the output would overwrite the input ${input}`);
+    }
+  }
+}
+
+export type { OutputDType, OutputLayer };

@@ -1,0 +1,67 @@
+/**
+ * The sd-webui-additional-networks hashes kohya tools store in metadata
+ * (`sshs_model_hash`, `sshs_legacy_hash`; reference-behaviour §7.3).
+ *
+ * Both are defined on the serialisation of the same tensors with only the
+ * `ss_*` metadata keys; they are computed here without building that buffer.
+ *
+ * @module
+ */
+
+import { createHash } from "node:crypto";
+import { encodeHeader, layoutTensors } from "./header.ts";
+import type { TensorSource } from "./writer.ts";
+
+/** The two hashes, as kohya writes them. */
+export interface SshsHashes {
+  /** Hex SHA-256 of the data section (all tensor bytes in layout order). */
+  readonly sshs_model_hash: string;
+  /** First 8 hex digits of SHA-256 of bytes [0x100000, 0x110000) of the file. */
+  readonly sshs_legacy_hash: string;
+}
+
+const LEGACY_START = 0x100000;
+const LEGACY_END = 0x110000;
+
+/**
+ * Computes `sshs_model_hash` and `sshs_legacy_hash` for tensors whose bytes
+ * are given directly (not as callbacks).
+ *
+ * @example
+ * ```ts
+ * import { sshsHashes } from "./hashes.ts";
+ * const h = sshsHashes([{ name: "x", dtype: "U8", shape: [1], data: new Uint8Array([7]) }], {});
+ * console.log(h.sshs_model_hash.length, h.sshs_legacy_hash); // 64 "e3b0c442"
+ * ```
+ */
+export function sshsHashes(
+  tensors: readonly TensorSource[],
+  metadata: Readonly<Record<string, string>>,
+): SshsHashes {
+  const ssOnly = Object.fromEntries(
+    Object.entries(metadata).filter(([k]) => k.startsWith("ss_")),
+  );
+  const layout = layoutTensors(tensors);
+  const header = encodeHeader(layout, ssOnly);
+  const byName = new Map(tensors.map((t) => [t.name, t]));
+  const model = createHash("sha256");
+  const legacy = createHash("sha256");
+  const take = (bytes: Uint8Array, at: number) => {
+    const from = Math.max(LEGACY_START, at);
+    const to = Math.min(LEGACY_END, at + bytes.byteLength);
+    if (from < to) legacy.update(bytes.subarray(from - at, to - at));
+  };
+  take(header, 0);
+  for (const t of layout) {
+    const data = byName.get(t.name)!.data;
+    if (typeof data === "function") {
+      throw new TypeError(`sshsHashes needs the bytes of tensor '${t.name}', not a callback`);
+    }
+    model.update(data);
+    take(data, header.byteLength + t.dataOffsets[0]);
+  }
+  return {
+    sshs_model_hash: model.digest("hex"),
+    sshs_legacy_hash: legacy.digest("hex").slice(0, 8),
+  };
+}

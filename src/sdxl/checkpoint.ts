@@ -1,0 +1,296 @@
+/**
+ * An SDXL base checkpoint indexed by LoRA layer name (reference-behaviour
+ * §4.3–§4.4). Opening reads the header only; a weight (or one q/k/v row block
+ * of CLIP-G's fused projection) is read by offset when asked for.
+ *
+ * @module
+ */
+
+import { MappingError, SafetensorsError } from "../errors.ts";
+import type { BaseWeightRef } from "../linalg/backend.ts";
+import { type DType, isFloatDType } from "../safetensors/dtype.ts";
+import { numel } from "../safetensors/header.ts";
+import { type ReadOptions, SafetensorsFile } from "../safetensors/reader.ts";
+import { loraNamesForBaseKey, type NameKind } from "./key_map.ts";
+
+/** A base weight, or one row block of a split one, that LoRA layers can modify. */
+export interface BaseEntry {
+  /** Base tensor key. */
+  readonly key: string;
+  /** For a CLIP-G `in_proj_weight` block: its index (q = 0, k = 1, v = 2) and the block count. */
+  readonly chunk?: { readonly index: number; readonly count: number };
+  /** The base tensor's full shape. */
+  readonly shape: readonly number[];
+  /** Element type on disk. */
+  readonly dtype: DType;
+  /** Rows of the flattened weight (of the block, for a chunk). */
+  readonly rows: number;
+  /** Columns of the flattened weight (in′ = product of the trailing dims). */
+  readonly cols: number;
+  /** As the original prints the entry: the key, or Python tuple text `('key', 0, 3)`. */
+  readonly label: string;
+  /** The first LoRA name that maps to this entry, in registration order (for logs). */
+  readonly firstAlias: string;
+}
+
+/** A LoRA layer name resolved against the checkpoint. */
+export interface BaseMatch {
+  /** The base entry. */
+  readonly entry: BaseEntry;
+  /** The family of the name that matched (the short aliases are lossy). */
+  readonly kind: NameKind;
+}
+
+/**
+ * An open base checkpoint with its LoRA-name → base-weight map.
+ *
+ * Names are registered key by key in the file's listing order; a later key
+ * overwrites a (short) alias an earlier key registered, as in the original,
+ * so `down_4` means the last `input_blocks.4.*` weight.
+ *
+ * @example
+ * ```ts ignore
+ * import { BaseCheckpoint } from "./checkpoint.ts";
+ * await using ckpt = await BaseCheckpoint.open("sd_xl_base_1.0.safetensors");
+ * const entry = ckpt.lookup("lora_te2_text_model_encoder_layers_5_self_attn_q_proj")!;
+ * console.log(entry.label, entry.rows, entry.cols); // ('conditioner…in_proj_weight', 0, 3) 1280 1280
+ * const w = await ckpt.readWeight(entry); // only those 1280 rows are read
+ * ```
+ */
+export class BaseCheckpoint implements AsyncDisposable {
+  /** Path the checkpoint was opened from. */
+  readonly path: string;
+  /** The underlying safetensors file. */
+  readonly file: SafetensorsFile;
+  #byName: Map<string, BaseMatch>;
+  #entries: BaseEntry[];
+
+  private constructor(file: SafetensorsFile) {
+    this.path = file.path;
+    this.file = file;
+    ({ byName: this.#byName, entries: this.#entries } = indexCheckpoint(file));
+  }
+
+  /**
+   * Opens a checkpoint (header only) and builds its name map.
+   *
+   * @example
+   * ```ts ignore
+   * import { BaseCheckpoint } from "./checkpoint.ts";
+   * const ckpt = await BaseCheckpoint.open("model.safetensors");
+   * console.log(ckpt.entries().length);
+   * ckpt.close();
+   * ```
+   */
+  static async open(path: string): Promise<BaseCheckpoint> {
+    const file = await SafetensorsFile.open(path);
+    try {
+      return new BaseCheckpoint(file);
+    } catch (e) {
+      file.close();
+      throw e;
+    }
+  }
+
+  /**
+   * The base entry a LoRA layer name maps to, or `undefined`.
+   *
+   * @example
+   * ```ts ignore
+   * console.log(ckpt.lookup("lora_unet_input_blocks_4_1_proj_in")?.key);
+   * ```
+   */
+  lookup(layerName: string): BaseEntry | undefined {
+    return this.#byName.get(layerName)?.entry;
+  }
+
+  /**
+   * Like {@link lookup}, also saying which name family matched.
+   *
+   * @example
+   * ```ts ignore
+   * if (ckpt.match("down_4")?.kind === "short") console.log("lossy alias");
+   * ```
+   */
+  match(layerName: string): BaseMatch | undefined {
+    return this.#byName.get(layerName);
+  }
+
+  /**
+   * Every entry some name maps to, sorted by label text (the original's log order).
+   *
+   * @example
+   * ```ts ignore
+   * for (const e of ckpt.entries()) console.log(e.label, e.firstAlias);
+   * ```
+   */
+  entries(): BaseEntry[] {
+    return [...this.#entries];
+  }
+
+  /**
+   * Throws a {@link MappingError} when a chunk entry's rows do not split evenly.
+   *
+   * @example
+   * ```ts ignore
+   * ckpt.checkEntry(entry); // `… shape=(3841, 1280) is not divisible in 3 chunks`
+   * ```
+   */
+  checkEntry(entry: BaseEntry): void {
+    if (entry.chunk && entry.shape[0] % entry.chunk.count !== 0) {
+      throw new MappingError(
+        `${this.path}: ${entry.key} shape=${
+          pythonTuple(entry.shape)
+        } is not divisible in ${entry.chunk.count} chunks`,
+      );
+    }
+  }
+
+  /**
+   * Where the (block of the) weight lies in the file, for backends that read it themselves.
+   *
+   * @example
+   * ```ts ignore
+   * const ref = ckpt.weightRef(entry); // { path, dtype: "F16", offset, rows, cols }
+   * ```
+   */
+  weightRef(entry: BaseEntry): BaseWeightRef {
+    const dtype = this.#floatDType(entry);
+    const { offset } = this.file.byteRange(entry.key, this.#rows(entry));
+    return { path: this.path, dtype, offset, rows: entry.rows, cols: entry.cols };
+  }
+
+  /**
+   * Reads the (block of the) weight as `rows × cols` float32, row-major; a
+   * chunk reads only its rows.
+   *
+   * @example
+   * ```ts ignore
+   * const w = await ckpt.readWeight(ckpt.lookup("lora_unet_out_2")!); // 4·320·3·3 values
+   * ```
+   */
+  readWeight(entry: BaseEntry): Promise<Float32Array> {
+    this.#floatDType(entry);
+    return this.file.readFloat32(entry.key, this.#rows(entry));
+  }
+
+  #rows(entry: BaseEntry): ReadOptions {
+    this.checkEntry(entry);
+    if (!entry.chunk) return {};
+    const start = entry.chunk.index * entry.rows;
+    return { rows: [start, start + entry.rows] };
+  }
+
+  #floatDType(entry: BaseEntry) {
+    if (!isFloatDType(entry.dtype)) {
+      throw new SafetensorsError(
+        `${this.path}: tensor '${entry.key}' has dtype ${entry.dtype}, expected a float type`,
+      );
+    }
+    return entry.dtype;
+  }
+
+  /** Closes the file (idempotent). */
+  close(): void {
+    this.file.close();
+  }
+
+  /** Closes the file when used with `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+    return Promise.resolve();
+  }
+}
+
+type Draft = Omit<BaseEntry, "firstAlias">;
+
+function indexCheckpoint(file: SafetensorsFile) {
+  // A Map keeps a key's first insertion position when its value is replaced,
+  // exactly like the Python dict the original fills; that position decides
+  // which name the "No LoRA layer found" log quotes for an entry.
+  const names = new Map<string, { draft: Draft; kind: NameKind }>();
+  for (const t of file.tensors) {
+    const mapped = loraNamesForBaseKey(t.name, t.shape);
+    if (!mapped) continue;
+    const cols = numel(t.shape.slice(1));
+    const base = { key: t.name, shape: t.shape, dtype: t.dtype, cols };
+    if (mapped.chunks) {
+      const count = mapped.chunks.length;
+      mapped.chunks.forEach((name, index) => {
+        const draft: Draft = {
+          ...base,
+          chunk: { index, count },
+          rows: Math.floor(t.shape[0] / count), // checkEntry() rejects uneven splits on use
+          label: `(${pythonRepr(t.name)}, ${index}, ${count})`,
+        };
+        names.set(name, { draft, kind: "chunk" });
+      });
+    } else {
+      const draft: Draft = { ...base, rows: t.shape[0], label: t.name };
+      for (const name of mapped.all) {
+        const kind = name === mapped.standard
+          ? "standard"
+          : name === mapped.short
+          ? "short"
+          : "direct";
+        names.set(name, { draft, kind });
+      }
+    }
+  }
+  const entryOf = new Map<Draft, BaseEntry>();
+  const byName = new Map<string, BaseMatch>();
+  for (const [name, { draft, kind }] of names) {
+    let entry = entryOf.get(draft);
+    if (!entry) {
+      entry = Object.freeze({ ...draft, firstAlias: name });
+      entryOf.set(draft, entry);
+    }
+    byName.set(name, { entry, kind });
+  }
+  const entries = [...entryOf.values()].sort((a, b) => compareText(a.label, b.label));
+  return { byName, entries };
+}
+
+/** Code-unit order (Python's str order for the BMP, which keys live in). */
+function compareText(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/**
+ * A shape as Python prints a tuple: `(1280, 1280)`, `(768,)`, `()`.
+ *
+ * @example
+ * ```ts
+ * import { pythonTuple } from "./checkpoint.ts";
+ * console.log(pythonTuple([5, 4, 3, 3]), pythonTuple([7])); // (5, 4, 3, 3) (7,)
+ * ```
+ */
+export function pythonTuple(values: readonly number[]): string {
+  return values.length === 1 ? `(${values[0]},)` : `(${values.join(", ")})`;
+}
+
+/**
+ * A string as Python's `repr()` prints it: `'key'` (double quotes when the
+ * text holds a single quote and no double quote; escapes for `\`, the quote
+ * and control characters).
+ *
+ * @example
+ * ```ts
+ * import { pythonRepr } from "./checkpoint.ts";
+ * console.log(pythonRepr("a.weight"), pythonRepr("it's")); // 'a.weight' "it's"
+ * ```
+ */
+export function pythonRepr(text: string): string {
+  const quote = text.includes("'") && !text.includes('"') ? '"' : "'";
+  let out = quote;
+  for (const ch of text) {
+    const c = ch.codePointAt(0)!;
+    if (ch === "\\" || ch === quote) out += "\\" + ch;
+    else if (ch === "\n") out += "\\n";
+    else if (ch === "\r") out += "\\r";
+    else if (ch === "\t") out += "\\t";
+    else if (c < 0x20 || c === 0x7f) out += "\\x" + c.toString(16).padStart(2, "0");
+    else out += ch;
+  }
+  return out + quote;
+}
