@@ -48,10 +48,7 @@ export {
 } from "./src/recipe/recipe.ts";
 export { type SizeAccounting } from "./src/recipe/select.ts";
 export { fmt, parsePythonFloat, pyRepr } from "./src/recipe/pyfloat.ts";
-export {
-  type BaseKeyNames,
-  loraNamesForBaseKey,
-} from "./src/sdxl/key_map.ts";
+export { type BaseKeyNames, loraNamesForBaseKey, type NameKind } from "./src/sdxl/key_map.ts";
 export { BaseCheckpoint, type BaseEntry, type BaseMatch } from "./src/sdxl/checkpoint.ts";
 export {
   type LoadLoraOptions,
@@ -61,6 +58,7 @@ export {
   type PassThroughSummary,
   type RawTensor,
 } from "./src/lora/lora_file.ts";
+export { type MergePrecision } from "./src/lora/merge.ts";
 export { type PairedLayer, pairLayers, type Pairing } from "./src/lora/pairing.ts";
 export type {
   Backend,

@@ -36,8 +36,9 @@ struct Item {
   // output element index of (fx0, fy0) and the output row stride
   out_base: u32,
   out_stride: u32,
-  pad0: u32,
-  pad1: u32,
+  // always 0 (see opq in df32.wgsl)
+  zero: u32,
+  pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read> items: array<Item>;
@@ -104,6 +105,7 @@ fn main(
     return;
   }
   let it = items[index];
+  opaque_zero = it.zero;
   let t = lid.y * 16u + lid.x;
   let cx = tile_coords(it.x, t);
   let cy = tile_coords(it.y, t);
@@ -148,10 +150,10 @@ fn main(
         outp[3u * o + 2u] = acc.z;
       }
       case 1u: {
-        outp[o] = acc.x + (acc.y + acc.z);
+        outp[o] = acc.x + opq(acc.y + acc.z);
       }
       default: {
-        let d = two_sum(acc.x, acc.y + acc.z);
+        let d = two_sum(acc.x, opq(acc.y + acc.z));
         outp[2u * o] = d.x;
         outp[2u * o + 1u] = d.y;
       }

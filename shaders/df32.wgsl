@@ -3,40 +3,53 @@
 //
 // A df32 value is vec2<f32>(hi, lo) with |lo| <= ulp(hi)/2: about 48
 // significant bits. Exactness rests on IEEE f32 add/sub/mul rounding to
-// nearest (required by Vulkan, Metal without fast-math, D3D12); the host runs
-// a self-test at start-up and refuses an adapter whose compiler breaks it.
+// nearest, evaluated as written. Shader compilers may rewrite float
+// expressions algebraically (Mesa turns (a + b) - a into b unless an op is
+// marked precise, which WGSL cannot say), so every intermediate of the
+// error-free transforms goes through `opq`: an XOR with a zero that each
+// entry point loads from a buffer at run time, which no compiler can see
+// through. The host still runs a self-test at start-up and refuses an
+// adapter that does not compute these sums exactly.
 //
 // Products are made exact without relying on a fused multiply-add: every
 // factor is cut into "limbs" of at most 12 significant bits (a bit mask, not
-// Veltkamp's split, so no multiply can be contracted into it), and the
-// product of two 12-bit limbs always fits the 24-bit f32 significand.
+// Veltkamp's split), and the product of two 12-bit limbs always fits the
+// 24-bit f32 significand, so contracting it into an FMA changes nothing.
+
+// Zero, but unknown to the compiler: every entry point sets it from a buffer.
+var<private> opaque_zero: u32;
+
+// x, hidden from algebraic rewriting.
+fn opq(x: f32) -> f32 {
+  return bitcast<f32>(bitcast<u32>(x) ^ opaque_zero);
+}
 
 // Knuth's TwoSum: s + e == a + b exactly.
 fn two_sum(a: f32, b: f32) -> vec2<f32> {
-  let s = a + b;
-  let bb = s - a;
-  let e = (a - (s - bb)) + (b - bb);
+  let s = opq(a + b);
+  let bb = opq(s - a);
+  let e = opq(a - opq(s - bb)) + opq(b - bb);
   return vec2<f32>(s, e);
 }
 
 // Dekker's FastTwoSum; needs |a| >= |b| (or a == 0).
 fn fast_two_sum(a: f32, b: f32) -> vec2<f32> {
-  let s = a + b;
-  return vec2<f32>(s, b - (s - a));
+  let s = opq(a + b);
+  return vec2<f32>(s, b - opq(s - a));
 }
 
 // df32 + f32.
 fn df_add_f(acc: vec2<f32>, x: f32) -> vec2<f32> {
   let s = two_sum(acc.x, x);
-  return fast_two_sum(s.x, s.y + acc.y);
+  return fast_two_sum(s.x, opq(s.y + acc.y));
 }
 
 // df32 + df32 (the accurate variant: both parts through TwoSum).
 fn df_add(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
   let s = two_sum(a.x, b.x);
   let t = two_sum(a.y, b.y);
-  let u = fast_two_sum(s.x, s.y + t.x);
-  return fast_two_sum(u.x, u.y + t.y);
+  let u = fast_two_sum(s.x, opq(s.y + t.x));
+  return fast_two_sum(u.x, opq(u.y + t.y));
 }
 
 // Cascaded sum of exact terms in three f32: s0 + s1 collect every term and
@@ -45,13 +58,13 @@ fn df_add(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
 fn acc3_add(acc: vec3<f32>, x: f32) -> vec3<f32> {
   let a = two_sum(acc.x, x);
   let b = two_sum(acc.y, a.y);
-  return vec3<f32>(a.x, b.x, acc.z + b.y);
+  return vec3<f32>(a.x, b.x, opq(acc.z + b.y));
 }
 
 // x == hi + lo exactly, each with at most 12 significant bits.
 fn split12(x: f32) -> vec2<f32> {
-  let hi = bitcast<f32>(bitcast<u32>(x) & 0xfffff000u);
-  return vec2<f32>(hi, x - hi);
+  let hi = bitcast<f32>(bitcast<u32>(x) & (0xfffff000u ^ opaque_zero));
+  return vec2<f32>(hi, opq(x - hi));
 }
 
 // IEEE binary16 bits -> f32, exact for subnormals whatever the driver's

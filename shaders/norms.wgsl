@@ -8,7 +8,9 @@
 // in one of four data slots (separate buffers, each within the adapter's
 // maxStorageBufferBindingSize), so a weight may be larger than one binding.
 //
-// `meta` (u32) holds, at offsets given by its 8-word header:
+// `meta` (u32) starts with a 16-word header: offsets of the sections below
+// (pieces, weights, row jobs, col jobs, active), the weight, row-job and
+// col-job counts, and a zero (see opq in df32.wgsl). Sections:
 //   pieces:   slot, word_base, fmt, cols, rows, row_offset, weight, 0
 //   weights:  cols, rows, v_base, u_base, first_piece, piece_count, partial_base, hist_base
 //   row jobs: piece, first row (ROWS_PER_JOB rows each)
@@ -134,6 +136,7 @@ fn init_start(
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_index) li: u32,
 ) {
+  opaque_zero = meta[8];
   let wi = flat_index(wg, nwg);
   if (wi >= meta[5]) {
     return;
@@ -163,6 +166,7 @@ fn row_pass(
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_index) li: u32,
 ) {
+  opaque_zero = meta[8];
   let job = flat_index(wg, nwg);
   if (job >= meta[6]) {
     return;
@@ -217,6 +221,7 @@ fn col_pass(
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_index) li: u32,
 ) {
+  opaque_zero = meta[8];
   let job = flat_index(wg, nwg);
   if (job >= meta[7]) {
     return;
@@ -247,6 +252,7 @@ fn lanczos(
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_index) li: u32,
 ) {
+  opaque_zero = meta[8];
   let wi = flat_index(wg, nwg);
   if (wi >= meta[5] || !active(wi)) {
     return;

@@ -18,6 +18,7 @@ import type { Backend, BaseNorms, Decomposition } from "./linalg/backend.ts";
 import { type Device, selectBackend } from "./linalg/select_backend.ts";
 import { type LogFn, type LogLevel, silent } from "./log.ts";
 import { type LoraLayer, type LoraModel, loadLora, type RawTensor } from "./lora/lora_file.ts";
+import { parseMergeSpec } from "./lora/merge_spec.ts";
 import { type PairedLayer, pairLayers, unmatchedBaseMessage } from "./lora/pairing.ts";
 import { NormsCache, normsKey } from "./norms_cache.ts";
 import {
@@ -180,6 +181,8 @@ interface PreparedLora {
 /** Resources of one run. */
 class Run implements AsyncDisposable {
   readonly norms = new Map<string, BaseNorms>();
+  /** Every input file of the run: no output may replace one. */
+  readonly inputs: readonly string[];
   constructor(
     readonly options: ResizeOptions,
     readonly log: LogFn,
@@ -187,7 +190,12 @@ class Run implements AsyncDisposable {
     readonly ownsBackend: boolean,
     readonly checkpoint: BaseCheckpoint,
     readonly cache: NormsCache | undefined,
-  ) {}
+  ) {
+    this.inputs = [
+      options.checkpoint,
+      ...options.loras.flatMap((e) => parseMergeSpec(e)?.map((m) => m.path) ?? [e]),
+    ];
+  }
 
   async [Symbol.asyncDispose]() {
     this.checkpoint.close();
@@ -612,7 +620,7 @@ async function realPathOrResolve(path: string): Promise<string> {
 
 async function checkOutputPath(run: Run, lora: PreparedLora, path: string): Promise<void> {
   const out = await realPathOrResolve(path);
-  for (const input of [...lora.model.paths, run.checkpoint.path]) {
+  for (const input of new Set([...run.inputs, ...lora.model.paths])) {
     if (out === await realPathOrResolve(input)) {
       throw new OutputError(`${path}: the output would overwrite the input ${input}`);
     }

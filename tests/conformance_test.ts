@@ -211,7 +211,9 @@ function checkLog(expected: string[], got: string[]) {
       const q = (s: string) => [...s.matchAll(/:(-?\d+\.\d+)/g)].map((m) => Number(m[1]));
       const mine = got.find((l) => l.includes("Score quantiles"));
       assert(mine, "no quantiles line");
-      q(line).forEach((v, i) => assert(Math.abs(q(mine!)[i] - v) <= 2e-3, `${mine} vs ${line}`));
+      // The port scores the TE2 q/k blocks against their own rows (D3), which
+      // moves a quantile of a base-norm recipe by up to a few 1e-3.
+      q(line).forEach((v, i) => assert(Math.abs(q(mine!)[i] - v) <= 5e-3, `${mine} vs ${line}`));
     } else {
       assert(got.includes(line), `log line missing: ${line}`);
     }

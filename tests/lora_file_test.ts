@@ -246,6 +246,22 @@ Deno.test("errors name the file (and layer)", async () => {
     /notes\.safetensors: not a safetensors file/,
   );
 
+  // A file without any down/up pair is refused before its data is read.
+  await assertRejects(
+    () => loadLora("tests/fixtures/micro_sdxl_base.safetensors"),
+    LoraError,
+    /micro_sdxl_base\.safetensors: no LoRA layer .* among its 2515 tensors; other: 2515, is it a LoRA file\?$/,
+  );
+  const loha = await write("loha.safetensors", [
+    f32("lora_unet_x.hada_w1_a", [4, 2]),
+    f32("lora_unet_x.hada_w1_b", [2, 3]),
+    f32("lora_unet_y.lora_up.weight", [4, 2]),
+  ]);
+  await assertRejects(
+    () => loadLora(loha),
+    LoraError,
+    /loha\.safetensors: no LoRA layer .* among its 3 tensors; LoHa: 2, incomplete LoRA layer: 1, is it/,
+  );
   const unchained = await write("unchained.safetensors", [
     f32("lora_unet_x.lora_down.weight", [2, 5]),
     f32("lora_unet_x.lora_up.weight", [4, 3]),

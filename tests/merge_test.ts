@@ -296,6 +296,7 @@ Deno.test("merge errors: DoRA, disagreeing shapes, a layer that is not a LoRA in
   );
 
   const tucker = await write("tucker.safetensors", [
+    ...layer("L1", { out: 6, r: 2, in: 5, alpha: 1 }, 41),
     ...layer("L2", { out: 3, r: 2, in: 7, alpha: 1 }, 37),
     tensor("L2.lora_mid.weight", "F16", [2, 2], 39),
   ]);

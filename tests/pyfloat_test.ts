@@ -244,6 +244,8 @@ Deno.test("pyPercentFormat matches Python's % operator", () => {
     ["%s", [7n], "7"],
     ["%s", [true], "True"],
     ["%5s|", ["ab"], "   ab|"],
+    ["%05s|", ["ab"], "   ab|"],
+    ["%+5s|", ["ab"], "   ab|"],
     ["%.1s", ["abc"], "a"],
     ["100%% of %d", [3n], "100% of 3"],
     ["dim:%3d->%-3d rle_lora:%6.2f%%", [32, 5, 3.192], "dim: 32->5   rle_lora:  3.19%"],

@@ -163,7 +163,7 @@ Deno.test("scoreQuantiles: linear interpolation at q·(n−1)", () => {
 Deno.test("formatQuantilesLine: 2-decimal fractions, 3-decimal values", () => {
   assertStrictEquals(
     formatQuantilesLine([-4.1264, -3.3355, -2.8255, -2.3085, 0.0005, -0, 1.2345]),
-    // Python's '%.3f' of these (-2.8255 and -2.3085 lie just below their ties in binary).
+    // Python's '%.3f' of these (in binary, |-2.8255| and |-2.3085| lie just below their ties).
     "Score quantiles: 0.01:-4.126 0.10:-3.336 0.25:-2.825 0.50:-2.308 0.75:0.001 0.90:-0.000 " +
       "0.99:1.234",
   );

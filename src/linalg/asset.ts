@@ -20,7 +20,7 @@ import { BackendError } from "../errors.ts";
  * console.log(bytes.byteLength > 0); // true
  * ```
  */
-export async function loadAsset(url: URL): Promise<Uint8Array> {
+export async function loadAsset(url: URL): Promise<Uint8Array<ArrayBuffer>> {
   try {
     if (url.protocol === "file:") return await Deno.readFile(url);
     const response = await fetch(url);

@@ -136,6 +136,14 @@ export async function loadLora(entry: string, options: LoadLoraOptions = {}): Pr
 export async function readLoraFile(path: string): Promise<LoraModel> {
   await using file = await SafetensorsFile.open(path);
   const layerNames = findLayers(file);
+  if (layerNames.length === 0) {
+    // Fail before reading any data: this may be a multi-GB checkpoint given as a LoRA.
+    const { byKind } = summarizePassThrough(file.tensors);
+    const kinds = Object.entries(byKind).map(([kind, n]) => ` ${kind}: ${n},`).join("");
+    throw new LoraError(
+      `${path}: no LoRA layer ('<name>.lora_down.weight' with '<name>.lora_up.weight') among its ${file.tensors.length} tensors;${kinds} is it a LoRA file?`,
+    );
+  }
   const raw = new Map<string, RawTensor>();
   // One read per tensor, all queued at once, in file order.
   await Promise.all(file.tensors.map(async ({ name, dtype, shape }) => {

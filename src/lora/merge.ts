@@ -173,9 +173,10 @@ function mergeLayer(
   for (const { layer, c, sign } of parts) {
     const r = layer.factors.rank;
     const f = Math.sqrt(c / scale);
+    const fUp = sign * f;
     const b = decode(layer.factors.up);
     for (let row = 0; row < out; row++) {
-      for (let j = 0; j < r; j++) up[row * rank + offset + j] = sign * f * b[row * r + j];
+      for (let j = 0; j < r; j++) up[row * rank + offset + j] = fUp * b[row * r + j];
     }
     const a = decode(layer.factors.down);
     for (let k = 0; k < a.length; k++) down[offset * inFlat + k] = f * a[k];

@@ -43,7 +43,7 @@ function moduleKind(suffixes: readonly string[]): string {
  * ```
  */
 export function summarizePassThrough(
-  tensors: readonly RawTensor[],
+  tensors: readonly Pick<RawTensor, "name">[],
   extra: PassThroughExtras = {},
 ): PassThroughSummary {
   const modules = new Map<string, string[]>();

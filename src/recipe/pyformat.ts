@@ -39,7 +39,9 @@ export function pyPercentFormat(format: string, args: readonly PyFormatArg[]): s
       }
       const digits = precision === undefined ? undefined : Number(precision);
       const { sign, body } = convert(args[next++], type, digits, flags);
-      return pad(sign, body, width === undefined ? 0 : Number(width), flags);
+      // Zero padding is for numbers only.
+      const padFlags = type === "s" ? flags.replaceAll("0", "") : flags;
+      return pad(sign, body, width === undefined ? 0 : Number(width), padFlags);
     },
   );
   if (next !== args.length) {

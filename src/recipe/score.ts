@@ -134,16 +134,13 @@ export function scoreLayer(recipe: ScoreRecipe, layer: LayerScoreInput): Float64
   if (weighted(w.subspace)) {
     const scales = required(layer.subspace, "the subspace scales", layer);
     if (scales.length < k) {
-      throw new TypeError(
-        `scoreLayer: ${scales.length} subspace scales for ${k} dimensions (layer ${
-          layer.name ?? "?"
-        })`,
-      );
+      const where = `layer ${layer.name ?? "?"}`;
+      throw new TypeError(`scoreLayer: ${scales.length} subspace scales for ${k} dims (${where})`);
     }
     for (let i = 0; i < k; i++) scores[i] -= w.subspace * Math.log10(Math.abs(scales[i]));
   }
-  // The remaining references are one number per layer: subtract them in the
-  // original's order, each as its own step (as the original does).
+  // The other references are one number per layer, subtracted one step each
+  // in the original's order (the order fixes the last bits).
   const terms: number[] = [];
   if (weighted(w.spn_ckpt)) {
     terms.push(w.spn_ckpt * Math.log10(required(layer.spnCkpt, "the spectral norm", layer)));
@@ -202,6 +199,14 @@ export function truncationError(
   return { rleLora: (100 * err) / norm2(scaled), rleCkpt: (100 * err) / options.froCkpt };
 }
 
+/** The numbers of one per-layer DEBUG line. */
+export interface LayerDebugValues extends TruncationError {
+  /** Number of singular values of the layer. */
+  readonly dims: number;
+  /** Number of kept dimensions. */
+  readonly kept: number;
+}
+
 /**
  * The per-layer DEBUG line of the original:
  * `dim:%3d->%-3d rle_lora:%6.2f%% rle_ckpt:%6.2f%% <layer>`.
@@ -221,14 +226,6 @@ export function formatLayerDebugLine(name: string, values: LayerDebugValues): st
     values.rleCkpt,
     name,
   ]);
-}
-
-/** The numbers of one per-layer DEBUG line. */
-export interface LayerDebugValues extends TruncationError {
-  /** Number of singular values of the layer. */
-  readonly dims: number;
-  /** Number of kept dimensions. */
-  readonly kept: number;
 }
 
 /** The fractions of the `Score quantiles` log line. */

@@ -341,23 +341,15 @@ export function selectBySizeFile(
  * ```
  */
 export function formatTotalRankLine(cut: SizeCut): string {
-  const args = [
-    BigInt(cut.totalRank),
-    cut.threshold,
-    cut.targetMiB,
-    cut.realBytes / MIB,
-    cut.nextBytes / MIB,
-  ];
+  const rank = BigInt(cut.totalRank);
+  const [real, next] = [cut.realBytes / MIB, cut.nextBytes / MIB];
   return cut.accounting === "original"
     ? pyPercentFormat(
       "Total rank: %d. threshold %.2f: target:%.3fM <= real:%.3fM < next:%.3fM",
-      args,
+      [rank, cut.threshold, cut.targetMiB, real, next],
     )
-    : pyPercentFormat("Total rank: %d. threshold %.2f: real:%.3fM <= target:%.3fM < next:%.3fM", [
-      args[0],
-      args[1],
-      args[3],
-      args[2],
-      args[4],
-    ]);
+    : pyPercentFormat(
+      "Total rank: %d. threshold %.2f: real:%.3fM <= target:%.3fM < next:%.3fM",
+      [rank, cut.threshold, real, cut.targetMiB, next],
+    );
 }

@@ -24,6 +24,29 @@ export interface ByteRange {
   readonly length: number;
 }
 
+/** Options of {@link SafetensorsFile.readBytes}. */
+export interface ReadBytesOptions extends ReadOptions {
+  /**
+   * A buffer to read into (at least as long as the range); the result is a
+   * view of its start. Reusing one buffer across tensors saves allocating, and
+   * page-faulting in, fresh memory for every tensor.
+   */
+  readonly into?: Uint8Array;
+}
+
+/**
+ * Largest single read. Deno copies an async read through a buffer of the
+ * requested size, so one huge read runs at a fraction of memory speed while
+ * chunks of a few MiB stay in cache.
+ */
+const READ_CHUNK = 2 << 20;
+/** Ranges up to this size are served from a read-ahead window. */
+const SMALL_READ = 64 << 10;
+/** Size of the read-ahead window: one read serves a run of small tensors. */
+const WINDOW = 1 << 20;
+/** readFloat32/64 keep a raw-bytes buffer up to this size for reuse. */
+const SCRATCH_MAX = 64 << 20;
+
 async function readFully(
   file: Deno.FsFile,
   offset: number,
@@ -32,7 +55,7 @@ async function readFully(
   await file.seek(offset, Deno.SeekMode.Start);
   let done = 0;
   while (done < into.byteLength) {
-    const n = await file.read(into.subarray(done));
+    const n = await file.read(into.subarray(done, Math.min(into.byteLength, done + READ_CHUNK)));
     if (n === null) break;
     done += n;
   }
@@ -68,6 +91,12 @@ export class SafetensorsFile implements AsyncDisposable {
   #file: Deno.FsFile | undefined;
   #byName: Map<string, TensorInfo>;
   #queue: Promise<unknown> = Promise.resolve();
+  /** Where the OS file cursor is, or -1 when unknown (skips redundant seeks). */
+  #position = -1;
+  #window: Uint8Array | undefined;
+  #windowOffset = 0;
+  #windowLength = 0;
+  #scratch: Uint8Array | undefined;
 
   private constructor(
     path: string,
@@ -180,40 +209,124 @@ export class SafetensorsFile implements AsyncDisposable {
     };
   }
 
-  /** Reads a tensor's raw little-endian bytes (or a row range of them). */
-  readBytes(name: string, options: ReadOptions = {}): Promise<Uint8Array> {
+  /**
+   * Reads a tensor's raw little-endian bytes (or a row range of them), into a
+   * new buffer or into `options.into`.
+   *
+   * @example
+   * ```ts ignore
+   * const buf = new Uint8Array(1 << 26);
+   * for (const t of f.tensors) consume(await f.readBytes(t.name, { into: buf }));
+   * ```
+   */
+  readBytes(name: string, options: ReadBytesOptions = {}): Promise<Uint8Array> {
     const { offset, length } = this.byteRange(name, options);
-    return this.readRange(offset, length, name);
+    const { into } = options;
+    if (into && into.byteLength < length) {
+      throw new RangeError(
+        `${this.path}: tensor '${name}' needs ${length} bytes, the buffer has ${into.byteLength}`,
+      );
+    }
+    return this.#exclusive(async (file) => {
+      const out = into ? into.subarray(0, length) : new Uint8Array(length);
+      await this.#read(file, offset, out, name);
+      return out;
+    });
   }
 
   /** Reads an absolute byte range; `what` names the tensor in errors. */
   readRange(offset: number, length: number, what = "data"): Promise<Uint8Array> {
-    const run = async () => {
+    return this.#exclusive(async (file) => {
+      const out = new Uint8Array(length);
+      await this.#read(file, offset, out, what);
+      return out;
+    });
+  }
+
+  /** Reads a float tensor (F16/BF16/F32/F64) as a Float32Array. */
+  readFloat32(name: string, options: ReadOptions = {}): Promise<Float32Array> {
+    return this.#readFloats(name, options, Float32Array);
+  }
+
+  /** Reads a float tensor (F16/BF16/F32/F64) as a Float64Array. */
+  readFloat64(name: string, options: ReadOptions = {}): Promise<Float64Array> {
+    return this.#readFloats(name, options, Float64Array);
+  }
+
+  #readFloats<T extends FloatArray>(
+    name: string,
+    options: ReadOptions,
+    kind: { new (length: number): T },
+  ): Promise<T> {
+    const dtype = this.#floatDType(name);
+    const { offset, length } = this.byteRange(name, options);
+    return this.#exclusive(async (file) => {
+      // The raw bytes only live until decoded: reuse one buffer for them.
+      let raw: Uint8Array;
+      if (length > SCRATCH_MAX) raw = new Uint8Array(length);
+      else {
+        if (!this.#scratch || this.#scratch.byteLength < length) {
+          this.#scratch = new Uint8Array(length);
+        }
+        raw = this.#scratch.subarray(0, length);
+      }
+      await this.#read(file, offset, raw, name);
+      return decodeFloats(raw, dtype, kind);
+    });
+  }
+
+  /** Runs a job with the file handle to itself: one handle, one cursor, so reads are serialised. */
+  #exclusive<T>(job: (file: Deno.FsFile) => Promise<T>): Promise<T> {
+    const run = () => {
       const file = this.#file;
       if (!file) throw new SafetensorsError(`${this.path}: file is closed`);
-      const out = new Uint8Array(length);
-      const got = await readFully(file, offset, out);
-      if (got !== length) {
-        throw new SafetensorsError(
-          `${this.path}: tensor '${what}' is truncated (read ${got} of ${length} bytes; file changed?)`,
-        );
-      }
-      return out;
+      return job(file);
     };
-    // One file handle, one cursor: reads are serialised.
     const p = this.#queue.then(run, run);
     this.#queue = p.catch(() => {});
     return p;
   }
 
-  /** Reads a float tensor (F16/BF16/F32/F64) as a Float32Array. */
-  async readFloat32(name: string, options: ReadOptions = {}): Promise<Float32Array> {
-    return decodeFloats(await this.readBytes(name, options), this.#floatDType(name), Float32Array);
+  async #read(file: Deno.FsFile, offset: number, into: Uint8Array, what: string): Promise<void> {
+    const got = into.byteLength <= SMALL_READ
+      ? await this.#readSmall(file, offset, into)
+      : await this.#readDirect(file, offset, into);
+    if (got !== into.byteLength) {
+      throw new SafetensorsError(
+        `${this.path}: tensor '${what}' is truncated (read ${got} of ${into.byteLength} bytes; file changed?)`,
+      );
+    }
   }
 
-  /** Reads a float tensor (F16/BF16/F32/F64) as a Float64Array. */
-  async readFloat64(name: string, options: ReadOptions = {}): Promise<Float64Array> {
-    return decodeFloats(await this.readBytes(name, options), this.#floatDType(name), Float64Array);
+  /** Reads at `offset` into `into`, in chunks, seeking only when the cursor is elsewhere. */
+  async #readDirect(file: Deno.FsFile, offset: number, into: Uint8Array): Promise<number> {
+    const at = this.#position;
+    this.#position = -1; // unknown until the reads below succeed
+    if (at !== offset) await file.seek(offset, Deno.SeekMode.Start);
+    let done = 0;
+    while (done < into.byteLength) {
+      const n = await file.read(into.subarray(done, Math.min(into.byteLength, done + READ_CHUNK)));
+      if (n === null) break;
+      done += n;
+    }
+    this.#position = offset + done;
+    return done;
+  }
+
+  /** Serves a small range from the read-ahead window, refilling it at `offset` on a miss. */
+  async #readSmall(file: Deno.FsFile, offset: number, into: Uint8Array): Promise<number> {
+    const end = offset + into.byteLength;
+    if (offset < this.#windowOffset || end > this.#windowOffset + this.#windowLength) {
+      this.#window ??= new Uint8Array(WINDOW);
+      this.#windowLength = 0;
+      const want = Math.max(into.byteLength, Math.min(WINDOW, this.size - offset));
+      this.#windowLength = await this.#readDirect(file, offset, this.#window.subarray(0, want));
+      this.#windowOffset = offset;
+    }
+    const from = offset - this.#windowOffset;
+    const got = Math.max(0, Math.min(into.byteLength, this.#windowLength - from));
+    into.set(this.#window!.subarray(from, from + got));
+    return got;
   }
 
   /**
@@ -250,6 +363,7 @@ export class SafetensorsFile implements AsyncDisposable {
   close(): void {
     this.#file?.close();
     this.#file = undefined;
+    this.#window = this.#scratch = undefined;
   }
 
   /** Closes the file when used with `await using`. */

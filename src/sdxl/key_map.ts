@@ -14,13 +14,13 @@
  */
 
 /** Key prefix of the UNet in an SGM/LDM single-file checkpoint. */
-export const UNET_PREFIX = "model.diffusion_model.";
+const UNET_PREFIX = "model.diffusion_model.";
 /** Key prefix of CLIP-L (text encoder 1) encoder layers. */
-export const TE1_PREFIX = "conditioner.embedders.0.transformer.text_model.encoder.layers.";
+const TE1_PREFIX = "conditioner.embedders.0.transformer.text_model.encoder.layers.";
 /** Key prefix of OpenCLIP-G (text encoder 2) residual blocks. */
-export const TE2_PREFIX = "conditioner.embedders.1.model.transformer.resblocks.";
+const TE2_PREFIX = "conditioner.embedders.1.model.transformer.resblocks.";
 /** Key prefix of the VAE, which is never mapped. */
-export const VAE_PREFIX = "first_stage_model.";
+const VAE_PREFIX = "first_stage_model.";
 
 /** Which family a LoRA layer name belongs to. */
 export type NameKind = "standard" | "short" | "direct" | "chunk";

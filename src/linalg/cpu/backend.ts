@@ -1,0 +1,271 @@
+/**
+ * The CPU {@link Backend}: float64 maths on small matrices, WASM SIMD kernels
+ * for every pass over factors and base weights, and a pool of workers.
+ *
+ * Every item (a layer, a base weight) is computed start to finish by one
+ * thread with the same code, so results are bit-identical for any worker
+ * count; jobs below a size threshold run on the calling thread. Inputs are
+ * validated here, before any work starts, with one-line {@link BackendError}s.
+ *
+ * @module
+ */
+
+import { BackendError } from "../../errors.ts";
+import { dtypeSize } from "../../safetensors/dtype.ts";
+import type {
+  Backend,
+  BackendCallOptions,
+  BaseNorms,
+  BaseWeightRef,
+  Decomposition,
+  LowRankFactors,
+  NormRequest,
+  RebuildRequest,
+  RebuiltFactors,
+  SubspaceRequest,
+} from "../backend.ts";
+import { DTYPE_CODES, Kernels } from "../wasm/kernels.ts";
+import { WeightReader } from "./compute.ts";
+import { WorkerPool } from "./pool.ts";
+import { runTask, type Task, type TaskResult } from "./tasks.ts";
+
+/** Options of {@link createCpuBackend}. */
+export interface CpuBackendOptions {
+  /** Worker threads (default: `navigator.hardwareConcurrency`); 0 runs everything on the calling thread. */
+  readonly workers?: number;
+  /**
+   * Jobs estimated below this many multiply-adds run on the calling thread
+   * (default 1e7; 0 sends every job to the workers).
+   */
+  readonly inlineWork?: number;
+}
+
+/**
+ * Creates the CPU backend (loads the WASM kernels; workers start on first use).
+ *
+ * @example
+ * ```ts
+ * import { createCpuBackend } from "./backend.ts";
+ * const f32 = (xs: number[]) => new Uint8Array(new Float32Array(xs).buffer);
+ * await using backend = await createCpuBackend({ workers: 1 });
+ * const [d] = await backend.decompose([{
+ *   up: { dtype: "F32", bytes: f32([1, 0]) },
+ *   down: { dtype: "F32", bytes: f32([2, 0, 0]) },
+ *   out: 2,
+ *   rank: 1,
+ *   inFlat: 3,
+ *   scale: 0.5,
+ * }]);
+ * console.log(d.sigma); // Float64Array [1]
+ * ```
+ */
+export async function createCpuBackend(options: CpuBackendOptions = {}): Promise<Backend> {
+  const workers = options.workers ?? navigator.hardwareConcurrency ?? 1;
+  if (!Number.isInteger(workers) || workers < 0) {
+    throw new BackendError(`CPU backend: workers must be a whole number ≥ 0, got ${workers}`);
+  }
+  return new CpuBackend(await Kernels.load(), workers, options.inlineWork ?? 1e7);
+}
+
+class CpuBackend implements Backend {
+  readonly name = "cpu";
+  readonly description: string;
+  readonly #kernels: Kernels;
+  readonly #pool: WorkerPool | undefined;
+  readonly #inlineWork: number;
+  #inline: Promise<unknown> = Promise.resolve();
+  #closed = false;
+
+  constructor(kernels: Kernels, workers: number, inlineWork: number) {
+    this.#kernels = kernels;
+    this.#pool = workers > 0 ? new WorkerPool(workers) : undefined;
+    this.#inlineWork = inlineWork;
+    this.description = `CPU, WASM SIMD, ${
+      workers === 0 ? "no workers" : `${workers} worker${workers === 1 ? "" : "s"}`
+    }`;
+  }
+
+  decompose(
+    layers: readonly LowRankFactors[],
+    options?: BackendCallOptions,
+  ): Promise<Decomposition[]> {
+    layers.forEach((layer, i) => checkFactors(layer, `decompose: layer ${i}`));
+    return this.#run(
+      layers.map((layer) => ({ kind: "decompose", layer })),
+      layers.map((l) => (l.out + l.inFlat) * l.rank * l.rank),
+      options,
+    ) as Promise<Decomposition[]>;
+  }
+
+  rebuild(
+    requests: readonly RebuildRequest[],
+    options?: BackendCallOptions,
+  ): Promise<RebuiltFactors[]> {
+    requests.forEach((request, i) => checkRebuild(request, `rebuild: layer ${i}`));
+    return this.#run(
+      requests.map((request) => ({ kind: "rebuild", request })),
+      requests.map(({ factors: f, keep }) => (f.out + f.inFlat) * f.rank * keep.length),
+      options,
+    ) as Promise<RebuiltFactors[]>;
+  }
+
+  baseNorms(
+    weights: readonly BaseWeightRef[],
+    which: NormRequest,
+    options?: BackendCallOptions,
+  ): Promise<BaseNorms[]> {
+    weights.forEach((weight, i) => checkWeight(weight, `baseNorms: weight ${i}`));
+    const passes = (which.frobenius ? 1 : 0) + (which.spectral ? 60 : 0);
+    return this.#run(
+      weights.map((weight) => ({ kind: "norms", weight, which })),
+      weights.map((w) => w.rows * w.cols * passes),
+      options,
+    ) as Promise<BaseNorms[]>;
+  }
+
+  subspaceScales(
+    requests: readonly SubspaceRequest[],
+    options?: BackendCallOptions,
+  ): Promise<Float64Array[]> {
+    requests.forEach((request, i) => {
+      const where = `subspaceScales: layer ${i}`;
+      checkFactors(request.factors, where);
+      checkDecomposition(request.decomposition, request.factors, where);
+      checkWeight(request.weight, where);
+      const { weight: w, factors: f } = request;
+      if (w.rows !== f.out || w.cols !== f.inFlat) {
+        throw new BackendError(
+          `${w.path}: base weight at byte ${w.offset} is ${w.rows}×${w.cols} but the layer's ΔW is ${f.out}×${f.inFlat}`,
+        );
+      }
+    });
+    return this.#run(
+      requests.map((request) => ({ kind: "subspace", request })),
+      requests.map(({ weight: w, factors: f }) => w.rows * w.cols * f.rank),
+      options,
+    ) as Promise<Float64Array[]>;
+  }
+
+  close(): Promise<void> {
+    this.#closed = true;
+    this.#pool?.close();
+    return Promise.resolve();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  async #run(
+    tasks: readonly Task[],
+    work: readonly number[],
+    options: BackendCallOptions = {},
+  ): Promise<TaskResult[]> {
+    if (this.#closed) throw new BackendError("the CPU backend is closed");
+    const results: TaskResult[] = new Array(tasks.length);
+    let done = 0;
+    const finished = (i: number, result: TaskResult) => {
+      results[i] = result;
+      options.onProgress?.(++done, tasks.length);
+    };
+    const total = work.reduce((a, b) => a + b, 0);
+    if (!this.#pool || total < this.#inlineWork) {
+      // One arena on this thread: inline jobs run one after another.
+      const run = this.#inline.then(async () => {
+        const reader = new WeightReader();
+        try {
+          for (let i = 0; i < tasks.length; i++) {
+            finished(i, await runTask({ kernels: this.#kernels, reader }, tasks[i]));
+          }
+        } finally {
+          reader.close();
+        }
+      });
+      this.#inline = run.catch(() => {});
+      await run;
+      return results;
+    }
+    // Largest items first balance the workers best; results keep the input order.
+    const order = Array.from(work.keys()).sort((a, b) => work[b] - work[a] || a - b);
+    const abort = new AbortController();
+    const pool = this.#pool;
+    try {
+      await Promise.all(
+        order.map((i) => pool.run(tasks[i], abort.signal).then((r) => finished(i, r))),
+      );
+    } catch (e) {
+      abort.abort(e);
+      throw e;
+    }
+    return results;
+  }
+}
+
+function isCount(n: unknown): n is number {
+  return Number.isInteger(n) && (n as number) > 0;
+}
+
+function checkFactors(f: LowRankFactors, where: string): void {
+  if (!isCount(f.out) || !isCount(f.rank) || !isCount(f.inFlat)) {
+    throw new BackendError(
+      `${where}: shape out=${f.out} rank=${f.rank} inFlat=${f.inFlat} is not positive whole numbers`,
+    );
+  }
+  if (!Number.isFinite(f.scale)) throw new BackendError(`${where}: scale ${f.scale} is not finite`);
+  for (
+    const [name, data, rows, cols] of [
+      ["up", f.up, f.out, f.rank],
+      ["down", f.down, f.rank, f.inFlat],
+    ] as const
+  ) {
+    if (!Object.hasOwn(DTYPE_CODES, data.dtype)) {
+      throw new BackendError(`${where}: ${name} has unsupported dtype ${data.dtype}`);
+    }
+    const expected = rows * cols * dtypeSize(data.dtype);
+    if (data.bytes.byteLength !== expected) {
+      throw new BackendError(
+        `${where}: ${name} has ${data.bytes.byteLength} bytes, expected ${expected} (${data.dtype} ${rows}×${cols})`,
+      );
+    }
+  }
+}
+
+function checkDecomposition(d: Decomposition, f: LowRankFactors, where: string): void {
+  const k = d.sigma.length;
+  if (k > Math.min(f.out, f.inFlat, f.rank)) {
+    throw new BackendError(`${where}: ${k} singular values for a ${f.out}×${f.inFlat} rank-${f.rank} layer`);
+  }
+  if (d.upTransform.length !== f.rank * k || d.downTransform.length !== f.rank * k) {
+    throw new BackendError(
+      `${where}: transforms have ${d.upTransform.length} and ${d.downTransform.length} values, expected ${f.rank}×${k}`,
+    );
+  }
+}
+
+function checkRebuild(request: RebuildRequest, where: string): void {
+  const { factors, decomposition, keep, rescale } = request;
+  checkFactors(factors, where);
+  checkDecomposition(decomposition, factors, where);
+  if (!Number.isFinite(rescale) || rescale < 0) {
+    throw new BackendError(`${where}: rescale ${rescale} is not a finite number ≥ 0`);
+  }
+  const k = decomposition.sigma.length;
+  keep.forEach((m, j) => {
+    if (!Number.isInteger(m) || m < 0 || m >= k || (j > 0 && m <= keep[j - 1])) {
+      throw new BackendError(
+        `${where}: keep must be ascending indices below ${k}, got [${keep.join(", ")}]`,
+      );
+    }
+  });
+}
+
+function checkWeight(w: BaseWeightRef, where: string): void {
+  if (!Object.hasOwn(DTYPE_CODES, w.dtype)) {
+    throw new BackendError(`${where}: ${w.path}: unsupported dtype ${w.dtype}`);
+  }
+  if (!isCount(w.rows) || !isCount(w.cols) || !Number.isInteger(w.offset) || w.offset < 0) {
+    throw new BackendError(
+      `${where}: ${w.path}: base weight at byte ${w.offset} has invalid shape ${w.rows}×${w.cols}`,
+    );
+  }
+}

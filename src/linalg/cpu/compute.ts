@@ -1,0 +1,286 @@
+/**
+ * One work item of the CPU backend, computed start to finish on one thread
+ * (a worker, or the caller's thread for small jobs) with that thread's WASM
+ * kernels. The same functions run everywhere, so results do not depend on
+ * where an item ran.
+ *
+ * @module
+ */
+
+import { BackendError, SafetensorsError } from "../../errors.ts";
+import { dtypeSize } from "../../safetensors/dtype.ts";
+import { describeOsError } from "../../safetensors/reader.ts";
+import type {
+  BaseNorms,
+  BaseWeightRef,
+  Decomposition,
+  LowRankFactors,
+  NormRequest,
+  RebuildRequest,
+  RebuiltFactors,
+  SubspaceRequest,
+} from "../backend.ts";
+import { decompositionFromGrams, matrix } from "../dense.ts";
+import { DTYPE_CODES, type Kernels } from "../wasm/kernels.ts";
+import { spectralNorm, type WeightInMemory } from "./spectral.ts";
+
+/**
+ * Opens checkpoint files on demand and keeps them open (one handle per path),
+ * reading byte ranges straight into kernel memory.
+ *
+ * @example
+ * ```ts ignore
+ * const reader = new WeightReader();
+ * try {
+ *   await reader.read(ref, into);
+ * } finally {
+ *   reader.close();
+ * }
+ * ```
+ */
+export class WeightReader {
+  #files = new Map<string, Deno.FsFile>();
+
+  /** Fills `into` with the bytes of `weight` (a whole number of rows × cols elements). */
+  async read(weight: BaseWeightRef, into: Uint8Array): Promise<void> {
+    let file = this.#files.get(weight.path);
+    if (!file) {
+      try {
+        file = await Deno.open(weight.path, { read: true });
+      } catch (e) {
+        throw new SafetensorsError(`${weight.path}: cannot open (${describeOsError(e)})`, {
+          cause: e,
+        });
+      }
+      this.#files.set(weight.path, file);
+    }
+    await file.seek(weight.offset, Deno.SeekMode.Start);
+    let done = 0;
+    while (done < into.byteLength) {
+      const n = await file.read(into.subarray(done));
+      if (n === null) break;
+      done += n;
+    }
+    if (done !== into.byteLength) {
+      throw new SafetensorsError(
+        `${weight.path}: base weight at byte ${weight.offset} is truncated (read ${done} of ${into.byteLength} bytes; file changed?)`,
+      );
+    }
+  }
+
+  /** Closes every handle. */
+  close(): void {
+    for (const file of this.#files.values()) file.close();
+    this.#files.clear();
+  }
+}
+
+/** What an item needs besides its input. */
+export interface ItemContext {
+  /** This thread's kernels. */
+  readonly kernels: Kernels;
+  /** This thread's checkpoint reader. */
+  readonly reader: WeightReader;
+}
+
+const even = (n: number) => n + (n & 1);
+const quad = (n: number) => (n + 3) & ~3;
+
+/**
+ * The SVD of one layer's ΔW = scale·up·down, via its Gram matrices (see
+ * {@link decompositionFromGrams}).
+ *
+ * @example
+ * ```ts
+ * import { Kernels } from "../wasm/kernels.ts";
+ * import { decomposeLayer } from "./compute.ts";
+ * const kernels = await Kernels.load();
+ * const f32 = (xs: number[]) => new Uint8Array(new Float32Array(xs).buffer);
+ * const d = decomposeLayer(kernels, {
+ *   up: { dtype: "F32", bytes: f32([1, 0]) },
+ *   down: { dtype: "F32", bytes: f32([2, 0, 0]) },
+ *   out: 2,
+ *   rank: 1,
+ *   inFlat: 3,
+ *   scale: 0.5,
+ * });
+ * console.log(d.sigma); // Float64Array [1]
+ * ```
+ */
+export function decomposeLayer(kernels: Kernels, layer: LowRankFactors): Decomposition {
+  const { out, rank: r, inFlat } = layer;
+  kernels.reset();
+  const up = kernels.put(layer.up.bytes);
+  const down = kernels.put(layer.down.bytes);
+  const outStride = even(out), inStride = even(inFlat);
+  const bt = kernels.alloc(r * outStride * 8);
+  const a = kernels.alloc(r * inStride * 8);
+  const gramUp = kernels.alloc(r * r * 8);
+  const gramDown = kernels.alloc(r * r * 8);
+  const k = kernels.exports;
+  k.decodeTransposedF64(up, bt, out, r, outStride, DTYPE_CODES[layer.up.dtype]);
+  k.decodeRowsF64(down, a, r, inFlat, inStride, DTYPE_CODES[layer.down.dtype]);
+  k.gramRows(bt, r, outStride, gramUp);
+  k.gramRows(a, r, inStride, gramDown);
+  return decompositionFromGrams(
+    matrix(r, r, kernels.f64(gramUp, r * r)),
+    matrix(r, r, kernels.f64(gramDown, r * r)),
+    layer,
+  );
+}
+
+/**
+ * Output factors for the kept dimensions of one layer:
+ * up = B·T_B[:, keep]·diag(g), down = diag(g)·T_A[:, keep]ᵀ·A with
+ * g = √(σ·rescale/|scale|) (the sign of scale goes on up).
+ *
+ * @example
+ * ```ts
+ * import { Kernels } from "../wasm/kernels.ts";
+ * import { decomposeLayer, rebuildLayer } from "./compute.ts";
+ * const kernels = await Kernels.load();
+ * const f32 = (xs: number[]) => new Uint8Array(new Float32Array(xs).buffer);
+ * const factors = {
+ *   up: { dtype: "F32" as const, bytes: f32([1, 0]) },
+ *   down: { dtype: "F32" as const, bytes: f32([2, 0, 0]) },
+ *   out: 2,
+ *   rank: 1,
+ *   inFlat: 3,
+ *   scale: 0.5,
+ * };
+ * const decomposition = decomposeLayer(kernels, factors);
+ * const { up, down } = rebuildLayer(kernels, { factors, decomposition, keep: [0], rescale: 1 });
+ * console.log(Math.abs(up[0] * down[0] * 0.5)); // 1 (ΔW[0][0])
+ * ```
+ */
+export function rebuildLayer(kernels: Kernels, request: RebuildRequest): RebuiltFactors {
+  const { factors, decomposition, keep, rescale } = request;
+  const { out, rank: r, inFlat, scale } = factors;
+  const kept = keep.length;
+  if (kept === 0) return { up: new Float32Array(0), down: new Float32Array(0) };
+  const k = decomposition.sigma.length;
+  const sign = scale < 0 ? -1 : 1;
+  // Scaled transform columns: T_B[:, m]·g·sign (r × k′) and T_A[:, m]ᵀ·g (k′ × r).
+  const tb = new Float64Array(r * kept), tat = new Float64Array(kept * r);
+  keep.forEach((m, j) => {
+    const sigma = decomposition.sigma[m];
+    const g = sigma > 0 ? Math.sqrt(sigma * rescale / Math.abs(scale)) : 0;
+    for (let a = 0; a < r; a++) {
+      tb[a * kept + j] = sign * g * decomposition.upTransform[a * k + m];
+      tat[j * r + a] = g * decomposition.downTransform[a * k + m];
+    }
+  });
+  kernels.reset();
+  const upRaw = kernels.put(factors.up.bytes);
+  const downRaw = kernels.put(factors.down.bytes);
+  const inStride = even(inFlat);
+  const b64 = kernels.alloc(out * r * 8);
+  const a64 = kernels.alloc(r * inStride * 8);
+  const tbPtr = kernels.alloc(tb.byteLength);
+  const tatPtr = kernels.alloc(tat.byteLength);
+  const up64 = kernels.alloc(out * kept * 8);
+  const down64 = kernels.alloc(kept * inStride * 8);
+  const up32 = kernels.alloc(out * kept * 4);
+  const down32 = kernels.alloc(kept * inFlat * 4);
+  kernels.f64(tbPtr, tb.length).set(tb);
+  kernels.f64(tatPtr, tat.length).set(tat);
+  const x = kernels.exports;
+  x.decodeRowsF64(upRaw, b64, out, r, r, DTYPE_CODES[factors.up.dtype]);
+  x.decodeRowsF64(downRaw, a64, r, inFlat, inStride, DTYPE_CODES[factors.down.dtype]);
+  x.matmulF64(b64, r, tbPtr, kept, up64, kept, out, r, kept);
+  x.matmulF64(tatPtr, r, a64, inStride, down64, inStride, kept, r, inFlat);
+  x.toF32(up64, kept, up32, out, kept);
+  x.toF32(down64, inStride, down32, kept, inFlat);
+  return {
+    up: kernels.f32(up32, out * kept).slice(),
+    down: kernels.f32(down32, kept * inFlat).slice(),
+  };
+}
+
+async function loadWeight(context: ItemContext, weight: BaseWeightRef): Promise<WeightInMemory> {
+  const { kernels, reader } = context;
+  const bytes = weight.rows * weight.cols * dtypeSize(weight.dtype);
+  kernels.reset();
+  const ptr = kernels.alloc(bytes);
+  await reader.read(weight, kernels.u8(ptr, bytes));
+  return { ptr, rows: weight.rows, cols: weight.cols, dtype: DTYPE_CODES[weight.dtype] };
+}
+
+/**
+ * Frobenius and/or spectral norm of one base weight, read from its file.
+ *
+ * @example
+ * ```ts ignore
+ * const norms = await weightNorms(context, ref, { frobenius: true, spectral: true });
+ * ```
+ */
+export async function weightNorms(
+  context: ItemContext,
+  weight: BaseWeightRef,
+  which: NormRequest,
+): Promise<BaseNorms> {
+  const norms: BaseNorms = {};
+  if (!which.frobenius && !which.spectral) return norms;
+  const w = await loadWeight(context, weight);
+  if (which.frobenius) {
+    norms.frobenius = Math.sqrt(
+      context.kernels.exports.sumSquares(w.ptr, w.rows * w.cols, w.dtype),
+    );
+  }
+  if (which.spectral) norms.spectral = spectralNorm(context.kernels, w).norm;
+  return norms;
+}
+
+/**
+ * |uᵢᵀ·W·vᵢ| for every dimension of a layer, with U = B·T_B and V = Aᵀ·T_A:
+ * C = Bᵀ·(W·Aᵀ) (r × r) in one pass over W, then uᵢᵀ·W·vᵢ = T_B[:, i]ᵀ·C·T_A[:, i].
+ *
+ * @example
+ * ```ts ignore
+ * const scales = await subspaceScales(context, { weight, factors, decomposition });
+ * ```
+ */
+export async function subspaceScales(
+  context: ItemContext,
+  request: SubspaceRequest,
+): Promise<Float64Array> {
+  const { weight, factors, decomposition } = request;
+  const { out, rank: r, inFlat } = factors;
+  if (weight.rows !== out || weight.cols !== inFlat) {
+    throw new BackendError(
+      `${weight.path}: base weight at byte ${weight.offset} is ${weight.rows}×${weight.cols} but the layer's ΔW is ${out}×${inFlat}`,
+    );
+  }
+  const { kernels } = context;
+  const w = await loadWeight(context, weight);
+  const upRaw = kernels.put(factors.up.bytes);
+  const downRaw = kernels.put(factors.down.bytes);
+  const inQuad = quad(inFlat), outStride = even(out);
+  const a32 = kernels.alloc(r * inQuad * 4);
+  const y = kernels.alloc(out * r * 8);
+  const scratch = kernels.alloc(4 * inQuad * 4 + 32);
+  const bt = kernels.alloc(r * outStride * 8);
+  const c = kernels.alloc(r * r * 8);
+  const x = kernels.exports;
+  x.decodeRowsF32(downRaw, a32, r, inFlat, inQuad, DTYPE_CODES[factors.down.dtype]);
+  x.rowsTimesTransposed(w.ptr, out, inFlat, w.dtype, a32, r, y, scratch);
+  x.decodeTransposedF64(upRaw, bt, out, r, outStride, DTYPE_CODES[factors.up.dtype]);
+  x.matmulF64(bt, outStride, y, r, c, r, r, out, r);
+  const cm = kernels.f64(c, r * r);
+  const k = decomposition.sigma.length;
+  const tb = decomposition.upTransform, ta = decomposition.downTransform;
+  const scales = new Float64Array(k);
+  const ct = new Float64Array(r);
+  for (let i = 0; i < k; i++) {
+    // C·T_A[:, i], then T_B[:, i]ᵀ·(that).
+    for (let a = 0; a < r; a++) {
+      let s = 0;
+      for (let b = 0; b < r; b++) s += cm[a * r + b] * ta[b * k + i];
+      ct[a] = s;
+    }
+    let s = 0;
+    for (let a = 0; a < r; a++) s += tb[a * k + i] * ct[a];
+    scales[i] = Math.abs(s);
+  }
+  return scales;
+}

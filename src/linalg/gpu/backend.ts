@@ -1,0 +1,162 @@
+/**
+ * The WebGPU {@link Backend}: Deno's built-in `navigator.gpu` with the WGSL
+ * kernels of `shaders/`. Same maths as the CPU backend (`../cpu/`):
+ *
+ * - `decompose`: Gram matrices on the GPU, summed near-exactly (exact limb
+ *   products, three-f32 cascade), then the CPU backend's float64 r × r core
+ *   (`decompositionFromGrams` in `../dense.ts`) on the host — see
+ *   `decompose.ts` for why that O(r³) step stays on the host.
+ * - `rebuild`: up = B·S_B, down = S_Aᵀ·A on the GPU, rounded once to f32.
+ * - `baseNorms`: weights read from the checkpoint into GPU memory; exact
+ *   Frobenius norms and Lanczos spectral norms (`norms.ts`).
+ * - `subspaceScales`: C = Bᵀ·W·Aᵀ on the GPU, |T_Bᵀ·C·T_A|ᵢᵢ on the host.
+ *
+ * Every call batches many layers or weights per submit with one readback
+ * per batch, keeps buffers within the adapter's binding and buffer limits,
+ * and turns GPU failures (validation, out of memory, device loss) into a
+ * {@link BackendError}.
+ *
+ * @module
+ */
+
+import { BackendError } from "../../errors.ts";
+import type { LogFn } from "../../log.ts";
+import type {
+  Backend,
+  BackendCallOptions,
+  BaseNorms,
+  BaseWeightRef,
+  Decomposition,
+  LowRankFactors,
+  NormRequest,
+  RebuildRequest,
+  RebuiltFactors,
+  SubspaceRequest,
+} from "../backend.ts";
+import { addProduct, OutMode, prepareCross, tripleAt } from "./cross.ts";
+import { decomposeOnGpu } from "./decompose.ts";
+import { GpuContext } from "./device.ts";
+import { baseNormsOnGpu } from "./norms.ts";
+import { Format } from "./pack.ts";
+import { rebuildOnGpu } from "./rebuild.ts";
+import { subspaceOnGpu } from "./subspace.ts";
+
+/** Options for {@link createGpuBackend}. */
+export interface GpuBackendOptions {
+  /** Adapter to use (default: the system's preferred one). */
+  readonly adapter?: GPUAdapter;
+  /** Receives DEBUG lines (adapter, limits, self-test). */
+  readonly log?: LogFn;
+}
+
+/**
+ * Opens a WebGPU device and checks that its compiler evaluates the exact
+ * float sums the kernels rely on; throws a {@link BackendError} when there
+ * is no adapter or the check fails.
+ *
+ * @example
+ * ```ts ignore
+ * import { createGpuBackend } from "./backend.ts";
+ * await using gpu = await createGpuBackend();
+ * console.log(gpu.description);
+ * ```
+ */
+export async function createGpuBackend(options: GpuBackendOptions = {}): Promise<Backend> {
+  const ctx = await GpuContext.create(options);
+  try {
+    await selfTest(ctx);
+  } catch (e) {
+    ctx.destroy();
+    throw e;
+  }
+  options.log?.("DEBUG", `WebGPU self-test passed on ${ctx.description}`);
+  return new GpuBackend(ctx);
+}
+
+class GpuBackend implements Backend {
+  readonly name = "webgpu";
+  readonly description: string;
+  #ctx: GpuContext;
+
+  constructor(ctx: GpuContext) {
+    this.#ctx = ctx;
+    this.description = `WebGPU: ${ctx.description}`;
+  }
+
+  decompose(
+    layers: readonly LowRankFactors[],
+    options?: BackendCallOptions,
+  ): Promise<Decomposition[]> {
+    return decomposeOnGpu(this.#ctx, layers, options);
+  }
+
+  rebuild(
+    requests: readonly RebuildRequest[],
+    options?: BackendCallOptions,
+  ): Promise<RebuiltFactors[]> {
+    return rebuildOnGpu(this.#ctx, requests, options);
+  }
+
+  baseNorms(
+    weights: readonly BaseWeightRef[],
+    which: NormRequest,
+    options?: BackendCallOptions,
+  ): Promise<BaseNorms[]> {
+    return baseNormsOnGpu(this.#ctx, weights, which, options);
+  }
+
+  subspaceScales(
+    requests: readonly SubspaceRequest[],
+    options?: BackendCallOptions,
+  ): Promise<Float64Array[]> {
+    return subspaceOnGpu(this.#ctx, requests, options);
+  }
+
+  close(): Promise<void> {
+    this.#ctx.destroy();
+    return Promise.resolve();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+/**
+ * Runs the cross kernel on values whose exact sum of squares needs the
+ * low-order parts (xᵢ = 1 + i·2⁻²³): a compiler that rewrites the
+ * error-free sums, or flushes them, gets it wrong by ~1e-10.
+ */
+async function selfTest(ctx: GpuContext): Promise<void> {
+  const n = 40;
+  const x = Float32Array.from({ length: n }, (_, i) => 1 + (i + 1) * 2 ** -23);
+  let exact = 0;
+  for (const v of x) exact += v * v; // every partial sum fits 53 bits: exact
+  const data = ctx.upload(x, GPUBufferUsage.STORAGE, "self-test data");
+  const out = ctx.buffer(12, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC, "self-test out");
+  const items: number[] = [];
+  const view = { base: 0, sampleStride: 1, featureStride: n, features: 1 };
+  addProduct(items, view, view, { samples: [0, n], outBase: 0, outStride: 1 });
+  const prepared = await prepareCross(ctx, [{
+    formatX: Format.F32,
+    formatY: Format.F32,
+    x: data,
+    y: data,
+    out,
+    mode: OutMode.Triple,
+    items,
+  }]);
+  try {
+    await ctx.submit("self-test", prepared.record);
+    const got = tripleAt(new Float32Array(await ctx.read(out, 0, 12)), 0);
+    if (got !== exact) {
+      throw new BackendError(
+        `WebGPU adapter ${ctx.description} does not evaluate exact f32 sums ` +
+          `(self-test: ${got} instead of ${exact}); use --device cpu`,
+      );
+    }
+  } finally {
+    prepared.release();
+    ctx.release(data, out);
+  }
+}

@@ -1,0 +1,328 @@
+/**
+ * `baseNorms` on the GPU (`shaders/norms.wgsl`): many weights per batch,
+ * each resident on the GPU for the whole computation.
+ *
+ * - Frobenius: every row's sum of squares in df32 (squares are exact: F16
+ *   and BF16 squares fit f32, F32 values are split into 12-bit limbs), the
+ *   rows summed on the host in float64 — accurate to ~1e-12 relative.
+ * - Spectral: Lanczos on WᵀW from a fixed pseudo-random start vector (a
+ *   hash of the column index: deterministic, independent of batching). The
+ *   Krylov space after m steps contains the (m−1)-th power iterate, so the
+ *   largest Ritz value is never worse than that many power iterations, and
+ *   it converges much faster. Every {@link CHECK_EVERY} steps one readback of
+ *   the tridiagonal coefficients serves the whole batch: a weight stops when
+ *   the Ritz residual bound β_m·|y_m| ≤ {@link RESIDUAL_TOLERANCE}·θ
+ *   (|λ_max − θ| ≤ that bound), when its Krylov space is exhausted, or after
+ *   {@link MAX_STEPS} steps (≥ 65, so never worse than 64 power iterations).
+ *   Converged weights are switched off on the GPU while others go on.
+ *
+ * @module
+ */
+
+import { BackendError } from "../../errors.ts";
+import type { BackendCallOptions, BaseNorms, BaseWeightRef, NormRequest } from "../backend.ts";
+import { tridiagonalEigen } from "../dense.ts";
+import { dtypeSize } from "../../safetensors/dtype.ts";
+import type { GpuContext } from "./device.ts";
+import { Format } from "./pack.ts";
+import { weightName, type WeightBytes, WeightReader } from "./weights.ts";
+
+/** Lanczos steps at most (the history buffer's size). */
+export const MAX_STEPS = 128;
+/** Lanczos steps between convergence checks (one readback each). */
+export const CHECK_EVERY = 8;
+/** Relative Ritz residual bound at which σ_max counts as converged (on λ = σ²). */
+export const RESIDUAL_TOLERANCE = 1e-7;
+
+const SLOTS = 4;
+const SLOT_BYTES = 128 << 20;
+const PIECE_BYTES = 4 << 20;
+const PIECE_ROWS = 256;
+const ROWS_PER_JOB = 4;
+const COLS_PER_JOB = 256;
+const HEADER = 16;
+
+interface PlannedPiece {
+  readonly slot: number;
+  readonly byteOffset: number;
+  readonly rows: number;
+  readonly rowOffset: number;
+}
+
+interface PlannedWeight {
+  readonly index: number;
+  readonly ref: BaseWeightRef;
+  readonly pieces: PlannedPiece[];
+}
+
+interface NormBatch {
+  readonly weights: PlannedWeight[];
+  readonly slotBytes: number[];
+}
+
+/** Computes the requested norms of base weights (see the module doc). */
+export async function baseNormsOnGpu(
+  ctx: GpuContext,
+  weights: readonly BaseWeightRef[],
+  which: NormRequest,
+  options: BackendCallOptions = {},
+): Promise<BaseNorms[]> {
+  const results: BaseNorms[] = weights.map(() => ({}));
+  if (!which.frobenius && !which.spectral) return results;
+  const batches = planNormBatches(ctx, weights);
+  const reader = new WeightReader();
+  try {
+    let done = 0;
+    const load = (b: NormBatch) => Promise.all(b.weights.map((w) => reader.read(w.ref)));
+    let loading = batches.length > 0 ? load(batches[0]) : undefined;
+    for (let b = 0; b < batches.length; b++) {
+      const data = await loading!;
+      // Read the next batch from disk while the GPU works on this one.
+      loading = b + 1 < batches.length ? load(batches[b + 1]) : undefined;
+      loading?.catch(() => {});
+      const norms = await runNormBatch(ctx, batches[b], data, which);
+      batches[b].weights.forEach((w, i) => {
+        results[w.index] = norms[i];
+        options.onProgress?.(++done, weights.length);
+      });
+    }
+    return results;
+  } finally {
+    await reader.close();
+  }
+}
+
+function planNormBatches(ctx: GpuContext, weights: readonly BaseWeightRef[]): NormBatch[] {
+  const slotCap = Math.min(SLOT_BYTES, ctx.limits.storageBinding);
+  const batches: NormBatch[] = [];
+  let batch: NormBatch | undefined;
+  weights.forEach((ref, index) => {
+    const elementBytes = ref.dtype === "F64" ? 4 : dtypeSize(ref.dtype);
+    const rowBytes = ref.cols * elementBytes;
+    if (rowBytes > slotCap) {
+      throw new BackendError(`${weightName(ref)}: a row is larger than a GPU binding`);
+    }
+    const pieceRows = Math.max(
+      1,
+      Math.min(ref.rows, PIECE_ROWS, Math.floor(Math.min(PIECE_BYTES, slotCap) / rowBytes)),
+    );
+    const place = (b: NormBatch): PlannedPiece[] | undefined => {
+      const used = [...b.slotBytes];
+      const pieces: PlannedPiece[] = [];
+      for (let r0 = 0; r0 < ref.rows; r0 += pieceRows) {
+        const rows = Math.min(pieceRows, ref.rows - r0);
+        const bytes = align4(rows * rowBytes);
+        const slot = used.findIndex((u) => u + bytes <= slotCap);
+        if (slot < 0) return undefined;
+        pieces.push({ slot, byteOffset: used[slot], rows, rowOffset: r0 });
+        used[slot] += bytes;
+      }
+      b.slotBytes.splice(0, SLOTS, ...used);
+      return pieces;
+    };
+    let pieces = batch ? place(batch) : undefined;
+    if (!pieces) {
+      batch = { weights: [], slotBytes: new Array(SLOTS).fill(0) };
+      batches.push(batch);
+      pieces = place(batch);
+      if (!pieces) {
+        throw new BackendError(
+          `${weightName(ref)}: larger than the ${SLOTS}×${slotCap} bytes a GPU batch can bind`,
+        );
+      }
+    }
+    batch!.weights.push({ index, ref, pieces });
+  });
+  return batches;
+}
+
+function align4(n: number): number {
+  return Math.ceil(n / 4) * 4;
+}
+
+async function runNormBatch(
+  ctx: GpuContext,
+  batch: NormBatch,
+  data: WeightBytes[],
+  which: NormRequest,
+): Promise<BaseNorms[]> {
+  const { weights } = batch;
+  // Layout of meta and vecs.
+  const rowJobs: number[] = [], colJobs: number[] = [];
+  const pieceWords: number[] = [], weightWords: number[] = [];
+  let vecs = 0;
+  const uBase: number[] = [], histBase: number[] = [];
+  let piece = 0;
+  weights.forEach((w, wi) => {
+    const { rows, cols } = w.ref;
+    const vBase = vecs;
+    vecs += 2 * cols;
+    uBase.push(vecs);
+    vecs += rows;
+    const partialBase = vecs;
+    vecs += w.pieces.length * cols;
+    histBase.push(wi * (1 + 2 * MAX_STEPS));
+    weightWords.push(cols, rows, vBase, uBase[wi], piece, w.pieces.length, partialBase, histBase[wi]);
+    const fmt = data[wi].dtype === "F16" ? Format.F16 : data[wi].dtype === "BF16" ? Format.BF16 : Format.F32;
+    for (const p of w.pieces) {
+      pieceWords.push(p.slot, p.byteOffset / 4, fmt, cols, p.rows, p.rowOffset, wi, 0);
+      for (let r = 0; r < p.rows; r += ROWS_PER_JOB) rowJobs.push(piece, r);
+      for (let c = 0; c < cols; c += COLS_PER_JOB) colJobs.push(piece, c);
+      piece++;
+    }
+  });
+  const nWeights = weights.length;
+  const nRowJobs = rowJobs.length / 2, nColJobs = colJobs.length / 2;
+  const offPieces = HEADER;
+  const offWeights = offPieces + pieceWords.length;
+  const offRowJobs = offWeights + weightWords.length;
+  const offColJobs = offRowJobs + rowJobs.length;
+  const offActive = offColJobs + colJobs.length;
+  const meta = new Uint32Array(offActive + nWeights);
+  meta.set([offPieces, offWeights, offRowJobs, offColJobs, offActive, nWeights, nRowJobs, nColJobs, 0]);
+  meta.set(pieceWords, offPieces);
+  meta.set(weightWords, offWeights);
+  meta.set(rowJobs, offRowJobs);
+  meta.set(colJobs, offColJobs);
+  meta.fill(1, offActive);
+
+  const buffers: GPUBuffer[] = [];
+  const make = (size: number, usage: number, label: string) => {
+    const b = ctx.buffer(size, usage, label);
+    buffers.push(b);
+    return b;
+  };
+  try {
+    const slots = batch.slotBytes.map((bytes, s) =>
+      make(Math.max(16, bytes), GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, `weights ${s}`)
+    );
+    weights.forEach((w, wi) => {
+      const rowBytes = data[wi].bytes.byteLength / Math.max(1, w.ref.rows);
+      for (const p of w.pieces) {
+        const start = p.rowOffset * rowBytes;
+        ctx.write(slots[p.slot], p.byteOffset, data[wi].bytes.subarray(start, start + p.rows * rowBytes));
+      }
+    });
+    const metaBuf = make(meta.byteLength, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, "norms meta");
+    ctx.write(metaBuf, 0, meta);
+    const vecBuf = make(Math.max(1, vecs) * 4, GPUBufferUsage.STORAGE, "norms vectors");
+    const froBuf = make(
+      Math.max(1, vecs) * 8,
+      GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC,
+      "row sums of squares",
+    );
+    const histWords = nWeights * (1 + 2 * MAX_STEPS);
+    const histBuf = make(histWords * 4, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC, "lanczos");
+
+    const constants = { MAX_STEPS };
+    const [init, rowFro, row, col, lanczos] = await Promise.all([
+      ctx.pipeline("norms", "init_start", constants),
+      ctx.pipeline("norms", "row_pass", { ...constants, WITH_FRO: 1 }),
+      ctx.pipeline("norms", "row_pass", constants),
+      ctx.pipeline("norms", "col_pass", constants),
+      ctx.pipeline("norms", "lanczos", constants),
+    ]);
+    const bind = (pipeline: GPUComputePipeline, entries: [number, GPUBuffer][]) =>
+      ctx.device.createBindGroup({
+        layout: pipeline.getBindGroupLayout(0),
+        entries: entries.map(([binding, buffer]) => ({ binding, resource: { buffer } })),
+      });
+    const slotEntries: [number, GPUBuffer][] = slots.map((b, s) => [4 + s, b]);
+    const groups = {
+      init: bind(init, [[0, metaBuf], [1, vecBuf], [3, histBuf]]),
+      rowFro: bind(rowFro, [[0, metaBuf], [1, vecBuf], [2, froBuf], ...slotEntries]),
+      // `fro` is statically used by row_pass, so it is bound even without WITH_FRO.
+      row: bind(row, [[0, metaBuf], [1, vecBuf], [2, froBuf], ...slotEntries]),
+      col: bind(col, [[0, metaBuf], [1, vecBuf], ...slotEntries]),
+      lanczos: bind(lanczos, [[0, metaBuf], [1, vecBuf], [3, histBuf]]),
+    };
+    const results: BaseNorms[] = weights.map(() => ({}));
+
+    // First submit: start vectors, the Frobenius row pass, and (for the
+    // spectral norm) the first CHECK_EVERY Lanczos steps.
+    await ctx.submit("norms", (encoder) => {
+      const pass = encoder.beginComputePass({ label: "norms" });
+      if (which.spectral) {
+        pass.setPipeline(init);
+        pass.setBindGroup(0, groups.init);
+        ctx.dispatch(pass, nWeights);
+      }
+      for (let step = 0; step < (which.spectral ? CHECK_EVERY : 1); step++) {
+        const fro = step === 0 && which.frobenius;
+        pass.setPipeline(fro ? rowFro : row);
+        pass.setBindGroup(0, fro ? groups.rowFro : groups.row);
+        ctx.dispatch(pass, nRowJobs);
+        if (!which.spectral) break;
+        pass.setPipeline(col);
+        pass.setBindGroup(0, groups.col);
+        ctx.dispatch(pass, nColJobs);
+        pass.setPipeline(lanczos);
+        pass.setBindGroup(0, groups.lanczos);
+        ctx.dispatch(pass, nWeights);
+      }
+      pass.end();
+    });
+    if (which.frobenius) {
+      const sums = new Float32Array(await ctx.read(froBuf, 0, vecs * 8));
+      weights.forEach((w, wi) => {
+        let s = 0;
+        for (let r = 0; r < w.ref.rows; r++) {
+          const i = 2 * (uBase[wi] + r);
+          s += sums[i] + sums[i + 1];
+        }
+        results[wi].frobenius = Math.sqrt(s);
+      });
+    }
+    if (!which.spectral) return results;
+
+    const active = new Set(weights.map((_, wi) => wi));
+    for (;;) {
+      const hist = new Float32Array(await ctx.read(histBuf, 0, histWords * 4));
+      for (const wi of [...active]) {
+        const spectral = converged(hist, histBase[wi], weights[wi].ref.cols);
+        if (spectral !== undefined) {
+          results[wi].spectral = spectral;
+          active.delete(wi);
+          meta[offActive + wi] = 0;
+        }
+      }
+      if (active.size === 0) break;
+      ctx.write(metaBuf, offActive * 4, meta.subarray(offActive));
+      await ctx.submit("spectral norms", (encoder) => {
+        const pass = encoder.beginComputePass({ label: "lanczos" });
+        for (let step = 0; step < CHECK_EVERY; step++) {
+          pass.setPipeline(row);
+          pass.setBindGroup(0, groups.row);
+          ctx.dispatch(pass, nRowJobs);
+          pass.setPipeline(col);
+          pass.setBindGroup(0, groups.col);
+          ctx.dispatch(pass, nColJobs);
+          pass.setPipeline(lanczos);
+          pass.setBindGroup(0, groups.lanczos);
+          ctx.dispatch(pass, nWeights);
+        }
+        pass.end();
+      });
+    }
+    return results;
+  } finally {
+    ctx.release(...buffers);
+  }
+}
+
+/**
+ * σ_max from a weight's Lanczos history once it has converged, else
+ * `undefined` (see the module doc for the stopping rule).
+ */
+function converged(hist: Float32Array, base: number, cols: number): number | undefined {
+  const m = Math.round(hist[base]);
+  if (m === 0) return undefined;
+  const alpha = Float64Array.from(hist.subarray(base + 1, base + 1 + m));
+  const beta = Float64Array.from(hist.subarray(base + 1 + MAX_STEPS, base + 1 + MAX_STEPS + m));
+  const { values, last } = tridiagonalEigen(alpha, beta.subarray(0, m - 1));
+  const theta = Math.max(0, values[0]);
+  const residual = Math.abs(beta[m - 1] * last[0]);
+  const done = m >= MAX_STEPS || m >= cols || beta[m - 1] === 0 ||
+    residual <= RESIDUAL_TOLERANCE * theta;
+  return done ? Math.sqrt(theta) : undefined;
+}

@@ -1,0 +1,163 @@
+/**
+ * `rebuild` on the GPU: up = B·S_B and down = S_Aᵀ·A, with the small
+ * S_B = T_B[:, keep]·diag(g) and S_A = T_A[:, keep]·diag(g) made on the host
+ * in float64 (g = √(σ·rescale/|scale|); the sign of scale goes on up, as
+ * alpha carries it too) and uploaded as df32. The products
+ * of exact limbs are summed near-exactly and rounded once to f32, so the
+ * result matches a float64 product rounded to f32.
+ *
+ * @module
+ */
+
+import { BackendError } from "../../errors.ts";
+import type { BackendCallOptions, RebuildRequest, RebuiltFactors } from "../backend.ts";
+import { addProduct, type CrossGroup, OutMode, prepareCross } from "./cross.ts";
+import { checkFactors } from "./decompose.ts";
+import type { GpuContext } from "./device.ts";
+import { type Format, Packer } from "./pack.ts";
+
+const BATCH_BYTES = 64 << 20;
+
+interface Planned {
+  readonly index: number;
+  readonly out: number;
+  readonly inFlat: number;
+  readonly kept: number;
+  readonly upBase: number;
+  readonly downBase: number;
+}
+
+interface RebuildBatch {
+  readonly planned: Planned[];
+  readonly packer: Packer;
+  readonly groups: Map<string, { fx: Format; fy: Format; items: number[] }>;
+  outputs: number;
+}
+
+/** The small r × k′ matrix T[:, keep]·diag(g), row-major. */
+export function scaledColumns(
+  transform: Float64Array,
+  k: number,
+  keep: readonly number[],
+  g: Float64Array,
+): Float64Array {
+  const r = transform.length / Math.max(1, k);
+  const kept = keep.length;
+  const s = new Float64Array(r * kept);
+  for (let j = 0; j < r; j++) {
+    for (let c = 0; c < kept; c++) s[j * kept + c] = transform[j * k + keep[c]] * g[c];
+  }
+  return s;
+}
+
+/** Output factors for the kept dimensions of each layer, in input order. */
+export async function rebuildOnGpu(
+  ctx: GpuContext,
+  requests: readonly RebuildRequest[],
+  options: BackendCallOptions = {},
+): Promise<RebuiltFactors[]> {
+  const results: RebuiltFactors[] = new Array(requests.length);
+  const maxWords = Math.min(BATCH_BYTES, ctx.limits.storageBinding) / 4;
+  const batches: RebuildBatch[] = [];
+  let batch: RebuildBatch | undefined;
+  requests.forEach((req, index) => {
+    const { factors, decomposition, keep, rescale } = req;
+    const what = `rebuild: layer ${index}`;
+    checkFactors(factors, what);
+    const { out, rank: r, inFlat, scale } = factors;
+    const k = decomposition.sigma.length;
+    if (decomposition.upTransform.length !== r * k || decomposition.downTransform.length !== r * k) {
+      throw new BackendError(`${what}: transforms are not ${r}×${k}`);
+    }
+    keep.forEach((i, n) => {
+      if (!Number.isInteger(i) || i < 0 || i >= k || (n > 0 && i <= keep[n - 1])) {
+        throw new BackendError(`${what}: keep index ${i} is not ascending within [0, ${k})`);
+      }
+    });
+    const kept = keep.length;
+    if (kept === 0) {
+      results[index] = { up: new Float32Array(0), down: new Float32Array(0) };
+      return;
+    }
+    const outputs = (out + inFlat) * kept;
+    const words = Packer.wordsFor(factors.up.dtype, factors.up.bytes.byteLength) +
+      Packer.wordsFor(factors.down.dtype, factors.down.bytes.byteLength) + 4 * r * kept + 4;
+    if (words > maxWords || outputs > maxWords) {
+      throw new BackendError(`${what}: too large for one GPU batch on this adapter`);
+    }
+    if (!batch || batch.packer.words + words > maxWords || batch.outputs + outputs > maxWords) {
+      batch = { planned: [], packer: new Packer(), groups: new Map(), outputs: 0 };
+      batches.push(batch);
+    }
+    const sign = scale < 0 ? -1 : 1;
+    const g = Float64Array.from(keep, (i) => {
+      const sigma = decomposition.sigma[i];
+      return sigma > 0 ? Math.sqrt(sigma * rescale / Math.abs(scale)) : 0;
+    });
+    const gUp = g.map((x) => sign * x);
+    const b = batch.packer.add(factors.up.dtype, factors.up.bytes);
+    const a = batch.packer.add(factors.down.dtype, factors.down.bytes);
+    const sb = batch.packer.addFloat64(scaledColumns(decomposition.upTransform, k, keep, gUp));
+    const sa = batch.packer.addFloat64(scaledColumns(decomposition.downTransform, k, keep, g));
+    const upBase = batch.outputs, downBase = upBase + out * kept;
+    batch.outputs += outputs;
+    const group = (fx: Format, fy: Format) => {
+      const key = `${fx},${fy}`;
+      let grp = batch!.groups.get(key);
+      if (!grp) batch!.groups.set(key, grp = { fx, fy, items: [] });
+      return grp.items;
+    };
+    // up[row, c] = Σ_j B[row, j]·S_B[j, c]: samples j, X = Bᵀ, Y = S_B.
+    addProduct(
+      group(b.format, sb.format),
+      { base: b.base, sampleStride: 1, featureStride: r, features: out },
+      { base: sb.base, sampleStride: kept, featureStride: 1, features: kept },
+      { samples: [0, r], outBase: upBase, outStride: kept },
+    );
+    // down[c, col] = Σ_j S_A[j, c]·A[j, col]: samples j, X = S_A, Y = A.
+    addProduct(
+      group(sa.format, a.format),
+      { base: sa.base, sampleStride: kept, featureStride: 1, features: kept },
+      { base: a.base, sampleStride: inFlat, featureStride: 1, features: inFlat },
+      { samples: [0, r], outBase: downBase, outStride: inFlat },
+    );
+    batch.planned.push({ index, out, inFlat, kept, upBase, downBase });
+  });
+  let done = requests.length - batches.reduce((n, b) => n + b.planned.length, 0);
+  for (const b of batches) {
+    const values = await runRebuildBatch(ctx, b);
+    for (const p of b.planned) {
+      results[p.index] = {
+        up: values.slice(p.upBase, p.upBase + p.out * p.kept),
+        down: values.slice(p.downBase, p.downBase + p.kept * p.inFlat),
+      };
+      options.onProgress?.(++done, requests.length);
+    }
+  }
+  return results;
+}
+
+async function runRebuildBatch(ctx: GpuContext, batch: RebuildBatch): Promise<Float32Array> {
+  const data = ctx.upload(batch.packer.finish(), GPUBufferUsage.STORAGE, "rebuild inputs");
+  const bytes = batch.outputs * 4;
+  const out = ctx.buffer(bytes, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC, "rebuilt");
+  let release = () => {};
+  try {
+    const groups: CrossGroup[] = [...batch.groups.values()].map((g) => ({
+      formatX: g.fx,
+      formatY: g.fy,
+      x: data,
+      y: data,
+      out,
+      mode: OutMode.F32,
+      items: g.items,
+    }));
+    const prepared = await prepareCross(ctx, groups);
+    release = prepared.release;
+    await ctx.submit("rebuild", prepared.record);
+    return new Float32Array(await ctx.read(out, 0, bytes));
+  } finally {
+    release();
+    ctx.release(data, out);
+  }
+}

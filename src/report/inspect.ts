@@ -1,0 +1,420 @@
+/**
+ * `inspect`: what a LoRA holds, per layer and per block, before resizing it.
+ *
+ * Without a checkpoint only the LoRA is read and decomposed. With one, the
+ * recipes are also planned ({@link plan}, nothing written): base norms,
+ * per-dimension scores and kept ranks join the layer rows.
+ *
+ * The result is plain JSON data (`JSON.stringify` gives the `--json` output,
+ * whose shape `tests/inspect.schema.json` documents): no NaN or ±∞ — a value
+ * that is unknown or infinite is `null`.
+ *
+ * @module
+ */
+
+import type { Backend } from "../linalg/backend.ts";
+import { type Device, selectBackend } from "../linalg/select_backend.ts";
+import { type LogFn, type LogLevel, silent } from "../log.ts";
+import { loadLora, type LoraLayer } from "../lora/lora_file.ts";
+import type { OutputDType } from "../output.ts";
+import type { SizeAccounting } from "../recipe/select.ts";
+import { DEFAULT_RECIPES, type LayerPlan, plan, type ProgressFn } from "../resize.ts";
+import { type BlockLabel, blockOf, groupByBlock } from "./blocks.ts";
+import {
+  type Column,
+  formatCount,
+  formatNumber,
+  formatPercent,
+  formatTable,
+} from "./table.ts";
+
+/** A singular value counts towards the effective rank when above this fraction of σ₁. */
+export const EFFECTIVE_RANK_FRACTION = 0.01;
+
+/** Options of {@link inspect}. */
+export interface InspectOptions {
+  /** The LoRA: a path, or a merge spec `"a.safetensors:0.7,b.safetensors:0.3"`. */
+  readonly lora: string;
+  /** Base checkpoint: adds base norms, and the scores and kept ranks of `recipes`. */
+  readonly checkpoint?: string;
+  /** Recipes to plan when a checkpoint is given (default: the original's default recipe). */
+  readonly recipes?: string;
+  /** `auto`, `cpu` (default) or `gpu`; ignored when `backend` is given. */
+  readonly device?: Device;
+  /** A backend to use (the caller keeps ownership). */
+  readonly backend?: Backend;
+  /** Norms cache location, or `false` to disable it (as in `plan`). */
+  readonly normsCache?: string | false;
+  /** Output element type the planned sizes assume (default `F16`). */
+  readonly outputDtype?: OutputDType;
+  /** Size-mode accounting of the planned recipes (default `file`). */
+  readonly sizeAccounting?: SizeAccounting;
+  /** Plan sizes as if `--drop_unmapped` were given. */
+  readonly dropUnmapped?: boolean;
+  /** Log receiver (default: silent). DEBUG records are passed on only with `logLevel: "DEBUG"`. */
+  readonly log?: LogFn;
+  /** Lowest level the caller shows. */
+  readonly logLevel?: LogLevel;
+  /** Progress receiver. */
+  readonly onProgress?: ProgressFn;
+}
+
+/** One planned recipe of an inspection (with a checkpoint). */
+export interface InspectRecipe {
+  /** The recipe text. */
+  readonly recipe: string;
+  /** Output path the recipe would write. */
+  readonly path: string;
+  /** Exact output file size in bytes. */
+  readonly bytes: number;
+  /** Threshold used; null when infinite (everything or nothing kept). */
+  readonly threshold: number | null;
+  /** Σ k over the resized layers. */
+  readonly rankBefore: number;
+  /** Σ k′ over the resized layers. */
+  readonly rankAfter: number;
+  /** Relative Frobenius error of the resized LoRA (0 … 1). */
+  readonly relativeError: number;
+}
+
+/** What one recipe does to one layer. */
+export interface InspectLayerRecipe {
+  /** Kept dimensions k′; null when the recipe does not resize the layer (unpaired or all-zero). */
+  readonly kept: number | null;
+  /** Score of each singular value (null where not a finite number); empty when not resized. */
+  readonly scores: (number | null)[];
+}
+
+/** One LoRA layer. */
+export interface InspectLayer {
+  /** Layer name. */
+  readonly name: string;
+  /** Block label (`TE1`, `IN04`, `MID`, …). */
+  readonly block: BlockLabel;
+  /** `conv` for a LoCon kernel (4-D down weight), else `linear`. */
+  readonly kind: "linear" | "conv";
+  /** Rows of ΔW. */
+  readonly out: number;
+  /** The down weight's trailing dims: `[in]` or `[in, kh, kw]`. */
+  readonly inShape: number[];
+  /** Stored rank r. */
+  readonly rank: number;
+  /** Stored alpha (rank when the file has none). */
+  readonly alpha: number;
+  /** LoRA parameters: r·(out + in′). */
+  readonly parameters: number;
+  /** Singular values of ΔW = α/r·up·down, descending (length min(r, out, in′)). */
+  readonly sigma: number[];
+  /** σ₁ (0 for an all-zero layer). */
+  readonly sigma1: number;
+  /** ‖ΔW‖_F. */
+  readonly frobenius: number;
+  /** Number of σᵢ above 1 % of σ₁. */
+  readonly effectiveRank: number;
+  /** ‖ΔW‖²_F over the sum for all layers (0 … 1). */
+  readonly energyShare: number;
+  /** The base weight it pairs with; null without a checkpoint or when no resize recipe touches it. */
+  readonly base: string | null;
+  /** ‖W_base‖_F when known. */
+  readonly baseFrobenius: number | null;
+  /** σ_max(W_base) when known (recipes with `spn_ckpt`). */
+  readonly baseSpectral: number | null;
+  /** Per planned recipe, in the order of {@link InspectResult.recipes}. */
+  readonly recipes: InspectLayerRecipe[];
+}
+
+/** Totals of one block. */
+export interface InspectBlock {
+  /** Block label. */
+  readonly block: BlockLabel;
+  /** Number of layers. */
+  readonly layers: number;
+  /** Σ stored rank. */
+  readonly rank: number;
+  /** Σ effective rank. */
+  readonly effectiveRank: number;
+  /** Share of the LoRA's total ‖ΔW‖²_F (0 … 1). */
+  readonly energyShare: number;
+  /** Σ LoRA parameters. */
+  readonly parameters: number;
+  /** Per planned recipe: Σ kept dimensions over the block's resized layers. */
+  readonly kept: number[];
+}
+
+/** The result of {@link inspect}: JSON-ready, no NaN or ±∞. */
+export interface InspectResult {
+  /** The LoRA entry as given. */
+  readonly lora: string;
+  /** The LoRA's name (file stem, or the merged name). */
+  readonly name: string;
+  /** The checkpoint, or null. */
+  readonly checkpoint: string | null;
+  /** Number of layers. */
+  readonly layerCount: number;
+  /** Layers whose ΔW is zero (σ₁ below 1e-6). */
+  readonly zeroLayers: number;
+  /** Σ stored rank. */
+  readonly totalRank: number;
+  /** Σ effective rank. */
+  readonly effectiveRank: number;
+  /** Σ LoRA parameters of the layers. */
+  readonly parameters: number;
+  /** Tensors not part of any layer (copied unchanged by a resize unless dropped). */
+  readonly passThroughTensors: number;
+  /** Planned recipes (empty without a checkpoint). */
+  readonly recipes: InspectRecipe[];
+  /** Block totals, in model order. */
+  readonly blocks: InspectBlock[];
+  /** Layers, by name. */
+  readonly layers: InspectLayer[];
+}
+
+/** Below this σ₁ a layer is all-zero (as in the pipeline). */
+const ZERO_LAYER_SIGMA = 1e-6;
+
+const finite = (x: number | undefined): number | null =>
+  x !== undefined && Number.isFinite(x) ? x : null;
+
+/**
+ * Counts the singular values above `fraction`·σ₁ (σ descending).
+ *
+ * @example
+ * ```ts
+ * import { effectiveRank } from "./inspect.ts";
+ * console.log(effectiveRank(new Float64Array([2, 0.5, 0.02, 0.01]))); // 3
+ * ```
+ */
+export function effectiveRank(
+  sigma: ArrayLike<number>,
+  fraction: number = EFFECTIVE_RANK_FRACTION,
+): number {
+  if (sigma.length === 0 || !(sigma[0] > 0)) return 0;
+  const floor = fraction * sigma[0];
+  let n = 0;
+  for (let i = 0; i < sigma.length; i++) if (sigma[i] > floor) n++;
+  return n;
+}
+
+/**
+ * Inspects a LoRA: per layer its kind, shape, stored rank and alpha, singular
+ * values, effective rank and share of the total energy; per block the totals;
+ * with a checkpoint, base norms and what each recipe keeps.
+ *
+ * @example
+ * ```ts ignore
+ * import { formatInspectTable, inspect } from "./inspect.ts";
+ * const result = await inspect({ lora: "my_lora.safetensors" });
+ * console.log(formatInspectTable(result));
+ * const withBase = await inspect({ lora: "my_lora.safetensors", checkpoint: "sdxl.safetensors" });
+ * console.log(JSON.stringify(withBase));
+ * ```
+ */
+export async function inspect(options: InspectOptions): Promise<InspectResult> {
+  const log = options.log ?? silent;
+  const model = await loadLora(options.lora);
+  const backend = options.backend ?? await selectBackend(options.device ?? "cpu", { log });
+  try {
+    const decompositions = await backend.decompose(
+      model.layers.map((l) => l.factors),
+      { onProgress: (d, t) => options.onProgress?.("SVD", d, t) },
+    );
+    const sigmas = decompositions.map((d) => d.sigma);
+    const planned = options.checkpoint === undefined
+      ? []
+      : (await plan({
+        checkpoint: options.checkpoint,
+        loras: [options.lora],
+        recipes: options.recipes ?? DEFAULT_RECIPES,
+        backend,
+        normsCache: options.normsCache,
+        outputDtype: options.outputDtype,
+        sizeAccounting: options.sizeAccounting,
+        dropUnmapped: options.dropUnmapped,
+        // The DEBUG layer report makes the pipeline fetch every base
+        // Frobenius norm, whatever the recipe; its records are ours to drop.
+        logLevel: "DEBUG",
+        log: options.logLevel === "DEBUG" ? log : (level, message) => {
+          if (level !== "DEBUG") log(level, message);
+        },
+        onProgress: options.onProgress,
+      })).outputs;
+
+    const energies = sigmas.map((s) => s.reduce((a, x) => a + x * x, 0));
+    const totalEnergy = energies.reduce((a, b) => a + b, 0);
+    const plans = planned.map((o) => new Map(o.layers.map((l) => [l.name, l])));
+    const layers = model.layers.map((layer, i) =>
+      layerRow(layer, sigmas[i], energies[i], totalEnergy, plans.map((p) => p.get(layer.name)))
+    );
+    return {
+      lora: model.entry,
+      name: model.name,
+      checkpoint: options.checkpoint ?? null,
+      layerCount: layers.length,
+      zeroLayers: layers.filter((l) => !(l.sigma1 >= ZERO_LAYER_SIGMA)).length,
+      totalRank: sum(layers, (l) => l.rank),
+      effectiveRank: sum(layers, (l) => l.effectiveRank),
+      parameters: sum(layers, (l) => l.parameters),
+      passThroughTensors: model.passThrough.length,
+      recipes: planned.map((o) => ({
+        recipe: o.recipe,
+        path: o.path,
+        bytes: o.bytes,
+        threshold: finite(o.threshold),
+        rankBefore: o.rankBefore,
+        rankAfter: o.rankAfter,
+        relativeError: o.relativeError,
+      })),
+      blocks: groupByBlock(layers).map(({ block, items }) => ({
+        block,
+        layers: items.length,
+        rank: sum(items, (l) => l.rank),
+        effectiveRank: sum(items, (l) => l.effectiveRank),
+        energyShare: sum(items, (l) => l.energyShare),
+        parameters: sum(items, (l) => l.parameters),
+        kept: planned.map((_, r) => sum(items, (l) => l.recipes[r].kept ?? 0)),
+      })),
+      layers,
+    };
+  } finally {
+    if (!options.backend) await backend.close();
+  }
+}
+
+function layerRow(
+  layer: LoraLayer,
+  sigma: Float64Array,
+  energy: number,
+  totalEnergy: number,
+  plans: readonly (LayerPlan | undefined)[],
+): InspectLayer {
+  const { out, rank, inFlat } = layer.factors;
+  const known = plans.find((p) => p !== undefined);
+  const norm = (pick: (p: LayerPlan) => number | undefined) =>
+    finite(plans.map((p) => p && pick(p)).find((x) => x !== undefined));
+  return {
+    name: layer.name,
+    block: blockOf(layer.name),
+    kind: layer.inShape.length > 1 ? "conv" : "linear",
+    out,
+    inShape: [...layer.inShape],
+    rank,
+    alpha: layer.alpha,
+    parameters: rank * (out + inFlat),
+    sigma: [...sigma],
+    sigma1: sigma[0] ?? 0,
+    frobenius: Math.sqrt(energy),
+    effectiveRank: effectiveRank(sigma),
+    energyShare: totalEnergy > 0 ? energy / totalEnergy : 0,
+    base: known?.base ?? null,
+    baseFrobenius: norm((p) => p.baseFrobenius),
+    baseSpectral: norm((p) => p.baseSpectral),
+    recipes: plans.map((p) =>
+      p ? { kept: p.kept, scores: [...p.scores].map((s) => finite(s)) } : { kept: null, scores: [] }
+    ),
+  };
+}
+
+function sum<T>(items: readonly T[], value: (item: T) => number): number {
+  let total = 0;
+  for (const item of items) total += value(item);
+  return total;
+}
+
+/**
+ * The human `inspect` output: a header (file, layers, ranks, parameters, and
+ * the planned recipes), block totals, then one row per layer.
+ *
+ * @example
+ * ```ts ignore
+ * import { formatInspectTable, inspect } from "./inspect.ts";
+ * console.log(formatInspectTable(await inspect({ lora: "my_lora.safetensors" })));
+ * ```
+ */
+export function formatInspectTable(result: InspectResult): string {
+  const keptTitles = result.recipes.map((_, r) => `kept r${r + 1}`);
+  const header = [
+    `LoRA        ${result.lora}`,
+    `checkpoint  ${result.checkpoint ?? "(none: no base norms, scores or kept ranks)"}`,
+    `layers      ${formatCount(result.layerCount)}` +
+    (result.zeroLayers > 0 ? ` (${result.zeroLayers} all-zero)` : "") +
+    `, total rank ${formatCount(result.totalRank)}, effective rank ${
+      formatCount(result.effectiveRank)
+    } (σ > ${EFFECTIVE_RANK_FRACTION * 100} % of σ₁), ${formatCount(result.parameters)} parameters` +
+    (result.passThroughTensors > 0
+      ? `, ${formatCount(result.passThroughTensors)} other tensors`
+      : ""),
+  ];
+  result.recipes.forEach((r, i) => {
+    header.push(
+      `recipe r${i + 1}   ${r.recipe}: rank ${formatCount(r.rankBefore)} → ${
+        formatCount(r.rankAfter)
+      }, ${formatCount(r.bytes)} B (${(r.bytes / 2 ** 20).toFixed(3)} MiB), error ${
+        formatPercent(r.relativeError)
+      }`,
+    );
+  });
+
+  const blockColumns: Column[] = [
+    { title: "block" },
+    { title: "layers", align: "right" },
+    { title: "rank", align: "right" },
+    { title: "eff. rank", align: "right" },
+    { title: "energy", align: "right" },
+    { title: "parameters", align: "right" },
+    ...keptTitles.map((title) => ({ title, align: "right" as const })),
+  ];
+  const blockRows = result.blocks.map((b) => [
+    b.block,
+    formatCount(b.layers),
+    formatCount(b.rank),
+    formatCount(b.effectiveRank),
+    formatPercent(b.energyShare),
+    formatCount(b.parameters),
+    ...b.kept.map(formatCount),
+  ]);
+  blockRows.push([
+    "total",
+    formatCount(result.layerCount),
+    formatCount(result.totalRank),
+    formatCount(result.effectiveRank),
+    result.layerCount > 0 ? "100.00 %" : "–",
+    formatCount(result.parameters),
+    ...result.recipes.map((r) => formatCount(r.rankAfter)),
+  ]);
+
+  const layerColumns: Column[] = [
+    { title: "layer" },
+    { title: "block" },
+    { title: "kind" },
+    { title: "shape", align: "right" },
+    { title: "rank", align: "right" },
+    { title: "alpha", align: "right" },
+    { title: "eff.", align: "right" },
+    { title: "energy", align: "right" },
+    { title: "σ₁", align: "right" },
+    ...(result.checkpoint === null ? [] : [{ title: "σ₁/‖W‖_F", align: "right" as const }]),
+    ...keptTitles.map((title) => ({ title, align: "right" as const })),
+  ];
+  const layerRows = result.layers.map((l) => [
+    l.name,
+    l.block,
+    l.kind,
+    `${l.out}×${l.inShape.join("×")}`,
+    String(l.rank),
+    formatNumber(l.alpha),
+    String(l.effectiveRank),
+    formatPercent(l.energyShare),
+    formatNumber(l.sigma1),
+    ...(result.checkpoint === null
+      ? []
+      : [formatNumber(l.baseFrobenius ? l.sigma1 / l.baseFrobenius : null)]),
+    ...l.recipes.map((r) => r.kept === null ? "–" : String(r.kept)),
+  ]);
+  return [
+    ...header,
+    "",
+    formatTable(blockColumns, blockRows),
+    "",
+    formatTable(layerColumns, layerRows),
+  ].join("\n");
+}

@@ -1,0 +1,205 @@
+/**
+ * Dry-run plans: what each (LoRA, recipe) output would be, per block.
+ *
+ * A plan's errors are relative Frobenius errors of the truncated LoRA: over a
+ * set of layers, √(Σ dropped σᵢ²) / √(Σ σᵢ²), with σ the scaled singular
+ * values (a recipe's `rescale` multiplies every σ, so it cancels).
+ *
+ * @module
+ */
+
+import type { LayerPlan, OutputSummary } from "../resize.ts";
+import { type BlockLabel, groupByBlock } from "./blocks.ts";
+import { formatBytes, formatCount, formatPercent, formatTable } from "./table.ts";
+
+/**
+ * The indices (ascending) of the dimensions a layer plan keeps: its `kept`
+ * best-scoring dimensions, ties to the lower index, NaN scores never.
+ *
+ * This is exactly the pipeline's selection: threshold mode keeps the scores
+ * above the threshold, which are the best ones; size mode keeps a prefix of
+ * the global ranking (score descending, ties in layer then dimension order),
+ * whose restriction to one layer is that layer's best `kept` by the same order.
+ *
+ * @example
+ * ```ts
+ * import { keptDimensions } from "./plan.ts";
+ * const scores = new Float64Array([-1, -3, NaN, -0.5, -3]);
+ * console.log(keptDimensions({ scores, kept: 3 })); // [0, 1, 3]
+ * ```
+ */
+export function keptDimensions(layer: Pick<LayerPlan, "scores" | "kept">): number[] {
+  const { scores, kept } = layer;
+  const order = [...scores.keys()].filter((i) => !Number.isNaN(scores[i]));
+  order.sort((a, b) => scores[b] - scores[a] || a - b);
+  return order.slice(0, kept).sort((a, b) => a - b);
+}
+
+/** Energy of a layer plan's σ: total and the part its selection drops. */
+function layerEnergy(layer: Pick<LayerPlan, "sigma" | "scores" | "kept">): [number, number] {
+  let total = 0;
+  for (const s of layer.sigma) total += s * s;
+  let kept = 0;
+  for (const i of keptDimensions(layer)) kept += layer.sigma[i] ** 2;
+  return [total, Math.max(0, total - kept)];
+}
+
+/** One block of a plan. */
+export interface BlockPlan {
+  /** Block label (see `blocks.ts`). */
+  readonly block: BlockLabel;
+  /** Resized layers in the block. */
+  readonly layers: number;
+  /** Σ k (number of singular values) over the block. */
+  readonly rankBefore: number;
+  /** Σ k′ (kept dimensions) over the block. */
+  readonly rankAfter: number;
+  /** Relative Frobenius error of the block's truncated layers (0 … 1). */
+  readonly relativeError: number;
+  /** The block's share of the LoRA's ‖ΔW‖²_F (over the resized layers, 0 … 1). */
+  readonly energyShare: number;
+}
+
+/** The per-block view of one output. */
+export interface PlanSummary {
+  /** Blocks in model order. */
+  readonly blocks: readonly BlockPlan[];
+  /** Relative Frobenius error over all layers (equals the output's `relativeError`). */
+  readonly relativeError: number;
+}
+
+/**
+ * Per-block ranks and errors of an output plan.
+ *
+ * @example
+ * ```ts
+ * import { summarizePlan } from "./plan.ts";
+ * const layer = (name: string, sigma: number[], kept: number) => ({
+ *   name, sigma: new Float64Array(sigma), scores: new Float64Array(sigma.map(Math.log10)), kept,
+ * });
+ * const s = summarizePlan([layer("lora_te1_a", [3, 4], 1), layer("lora_unet_out_2", [1], 1)]);
+ * console.log(s.blocks.map((b) => [b.block, b.rankAfter, b.relativeError])); // [["TE1", 1, 0.6], ["BASE", 1, 0]]
+ * ```
+ */
+export function summarizePlan(
+  layers: readonly Pick<LayerPlan, "name" | "sigma" | "scores" | "kept">[],
+): PlanSummary {
+  let total = 0;
+  let dropped = 0;
+  const groups = groupByBlock(layers).map(({ block, items }) => {
+    let blockTotal = 0;
+    let blockDropped = 0;
+    for (const layer of items) {
+      const [t, d] = layerEnergy(layer);
+      blockTotal += t;
+      blockDropped += d;
+    }
+    total += blockTotal;
+    dropped += blockDropped;
+    return { block, items, blockTotal, blockDropped };
+  });
+  const blocks = groups.map(({ block, items, blockTotal, blockDropped }) => ({
+    block,
+    layers: items.length,
+    rankBefore: items.reduce((n, l) => n + l.sigma.length, 0),
+    rankAfter: items.reduce((n, l) => n + l.kept, 0),
+    relativeError: ratio(blockDropped, blockTotal),
+    energyShare: total > 0 ? blockTotal / total : 0,
+  }));
+  return { blocks, relativeError: ratio(dropped, total) };
+}
+
+function ratio(dropped: number, total: number): number {
+  return total > 0 ? Math.sqrt(dropped / total) : 0;
+}
+
+/**
+ * A threshold as the plan prints it: seven significant digits, `−∞` (all
+ * kept) or `+∞` (nothing kept).
+ *
+ * @example
+ * ```ts
+ * import { formatThreshold } from "./plan.ts";
+ * console.log(formatThreshold(-0.67747021), formatThreshold(-Infinity)); // "-0.6774702" "−∞"
+ * ```
+ */
+export function formatThreshold(threshold: number): string {
+  if (threshold === Infinity) return "+∞";
+  if (threshold === -Infinity) return "−∞";
+  return String(Number(threshold.toPrecision(7)));
+}
+
+/**
+ * The `--dry_run` text: for each output, its path and exact file size, the
+ * threshold, the total rank before → after and the relative error, then a
+ * per-block table.
+ *
+ * @example
+ * ```ts ignore
+ * import { plan } from "../resize.ts";
+ * import { formatPlan } from "./plan.ts";
+ * const { outputs } = await plan({ checkpoint: "base.safetensors", loras: ["a.safetensors"] });
+ * console.log(formatPlan(outputs));
+ * ```
+ */
+export function formatPlan(outputs: readonly OutputSummary[]): string {
+  return outputs.map(formatOutput).join("\n\n");
+}
+
+function formatOutput(output: OutputSummary): string {
+  const summary = summarizePlan(output.layers);
+  const kept = (after: number, before: number) =>
+    before > 0 ? ` (${formatPercent(after / before)})` : "";
+  const lines = [
+    `${output.lora} · ${output.recipe}`,
+    `  output     ${output.path}${output.written ? "" : " (not written)"}`,
+    `  file size  ${formatBytes(output.bytes)}`,
+    `  threshold  ${formatThreshold(output.threshold)}`,
+    `  rank       ${formatCount(output.rankBefore)} → ${formatCount(output.rankAfter)}${
+      kept(output.rankAfter, output.rankBefore)
+    }`,
+    `  error      ${formatPercent(output.relativeError)} (relative Frobenius error of ΔW)`,
+  ];
+  const cut = output.cut;
+  if (cut) {
+    const target = `target ${cut.targetMiB} MiB`;
+    const next = `one more dimension: ${formatBytes(cut.nextBytes)}`;
+    lines.push(
+      cut.accounting === "file"
+        ? `  size cut   file ${formatBytes(cut.realBytes)} ≤ ${target}; ${next}`
+        : `  size cut   weights ${formatBytes(cut.realBytes)} ≥ ${target} (original accounting); ${next}`,
+    );
+  }
+  const rows = summary.blocks.map((b) => [
+    b.block,
+    String(b.layers),
+    formatCount(b.rankBefore),
+    formatCount(b.rankAfter),
+    b.rankBefore > 0 ? formatPercent(b.rankAfter / b.rankBefore) : "–",
+    formatPercent(b.energyShare),
+    formatPercent(b.relativeError),
+  ]);
+  const layers = output.layers.length;
+  rows.push([
+    "total",
+    String(layers),
+    formatCount(output.rankBefore),
+    formatCount(output.rankAfter),
+    output.rankBefore > 0 ? formatPercent(output.rankAfter / output.rankBefore) : "–",
+    layers > 0 ? "100.00 %" : "–",
+    formatPercent(summary.relativeError),
+  ]);
+  const table = formatTable(
+    [
+      { title: "block" },
+      { title: "layers", align: "right" },
+      { title: "rank before", align: "right" },
+      { title: "rank after", align: "right" },
+      { title: "kept", align: "right" },
+      { title: "energy", align: "right" },
+      { title: "error", align: "right" },
+    ],
+    rows,
+  );
+  return [...lines, "", ...table.split("\n").map((l) => `  ${l}`)].join("\n");
+}

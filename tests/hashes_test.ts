@@ -1,0 +1,29 @@
+import { createHash } from "node:crypto";
+import { assertEquals } from "./assert.ts";
+import { sshsHashes } from "../src/safetensors/hashes.ts";
+import { serializeSafetensors } from "../src/safetensors/writer.ts";
+import type { TensorSource } from "../src/safetensors/writer.ts";
+
+const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
+
+Deno.test("sshs hashes equal hashes of the ss_-only serialisation", async () => {
+  // Big enough that [0x100000, 0x110000) lies across two tensors.
+  const a = new Uint8Array(0x100000 - 100).map((_, i) => (i * 7) & 255);
+  const b = new Uint8Array(0x20000).map((_, i) => (i * 13) & 255);
+  const tensors: TensorSource[] = [
+    { name: "b", dtype: "U8", shape: [b.length], data: b },
+    { name: "a", dtype: "U8", shape: [a.length], data: a },
+  ];
+  const metadata = { ss_network_dim: "8", resize_params: "{}", modelspec_title: "x" };
+  const h = sshsHashes(tensors, metadata);
+  const ssOnly = await serializeSafetensors(tensors, { metadata: { ss_network_dim: "8" } });
+  const headerLength = 8 + Number(new DataView(ssOnly.buffer).getBigUint64(0, true));
+  assertEquals(h.sshs_model_hash, sha(ssOnly.subarray(headerLength)));
+  assertEquals(h.sshs_legacy_hash, sha(ssOnly.subarray(0x100000, 0x110000)).slice(0, 8));
+});
+
+Deno.test("legacy hash of a small file is the hash of nothing", () => {
+  const h = sshsHashes([{ name: "x", dtype: "U8", shape: [1], data: new Uint8Array([1]) }], {});
+  assertEquals(h.sshs_legacy_hash, "e3b0c442");
+  assertEquals(h.sshs_model_hash, sha(new Uint8Array([1])));
+});
