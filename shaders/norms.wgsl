@@ -8,14 +8,17 @@
 // in one of four data slots (separate buffers, each within the adapter's
 // maxStorageBufferBindingSize), so a weight may be larger than one binding.
 //
-// `meta` (u32) starts with a 16-word header: offsets of the sections below
-// (pieces, weights, row jobs, col jobs, active), the weight, row-job and
-// col-job counts, and a zero (see opq in df32.wgsl). Sections:
+// `desc` (u32, the batch descriptor) starts with a 16-word header: offsets of
+// the sections below (pieces, weights, row jobs, col jobs, active weights),
+// the weight, row-job, col-job and active-weight counts, and a zero (see opq
+// in df32.wgsl). Sections:
 //   pieces:   slot, word_base, fmt, cols, rows, row_offset, weight, 0
 //   weights:  cols, rows, v_base, u_base, first_piece, piece_count, partial_base, hist_base
 //   row jobs: piece, first row (ROWS_PER_JOB rows each)
 //   col jobs: piece, first column (256 columns each)
-//   active:   one flag per weight (the host clears it once converged)
+//   active:   indices of the weights still iterating
+// The host rewrites the job and active lists between submits so that only
+// weights that have not converged are dispatched.
 // `vecs` (f32) per weight: v and v_prev (cols each) at v_base, u (rows) at
 // u_base, and one partial Wᵀ·u (cols) per piece from partial_base.
 // `hist` (f32) per weight at hist_base: step count, α[MAX_STEPS], β[MAX_STEPS].
@@ -26,7 +29,7 @@ override WITH_FRO: bool = false;
 const ROWS_PER_JOB: u32 = 4u;
 const LANES: u32 = 64u;
 
-@group(0) @binding(0) var<storage, read> meta: array<u32>;
+@group(0) @binding(0) var<storage, read> desc: array<u32>;
 @group(0) @binding(1) var<storage, read_write> vecs: array<f32>;
 @group(0) @binding(2) var<storage, read_write> fro: array<f32>;
 @group(0) @binding(3) var<storage, read_write> hist: array<f32>;
@@ -61,20 +64,16 @@ struct Weight {
 }
 
 fn piece_at(p: u32) -> Piece {
-  let o = meta[0] + 8u * p;
-  return Piece(meta[o], meta[o + 1u], meta[o + 2u], meta[o + 3u], meta[o + 4u], meta[o + 5u], meta[o + 6u]);
+  let o = desc[0] + 8u * p;
+  return Piece(desc[o], desc[o + 1u], desc[o + 2u], desc[o + 3u], desc[o + 4u], desc[o + 5u], desc[o + 6u]);
 }
 
 fn weight_at(w: u32) -> Weight {
-  let o = meta[1] + 8u * w;
+  let o = desc[1] + 8u * w;
   return Weight(
-    meta[o], meta[o + 1u], meta[o + 2u], meta[o + 3u],
-    meta[o + 4u], meta[o + 5u], meta[o + 6u], meta[o + 7u],
+    desc[o], desc[o + 1u], desc[o + 2u], desc[o + 3u],
+    desc[o + 4u], desc[o + 5u], desc[o + 6u], desc[o + 7u],
   );
-}
-
-fn active(w: u32) -> bool {
-  return meta[meta[4] + w] != 0u;
 }
 
 fn word(slot: u32, i: u32) -> u32 {
@@ -136,9 +135,9 @@ fn init_start(
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_index) li: u32,
 ) {
-  opaque_zero = meta[8];
+  opaque_zero = desc[8];
   let wi = flat_index(wg, nwg);
-  if (wi >= meta[5]) {
+  if (wi >= desc[5]) {
     return;
   }
   let w = weight_at(wi);
@@ -166,20 +165,17 @@ fn row_pass(
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_index) li: u32,
 ) {
-  opaque_zero = meta[8];
+  opaque_zero = desc[8];
   let job = flat_index(wg, nwg);
-  if (job >= meta[6]) {
+  if (job >= desc[6]) {
     return;
   }
-  let jo = meta[2] + 2u * job;
-  let p = piece_at(meta[jo]);
-  if (!active(p.weight)) {
-    return;
-  }
+  let jo = desc[2] + 2u * job;
+  let p = piece_at(desc[jo]);
   let w = weight_at(p.weight);
   let slot = li / LANES;
   let lane = li % LANES;
-  let row = meta[jo + 1u] + slot;
+  let row = desc[jo + 1u] + slot;
   var u = 0.0;
   var f = vec2<f32>(0.0, 0.0);
   if (row < p.rows) {
@@ -221,19 +217,16 @@ fn col_pass(
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_index) li: u32,
 ) {
-  opaque_zero = meta[8];
+  opaque_zero = desc[8];
   let job = flat_index(wg, nwg);
-  if (job >= meta[7]) {
+  if (job >= desc[7]) {
     return;
   }
-  let jo = meta[3] + 2u * job;
-  let pi = meta[jo];
+  let jo = desc[3] + 2u * job;
+  let pi = desc[jo];
   let p = piece_at(pi);
-  if (!active(p.weight)) {
-    return;
-  }
   let w = weight_at(p.weight);
-  let c = meta[jo + 1u] + li;
+  let c = desc[jo + 1u] + li;
   if (c >= p.cols) {
     return;
   }
@@ -252,12 +245,12 @@ fn lanczos(
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_index) li: u32,
 ) {
-  opaque_zero = meta[8];
-  let wi = flat_index(wg, nwg);
-  if (wi >= meta[5] || !active(wi)) {
+  opaque_zero = desc[8];
+  let ai = flat_index(wg, nwg);
+  if (ai >= desc[9]) {
     return;
   }
-  let w = weight_at(wi);
+  let w = weight_at(desc[desc[4] + ai]);
   if (li == 0u) {
     step_shared = u32(hist[w.hist_base]);
   }

@@ -87,6 +87,7 @@ export class RecipeError extends ResizeLoraError {}
  * ```
  */
 export class UsageError extends ResizeLoraError {
+  /** Usage errors exit with status 2, as argparse does. */
   override readonly exitCode: number = 2;
 }
 

@@ -22,8 +22,9 @@
  * others are written. A weight, flattened to `out × in′`, is uniform noise of
  * standard deviation `1/√in′` plus up to {@link SPIKES} rank-one spikes
  * `σₖ uₖ vₖᵀ` with power-law strengths `σₖ = 5 · edge / (k + 1)` above the noise
- * bulk edge `(√out + √in′)/√in′`, so spectra decay like trained weights' and
- * spectral and Frobenius norms differ. CLIP-G's fused `in_proj_weight` gets
+ * bulk edge `(√out + √in′)/√in′`, all times a per-tensor factor
+ * `e^{U(-0.3, 0.3)}`, so spectra decay like trained weights' and spectral and
+ * Frobenius norms differ. CLIP-G's fused `in_proj_weight` gets
  * separate q, k and v row blocks of different strengths (so scoring against
  * the wrong block is visible). Norm weights are ≈ 1, biases ≈ 0,
  * `position_ids` are 0..76 (I64) and `logit_scale` is ln 100.
@@ -440,7 +441,7 @@ function store(out: Uint8Array, dtype: SyntheticDType, at: number, values: Float
 
 /** Options of {@link syntheticMatrix}. */
 export interface MatrixOptions {
-  /** Seed (default 0). */
+  /** Integer seed (default 0). */
   readonly seed?: number;
   /** Stream name mixed into the seed (default "matrix"). */
   readonly name?: string;
@@ -449,9 +450,9 @@ export interface MatrixOptions {
 }
 
 /**
- * A `rows × cols` matrix (row-major float32) with the generator's spectrum:
- * noise of std `1/√cols` plus power-law rank-one spikes. This is what a
- * generated base weight holds before rounding to its dtype.
+ * A `rows × cols` matrix (row-major float32) built like a generated base
+ * weight: noise of standard deviation `gain/√cols` plus power-law rank-one
+ * spikes. For tests that need realistic spectra without a file.
  *
  * @example
  * ```ts
@@ -589,7 +590,7 @@ export function syntheticBaseTensor(
 
 /** Options of {@link writeSyntheticBase}. */
 export interface SyntheticBaseOptions extends BaseSpecOptions {
-  /** Seed of every value (default 0). */
+  /** Integer seed of every value (default 0). */
   readonly seed?: number;
   /** Extra `__metadata__` entries. */
   readonly metadata?: Readonly<Record<string, string>>;
@@ -825,7 +826,7 @@ export interface SyntheticLoraOptions extends LoraLayerOptions {
    * uses the penultimate CLIP-L layer, so the last one gets no gradient).
    */
   readonly zeroLayers?: readonly string[];
-  /** Seed (default 1). */
+  /** Integer seed (default 1). */
   readonly seed?: number;
   /** Extra `__metadata__` entries (override the generated ones). */
   readonly metadata?: Readonly<Record<string, string>>;

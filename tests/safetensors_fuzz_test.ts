@@ -3,8 +3,7 @@
  * ways, either opens with a self-consistent result or fails with a one-line
  * SafetensorsError naming the file; never any other exception.
  */
-// deno-lint-ignore no-import-prefix -- until deno.json maps "fast-check"
-import fc from "npm:fast-check@4.11.0";
+import fc from "fast-check";
 import { join } from "node:path";
 import { assert, assertEquals } from "./assert.ts";
 import { SafetensorsError } from "../src/errors.ts";

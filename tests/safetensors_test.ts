@@ -811,6 +811,119 @@ Deno.test("conformance files: re-serialising them reproduces their exact bytes",
   }
 });
 
+Deno.test("reads in any order, concurrent or into a reused buffer, return exactly the file's bytes", async () => {
+  const path = `${FIXTURES}/microA_r8_te.safetensors`;
+  const whole = await Deno.readFile(path);
+  await using f = await SafetensorsFile.open(path);
+  const expected = (name: string) => {
+    const { offset, length } = f.byteRange(name);
+    return whole.subarray(offset, offset + length);
+  };
+  // a fixed shuffle (LCG) of every tensor, then reversed, then concurrently
+  let x = 12345;
+  const shuffled = [...f.names].sort(() =>
+    ((x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) - 0.5
+  );
+  const buf = new Uint8Array(1 << 20);
+  for (const name of [...shuffled, ...shuffled.toReversed()]) {
+    assertEquals(await f.readBytes(name), expected(name), name);
+    const view = await f.readBytes(name, { into: buf });
+    assertEquals(view.buffer, buf.buffer);
+    assertEquals(view, expected(name), name);
+  }
+  const all = await Promise.all(shuffled.map((n) => f.readBytes(n)));
+  all.forEach((bytes, i) => assertEquals(bytes, expected(shuffled[i])));
+  const floats = await Promise.all(shuffled.map((n) => f.readFloat32(n)));
+  floats.forEach((v, i) =>
+    assertEquals(v, decodeFloats(expected(shuffled[i]), "F16", Float32Array))
+  );
+  assert(throwsRange(() => f.readBytes(shuffled[0], { into: new Uint8Array(1) })));
+  f.close();
+  await assertRejects(() => f.readBytes(shuffled[0]), SafetensorsError, `${path}: file is closed`);
+});
+
+Deno.test("reads of large and small tensors mixed (window, chunked reads) return exactly the file's bytes", async () => {
+  await withTempDir(async (dir) => {
+    // sizes around the reader's small-read (64 KiB), window (1 MiB) and chunk (2 MiB) sizes
+    const sizes = [
+      3,
+      65536,
+      65537,
+      70_000,
+      5,
+      1 << 20,
+      9,
+      (1 << 20) + 1,
+      3 << 20,
+      17,
+      2 << 20,
+      100,
+      6,
+    ];
+    let x = 7;
+    const tensors: TensorSource[] = sizes.map((n, i) => ({
+      name: `t${String(i).padStart(2, "0")}`,
+      dtype: "U8",
+      shape: [n],
+      data: Uint8Array.from({ length: n }, () => (x = (x * 1103515245 + 12345) % 2 ** 31) >>> 16),
+    }));
+    const path = join(dir, "mixed.safetensors");
+    await writeSafetensors(path, tensors);
+    await using f = await SafetensorsFile.open(path);
+    const order = [
+      0,
+      1,
+      2,
+      3,
+      4,
+      5,
+      6,
+      7,
+      8,
+      9,
+      10,
+      11,
+      12,
+      8,
+      3,
+      3,
+      12,
+      0,
+      7,
+      6,
+      5,
+      11,
+      10,
+      1,
+      2,
+      9,
+      4,
+    ];
+    const buf = new Uint8Array(4 << 20);
+    for (const i of order) {
+      assertEquals(await f.readBytes(tensors[i].name), tensors[i].data, tensors[i].name);
+      assertEquals(await f.readBytes(tensors[i].name, { into: buf }), tensors[i].data);
+      const n = sizes[i];
+      if (n > 2) {
+        const rows: [number, number] = [Math.floor(n / 3), n - 1];
+        assertEquals(
+          await f.readBytes(tensors[i].name, { rows }),
+          (tensors[i].data as Uint8Array).subarray(...rows),
+        );
+      }
+    }
+  });
+});
+
+function throwsRange(fn: () => unknown): boolean {
+  try {
+    fn();
+  } catch (e) {
+    return e instanceof RangeError;
+  }
+  return false;
+}
+
 // ---------------------------------------------------------------- header-only open
 
 Deno.test("opening reads only the header: a 6 GiB sparse file opens and reads a small tensor cheaply", async () => {

@@ -128,17 +128,42 @@ export interface QR {
  * ```
  */
 export function qr(a: Matrix): QR {
+  const { q, r } = householder(a, false);
+  return { q, r };
+}
+
+/** Householder QR, optionally with column pivoting (largest remaining column first). */
+function householder(a: Matrix, pivot: boolean): QR & { readonly pivots: Int32Array } {
   const { rows: m, cols: n } = a;
   const k = Math.min(m, n);
   // Work on the transpose so that every column of `a` is a contiguous row.
   const w = transpose(a).data;
+  const pivots = Int32Array.from({ length: n }, (_, i) => i);
   const beta = new Float64Array(k); // H_j = I − beta_j · v_j · v_jᵀ, v_j stored in w row j
   const diag = new Float64Array(k);
   for (let j = 0; j < k; j++) {
+    if (pivot) {
+      // Exact remaining norms each step (no downdating drift; n is small).
+      let best = j, bestNorm = -1;
+      for (let c = j; c < n; c++) {
+        let ss = 0;
+        for (let i = j; i < m; i++) ss += w[c * m + i] * w[c * m + i];
+        if (ss > bestNorm) [best, bestNorm] = [c, ss];
+      }
+      if (best !== j) {
+        for (let i = 0; i < m; i++) {
+          const t = w[j * m + i];
+          w[j * m + i] = w[best * m + i];
+          w[best * m + i] = t;
+        }
+        [pivots[j], pivots[best]] = [pivots[best], pivots[j]];
+      }
+    }
     const x = j * m;
-    let norm = 0;
-    for (let i = j; i < m; i++) norm = Math.hypot(norm, w[x + i]);
-    if (norm === 0) continue; // column already zero below the diagonal: H_j = I
+    let ss = 0;
+    for (let i = j; i < m; i++) ss += w[x + i] * w[x + i];
+    if (ss === 0) continue; // column already zero below the diagonal: H_j = I
+    const norm = Math.sqrt(ss);
     const alpha = w[x + j] > 0 ? -norm : norm;
     diag[j] = alpha;
     w[x + j] -= alpha;
@@ -171,7 +196,7 @@ export function qr(a: Matrix): QR {
       for (let i = j; i < m; i++) qt[y + i] -= f * w[x + i];
     }
   }
-  return { q: transpose({ rows: k, cols: m, data: qt }), r };
+  return { q: transpose({ rows: k, cols: m, data: qt }), r, pivots };
 }
 
 /** A symmetric eigendecomposition `a = vectors · diag(values) · vectorsᵀ`. */
@@ -254,18 +279,20 @@ export function symmetricEigen(a: Matrix): SymmetricEigen {
 
 /** A thin singular value decomposition `a = u · diag(s) · vᵀ`. */
 export interface SVD {
-  /** `m × k` left singular vectors (k = min(m, n)); the column of a zero singular value is zero. */
+  /** `m × k` left singular vectors (k = min(m, n)), orthonormal columns. */
   readonly u: Matrix;
   /** Singular values, descending, length k. */
   readonly s: Float64Array;
-  /** `n × k` right singular vectors (orthonormal columns). */
+  /** `n × k` right singular vectors; orthonormal columns, except that of a zero singular value, which is zero. */
   readonly v: Matrix;
 }
 
 /**
- * Thin SVD by one-sided (Hestenes) Jacobi: columns are rotated until they are
- * mutually orthogonal to working precision, which computes small singular
- * values with high relative accuracy and keeps `u` orthonormal even for them.
+ * Thin SVD by one-sided (Hestenes) Jacobi with QR preconditioning
+ * (Drmač–Veselić): a·Π = Q·R with column pivoting, then columns of Rᵀ are
+ * rotated until mutually orthogonal to working precision — a few sweeps,
+ * since the rows of a pivoted R are nearly orthogonal already. Small singular
+ * values come out with high relative accuracy.
  *
  * @example
  * ```ts
@@ -280,21 +307,46 @@ export function svd(a: Matrix): SVD {
     return { u: t.v, s: t.s, v: t.u };
   }
   const { rows: m, cols: n } = a;
-  // Rows of `w` are the columns of a; rows of `vt` the columns of V.
-  const w = transpose(a).data;
-  const vt = identity(n).data;
+  const { q, r, pivots } = householder(a, true);
+  // Columns of X = Rᵀ are the rows of R. X·V₁ = U₁·Σ, so a = (Q·V₁)·Σ·(Π·U₁)ᵀ.
+  const w = r.data;
+  const vt = identity(n).data; // rows: columns of V₁
+  orthogonalizeRows(w, n, n, vt);
+  const norms = new Float64Array(n);
+  for (let i = 0; i < n; i++) norms[i] = Math.sqrt(dotRows(w, i * n, i * n, n));
+  const order = descendingOrder(norms);
+  const s = new Float64Array(n);
+  const u = matrix(m, n), v = matrix(n, n);
+  order.forEach((from, to) => {
+    const sigma = norms[from];
+    s[to] = sigma;
+    for (let row = 0; row < m; row++) {
+      let sum = 0;
+      for (let p = 0; p < n; p++) sum += q.data[row * n + p] * vt[from * n + p];
+      u.data[row * n + to] = sum;
+    }
+    if (sigma > 0) {
+      for (let p = 0; p < n; p++) v.data[pivots[p] * n + to] = w[from * n + p] / sigma;
+    }
+  });
+  return { u, s, v };
+}
+
+/**
+ * One-sided Jacobi: rotates pairs of the `count` rows (length `len`) of `w`
+ * until they are mutually orthogonal to working precision, applying the same
+ * rotations to the rows of `vt`. Squared row norms are updated with each
+ * rotation and recomputed at every sweep.
+ */
+function orthogonalizeRows(w: Float64Array, count: number, len: number, vt: Float64Array): void {
+  const norms = new Float64Array(count);
   for (let sweep = 0; sweep < MAX_SWEEPS; sweep++) {
+    for (let i = 0; i < count; i++) norms[i] = dotRows(w, i * len, i * len, len);
     let rotated = false;
-    for (let i = 0; i < n - 1; i++) {
-      for (let j = i + 1; j < n; j++) {
-        const x = i * m, y = j * m;
-        let alpha = 0, beta = 0, gamma = 0;
-        for (let k = 0; k < m; k++) {
-          const wi = w[x + k], wj = w[y + k];
-          alpha += wi * wi;
-          beta += wj * wj;
-          gamma += wi * wj;
-        }
+    for (let i = 0; i < count - 1; i++) {
+      for (let j = i + 1; j < count; j++) {
+        const alpha = norms[i], beta = norms[j];
+        const gamma = dotRows(w, i * len, j * len, len);
         if (gamma === 0 || Math.abs(gamma) <= EPS * Math.sqrt(alpha * beta)) continue;
         rotated = true;
         const zeta = (beta - alpha) / (2 * gamma);
@@ -302,30 +354,20 @@ export function svd(a: Matrix): SVD {
           ? 0.5 / zeta
           : Math.sign(zeta || 1) / (Math.abs(zeta) + Math.sqrt(zeta * zeta + 1));
         const c = 1 / Math.sqrt(t * t + 1), s = t * c;
-        rotateRows(w, x, y, m, c, s);
-        rotateRows(vt, i * n, j * n, n, c, s);
+        rotateRows(w, i * len, j * len, len, c, s);
+        rotateRows(vt, i * count, j * count, count, c, s);
+        norms[i] = alpha - t * gamma;
+        norms[j] = beta + t * gamma;
       }
     }
     if (!rotated) break;
   }
-  const norms = new Float64Array(n);
-  for (let i = 0; i < n; i++) {
-    let ss = 0;
-    for (let k = 0; k < m; k++) ss += w[i * m + k] * w[i * m + k];
-    norms[i] = Math.sqrt(ss);
-  }
-  const order = descendingOrder(norms);
-  const s = new Float64Array(n);
-  const u = matrix(m, n), v = matrix(n, n);
-  order.forEach((from, to) => {
-    const sigma = norms[from];
-    s[to] = sigma;
-    if (sigma > 0) {
-      for (let k = 0; k < m; k++) u.data[k * n + to] = w[from * m + k] / sigma;
-    }
-    for (let k = 0; k < n; k++) v.data[k * n + to] = vt[from * n + k];
-  });
-  return { u, s, v };
+}
+
+function dotRows(w: Float64Array, x: number, y: number, len: number): number {
+  let s = 0;
+  for (let k = 0; k < len; k++) s += w[x + k] * w[y + k];
+  return s;
 }
 
 /** Eigenvalues of a symmetric tridiagonal matrix and two rows of its eigenvector matrix. */
@@ -428,18 +470,20 @@ export interface GramOptions {
 
 /**
  * The SVD of ΔW = scale · B · A from the Gram matrices G_B = BᵀB and
- * G_A = A·Aᵀ (both r × r, float64).
+ * G_A = A·Aᵀ (both r × r, float64; only their upper triangles are read).
  *
- * G_B = P·Λ·Pᵀ gives B = Q_B·R_B with R_B = Λ^½·Pᵀ and Q_B = B·P·Λ^−½
- * (orthonormal), likewise Aᵀ = Q_A·R_A; the SVD of the small core
- * M = R_B·R_Aᵀ = U_M·diag(s)·V_Mᵀ then gives ΔW = (B·T_B)·diag(scale·s)·(Aᵀ·T_A)ᵀ
- * with T_B = P·Λ^−½·U_M and T_A = P′·Λ′^−½·V_M.
+ * Pivoted Cholesky G_B = R_Bᵀ·R_B gives B = Q_B·R_B with Q_B = B·Π·R₁₁⁻¹
+ * orthonormal (R₁₁ the leading triangle of R_B in pivot order), likewise
+ * Aᵀ = Q_A·R_A; the SVD of the small core M = R_B·R_Aᵀ = U_M·diag(s)·V_Mᵀ then
+ * gives ΔW = (B·T_B)·diag(scale·s)·(Aᵀ·T_A)ᵀ with T_B = Π·R₁₁⁻¹·U_M and
+ * T_A = Π′·R′₁₁⁻¹·V_M.
  *
- * Rank: eigenvalues λ ≤ λ_max · ε · max(n, r), with n the length of the sums
- * that formed the Gram matrix (out for G_B, in′ for G_A), are rounding noise
- * of an exactly rank-deficient factor and are dropped; what they drop is below
- * √(ε·n) ≈ 1e-6 of the factor's largest singular value, far under F16/BF16/F32
- * input precision.
+ * Rank: pivoting stops once every remaining Schur-complement diagonal is
+ * ≤ ε · max(n, r) · max(diag G), with n the length of the sums that formed the
+ * Gram matrix (out for G_B, in′ for G_A): that is rounding noise of an exactly
+ * rank-deficient factor (duplicated or zero columns, r > out). What it drops is
+ * below √(ε·max(n, r)) ≈ 1e-6 of the factor's largest column norm, far under
+ * F16/BF16/F32 input precision.
  *
  * Result: k = min(out, in′, r) singular values, descending; when the product
  * has a smaller numerical rank the tail is exact zeros, and the transform
@@ -475,19 +519,15 @@ export function decompositionFromGrams(
   const up = gramFactor(gramUp, out);
   const down = gramFactor(gramDown, inFlat);
   const k1 = up.kept, k2 = down.kept;
-  // M = R_B·R_Aᵀ with R = Λ^½·Pᵀ: M_ij = √λ_i·√λ′_j·(p_i · p′_j).
-  const core = matrix(k1, k2);
-  for (let i = 0; i < k1; i++) {
-    for (let j = 0; j < k2; j++) {
-      let dot = 0;
-      for (let a = 0; a < r; a++) dot += up.vectors[a * r + i] * down.vectors[a * r + j];
-      core.data[i * k2 + j] = up.roots[i] * down.roots[j] * dot;
-    }
-  }
   const sigma = new Float64Array(k);
   const upTransform = new Float64Array(r * k);
   const downTransform = new Float64Array(r * k);
   if (k1 === 0 || k2 === 0) return { sigma, upTransform, downTransform };
+  // M = R_B·R_Aᵀ (k₁ × k₂), both R in the original column order.
+  const core = matrix(k1, k2);
+  for (let i = 0; i < k1; i++) {
+    for (let j = 0; j < k2; j++) core.data[i * k2 + j] = dotRowsOf(up.r, i, down.r, j, r);
+  }
   const { u, s, v } = svd(core);
   const sign = scale < 0 ? -1 : 1;
   const kept = Math.min(k, s.length);
@@ -500,27 +540,54 @@ export function decompositionFromGrams(
   return { sigma, upTransform, downTransform };
 }
 
+/** A pivoted Cholesky factor G ≈ Rᵀ·R of a Gram matrix, truncated at its numerical rank. */
 interface GramFactor {
   /** r. */
   readonly rank: number;
-  /** Number of eigenvalues kept. */
+  /** Rows of R kept (numerical rank). */
   readonly kept: number;
-  /** √λ of the kept eigenvalues. */
-  readonly roots: Float64Array;
-  /** Eigenvectors, r × r row-major, as columns (descending eigenvalues). */
-  readonly vectors: Float64Array;
+  /** R, `kept × r` row-major, in the original column order. */
+  readonly r: Float64Array;
+  /** Pivot order: R's leading triangle is R[i][pivots[j]] (j ≥ i). */
+  readonly pivots: Int32Array;
 }
 
 function gramFactor(gram: Matrix, n: number): GramFactor {
-  const r = gram.rows;
-  const { values, vectors } = symmetricEigen(gram);
-  const tolerance = values[0] * EPS * Math.max(n, r);
+  const r = gram.rows, g = gram.data;
+  const at = (i: number, j: number) => i <= j ? g[i * r + j] : g[j * r + i];
+  const d = Float64Array.from({ length: r }, (_, i) => at(i, i));
+  const pivots = Int32Array.from({ length: r }, (_, i) => i);
+  const factor = new Float64Array(r * r);
+  const tolerance = Math.max(0, ...d) * EPS * Math.max(n, r);
   let kept = 0;
-  while (kept < r && values[kept] > tolerance && values[kept] > 0) kept++;
-  return { rank: r, kept, roots: values.slice(0, kept).map(Math.sqrt), vectors: vectors.data };
+  for (let k = 0; k < r; k++) {
+    let best = k;
+    for (let j = k + 1; j < r; j++) if (d[pivots[j]] > d[pivots[best]]) best = j;
+    const pk = pivots[best];
+    if (!(d[pk] > tolerance)) break;
+    [pivots[k], pivots[best]] = [pk, pivots[k]];
+    const rkk = Math.sqrt(d[pk]);
+    factor[k * r + pk] = rkk;
+    for (let j = k + 1; j < r; j++) {
+      const pj = pivots[j];
+      let s = at(pk, pj);
+      for (let i = 0; i < k; i++) s -= factor[i * r + pk] * factor[i * r + pj];
+      const rkj = s / rkk;
+      factor[k * r + pj] = rkj;
+      d[pj] -= rkj * rkj;
+    }
+    kept = k + 1;
+  }
+  return { rank: r, kept, r: factor.subarray(0, kept * r), pivots };
 }
 
-/** Column c of T = P·Λ^−½·W (W = U_M or V_M, k_side × m) into an r × k row-major transform. */
+function dotRowsOf(a: Float64Array, i: number, b: Float64Array, j: number, n: number): number {
+  let s = 0;
+  for (let k = 0; k < n; k++) s += a[i * n + k] * b[j * n + k];
+  return s;
+}
+
+/** Column c of T = Π·R₁₁⁻¹·W (W = U_M or V_M) into an r × k row-major transform. */
 function fillTransform(
   into: Float64Array,
   c: number,
@@ -529,14 +596,15 @@ function fillTransform(
   w: Matrix,
   sign: number,
 ): void {
-  const { rank: r, kept: side } = factor;
-  for (let a = 0; a < r; a++) {
-    let sum = 0;
-    for (let i = 0; i < side; i++) {
-      sum += factor.vectors[a * r + i] / factor.roots[i] * w.data[i * w.cols + c];
-    }
-    into[a * k + c] = sign * sum;
+  const { rank: r, kept, r: rf, pivots } = factor;
+  // Back substitution with the upper triangle R₁₁[i][j] = R[i][pivots[j]].
+  const x = new Float64Array(kept);
+  for (let i = kept - 1; i >= 0; i--) {
+    let s = w.data[i * w.cols + c];
+    for (let j = i + 1; j < kept; j++) s -= rf[i * r + pivots[j]] * x[j];
+    x[i] = s / rf[i * r + pivots[i]];
   }
+  for (let i = 0; i < kept; i++) into[pivots[i] * k + c] = sign * x[i];
 }
 
 function rotateRows(

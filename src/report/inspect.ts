@@ -13,20 +13,20 @@
  */
 
 import type { Backend } from "../linalg/backend.ts";
-import { type Device, selectBackend } from "../linalg/select_backend.ts";
+import { selectBackend } from "../linalg/select_backend.ts";
 import { type LogFn, type LogLevel, silent } from "../log.ts";
 import { loadLora, type LoraLayer } from "../lora/lora_file.ts";
 import type { OutputDType } from "../output.ts";
 import type { SizeAccounting } from "../recipe/select.ts";
-import { DEFAULT_RECIPES, type LayerPlan, plan, type ProgressFn } from "../resize.ts";
-import { type BlockLabel, blockOf, groupByBlock } from "./blocks.ts";
 import {
-  type Column,
-  formatCount,
-  formatNumber,
-  formatPercent,
-  formatTable,
-} from "./table.ts";
+  DEFAULT_RECIPES,
+  type LayerPlan,
+  plan,
+  type ProgressFn,
+  type ResizeOptions,
+} from "../resize.ts";
+import { type BlockLabel, blockOf, groupByBlock } from "./blocks.ts";
+import { type Column, formatCount, formatNumber, formatPercent, formatTable } from "./table.ts";
 
 /** A singular value counts towards the effective rank when above this fraction of σ₁. */
 export const EFFECTIVE_RANK_FRACTION = 0.01;
@@ -40,7 +40,7 @@ export interface InspectOptions {
   /** Recipes to plan when a checkpoint is given (default: the original's default recipe). */
   readonly recipes?: string;
   /** `auto`, `cpu` (default) or `gpu`; ignored when `backend` is given. */
-  readonly device?: Device;
+  readonly device?: ResizeOptions["device"];
   /** A backend to use (the caller keeps ownership). */
   readonly backend?: Backend;
   /** Norms cache location, or `false` to disable it (as in `plan`). */
@@ -219,25 +219,23 @@ export async function inspect(options: InspectOptions): Promise<InspectResult> {
       { onProgress: (d, t) => options.onProgress?.("SVD", d, t) },
     );
     const sigmas = decompositions.map((d) => d.sigma);
-    const planned = options.checkpoint === undefined
-      ? []
-      : (await plan({
-        checkpoint: options.checkpoint,
-        loras: [options.lora],
-        recipes: options.recipes ?? DEFAULT_RECIPES,
-        backend,
-        normsCache: options.normsCache,
-        outputDtype: options.outputDtype,
-        sizeAccounting: options.sizeAccounting,
-        dropUnmapped: options.dropUnmapped,
-        // The DEBUG layer report makes the pipeline fetch every base
-        // Frobenius norm, whatever the recipe; its records are ours to drop.
-        logLevel: "DEBUG",
-        log: options.logLevel === "DEBUG" ? log : (level, message) => {
-          if (level !== "DEBUG") log(level, message);
-        },
-        onProgress: options.onProgress,
-      })).outputs;
+    const planned = options.checkpoint === undefined ? [] : (await plan({
+      checkpoint: options.checkpoint,
+      loras: [options.lora],
+      recipes: options.recipes ?? DEFAULT_RECIPES,
+      backend,
+      normsCache: options.normsCache,
+      outputDtype: options.outputDtype,
+      sizeAccounting: options.sizeAccounting,
+      dropUnmapped: options.dropUnmapped,
+      // The DEBUG layer report makes the pipeline fetch every base
+      // Frobenius norm, whatever the recipe; its records are ours to drop.
+      logLevel: "DEBUG",
+      log: options.logLevel === "DEBUG" ? log : (level, message) => {
+        if (level !== "DEBUG") log(level, message);
+      },
+      onProgress: options.onProgress,
+    })).outputs;
 
     const energies = sigmas.map((s) => s.reduce((a, x) => a + x * x, 0));
     const totalEnergy = energies.reduce((a, b) => a + b, 0);
@@ -339,7 +337,9 @@ export function formatInspectTable(result: InspectResult): string {
     (result.zeroLayers > 0 ? ` (${result.zeroLayers} all-zero)` : "") +
     `, total rank ${formatCount(result.totalRank)}, effective rank ${
       formatCount(result.effectiveRank)
-    } (σ > ${EFFECTIVE_RANK_FRACTION * 100} % of σ₁), ${formatCount(result.parameters)} parameters` +
+    } (σ > ${EFFECTIVE_RANK_FRACTION * 100} % of σ₁), ${
+      formatCount(result.parameters)
+    } parameters` +
     (result.passThroughTensors > 0
       ? `, ${formatCount(result.passThroughTensors)} other tensors`
       : ""),

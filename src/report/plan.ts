@@ -167,7 +167,9 @@ function formatOutput(output: OutputSummary): string {
     lines.push(
       cut.accounting === "file"
         ? `  size cut   file ${formatBytes(cut.realBytes)} ≤ ${target}; ${next}`
-        : `  size cut   weights ${formatBytes(cut.realBytes)} ≥ ${target} (original accounting); ${next}`,
+        : `  size cut   weights ${
+          formatBytes(cut.realBytes)
+        } ≥ ${target} (original accounting); ${next}`,
     );
   }
   const rows = summary.blocks.map((b) => [

@@ -43,7 +43,10 @@ export function formatTable(
     cells.map((cell, i) =>
       columns[i]?.align === "right" ? cell.padStart(widths[i]) : cell.padEnd(widths[i])
     ).join("  ").trimEnd();
-  return [line(columns.map((c) => c.title)), ...rows.map((r) => typeof r === "string" ? r : line(r))]
+  return [
+    line(columns.map((c) => c.title)),
+    ...rows.map((r) => typeof r === "string" ? r : line(r)),
+  ]
     .join("\n");
 }
 

@@ -297,20 +297,25 @@ function findDuplicateKey(text: string): string | undefined {
     const c = text.charCodeAt(i);
     if (c === 0x22 /* " */) {
       const start = i;
+      let escaped = false;
       i++;
       while (i < n) {
         const d = text.charCodeAt(i);
-        if (d === 0x5c /* \ */) i += 2;
-        else if (d === 0x22) break;
+        if (d === 0x5c /* \ */) {
+          escaped = true;
+          i += 2;
+        } else if (d === 0x22) break;
         else i++;
       }
       i++;
       const top = stack[stack.length - 1];
       if (top) {
         let j = i;
-        while (j < n && /\s/.test(text[j])) j++;
-        if (text[j] === ":") {
-          const key = JSON.parse(text.slice(start, i)) as string;
+        while (j < n && isJsonSpace(text.charCodeAt(j))) j++;
+        if (text.charCodeAt(j) === 0x3a /* : */) {
+          const key = escaped
+            ? JSON.parse(text.slice(start, i)) as string
+            : text.slice(start + 1, i - 1);
           if (top.has(key)) return key;
           top.add(key);
         }
@@ -323,6 +328,10 @@ function findDuplicateKey(text: string): string | undefined {
     i++;
   }
   return undefined;
+}
+
+function isJsonSpace(c: number): boolean {
+  return c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
 }
 
 /** What the writer needs to know about a tensor to lay it out. */

@@ -288,9 +288,21 @@ export class SafetensorsFile implements AsyncDisposable {
   }
 
   async #read(file: Deno.FsFile, offset: number, into: Uint8Array, what: string): Promise<void> {
-    const got = into.byteLength <= SMALL_READ
-      ? await this.#readSmall(file, offset, into)
-      : await this.#readDirect(file, offset, into);
+    let got: number;
+    if (into.byteLength <= SMALL_READ) got = await this.#readSmall(file, offset, into);
+    else {
+      // Take what the window already holds, then read on from where the cursor is.
+      const held = this.#windowOffset + this.#windowLength - offset;
+      got = offset >= this.#windowOffset && held > 0 ? Math.min(held, into.byteLength) : 0;
+      if (got) {
+        into.set(
+          this.#window!.subarray(offset - this.#windowOffset, offset - this.#windowOffset + got),
+        );
+      }
+      if (got < into.byteLength) {
+        got += await this.#readDirect(file, offset + got, into.subarray(got));
+      }
+    }
     if (got !== into.byteLength) {
       throw new SafetensorsError(
         `${this.path}: tensor '${what}' is truncated (read ${got} of ${into.byteLength} bytes; file changed?)`,

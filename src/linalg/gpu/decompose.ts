@@ -23,8 +23,8 @@ import {
   addProduct,
   type CrossGroup,
   OutMode,
-  type PreparedCross,
   prepareCross,
+  type PreparedCross,
   tripleAt,
 } from "./cross.ts";
 import type { GpuContext } from "./device.ts";
@@ -110,7 +110,8 @@ function planBatches(ctx: GpuContext, layers: readonly LowRankFactors[]): Batch[
   const batches: Batch[] = [];
   let batch: Batch | undefined;
   layers.forEach((layer, index) => {
-    const what = `decompose: layer ${index} (${layer.out}×${layer.rank}·${layer.rank}×${layer.inFlat})`;
+    const what =
+      `decompose: layer ${index} (${layer.out}×${layer.rank}·${layer.rank}×${layer.inFlat})`;
     checkFactors(layer, what);
     const r = layer.rank;
     const words = Packer.wordsFor(layer.up.dtype, layer.up.bytes.byteLength) +
@@ -133,10 +134,12 @@ function planBatches(ctx: GpuContext, layers: readonly LowRankFactors[]): Batch[
     // G_B = BᵀB: samples are B's rows; G_A = A·Aᵀ: samples are A's columns.
     const viewB = { base: up.base, sampleStride: r, featureStride: 1, features: r };
     const viewA = { base: down.base, sampleStride: 1, featureStride: layer.inFlat, features: r };
-    for (const [view, segs, parts, format] of [
-      [viewB, segB, partsB, up.format],
-      [viewA, segA, partsA, down.format],
-    ] as const) {
+    for (
+      const [view, segs, parts, format] of [
+        [viewB, segB, partsB, up.format],
+        [viewA, segA, partsA, down.format],
+      ] as const
+    ) {
       const key = `${format}`;
       let group = batch.items.get(key);
       if (!group) batch.items.set(key, group = { fx: format, fy: format, items: [] });

@@ -320,7 +320,10 @@ export class GpuContext {
       "readback",
     );
     try {
-      await this.submit("readback", (e) => e.copyBufferToBuffer(source, offset, staging, 0, align(size, 4)));
+      await this.submit(
+        "readback",
+        (e) => e.copyBufferToBuffer(source, offset, staging, 0, align(size, 4)),
+      );
       await Promise.race([staging.mapAsync(GPUMapMode.READ), this.#lostPromise]).catch((e) => {
         if (e instanceof BackendError) throw e;
         this.check();

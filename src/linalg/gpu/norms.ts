@@ -14,7 +14,7 @@
  *   the Ritz residual bound β_m·|y_m| ≤ {@link RESIDUAL_TOLERANCE}·θ
  *   (|λ_max − θ| ≤ that bound), when its Krylov space is exhausted, or after
  *   {@link MAX_STEPS} steps (≥ 65, so never worse than 64 power iterations).
- *   Converged weights are switched off on the GPU while others go on.
+ *   After each check only the weights still iterating are dispatched.
  *
  * @module
  */
@@ -25,7 +25,7 @@ import { tridiagonalEigen } from "../dense.ts";
 import { dtypeSize } from "../../safetensors/dtype.ts";
 import type { GpuContext } from "./device.ts";
 import { Format } from "./pack.ts";
-import { weightName, type WeightBytes, WeightReader } from "./weights.ts";
+import { type WeightBytes, weightName, WeightReader } from "./weights.ts";
 
 /** Lanczos steps at most (the history buffer's size). */
 export const MAX_STEPS = 128;
@@ -147,8 +147,9 @@ async function runNormBatch(
   which: NormRequest,
 ): Promise<BaseNorms[]> {
   const { weights } = batch;
-  // Layout of meta and vecs.
-  const rowJobs: number[] = [], colJobs: number[] = [];
+  // Layout of the descriptor and of `vecs`; jobs are kept per weight so
+  // that the lists can be rebuilt for the weights still iterating.
+  const rowJobs: number[][] = [], colJobs: number[][] = [];
   const pieceWords: number[] = [], weightWords: number[] = [];
   let vecs = 0;
   const uBase: number[] = [], histBase: number[] = [];
@@ -163,28 +164,43 @@ async function runNormBatch(
     vecs += w.pieces.length * cols;
     histBase.push(wi * (1 + 2 * MAX_STEPS));
     weightWords.push(cols, rows, vBase, uBase[wi], piece, w.pieces.length, partialBase, histBase[wi]);
-    const fmt = data[wi].dtype === "F16" ? Format.F16 : data[wi].dtype === "BF16" ? Format.BF16 : Format.F32;
+    const dtype = data[wi].dtype;
+    const fmt = dtype === "F16" ? Format.F16 : dtype === "BF16" ? Format.BF16 : Format.F32;
+    const rj: number[] = [], cj: number[] = [];
     for (const p of w.pieces) {
       pieceWords.push(p.slot, p.byteOffset / 4, fmt, cols, p.rows, p.rowOffset, wi, 0);
-      for (let r = 0; r < p.rows; r += ROWS_PER_JOB) rowJobs.push(piece, r);
-      for (let c = 0; c < cols; c += COLS_PER_JOB) colJobs.push(piece, c);
+      for (let r = 0; r < p.rows; r += ROWS_PER_JOB) rj.push(piece, r);
+      for (let c = 0; c < cols; c += COLS_PER_JOB) cj.push(piece, c);
       piece++;
     }
+    rowJobs.push(rj);
+    colJobs.push(cj);
   });
   const nWeights = weights.length;
-  const nRowJobs = rowJobs.length / 2, nColJobs = colJobs.length / 2;
   const offPieces = HEADER;
   const offWeights = offPieces + pieceWords.length;
   const offRowJobs = offWeights + weightWords.length;
-  const offColJobs = offRowJobs + rowJobs.length;
-  const offActive = offColJobs + colJobs.length;
-  const meta = new Uint32Array(offActive + nWeights);
-  meta.set([offPieces, offWeights, offRowJobs, offColJobs, offActive, nWeights, nRowJobs, nColJobs, 0]);
-  meta.set(pieceWords, offPieces);
-  meta.set(weightWords, offWeights);
-  meta.set(rowJobs, offRowJobs);
-  meta.set(colJobs, offColJobs);
-  meta.fill(1, offActive);
+  const offColJobs = offRowJobs + rowJobs.reduce((n, j) => n + j.length, 0);
+  const offActive = offColJobs + colJobs.reduce((n, j) => n + j.length, 0);
+  const desc = new Uint32Array(offActive + nWeights);
+  desc.set([offPieces, offWeights, offRowJobs, offColJobs, offActive, nWeights]);
+  desc.set(pieceWords, offPieces);
+  desc.set(weightWords, offWeights);
+  /** Job and active lists of the given weights; returns the dispatch sizes. */
+  const activate = (active: readonly number[]) => {
+    let r = offRowJobs, c = offColJobs;
+    for (const wi of active) {
+      desc.set(rowJobs[wi], r);
+      r += rowJobs[wi].length;
+      desc.set(colJobs[wi], c);
+      c += colJobs[wi].length;
+    }
+    desc.set(active, offActive);
+    const counts = { rows: (r - offRowJobs) / 2, cols: (c - offColJobs) / 2, weights: active.length };
+    desc.set([counts.rows, counts.cols, 0, counts.weights], 6);
+    return counts;
+  };
+  let counts = activate(weights.map((_, wi) => wi));
 
   const buffers: GPUBuffer[] = [];
   const make = (size: number, usage: number, label: string) => {
@@ -200,11 +216,19 @@ async function runNormBatch(
       const rowBytes = data[wi].bytes.byteLength / Math.max(1, w.ref.rows);
       for (const p of w.pieces) {
         const start = p.rowOffset * rowBytes;
-        ctx.write(slots[p.slot], p.byteOffset, data[wi].bytes.subarray(start, start + p.rows * rowBytes));
+        ctx.write(
+          slots[p.slot],
+          p.byteOffset,
+          data[wi].bytes.subarray(start, start + p.rows * rowBytes),
+        );
       }
     });
-    const metaBuf = make(meta.byteLength, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, "norms meta");
-    ctx.write(metaBuf, 0, meta);
+    const descBuf = make(
+      meta.byteLength,
+      GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+      "norms meta",
+    );
+    ctx.write(descBuf, 0, meta);
     const vecBuf = make(Math.max(1, vecs) * 4, GPUBufferUsage.STORAGE, "norms vectors");
     const froBuf = make(
       Math.max(1, vecs) * 8,
@@ -212,7 +236,11 @@ async function runNormBatch(
       "row sums of squares",
     );
     const histWords = nWeights * (1 + 2 * MAX_STEPS);
-    const histBuf = make(histWords * 4, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC, "lanczos");
+    const histBuf = make(
+      histWords * 4,
+      GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC,
+      "lanczos",
+    );
 
     const constants = { MAX_STEPS };
     const [init, rowFro, row, col, lanczos] = await Promise.all([
@@ -229,12 +257,12 @@ async function runNormBatch(
       });
     const slotEntries: [number, GPUBuffer][] = slots.map((b, s) => [4 + s, b]);
     const groups = {
-      init: bind(init, [[0, metaBuf], [1, vecBuf], [3, histBuf]]),
-      rowFro: bind(rowFro, [[0, metaBuf], [1, vecBuf], [2, froBuf], ...slotEntries]),
+      init: bind(init, [[0, descBuf], [1, vecBuf], [3, histBuf]]),
+      rowFro: bind(rowFro, [[0, descBuf], [1, vecBuf], [2, froBuf], ...slotEntries]),
       // `fro` is statically used by row_pass, so it is bound even without WITH_FRO.
-      row: bind(row, [[0, metaBuf], [1, vecBuf], [2, froBuf], ...slotEntries]),
-      col: bind(col, [[0, metaBuf], [1, vecBuf], ...slotEntries]),
-      lanczos: bind(lanczos, [[0, metaBuf], [1, vecBuf], [3, histBuf]]),
+      row: bind(row, [[0, descBuf], [1, vecBuf], [2, froBuf], ...slotEntries]),
+      col: bind(col, [[0, descBuf], [1, vecBuf], ...slotEntries]),
+      lanczos: bind(lanczos, [[0, descBuf], [1, vecBuf], [3, histBuf]]),
     };
     const results: BaseNorms[] = weights.map(() => ({}));
 
@@ -251,14 +279,14 @@ async function runNormBatch(
         const fro = step === 0 && which.frobenius;
         pass.setPipeline(fro ? rowFro : row);
         pass.setBindGroup(0, fro ? groups.rowFro : groups.row);
-        ctx.dispatch(pass, nRowJobs);
+        ctx.dispatch(pass, counts.rows);
         if (!which.spectral) break;
         pass.setPipeline(col);
         pass.setBindGroup(0, groups.col);
-        ctx.dispatch(pass, nColJobs);
+        ctx.dispatch(pass, counts.cols);
         pass.setPipeline(lanczos);
         pass.setBindGroup(0, groups.lanczos);
-        ctx.dispatch(pass, nWeights);
+        ctx.dispatch(pass, counts.weights);
       }
       pass.end();
     });
@@ -283,23 +311,23 @@ async function runNormBatch(
         if (spectral !== undefined) {
           results[wi].spectral = spectral;
           active.delete(wi);
-          meta[offActive + wi] = 0;
         }
       }
       if (active.size === 0) break;
-      ctx.write(metaBuf, offActive * 4, meta.subarray(offActive));
+      counts = activate([...active].sort((a, b) => a - b));
+      ctx.write(descBuf, 0, desc);
       await ctx.submit("spectral norms", (encoder) => {
         const pass = encoder.beginComputePass({ label: "lanczos" });
         for (let step = 0; step < CHECK_EVERY; step++) {
           pass.setPipeline(row);
           pass.setBindGroup(0, groups.row);
-          ctx.dispatch(pass, nRowJobs);
+          ctx.dispatch(pass, counts.rows);
           pass.setPipeline(col);
           pass.setBindGroup(0, groups.col);
-          ctx.dispatch(pass, nColJobs);
+          ctx.dispatch(pass, counts.cols);
           pass.setPipeline(lanczos);
           pass.setBindGroup(0, groups.lanczos);
-          ctx.dispatch(pass, nWeights);
+          ctx.dispatch(pass, counts.weights);
         }
         pass.end();
       });

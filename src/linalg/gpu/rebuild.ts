@@ -66,7 +66,9 @@ export async function rebuildOnGpu(
     checkFactors(factors, what);
     const { out, rank: r, inFlat, scale } = factors;
     const k = decomposition.sigma.length;
-    if (decomposition.upTransform.length !== r * k || decomposition.downTransform.length !== r * k) {
+    if (
+      decomposition.upTransform.length !== r * k || decomposition.downTransform.length !== r * k
+    ) {
       throw new BackendError(`${what}: transforms are not ${r}×${k}`);
     }
     keep.forEach((i, n) => {

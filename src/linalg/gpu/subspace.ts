@@ -51,7 +51,9 @@ export async function subspaceOnGpu(
     }
     const rowBytes = Math.max(1, w.cols * (w.dtype === "F64" ? 4 : dtypeSize(w.dtype)));
     const blockRows = Math.max(1, Math.floor(blockCap / rowBytes));
-    if (rowBytes > blockCap) throw new BackendError(`${weightName(w)}: a row is larger than a GPU batch`);
+    if (rowBytes > blockCap) {
+      throw new BackendError(`${weightName(w)}: a row is larger than a GPU batch`);
+    }
     for (let r0 = 0; r0 < w.rows; r0 += blockRows) {
       units.push({ request: index, rows: [r0, Math.min(w.rows, r0 + blockRows)] });
     }
@@ -154,7 +156,10 @@ async function runSubspaceBatch(
     const r = f.rank, cols = f.inFlat, rows = u.rows[1] - u.rows[0];
     let packed = factorCache.get(u.request);
     if (!packed) {
-      packed = { up: fPack.add(f.up.dtype, f.up.bytes), down: fPack.add(f.down.dtype, f.down.bytes) };
+      packed = {
+        up: fPack.add(f.up.dtype, f.up.bytes),
+        down: fPack.add(f.down.dtype, f.down.bytes),
+      };
       factorCache.set(u.request, packed);
     }
     const w = wPack.add(blocks[i].dtype, blocks[i].bytes);
@@ -193,10 +198,22 @@ async function runSubspaceBatch(
     const cBytes = Math.max(1, c) * 12;
     const cBuf = ctx.buffer(cBytes, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC, "Bᵀ·W·Aᵀ");
     buffers.push(cBuf);
-    const group = (g: { fx: Format; fy: Format; items: number[] }, x: GPUBuffer, y: GPUBuffer, out: GPUBuffer, mode: OutMode): CrossGroup => ({ formatX: g.fx, formatY: g.fy, x, y, out, mode, items: g.items });
-    const first = await prepareCross(ctx, [...zItems.values()].map((g) => group(g, wBuf, fBuf, zBuf, OutMode.DF32)));
+    const group = (
+      g: { fx: Format; fy: Format; items: number[] },
+      x: GPUBuffer,
+      y: GPUBuffer,
+      out: GPUBuffer,
+      mode: OutMode,
+    ): CrossGroup => ({ formatX: g.fx, formatY: g.fy, x, y, out, mode, items: g.items });
+    const first = await prepareCross(
+      ctx,
+      [...zItems.values()].map((g) => group(g, wBuf, fBuf, zBuf, OutMode.DF32)),
+    );
     releases.push(first.release);
-    const second = await prepareCross(ctx, [...cItems.values()].map((g) => group(g, fBuf, zBuf, cBuf, OutMode.Triple)));
+    const second = await prepareCross(
+      ctx,
+      [...cItems.values()].map((g) => group(g, fBuf, zBuf, cBuf, OutMode.Triple)),
+    );
     releases.push(second.release);
     await ctx.submit("subspace scales", (encoder) => {
       first.record(encoder);

@@ -74,7 +74,9 @@ export class WeightReader {
     while (done < length) {
       const n = await handle.read(bytes.subarray(done));
       if (n === null) {
-        throw new BackendError(`${weightName(ref)}: file is truncated (read ${done} of ${length} bytes)`);
+        throw new BackendError(
+          `${weightName(ref)}: file is truncated (read ${done} of ${length} bytes)`,
+        );
       }
       done += n;
     }

@@ -12,24 +12,29 @@ export function dtypeSize(dtype: i32): usize {
   return dtype == F64 ? 8 : dtype == F32 ? 4 : 2;
 }
 
-// A half's exponent and mantissa shifted into an f32 and multiplied by 2^112 rebias the
-// exponent (15 → 127) and turn subnormal halves into the right normal floats; exponent 31
-// (inf / NaN) comes out as 2^16·1.m and gets its exponent forced to all ones.
-const HALF_REBIAS: f32 = 5.192296858534828e33; // 2^112
+// Normal halves: exponent and mantissa shifted into place, exponent rebiased (15 → 127) by an
+// integer add; exponent 31 (inf / NaN) gets all ones. Subnormal halves (and zero) are
+// mantissa · 2^-24, converted exactly. No float operation sees a subnormal operand: those take
+// a slow microcode path on x86, tens of times slower than the rest of the decode.
+const REBIAS: i32 = 112 << 23;
+const TWO_M24: f32 = 5.960464477539063e-8; // 2^-24
 
 export function halfToF32(h: u32): f32 {
   const e = h & 0x7fff;
-  let bits = reinterpret<u32>(reinterpret<f32>(e << 13) * HALF_REBIAS);
+  const sign = (h & 0x8000) << 16;
+  if (e < 0x0400) return reinterpret<f32>(reinterpret<u32>(<f32>e * TWO_M24) | sign);
+  let bits = (e << 13) + <u32>REBIAS;
   if (e >= 0x7c00) bits |= 0x7f800000;
-  return reinterpret<f32>(bits | ((h & 0x8000) << 16));
+  return reinterpret<f32>(bits | sign);
 }
 
 /** Four halves (one per 32-bit lane, zero-extended) to four f32. */
 export function halvesToF32(h: v128): v128 {
   const e = v128.and(h, i32x4.splat(0x7fff));
-  let f = f32x4.mul(i32x4.shl(e, 13), f32x4.splat(HALF_REBIAS));
-  const special = i32x4.gt_s(e, i32x4.splat(0x7bff));
-  f = v128.or(f, v128.and(special, i32x4.splat(0x7f800000)));
+  let normal = i32x4.add(i32x4.shl(e, 13), i32x4.splat(REBIAS));
+  normal = v128.or(normal, v128.and(i32x4.gt_s(e, i32x4.splat(0x7bff)), i32x4.splat(0x7f800000)));
+  const subnormal = f32x4.mul(f32x4.convert_i32x4_s(e), f32x4.splat(TWO_M24));
+  const f = v128.bitselect(subnormal, normal, i32x4.lt_s(e, i32x4.splat(0x0400)));
   return v128.or(f, i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16));
 }
 
@@ -134,9 +139,17 @@ export function decodeRowsF64(
   }
 }
 
+/** Four values at element index i of a 2- or 4-byte dtype, as f32x4. */
+function load4(src: usize, i: usize, dtype: i32): v128 {
+  if (dtype == F16) return halvesToF32(v128.load_ext<u16>(src + (i << 1)));
+  if (dtype == BF16) return i32x4.shl(v128.load_ext<u16>(src + (i << 1)), 16);
+  return v128.load(src + (i << 2));
+}
+
 /**
- * Decodes a rows × cols matrix transposed: dst is cols × stride f64 (stride ≥ rows),
- * dst[c·stride + r] = src[r·cols + c], padding zeroed.
+ * Decodes a rows × cols matrix transposed: dst is cols × stride f64 (stride ≥ rows, even),
+ * dst[c·stride + r] = src[r·cols + c], padding zeroed. Two source rows at a time give one
+ * f64x2 store per column.
  */
 export function decodeTransposedF64(
   src: usize,
@@ -146,11 +159,31 @@ export function decodeTransposedF64(
   stride: i32,
   dtype: i32,
 ): void {
-  memory.fill(dst, 0, (<usize>cols * <usize>stride) << 3);
-  const n = <usize>cols;
-  for (let r: usize = 0; r < <usize>rows; r++) {
+  const n = <usize>cols, m = <usize>rows, ld = <usize>stride;
+  memory.fill(dst, 0, (n * ld) << 3);
+  let r: usize = 0;
+  if (dtype != F64) {
+    const vec = n & ~(<usize>3);
+    for (; r + 2 <= m; r += 2) {
+      let c: usize = 0;
+      for (; c < vec; c += 4) {
+        const a = load4(src, r * n + c, dtype), b = load4(src, (r + 1) * n + c, dtype);
+        const lo = i32x4.shuffle(a, b, 0, 4, 1, 5), hi = i32x4.shuffle(a, b, 2, 6, 3, 7);
+        const d = dst + ((c * ld + r) << 3);
+        v128.store(d, f64x2.promote_low_f32x4(lo));
+        v128.store(d + (ld << 3), f64x2.promote_low_f32x4(i32x4.shuffle(lo, lo, 2, 3, 2, 3)));
+        v128.store(d + (ld << 4), f64x2.promote_low_f32x4(hi));
+        v128.store(d + ((ld << 3) * 3), f64x2.promote_low_f32x4(i32x4.shuffle(hi, hi, 2, 3, 2, 3)));
+      }
+      for (; c < n; c++) {
+        store<f64>(dst + ((c * ld + r) << 3), loadF64(src, r * n + c, dtype));
+        store<f64>(dst + ((c * ld + r + 1) << 3), loadF64(src, (r + 1) * n + c, dtype));
+      }
+    }
+  }
+  for (; r < m; r++) {
     for (let c: usize = 0; c < n; c++) {
-      store<f64>(dst + ((c * <usize>stride + r) << 3), loadF64(src, r * n + c, dtype));
+      store<f64>(dst + ((c * ld + r) << 3), loadF64(src, r * n + c, dtype));
     }
   }
 }
