@@ -20,7 +20,7 @@ import type { LogLevel } from "./src/log.ts";
 import { DEFAULT_RECIPES, plan, resize, type OutputSummary } from "./src/resize.ts";
 import type { OutputDType } from "./src/output.ts";
 import type { SizeAccounting } from "./src/recipe/select.ts";
-import type { Device } from "./src/linalg/select_backend.ts";
+import type { DeviceChoice } from "./src/linalg/select_backend.ts";
 import { VERSION } from "./src/version.ts";
 
 
@@ -218,7 +218,7 @@ export async function main(args: readonly string[]): Promise<number> {
         "32": "F32",
         "bf16": "BF16",
       }),
-      device: choice<Device>(pick(values, "device"), "-d/--device", {
+      device: choice<DeviceChoice>(pick(values, "device"), "-d/--device", {
         auto: "auto",
         cpu: "cpu",
         gpu: "gpu",

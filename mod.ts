@@ -74,7 +74,7 @@ export type {
   RebuiltFactors,
   SubspaceRequest,
 } from "./src/linalg/backend.ts";
-export { type Device, selectBackend, type SelectBackendOptions } from "./src/linalg/select_backend.ts";
+export { type DeviceChoice, selectBackend, type SelectBackendOptions } from "./src/linalg/select_backend.ts";
 export { createCpuBackend, type CpuBackendOptions } from "./src/linalg/cpu/backend.ts";
 export { createGpuBackend, type GpuBackendOptions } from "./src/linalg/gpu/backend.ts";
 export { fingerprintFile, NormsCache, type NormsCacheOptions } from "./src/norms_cache.ts";

@@ -15,7 +15,7 @@
 import { dirname, join, resolve } from "node:path";
 import { OutputError, RecipeError } from "./errors.ts";
 import type { Backend, BaseNorms, Decomposition } from "./linalg/backend.ts";
-import { type Device, selectBackend } from "./linalg/select_backend.ts";
+import { type DeviceChoice, selectBackend } from "./linalg/select_backend.ts";
 import { type LogFn, type LogLevel, silent } from "./log.ts";
 import { type LoraLayer, type LoraModel, loadLora, type RawTensor } from "./lora/lora_file.ts";
 import { parseMergeSpec } from "./lora/merge_spec.ts";
@@ -73,7 +73,7 @@ export interface ResizeOptions {
   /** Output element type (default `F16`). */
   readonly outputDtype?: OutputDType;
   /** `auto` (default), `cpu` or `gpu`; ignored when `backend` is given. */
-  readonly device?: Device;
+  readonly device?: DeviceChoice;
   /** A backend to use (the caller keeps ownership). */
   readonly backend?: Backend;
   /** Norms cache location (folder or `.json` file), or `false` to disable it. */

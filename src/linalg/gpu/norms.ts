@@ -163,7 +163,16 @@ async function runNormBatch(
     const partialBase = vecs;
     vecs += w.pieces.length * cols;
     histBase.push(wi * (1 + 2 * MAX_STEPS));
-    weightWords.push(cols, rows, vBase, uBase[wi], piece, w.pieces.length, partialBase, histBase[wi]);
+    weightWords.push(
+      cols,
+      rows,
+      vBase,
+      uBase[wi],
+      piece,
+      w.pieces.length,
+      partialBase,
+      histBase[wi],
+    );
     const dtype = data[wi].dtype;
     const fmt = dtype === "F16" ? Format.F16 : dtype === "BF16" ? Format.BF16 : Format.F32;
     const rj: number[] = [], cj: number[] = [];
@@ -196,7 +205,11 @@ async function runNormBatch(
       c += colJobs[wi].length;
     }
     desc.set(active, offActive);
-    const counts = { rows: (r - offRowJobs) / 2, cols: (c - offColJobs) / 2, weights: active.length };
+    const counts = {
+      rows: (r - offRowJobs) / 2,
+      cols: (c - offColJobs) / 2,
+      weights: active.length,
+    };
     desc.set([counts.rows, counts.cols, 0, counts.weights], 6);
     return counts;
   };
@@ -224,11 +237,11 @@ async function runNormBatch(
       }
     });
     const descBuf = make(
-      meta.byteLength,
+      desc.byteLength,
       GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
-      "norms meta",
+      "norms batch",
     );
-    ctx.write(descBuf, 0, meta);
+    ctx.write(descBuf, 0, desc);
     const vecBuf = make(Math.max(1, vecs) * 4, GPUBufferUsage.STORAGE, "norms vectors");
     const froBuf = make(
       Math.max(1, vecs) * 8,
