@@ -160,6 +160,12 @@ function summaryLine(o: OutputSummary): string {
  * ```
  */
 export async function main(args: readonly string[]): Promise<number> {
+  // Probing for a WebGPU adapter loads the GL stack, whose Wayland client
+  // prints "error: XDG_RUNTIME_DIR is invalid or not set" when the variable is
+  // unset (headless servers, CI); a path without a compositor keeps it quiet.
+  if (Deno.build.os === "linux" && !Deno.env.get("XDG_RUNTIME_DIR")) {
+    Deno.env.set("XDG_RUNTIME_DIR", "/nonexistent/resize-lora");
+  }
   let verbosity = 0;
   try {
     let parsed;

@@ -128,7 +128,7 @@ const rows = [
 const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
 console.log(
   `gpu_bench: scale ${scale}, ${layers.length} layers, ${refs.length} base weights ` +
-    `(${(weightBytes / 2 ** 20).toFixed(0)} MiB), CPU ${cpuBackend.description}, ` +
+    `(${(weightBytes / 2 ** 20).toFixed(0)} MiB); ${cpuBackend.description}; ` +
     `${gpuBackend.description}`,
 );
 for (const r of rows) {

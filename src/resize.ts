@@ -275,7 +275,8 @@ async function prepareLora(run: Run, entry: string): Promise<PreparedLora> {
   const { log, options } = run;
   const model = await loadLora(entry);
   const pairing = pairLayers(model, run.checkpoint);
-  const passThrough = [...model.passThrough];
+  // --drop_unmapped keeps nothing but resized layers, as the original did.
+  const passThrough = options.dropUnmapped ? [] : [...model.passThrough];
   if (options.dropUnmapped) {
     for (const layer of pairing.unmapped) {
       log(

@@ -14,7 +14,7 @@
  * @module
  */
 
-import type { TopLevelSpec } from "npm:vega-lite@^6.5.0";
+import type { TopLevelSpec } from "vega-lite";
 import type { LayerPlan, OutputSummary } from "../resize.ts";
 import { compareBlocks, groupByBlock } from "./blocks.ts";
 import { formatThreshold, keptDimensions, summarizePlan } from "./plan.ts";
@@ -84,7 +84,7 @@ type Spec = TopLevelSpec;
  * ```
  */
 export async function renderReport(data: ReportData): Promise<string> {
-  const [vega, vl] = await Promise.all([import("npm:vega@^6.4.0"), import("npm:vega-lite@^6.5.0")]);
+  const [vega, vl] = await Promise.all([import("vega"), import("vega-lite")]);
   const toSvg = async (spec: Spec): Promise<string> => {
     const view = new vega.View(vega.parse(vl.compile(spec).spec), { renderer: "none" });
     try {

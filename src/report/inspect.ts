@@ -13,18 +13,12 @@
  */
 
 import type { Backend } from "../linalg/backend.ts";
-import { selectBackend } from "../linalg/select_backend.ts";
+import { type DeviceChoice, selectBackend } from "../linalg/select_backend.ts";
 import { type LogFn, type LogLevel, silent } from "../log.ts";
 import { loadLora, type LoraLayer } from "../lora/lora_file.ts";
 import type { OutputDType } from "../output.ts";
 import type { SizeAccounting } from "../recipe/select.ts";
-import {
-  DEFAULT_RECIPES,
-  type LayerPlan,
-  plan,
-  type ProgressFn,
-  type ResizeOptions,
-} from "../resize.ts";
+import { DEFAULT_RECIPES, type LayerPlan, plan, type ProgressFn } from "../resize.ts";
 import { type BlockLabel, blockOf, groupByBlock } from "./blocks.ts";
 import { type Column, formatCount, formatNumber, formatPercent, formatTable } from "./table.ts";
 
@@ -40,7 +34,7 @@ export interface InspectOptions {
   /** Recipes to plan when a checkpoint is given (default: the original's default recipe). */
   readonly recipes?: string;
   /** `auto`, `cpu` (default) or `gpu`; ignored when `backend` is given. */
-  readonly device?: ResizeOptions["device"];
+  readonly device?: DeviceChoice;
   /** A backend to use (the caller keeps ownership). */
   readonly backend?: Backend;
   /** Norms cache location, or `false` to disable it (as in `plan`). */
@@ -181,7 +175,7 @@ const finite = (x: number | undefined): number | null =>
  * @example
  * ```ts
  * import { effectiveRank } from "./inspect.ts";
- * console.log(effectiveRank(new Float64Array([2, 0.5, 0.02, 0.01]))); // 3
+ * console.log(effectiveRank(new Float64Array([2, 0.5, 0.03, 0.01]))); // 3
  * ```
  */
 export function effectiveRank(
@@ -267,7 +261,10 @@ export async function inspect(options: InspectOptions): Promise<InspectResult> {
         layers: items.length,
         rank: sum(items, (l) => l.rank),
         effectiveRank: sum(items, (l) => l.effectiveRank),
-        energyShare: sum(items, (l) => l.energyShare),
+        // From the energies, so that one block holding everything is exactly 1.
+        energyShare: totalEnergy > 0
+          ? Math.min(1, sum(items, (l) => l.frobenius ** 2) / totalEnergy)
+          : 0,
         parameters: sum(items, (l) => l.parameters),
         kept: planned.map((_, r) => sum(items, (l) => l.recipes[r].kept ?? 0)),
       })),

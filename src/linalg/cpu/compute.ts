@@ -22,7 +22,7 @@ import type {
 } from "../backend.ts";
 import { decompositionFromGrams, matrix } from "../dense.ts";
 import { DTYPE_CODES, type Kernels } from "../wasm/kernels.ts";
-import { spectralNorm, type WeightInMemory } from "./spectral.ts";
+import { type F32Weight, spectralNorm } from "./spectral.ts";
 
 /**
  * Opens checkpoint files on demand and keeps them open (one handle per path),
@@ -84,7 +84,6 @@ export interface ItemContext {
 }
 
 const even = (n: number) => n + (n & 1);
-const quad = (n: number) => (n + 3) & ~3;
 
 /**
  * The SVD of one layer's ΔW = scale·up·down, via its Gram matrices (see
@@ -197,13 +196,33 @@ export function rebuildLayer(kernels: Kernels, request: RebuildRequest): Rebuilt
   };
 }
 
-async function loadWeight(context: ItemContext, weight: BaseWeightRef): Promise<WeightInMemory> {
+/** A base weight read into kernel memory. */
+interface LoadedWeight {
+  /** Raw bytes. */
+  readonly raw: number;
+  /** Kernel dtype code. */
+  readonly dtype: number;
+  /** Rows. */
+  readonly rows: number;
+  /** Columns. */
+  readonly cols: number;
+}
+
+async function loadWeight(context: ItemContext, weight: BaseWeightRef): Promise<LoadedWeight> {
   const { kernels, reader } = context;
   const bytes = weight.rows * weight.cols * dtypeSize(weight.dtype);
   kernels.reset();
-  const ptr = kernels.alloc(bytes);
-  await reader.read(weight, kernels.u8(ptr, bytes));
-  return { ptr, rows: weight.rows, cols: weight.cols, dtype: DTYPE_CODES[weight.dtype] };
+  const raw = kernels.alloc(bytes);
+  await reader.read(weight, kernels.u8(raw, bytes));
+  return { raw, rows: weight.rows, cols: weight.cols, dtype: DTYPE_CODES[weight.dtype] };
+}
+
+/** The weight as f32 (F32 in place; other dtypes decoded once, F64 rounded). */
+function asF32(kernels: Kernels, w: LoadedWeight): F32Weight {
+  if (w.dtype === DTYPE_CODES.F32) return { ptr: w.raw, rows: w.rows, cols: w.cols };
+  const ptr = kernels.alloc(w.rows * w.cols * 4);
+  kernels.exports.decodeF32(w.raw, ptr, w.rows * w.cols, w.dtype);
+  return { ptr, rows: w.rows, cols: w.cols };
 }
 
 /**
@@ -224,10 +243,12 @@ export async function weightNorms(
   const w = await loadWeight(context, weight);
   if (which.frobenius) {
     norms.frobenius = Math.sqrt(
-      context.kernels.exports.sumSquares(w.ptr, w.rows * w.cols, w.dtype),
+      context.kernels.exports.sumSquares(w.raw, w.rows * w.cols, w.dtype),
     );
   }
-  if (which.spectral) norms.spectral = spectralNorm(context.kernels, w).norm;
+  if (which.spectral) {
+    norms.spectral = spectralNorm(context.kernels, asF32(context.kernels, w)).norm;
+  }
   return norms;
 }
 
@@ -252,18 +273,18 @@ export async function subspaceScales(
     );
   }
   const { kernels } = context;
-  const w = await loadWeight(context, weight);
+  const w = asF32(kernels, await loadWeight(context, weight));
   const upRaw = kernels.put(factors.up.bytes);
   const downRaw = kernels.put(factors.down.bytes);
-  const inQuad = quad(inFlat), outStride = even(out);
-  const a32 = kernels.alloc(r * inQuad * 4);
+  const outStride = even(out);
+  const a32 = kernels.alloc(r * inFlat * 4);
   const y = kernels.alloc(out * r * 8);
-  const scratch = kernels.alloc(4 * inQuad * 4 + 32);
+  const scratch = kernels.alloc(32);
   const bt = kernels.alloc(r * outStride * 8);
   const c = kernels.alloc(r * r * 8);
   const x = kernels.exports;
-  x.decodeRowsF32(downRaw, a32, r, inFlat, inQuad, DTYPE_CODES[factors.down.dtype]);
-  x.rowsTimesTransposed(w.ptr, out, inFlat, w.dtype, a32, r, y, scratch);
+  x.decodeF32(downRaw, a32, r * inFlat, DTYPE_CODES[factors.down.dtype]);
+  x.rowsTimesTransposed(w.ptr, out, inFlat, a32, r, y, scratch);
   x.decodeTransposedF64(upRaw, bt, out, r, outStride, DTYPE_CODES[factors.up.dtype]);
   x.matmulF64(bt, outStride, y, r, c, r, r, out, r);
   const cm = kernels.f64(c, r * r);

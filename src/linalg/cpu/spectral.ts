@@ -1,9 +1,9 @@
 /**
  * Spectral norm σ_max(W) by Lanczos on WᵀW with full reorthogonalisation.
  *
- * Each step costs one pass over W in the WASM kernel `gramMatvec` (z = WᵀW·v
- * row by row, F16 decoded on the fly), so W streams from memory once per step
- * at its stored width. The Ritz value θ of the tridiagonal Lanczos matrix
+ * Each step costs one pass over W (decoded to f32 once) in the WASM kernel
+ * `gramMatvec`: z = WᵀW·v row block by row block, so W streams from memory
+ * once per step. The Ritz value θ of the tridiagonal Lanczos matrix
  * approaches λ_max = σ_max² from below, and its residual ρ = β·|yₗₐₛₜ| bounds
  * the distance from θ to an eigenvalue; the iteration stops once
  * ρ ≤ 1e-4·θ (σ then within 5e-5 relative), when the Krylov space is
@@ -18,16 +18,14 @@
 import { tridiagonalEigen } from "../dense.ts";
 import type { Kernels } from "../wasm/kernels.ts";
 
-/** Where a decoded-on-the-fly weight lies in kernel memory. */
-export interface WeightInMemory {
-  /** Pointer to the raw element bytes. */
+/** A weight decoded to f32 in kernel memory. */
+export interface F32Weight {
+  /** Pointer to `rows × cols` f32, row-major. */
   readonly ptr: number;
   /** Rows (out). */
   readonly rows: number;
   /** Columns (in′). */
   readonly cols: number;
-  /** Kernel dtype code. */
-  readonly dtype: number;
 }
 
 /** Tuning of {@link spectralNorm}. */
@@ -47,32 +45,31 @@ export interface SpectralResult {
 }
 
 /**
- * σ_max of a weight already in kernel memory. Allocates its vectors from the
- * kernels' arena (after the weight).
+ * σ_max of a weight decoded to f32 in kernel memory. Allocates its vectors
+ * from the kernels' arena (after the weight).
  *
  * @example
  * ```ts
- * import { Kernels, DTYPE_CODES } from "../wasm/kernels.ts";
+ * import { Kernels } from "../wasm/kernels.ts";
  * import { spectralNorm } from "./spectral.ts";
  * const k = await Kernels.load();
  * const ptr = k.alloc(4 * 4);
  * k.f32(ptr, 4).set([3, 0, 0, 2]); // diag(3, 2)
- * const { norm } = spectralNorm(k, { ptr, rows: 2, cols: 2, dtype: DTYPE_CODES.F32 });
+ * const { norm } = spectralNorm(k, { ptr, rows: 2, cols: 2 });
  * console.log(norm.toFixed(4)); // "3.0000"
  * ```
  */
 export function spectralNorm(
   kernels: Kernels,
-  weight: WeightInMemory,
+  weight: F32Weight,
   options: SpectralOptions = {},
 ): SpectralResult {
   const { rows, cols } = weight;
   const tolerance = options.tolerance ?? 1e-4;
   const maxSteps = Math.min(cols, options.maxSteps ?? 128);
-  const stride = (cols + 3) & ~3;
-  const vPtr = kernels.alloc(stride * 4);
-  const zPtr = kernels.alloc(stride * 4);
-  const scratch = kernels.alloc(4 * stride * 4 + 32);
+  const vPtr = kernels.alloc(cols * 4);
+  const zPtr = kernels.alloc(cols * 4);
+  const scratch = kernels.alloc(32);
 
   const basis: Float64Array[] = [startVector(cols)];
   const alpha: number[] = [];
@@ -80,10 +77,8 @@ export function spectralNorm(
   let theta = 0;
   for (let j = 0; j < maxSteps; j++) {
     const q = basis[j];
-    const v = kernels.f32(vPtr, stride);
-    v.fill(0);
-    for (let i = 0; i < cols; i++) v[i] = q[i];
-    kernels.exports.gramMatvec(weight.ptr, rows, cols, weight.dtype, vPtr, zPtr, scratch);
+    kernels.f32(vPtr, cols).set(q);
+    kernels.exports.gramMatvec(weight.ptr, rows, cols, vPtr, zPtr, scratch);
     const w = Float64Array.from(kernels.f32(zPtr, cols));
     const a = dot(q, w);
     axpy(w, -a, q);

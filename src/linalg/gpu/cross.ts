@@ -21,7 +21,15 @@ export interface View {
   readonly features: number;
 }
 
-/** What a group's items write per output element. */
+/**
+ * What a group's items write per output element.
+ *
+ * @example
+ * ```ts
+ * import { OutMode } from "./cross.ts";
+ * console.log(OutMode.Triple); // 0: three f32 per element
+ * ```
+ */
 export const OutMode = {
   /** Three f32 cascade terms, summed on the host in f64. */
   Triple: 0,
@@ -53,7 +61,7 @@ export interface CrossGroup {
 }
 
 /** Output tile edge of one work item. */
-export const TILE = 16;
+const TILE = 16;
 const ITEM_WORDS = 16;
 
 /** Options for {@link addProduct}. */
@@ -118,6 +126,16 @@ export interface PreparedCross {
 /**
  * Builds the pipelines and uploads the items of `groups` (one dispatch per
  * group), ready to be recorded into a command encoder.
+ *
+ * @example
+ * ```ts ignore
+ * const prepared = await prepareCross(ctx, groups);
+ * try {
+ *   await ctx.submit("products", prepared.record);
+ * } finally {
+ *   prepared.release();
+ * }
+ * ```
  */
 export async function prepareCross(
   ctx: GpuContext,
@@ -170,7 +188,15 @@ export async function prepareCross(
   };
 }
 
-/** The float64 value of output element `i` of a Triple-mode result. */
+/**
+ * The float64 value of output element `i` of a Triple-mode result.
+ *
+ * @example
+ * ```ts
+ * import { tripleAt } from "./cross.ts";
+ * console.log(tripleAt(new Float32Array([1, 2 ** -30, 0]), 0)); // 1.0000000009313226
+ * ```
+ */
 export function tripleAt(out: Float32Array, i: number): number {
   return out[3 * i] + out[3 * i + 1] + out[3 * i + 2];
 }

@@ -42,6 +42,13 @@ const PARTIAL_BYTES = 32 << 20;
 /**
  * Checks that a layer's factor byte counts match its shape; throws a
  * {@link BackendError} otherwise.
+ *
+ * @example
+ * ```ts
+ * import { checkFactors } from "./decompose.ts";
+ * const f32 = (n: number) => ({ dtype: "F32" as const, bytes: new Uint8Array(4 * n) });
+ * checkFactors({ up: f32(2), down: f32(3), out: 2, rank: 1, inFlat: 3, scale: 1 }, "layer x");
+ * ```
  */
 export function checkFactors(layer: LowRankFactors, what: string): void {
   const { out, rank, inFlat, up, down } = layer;
@@ -55,7 +62,16 @@ export function checkFactors(layer: LowRankFactors, what: string): void {
   }
 }
 
-/** Segments of a sum over `n` samples: [start, end) pairs. */
+/**
+ * Segments of a sum over `n` samples: [start, end) pairs (at most four, of
+ * at least 2048 samples each), computed by separate work items.
+ *
+ * @example
+ * ```ts
+ * import { segments } from "./decompose.ts";
+ * console.log(segments(10240)); // [[0, 2560], [2560, 5120], [5120, 7680], [7680, 10240]]
+ * ```
+ */
 export function segments(n: number): [number, number][] {
   const length = Math.max(MIN_SEGMENT, Math.ceil(n / MAX_SEGMENTS));
   const out: [number, number][] = [];
@@ -80,6 +96,15 @@ interface Batch {
 
 /**
  * Decomposes layers on the GPU (see the module doc), in input order.
+ *
+ * @example
+ * ```ts ignore
+ * import { GpuContext } from "./device.ts";
+ * import { decomposeOnGpu } from "./decompose.ts";
+ * const ctx = await GpuContext.create();
+ * const [d] = await decomposeOnGpu(ctx, [layer]);
+ * console.log(d.sigma);
+ * ```
  */
 export async function decomposeOnGpu(
   ctx: GpuContext,

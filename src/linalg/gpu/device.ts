@@ -140,8 +140,8 @@ export class GpuContext {
 
   /** Throws when the device is lost or destroyed. */
   check(): void {
-    if (this.#lost !== undefined) throw this.#lostError();
     if (this.#destroyed) throw new BackendError("the WebGPU backend is closed");
+    if (this.#lost !== undefined) throw this.#lostError();
   }
 
   /** A compiled pipeline of a kernel entry point with override constants (cached). */
@@ -366,7 +366,7 @@ export async function requestAdapter(): Promise<GPUAdapter | null> {
 }
 
 /** Rounds `n` up to a multiple of `to`. */
-export function align(n: number, to: number): number {
+function align(n: number, to: number): number {
   return Math.ceil(n / to) * to;
 }
 

@@ -28,11 +28,11 @@ import { Format } from "./pack.ts";
 import { type WeightBytes, weightName, WeightReader } from "./weights.ts";
 
 /** Lanczos steps at most (the history buffer's size). */
-export const MAX_STEPS = 128;
+const MAX_STEPS = 128;
 /** Lanczos steps between convergence checks (one readback each). */
-export const CHECK_EVERY = 8;
+const CHECK_EVERY = 8;
 /** Relative Ritz residual bound at which σ_max counts as converged (on λ = σ²). */
-export const RESIDUAL_TOLERANCE = 1e-7;
+const RESIDUAL_TOLERANCE = 1e-7;
 
 const SLOTS = 4;
 const SLOT_BYTES = 128 << 20;
@@ -60,7 +60,19 @@ interface NormBatch {
   readonly slotBytes: number[];
 }
 
-/** Computes the requested norms of base weights (see the module doc). */
+/**
+ * Computes the requested norms of base weights (see the module doc), in
+ * input order.
+ *
+ * @example
+ * ```ts ignore
+ * import { GpuContext } from "./device.ts";
+ * import { baseNormsOnGpu } from "./norms.ts";
+ * const ctx = await GpuContext.create();
+ * const [n] = await baseNormsOnGpu(ctx, [ref], { frobenius: true, spectral: true });
+ * console.log(n.frobenius, n.spectral);
+ * ```
+ */
 export async function baseNormsOnGpu(
   ctx: GpuContext,
   weights: readonly BaseWeightRef[],

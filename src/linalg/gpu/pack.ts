@@ -9,20 +9,22 @@
 
 import type { FloatDType } from "../../safetensors/dtype.ts";
 
-/** Element format codes, as `FMT_*` in `shaders/df32.wgsl`. */
+/**
+ * Element format codes, as `FMT_*` in `shaders/df32.wgsl`.
+ *
+ * @example
+ * ```ts
+ * import { Format } from "./pack.ts";
+ * console.log(Format.BF16); // 1
+ * ```
+ */
 export const Format = { F16: 0, BF16: 1, F32: 2, DF32: 3 } as const;
 
 /** An element format code. */
 export type Format = typeof Format[keyof typeof Format];
 
-/** The packed format of a dtype. */
-export function formatOf(dtype: FloatDType): Format {
+function formatOf(dtype: FloatDType): Format {
   return dtype === "F64" ? Format.DF32 : Format[dtype];
-}
-
-/** Bytes per element of a packed format. */
-export function formatBytes(format: Format): number {
-  return format === Format.DF32 ? 8 : format === Format.F32 ? 4 : 2;
 }
 
 /** Where a packed tensor lies: its format and its first element's index. */

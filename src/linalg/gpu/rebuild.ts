@@ -35,7 +35,7 @@ interface RebuildBatch {
 }
 
 /** The small r × k′ matrix T[:, keep]·diag(g), row-major. */
-export function scaledColumns(
+function scaledColumns(
   transform: Float64Array,
   k: number,
   keep: readonly number[],
@@ -50,7 +50,15 @@ export function scaledColumns(
   return s;
 }
 
-/** Output factors for the kept dimensions of each layer, in input order. */
+/**
+ * Output factors for the kept dimensions of each layer, in input order.
+ *
+ * @example
+ * ```ts ignore
+ * import { rebuildOnGpu } from "./rebuild.ts";
+ * const [{ up, down }] = await rebuildOnGpu(ctx, [{ factors, decomposition, keep: [0, 1], rescale: 1 }]);
+ * ```
+ */
 export async function rebuildOnGpu(
   ctx: GpuContext,
   requests: readonly RebuildRequest[],

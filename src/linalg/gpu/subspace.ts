@@ -25,7 +25,15 @@ interface Unit {
   readonly rows: readonly [number, number];
 }
 
-/** |uᵢᵀ·W·vᵢ| for every dimension of each layer, in input order. */
+/**
+ * |uᵢᵀ·W·vᵢ| for every dimension of each layer, in input order.
+ *
+ * @example
+ * ```ts ignore
+ * import { subspaceOnGpu } from "./subspace.ts";
+ * const [scales] = await subspaceOnGpu(ctx, [{ weight: ref, factors, decomposition }]);
+ * ```
+ */
 export async function subspaceOnGpu(
   ctx: GpuContext,
   requests: readonly SubspaceRequest[],

@@ -17,7 +17,16 @@ export interface WeightBytes {
   readonly bytes: Uint8Array;
 }
 
-/** Names a weight in error messages. */
+/**
+ * Names a weight in error messages.
+ *
+ * @example
+ * ```ts
+ * import { weightName } from "./weights.ts";
+ * console.log(weightName({ path: "b.safetensors", dtype: "F16", offset: 80, rows: 2, cols: 3 }));
+ * // "b.safetensors: base weight at byte 80 (2×3 F16)"
+ * ```
+ */
 export function weightName(ref: BaseWeightRef): string {
   return `${ref.path}: base weight at byte ${ref.offset} (${ref.rows}×${ref.cols} ${ref.dtype})`;
 }

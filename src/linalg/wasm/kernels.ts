@@ -77,26 +77,17 @@ export interface KernelExports {
   toF32(src: number, stride: number, dst: number, rows: number, cols: number): void;
   /** Σ x² over n values (f64 accumulation). */
   sumSquares(src: number, n: number, dtype: number): number;
-  /** z = WᵀW·v (f32 vectors of cols rounded up to 4). */
-  gramMatvec(
-    w: number,
-    rows: number,
-    cols: number,
-    dtype: number,
-    v: number,
-    z: number,
-    scratch: number,
-  ): void;
-  /** Y = W·Aᵀ (A f32 r × stride4, Y f64 rows × r). */
+  /** z = WᵀW·v for W rows × cols f32; v, z cols f32; y scratch for 4 f64. */
+  gramMatvec(w: number, rows: number, cols: number, v: number, z: number, y: number): void;
+  /** Y = W·Aᵀ (W rows × cols f32, A r × cols f32, Y rows × r f64); y scratch for 4 f64. */
   rowsTimesTransposed(
     w: number,
     rows: number,
     cols: number,
-    dtype: number,
     a: number,
     r: number,
+    out: number,
     y: number,
-    scratch: number,
   ): void;
 }
 

@@ -12,13 +12,15 @@ export function dtypeSize(dtype: i32): usize {
   return dtype == F64 ? 8 : dtype == F32 ? 4 : 2;
 }
 
-// Normal halves: exponent and mantissa shifted into place, exponent rebiased (15 → 127) by an
-// integer add; exponent 31 (inf / NaN) gets all ones. Subnormal halves (and zero) are
-// mantissa · 2^-24, converted exactly. No float operation sees a subnormal operand: those take
-// a slow microcode path on x86, tens of times slower than the rest of the decode.
+// Halves to f32 with integer operations: exponent and mantissa shifted into place and the
+// exponent rebiased (15 → 127) by an add. That is exact for normal halves; the rare lanes —
+// zero, subnormal (mantissa · 2^-24, converted exactly), inf and NaN (exponent all ones) — are
+// fixed on a branch taken only when a group of values contains one. No float operation sees a
+// subnormal operand: x86 handles those in microcode, tens of times slower than the rest.
 const REBIAS: i32 = 112 << 23;
 const TWO_M24: f32 = 5.960464477539063e-8; // 2^-24
 
+/** One half (bits in the low 16) to f32. */
 export function halfToF32(h: u32): f32 {
   const e = h & 0x7fff;
   const sign = (h & 0x8000) << 16;
@@ -28,14 +30,41 @@ export function halfToF32(h: u32): f32 {
   return reinterpret<f32>(bits | sign);
 }
 
+/** Whether any of eight half magnitudes (15-bit lanes) is zero, subnormal, inf or NaN. */
+export function anyRareHalf(a: v128): bool {
+  return v128.any_true(i16x8.ge_u(i16x8.sub(a, i16x8.splat(0x0400)), i16x8.splat(0x7800)));
+}
+
+/** |x| as f32 for four half magnitudes (zero-extended to 32-bit lanes). */
+export function halfMagnitudes(e: v128, rare: bool): v128 {
+  let f = i32x4.add(i32x4.shl(e, 13), i32x4.splat(REBIAS));
+  if (rare) {
+    f = v128.or(f, v128.and(i32x4.gt_s(e, i32x4.splat(0x7bff)), i32x4.splat(0x7f800000)));
+    const small = f32x4.mul(f32x4.convert_i32x4_s(e), f32x4.splat(TWO_M24));
+    f = v128.bitselect(small, f, i32x4.lt_s(e, i32x4.splat(0x0400)));
+  }
+  return f;
+}
+
 /** Four halves (one per 32-bit lane, zero-extended) to four f32. */
 export function halvesToF32(h: v128): v128 {
   const e = v128.and(h, i32x4.splat(0x7fff));
-  let normal = i32x4.add(i32x4.shl(e, 13), i32x4.splat(REBIAS));
-  normal = v128.or(normal, v128.and(i32x4.gt_s(e, i32x4.splat(0x7bff)), i32x4.splat(0x7f800000)));
-  const subnormal = f32x4.mul(f32x4.convert_i32x4_s(e), f32x4.splat(TWO_M24));
-  const f = v128.bitselect(subnormal, normal, i32x4.lt_s(e, i32x4.splat(0x0400)));
-  return v128.or(f, i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16));
+  const rare = v128.any_true(i32x4.ge_u(i32x4.sub(e, i32x4.splat(0x0400)), i32x4.splat(0x7800)));
+  return v128.or(halfMagnitudes(e, rare), i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16));
+}
+
+/** Eight halves at src to eight f32 at dst. */
+function halves8(src: usize, dst: usize): void {
+  const v = v128.load(src);
+  const a = v128.and(v, i16x8.splat(0x7fff));
+  const s = v128.and(v, i16x8.splat(<i16>0x8000));
+  const rare = anyRareHalf(a);
+  const zero = i16x8.splat(0);
+  // Interleaving zeros below the sign halves puts each sign on bit 31 of its lane.
+  const lo = halfMagnitudes(i32x4.extend_low_i16x8_u(a), rare);
+  const hi = halfMagnitudes(i32x4.extend_high_i16x8_u(a), rare);
+  v128.store(dst, v128.or(lo, i16x8.shuffle(zero, s, 0, 8, 1, 9, 2, 10, 3, 11)));
+  v128.store(dst, v128.or(hi, i16x8.shuffle(zero, s, 4, 12, 5, 13, 6, 14, 7, 15)), 16);
 }
 
 export function loadF32(src: usize, i: usize, dtype: i32): f32 {
@@ -51,15 +80,14 @@ export function loadF64(src: usize, i: usize, dtype: i32): f64 {
 }
 
 /** Decodes n values to f32 at dst (no padding). */
-export function decodeF32(src: usize, dst: usize, n: i32, dtype: i32): void {
+export function decodeF32(src: usize, dst: usize, n: f64, dtype: i32): void {
   const count = <usize>n;
   let i: usize = 0;
-  const vec = count & ~(<usize>3);
   if (dtype == F16) {
-    for (; i < vec; i += 4) {
-      v128.store(dst + (i << 2), halvesToF32(v128.load_ext<u16>(src + (i << 1))));
-    }
+    const vec = count & ~(<usize>7);
+    for (; i < vec; i += 8) halves8(src + (i << 1), dst + (i << 2));
   } else if (dtype == BF16) {
+    const vec = count & ~(<usize>3);
     for (; i < vec; i += 4) {
       v128.store(dst + (i << 2), i32x4.shl(v128.load_ext<u16>(src + (i << 1)), 16));
     }
@@ -67,6 +95,7 @@ export function decodeF32(src: usize, dst: usize, n: i32, dtype: i32): void {
     memory.copy(dst, src, count << 2);
     return;
   } else {
+    const vec = count & ~(<usize>3);
     for (; i < vec; i += 4) {
       const lo = f32x4.demote_f64x2_zero(v128.load(src + (i << 3)));
       const hi = f32x4.demote_f64x2_zero(v128.load(src + (i << 3), 16));
@@ -85,15 +114,10 @@ export function decodeF64(src: usize, dst: usize, n: i32, dtype: i32): void {
   }
   let i: usize = 0;
   const vec = count & ~(<usize>3);
-  if (dtype == F16) {
+  if (dtype == F16 || dtype == BF16) {
     for (; i < vec; i += 4) {
-      const f = halvesToF32(v128.load_ext<u16>(src + (i << 1)));
-      v128.store(dst + (i << 3), f64x2.promote_low_f32x4(f));
-      v128.store(dst + (i << 3), f64x2.promote_low_f32x4(i32x4.shuffle(f, f, 2, 3, 2, 3)), 16);
-    }
-  } else if (dtype == BF16) {
-    for (; i < vec; i += 4) {
-      const f = i32x4.shl(v128.load_ext<u16>(src + (i << 1)), 16);
+      const h = v128.load_ext<u16>(src + (i << 1));
+      const f = dtype == F16 ? halvesToF32(h) : i32x4.shl(h, 16);
       v128.store(dst + (i << 3), f64x2.promote_low_f32x4(f));
       v128.store(dst + (i << 3), f64x2.promote_low_f32x4(i32x4.shuffle(f, f, 2, 3, 2, 3)), 16);
     }
@@ -117,7 +141,7 @@ export function decodeRowsF32(
   const rowBytes = <usize>cols * dtypeSize(dtype);
   for (let r = 0; r < rows; r++) {
     const out = dst + (<usize>r * <usize>stride << 2);
-    decodeF32(src + <usize>r * rowBytes, out, cols, dtype);
+    decodeF32(src + <usize>r * rowBytes, out, <f64>cols, dtype);
     memory.fill(out + (<usize>cols << 2), 0, <usize>(stride - cols) << 2);
   }
 }
@@ -160,7 +184,9 @@ export function decodeTransposedF64(
   dtype: i32,
 ): void {
   const n = <usize>cols, m = <usize>rows, ld = <usize>stride;
-  memory.fill(dst, 0, (n * ld) << 3);
+  for (let c: usize = 0; c < n; c++) {
+    for (let r = m; r < ld; r++) store<f64>(dst + ((c * ld + r) << 3), 0);
+  }
   let r: usize = 0;
   if (dtype != F64) {
     const vec = n & ~(<usize>3);
