@@ -336,6 +336,15 @@ Deno.test("renderReport: one self-contained page with every chart", async () => 
   assert(!/my<lora>/.test(html), "unescaped name");
 });
 
+Deno.test("renderReport: a LoRA without resized layers, and no output at all", async () => {
+  const html = await renderReport({ outputs: [fakeOutput("thr=-1", [])] });
+  assertEquals(externalReferences(html), []);
+  assertEquals(html.match(/<svg\b/g)?.length, 2);
+  assert(html.includes("No layer of this LoRA is resized"));
+  const empty = await renderReport({ outputs: [], title: "nothing" });
+  assert(empty.includes("<h1>nothing</h1>") && !empty.includes("<svg"));
+});
+
 // ---------------------------------------------------------------------------
 // On the conformance base (CPU backend).
 

@@ -10,9 +10,11 @@
  */
 
 import { fileURLToPath } from "node:url";
-import asc from "npm:assemblyscript@0.28.20/asc";
 
 const ROOT = new URL("../src/linalg/wasm/", import.meta.url);
+
+/** The pinned compiler (its own dependencies are pinned exactly, so builds reproduce). */
+export const COMPILER = "npm:assemblyscript@0.28.20/asc";
 
 /** The kernels' entry source file. */
 export const ENTRY: URL = new URL("assembly/index.ts", ROOT);
@@ -47,11 +49,16 @@ export const FLAGS: readonly string[] = [
  * ```
  */
 export async function buildKernels(out: URL = DEFAULT_OUT): Promise<void> {
-  const { error, stderr } = await asc.main(
-    [fileURLToPath(ENTRY), "--outFile", fileURLToPath(out), ...FLAGS],
-    {},
-  );
-  if (error) throw new Error(`asc failed: ${error.message}\n${stderr.toString()}`);
+  const args = ["run", "-A", COMPILER, fileURLToPath(ENTRY), "--outFile", fileURLToPath(out)];
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: [...args, ...FLAGS],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (code !== 0) {
+    const text = new TextDecoder().decode(new Uint8Array([...stdout, ...stderr]));
+    throw new Error(`asc failed (exit ${code}):\n${text}`);
+  }
 }
 
 if (import.meta.main) {

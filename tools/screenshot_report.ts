@@ -5,7 +5,7 @@
  * Chromium to `docs/report-example.png`.
  *
  * ```
- * deno run -A tools/screenshot_report.ts [--chromium PATH] [--width 1400] [--height 2400]
+ * deno run -A tools/screenshot_report.ts [--chromium PATH] [--width 1400] [--height 2600]
  * ```
  *
  * Checks on the way that the page is self-contained: no script, stylesheet,
@@ -31,7 +31,7 @@ const { values } = parseArgs({
   options: {
     chromium: { type: "string", default: "chromium" },
     width: { type: "string", default: "1400" },
-    height: { type: "string", default: "2400" },
+    height: { type: "string", default: "2600" },
     html: { type: "string", default: "docs/report-example.html" },
     png: { type: "string", default: "docs/report-example.png" },
   },

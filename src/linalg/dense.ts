@@ -40,7 +40,9 @@ export function matrix(rows: number, cols: number, data?: ArrayLike<number>): Ma
   const out = new Float64Array(rows * cols);
   if (data !== undefined) {
     if (data.length !== rows * cols) {
-      throw new RangeError(`matrix ${rows}×${cols} needs ${rows * cols} values, got ${data.length}`);
+      throw new RangeError(
+        `matrix ${rows}×${cols} needs ${rows * cols} values, got ${data.length}`,
+      );
     }
     out.set(data);
   }
@@ -222,7 +224,9 @@ export interface SymmetricEigen {
  */
 export function symmetricEigen(a: Matrix): SymmetricEigen {
   const n = a.rows;
-  if (a.cols !== n) throw new RangeError(`symmetricEigen needs a square matrix, got ${n}×${a.cols}`);
+  if (a.cols !== n) {
+    throw new RangeError(`symmetricEigen needs a square matrix, got ${n}×${a.cols}`);
+  }
   // Full symmetric working copy (from the upper triangle) and Vᵀ (eigenvectors as rows).
   const w = new Float64Array(n * n);
   for (let i = 0; i < n; i++) {

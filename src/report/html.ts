@@ -102,7 +102,8 @@ export async function renderReport(data: ReportData): Promise<string> {
     data.checkpoint !== undefined
       ? `Base checkpoint: <code>${escapeHtml(data.checkpoint)}</code>`
       : "",
-    `${data.outputs.length} output${data.outputs.length === 1 ? "" : "s"} planned`,
+    `${data.outputs.length} output${data.outputs.length === 1 ? "" : "s"}` +
+    (data.outputs.some((o) => o.written) ? "" : " (dry run: nothing written)"),
   ].filter((s) => s !== "").join(" · ");
   return `<!DOCTYPE html>
 <html lang="en">
@@ -195,11 +196,15 @@ async function loraSection(
   parts.push(
     figure(
       await toSvg(blockShareSpec(recipes, colorScale)),
-      "Kept dimensions over the stored ones (Σk′ / Σk), per block.",
+      "Kept dimensions over the layers' singular values (Σk′ / Σk), per block.",
     ),
   );
   parts.push(`</div>`);
   parts.push(`<h3 id="${anchor}-blocks">Per block</h3>`, blockTable(recipes));
+  if (layers.length === 0) {
+    parts.push(`<p class="note">No layer of this LoRA is resized (none pairs with the base).</p>`);
+    return `<section>\n${parts.join("\n")}\n</section>`;
+  }
   parts.push(`<h3 id="${anchor}-layers">Kept rank per layer</h3>`);
   for (const r of recipes) {
     parts.push(
@@ -304,7 +309,13 @@ function curveSpec(
     title: "Relative Frobenius error of ΔW (%)",
     scale: { domain: [0, 100] },
   };
-  const color = { field: "recipe", type: "nominal" as const, title: "Recipe", scale: colorScale };
+  const color = {
+    field: "recipe",
+    type: "nominal" as const,
+    title: "Recipe",
+    scale: colorScale,
+    legend: { symbolType: "stroke", symbolStrokeWidth: 3 },
+  };
   return {
     config: CONFIG,
     width: 600,
@@ -365,7 +376,7 @@ function blockShareSpec(
     config: CONFIG,
     width: Math.max(300, Math.min(560, blocks.length * recipes.length * 12)),
     height: 360,
-    title: { text: "Kept rank per block", subtitle: "Σ kept dimensions / Σ stored rank" },
+    title: { text: "Kept rank per block", subtitle: "rank after / rank before" },
     data: { values },
     mark: { type: "bar" },
     encoding: {

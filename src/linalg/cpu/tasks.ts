@@ -6,7 +6,7 @@
  * @module
  */
 
-import { BackendError, ResizeLoraError, SafetensorsError } from "../../errors.ts";
+import { BackendError, type ResizeLoraError, SafetensorsError } from "../../errors.ts";
 import type {
   BaseNorms,
   BaseWeightRef,

@@ -11,9 +11,14 @@
  *   largest Ritz value is never worse than that many power iterations, and
  *   it converges much faster. Every {@link CHECK_EVERY} steps one readback of
  *   the tridiagonal coefficients serves the whole batch: a weight stops when
- *   the Ritz residual bound β_m·|y_m| ≤ {@link RESIDUAL_TOLERANCE}·θ
- *   (|λ_max − θ| ≤ that bound), when its Krylov space is exhausted, or after
- *   {@link MAX_STEPS} steps (≥ 65, so never worse than 64 power iterations).
+ *   the error bound min(ρ, ρ²/gap) on λ_max = σ² (ρ = β_m·|y_m|, the Ritz
+ *   residual; gap = θ₁ − θ₂) is below {@link RESIDUAL_TOLERANCE}·θ, when its
+ *   Krylov space is exhausted (β breaks down to f32 rounding level: T is cut
+ *   there, since the noise vectors after it let θ drift above λ_max), when
+ *   θ₁ has a ghost copy θ₂ (in f32 without reorthogonalisation orthogonality
+ *   is lost exactly as θ₁ converges; continuing lets θ drift above λ_max
+ *   by ~1e-5), or after {@link MAX_STEPS} steps (≥ 65: never worse than 64
+ *   power iterations).
  *   After each check only the weights still iterating are dispatched.
  *
  * @module
@@ -31,8 +36,12 @@ import { type WeightBytes, weightName, WeightReader } from "./weights.ts";
 const MAX_STEPS = 128;
 /** Lanczos steps between convergence checks (one readback each). */
 const CHECK_EVERY = 8;
-/** Relative Ritz residual bound at which σ_max counts as converged (on λ = σ²). */
+/** Relative error bound on λ = σ² at which σ_max counts as converged. */
 const RESIDUAL_TOLERANCE = 1e-7;
+/** β below this fraction of max|α| is a breakdown (f32 rounding level). */
+const BREAKDOWN = 1e-5;
+/** Two top Ritz values this close (relative) are a converged value and its ghost. */
+const GHOST = 1e-5;
 
 const SLOTS = 4;
 const SLOT_BYTES = 128 << 20;
@@ -368,14 +377,32 @@ async function runNormBatch(
  * `undefined` (see the module doc for the stopping rule).
  */
 function converged(hist: Float32Array, base: number, cols: number): number | undefined {
-  const m = Math.round(hist[base]);
-  if (m === 0) return undefined;
-  const alpha = Float64Array.from(hist.subarray(base + 1, base + 1 + m));
-  const beta = Float64Array.from(hist.subarray(base + 1 + MAX_STEPS, base + 1 + MAX_STEPS + m));
-  const { values, last } = tridiagonalEigen(alpha, beta.subarray(0, m - 1));
+  const steps = Math.round(hist[base]);
+  if (steps === 0) return undefined;
+  const alpha = Float64Array.from(hist.subarray(base + 1, base + 1 + steps));
+  const beta = Float64Array.from(hist.subarray(base + 1 + MAX_STEPS, base + 1 + MAX_STEPS + steps));
+  // A breakdown (β at f32 rounding level: the Krylov space is invariant)
+  // ends the useful part of T; the noise vectors after it would let the
+  // Ritz values drift past λ_max.
+  const scale = Math.max(...alpha.map(Math.abs));
+  let m = steps;
+  for (let j = 0; j < steps; j++) {
+    if (beta[j] <= BREAKDOWN * scale) {
+      m = j + 1;
+      break;
+    }
+  }
+  const { values, last } = tridiagonalEigen(alpha.subarray(0, m), beta.subarray(0, m - 1));
   const theta = Math.max(0, values[0]);
+  // |λ − θ| ≤ ρ, and ≤ ρ²/gap once the gap to the next Ritz value dominates.
   const residual = Math.abs(beta[m - 1] * last[0]);
-  const done = m >= MAX_STEPS || m >= cols || beta[m - 1] === 0 ||
-    residual <= RESIDUAL_TOLERANCE * theta;
+  const gap = m > 1 ? theta - values[1] : Infinity;
+  const bound = Math.min(residual, residual * residual / gap);
+  // Without reorthogonalisation (f32), a converged Ritz value gets a ghost
+  // copy (Paige); the bounds above then no longer shrink, so a ghost pair
+  // counts as convergence.
+  const ghost = m > 1 && values[1] >= (1 - GHOST) * theta;
+  const done = m < steps || m >= MAX_STEPS || m >= cols || ghost ||
+    bound <= RESIDUAL_TOLERANCE * theta;
   return done ? Math.sqrt(theta) : undefined;
 }

@@ -1,0 +1,224 @@
+import { BackendError } from "../src/errors.ts";
+import { loadAsset } from "../src/linalg/asset.ts";
+import { DTYPE_CODES, Kernels, KERNELS_URL } from "../src/linalg/wasm/kernels.ts";
+import { decodeFloats, encodeFloats, type FloatDType } from "../src/safetensors/dtype.ts";
+import { assert, assertEquals, assertRejects } from "./assert.ts";
+
+function rng(seed: number): () => number {
+  let s = seed;
+  return () => {
+    s = (s * 16807) % 2147483647;
+    return s / 2147483647 - 0.5;
+  };
+}
+
+/** Same value (NaN equals NaN, −0 differs from +0). */
+function same(a: number, b: number): boolean {
+  return Object.is(a, b) || (Number.isNaN(a) && Number.isNaN(b));
+}
+
+Deno.test("kernels.wasm is what tools/build_wasm.ts builds from the sources", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const out = `${dir}/kernels.wasm`;
+    const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", new URL("../tools/build_wasm.ts", import.meta.url).href, "--out", out],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    assertEquals(code, 0, new TextDecoder().decode(stderr));
+    assertEquals(await Deno.readFile(out), await Deno.readFile(KERNELS_URL));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("loadAsset reads file URLs and reports a missing one as a BackendError", async () => {
+  const bytes = await loadAsset(KERNELS_URL);
+  assertEquals(Array.from(bytes.subarray(0, 4)), [0, 0x61, 0x73, 0x6d]); // "\0asm"
+  await assertRejects(
+    () => loadAsset(new URL("./no-such-asset.bin", import.meta.url)),
+    BackendError,
+    "no-such-asset.bin: no such file",
+  );
+});
+
+Deno.test("decodeF32 / decodeF64: every F16 and BF16 bit pattern decodes exactly", async () => {
+  const k = await Kernels.load();
+  const n = 65536 + 3; // a tail after the vector part
+  const bits = Uint16Array.from({ length: n }, (_, i) => i & 0xffff);
+  const bytes = new Uint8Array(bits.buffer);
+  for (const dtype of ["F16", "BF16"] as const) {
+    k.reset();
+    const src = k.put(bytes), d32 = k.alloc(n * 4), d64 = k.alloc(n * 8);
+    k.exports.decodeF32(src, d32, n, DTYPE_CODES[dtype]);
+    k.exports.decodeF64(src, d64, n, DTYPE_CODES[dtype]);
+    const expected = decodeFloats(bytes, dtype, Float64Array);
+    const f32 = k.f32(d32, n), f64 = k.f64(d64, n);
+    let bad = 0;
+    for (let i = 0; i < n; i++) if (!same(f32[i], expected[i]) || !same(f64[i], expected[i])) bad++;
+    assertEquals(bad, 0, `${dtype}: ${bad} values differ`);
+  }
+});
+
+Deno.test("decodeF32 / decodeF64: F32 and F64 (F64 → f32 rounds to nearest)", async () => {
+  const k = await Kernels.load();
+  const values = Float64Array.from({ length: 103 }, rng(1)).map((x) => x * 1e3 + 1 / 3);
+  for (const dtype of ["F32", "F64"] as const) {
+    k.reset();
+    const bytes = encodeFloats(values, dtype);
+    const src = k.put(bytes), d32 = k.alloc(103 * 4), d64 = k.alloc(103 * 8);
+    k.exports.decodeF32(src, d32, 103, DTYPE_CODES[dtype]);
+    k.exports.decodeF64(src, d64, 103, DTYPE_CODES[dtype]);
+    assertEquals(Array.from(k.f32(d32, 103)), Array.from(decodeFloats(bytes, dtype, Float32Array)));
+    assertEquals(Array.from(k.f64(d64, 103)), Array.from(decodeFloats(bytes, dtype, Float64Array)));
+  }
+});
+
+Deno.test("decodeRowsF64 / decodeTransposedF64 / decodeRowsF32: layout and zero padding", async () => {
+  const k = await Kernels.load();
+  const next = rng(2);
+  for (const dtype of ["F16", "BF16", "F32", "F64"] as const) {
+    for (const [rows, cols] of [[7, 9], [10, 8], [1, 3], [33, 32]]) {
+      k.reset();
+      const raw = encodeFloats(Float64Array.from({ length: rows * cols }, next), dtype);
+      const values = decodeFloats(raw, dtype, Float64Array);
+      const src = k.put(raw);
+      const stride = cols + 3, tStride = rows + (rows & 1);
+      const rowsPtr = k.alloc(rows * stride * 8), rows32 = k.alloc(rows * stride * 4);
+      const tPtr = k.alloc(cols * tStride * 8);
+      k.exports.decodeRowsF64(src, rowsPtr, rows, cols, stride, DTYPE_CODES[dtype]);
+      k.exports.decodeRowsF32(src, rows32, rows, cols, stride, DTYPE_CODES[dtype]);
+      k.exports.decodeTransposedF64(src, tPtr, rows, cols, tStride, DTYPE_CODES[dtype]);
+      const r64 = k.f64(rowsPtr, rows * stride), r32 = k.f32(rows32, rows * stride);
+      const t = k.f64(tPtr, cols * tStride);
+      for (let r = 0; r < rows; r++) {
+        for (let c = 0; c < stride; c++) {
+          const x = c < cols ? values[r * cols + c] : 0;
+          assertEquals(r64[r * stride + c], x);
+          assertEquals(r32[r * stride + c], Math.fround(x));
+        }
+      }
+      for (let c = 0; c < cols; c++) {
+        for (let r = 0; r < tStride; r++) {
+          assertEquals(t[c * tStride + r], r < rows ? values[r * cols + c] : 0);
+        }
+      }
+    }
+  }
+});
+
+Deno.test("gramRows, matmulF64, toF32 against plain products", async () => {
+  const k = await Kernels.load();
+  const next = rng(3);
+  for (const [r, n] of [[1, 2], [5, 6], [8, 1000], [33, 70]]) {
+    k.reset();
+    const x = k.alloc(r * n * 8), g = k.alloc(r * r * 8);
+    const xs = Float64Array.from({ length: r * n }, next);
+    k.f64(x, r * n).set(xs);
+    k.exports.gramRows(x, r, n, g);
+    const gs = k.f64(g, r * r);
+    for (let i = 0; i < r; i++) {
+      for (let j = 0; j < r; j++) {
+        let s = 0;
+        for (let c = 0; c < n; c++) s += xs[i * n + c] * xs[j * n + c];
+        assert(Math.abs(gs[i * r + j] - s) <= 1e-14 * n, `G[${i}][${j}]`);
+        assertEquals(gs[i * r + j], gs[j * r + i]);
+      }
+    }
+  }
+  const [m, kk, n] = [5, 3, 7];
+  k.reset();
+  const a = k.alloc(m * kk * 8), b = k.alloc(kk * n * 8), c = k.alloc(m * n * 8);
+  const f = k.alloc(m * n * 4);
+  const as = Float64Array.from({ length: m * kk }, next),
+    bs = Float64Array.from({ length: kk * n }, next);
+  k.f64(a, as.length).set(as);
+  k.f64(b, bs.length).set(bs);
+  k.exports.matmulF64(a, kk, b, n, c, n, m, kk, n);
+  k.exports.toF32(c, n, f, m, n);
+  const cs = k.f64(c, m * n), fs = k.f32(f, m * n);
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let p = 0; p < kk; p++) s += as[i * kk + p] * bs[p * n + j];
+      assert(Math.abs(cs[i * n + j] - s) < 1e-15);
+      assertEquals(fs[i * n + j], Math.fround(cs[i * n + j]));
+    }
+  }
+});
+
+Deno.test("sumSquares equals an f64 sum of the decoded squares, for every dtype", async () => {
+  const k = await Kernels.load();
+  const next = rng(4);
+  // Include zeros, subnormal halves and large values.
+  const values = Float64Array.from(
+    { length: 1003 },
+    (_, i) =>
+      i % 17 === 0 ? 0 : i % 13 === 0 ? 3e-6 * next() : i % 11 === 0 ? 6e4 * next() : next(),
+  );
+  for (const dtype of ["F16", "BF16", "F32", "F64"] as const satisfies FloatDType[]) {
+    k.reset();
+    const bytes = encodeFloats(values, dtype);
+    const expected = decodeFloats(bytes, dtype, Float64Array).reduce((s, x) => s + x * x, 0);
+    const got = k.exports.sumSquares(k.put(bytes), values.length, DTYPE_CODES[dtype]);
+    assert(Math.abs(got - expected) <= 1e-14 * expected, `${dtype}: ${got} vs ${expected}`);
+  }
+});
+
+Deno.test("gramMatvec and rowsTimesTransposed against f64 products", async () => {
+  const k = await Kernels.load();
+  const next = rng(5);
+  for (const [rows, cols] of [[1, 1], [7, 13], [9, 2050], [4, 4], [6, 3]]) {
+    k.reset();
+    const w = Float32Array.from({ length: rows * cols }, next);
+    const v = Float32Array.from({ length: cols }, next);
+    const wp = k.alloc(w.byteLength), vp = k.alloc(v.byteLength), zp = k.alloc(v.byteLength);
+    const scratch = k.alloc(32);
+    k.f32(wp, w.length).set(w);
+    k.f32(vp, v.length).set(v);
+    k.exports.gramMatvec(wp, rows, cols, vp, zp, scratch);
+    const y = Array.from({ length: rows }, (_, i) => {
+      let s = 0;
+      for (let c = 0; c < cols; c++) s += w[i * cols + c] * v[c];
+      return s;
+    });
+    const z = k.f32(zp, cols);
+    for (let c = 0; c < cols; c++) {
+      let s = 0, scale = 0;
+      for (let i = 0; i < rows; i++) {
+        s += y[i] * w[i * cols + c];
+        scale += Math.abs(y[i] * w[i * cols + c]);
+      }
+      assert(Math.abs(z[c] - s) <= 1e-5 * (scale + 1e-30), `z[${c}] ${z[c]} vs ${s}`);
+    }
+    const r = 3;
+    const a = Float32Array.from({ length: r * cols }, next);
+    const ap = k.alloc(a.byteLength), yp = k.alloc(rows * r * 8);
+    k.f32(ap, a.length).set(a);
+    k.exports.rowsTimesTransposed(wp, rows, cols, ap, r, yp, scratch);
+    const ys = k.f64(yp, rows * r);
+    for (let i = 0; i < rows; i++) {
+      for (let p = 0; p < r; p++) {
+        let s = 0, scale = 0;
+        for (let c = 0; c < cols; c++) {
+          s += w[i * cols + c] * a[p * cols + c];
+          scale += Math.abs(w[i * cols + c] * a[p * cols + c]);
+        }
+        assert(Math.abs(ys[i * r + p] - s) <= 1e-6 * scale);
+      }
+    }
+  }
+});
+
+Deno.test("the arena grows the memory on demand and reuses it after reset", async () => {
+  const k = await Kernels.load();
+  const before = k.memoryBytes;
+  const p = k.alloc(before + 100_000);
+  assert(k.memoryBytes >= p + before + 100_000);
+  k.u8(p, 4).set([1, 2, 3, 4]);
+  const size = k.memoryBytes;
+  k.reset();
+  assertEquals(k.alloc(16), p);
+  assertEquals(k.memoryBytes, size);
+});
