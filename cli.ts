@@ -14,7 +14,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { ResizeLoraError, UsageError } from "./src/errors.ts";
+import { OutputError, ResizeLoraError, UsageError } from "./src/errors.ts";
 import { expandGlob } from "./src/glob.ts";
 import type { LogLevel } from "./src/log.ts";
 import { DEFAULT_RECIPES, plan, resize, type OutputSummary } from "./src/resize.ts";
@@ -56,6 +56,9 @@ options:
   --norms_cache PATH    norms cache folder, or a .json file (default: $XDG_CACHE_HOME/resize-lora)
   --no_norms_cache      do not read or write the norms cache
   --dry_run             print what each recipe would write (sizes, ranks, errors); write nothing
+  --report FILE.html    also write a self-contained HTML report: size/error trade-off curves,
+                        kept ranks per block, singular-value spectra
+  --json                (inspect) print JSON instead of a table
 
 Every long option also has a kebab-case twin (--output-folder, ...).
 Recipe keys: spn_ckpt, spn_lora, fro_ckpt, fro_lora, subspace, params (score weights),
@@ -82,6 +85,7 @@ const OPTIONS = {
   "no-norms-cache": { type: "boolean" },
   dry_run: { type: "boolean" },
   "dry-run": { type: "boolean" },
+  report: { type: "string" },
   json: { type: "boolean" },
 } as const;
 
@@ -136,6 +140,41 @@ class Console {
     if (!this.#bar) return;
     Deno.stderr.writeSync(new TextEncoder().encode("\r\x1b[2K"));
     this.#bar = "";
+  }
+}
+
+/** Options shared by the main command and `inspect`. */
+function common(values: Values) {
+  const noCache = pick<boolean>(values, "no_norms_cache");
+  return {
+    outputDtype: choice<OutputDType>(pick(values, "output_dtype"), "-t/--output_dtype", {
+      "16": "F16",
+      "32": "F32",
+      "bf16": "BF16",
+    }),
+    device: choice<DeviceChoice>(pick(values, "device"), "-d/--device", {
+      auto: "auto",
+      cpu: "cpu",
+      gpu: "gpu",
+    }),
+    sizeAccounting: choice<SizeAccounting>(
+      pick(values, "size_accounting"),
+      "--size_accounting",
+      { file: "file", original: "original" },
+    ),
+    dropUnmapped: pick<boolean>(values, "drop_unmapped") ?? false,
+    normsCache: noCache ? false as const : pick<string>(values, "norms_cache"),
+  };
+}
+
+async function writeTextAtomic(path: string, text: string): Promise<void> {
+  const tmp = `${path}.${Deno.pid}.tmp`;
+  try {
+    await Deno.writeTextFile(tmp, text);
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw new OutputError(`${path}: cannot write the report (${(e as Error).message})`);
   }
 }
 
@@ -206,6 +245,23 @@ export async function main(args: readonly string[]): Promise<number> {
       for (const o of result.outputs) console.log(summaryLine(o));
       return 0;
     }
+    if (positionals[0] === "inspect") {
+      if (positionals.length < 2 || positionals.length > 3) {
+        throw new UsageError("usage: resize-lora inspect LORA [CHECKPOINT] [-r RECIPE] [--json]");
+      }
+      const { inspect, formatInspectTable } = await import("./src/report/inspect.ts");
+      const result = await inspect({
+        lora: positionals[1],
+        checkpoint: positionals[2],
+        recipes: pick<string>(values, "score_recipes"),
+        ...common(values),
+        log: out.log,
+        logLevel: level,
+        onProgress: out.progress,
+      });
+      console.log(values.json ? JSON.stringify(result, null, 2) : formatInspectTable(result));
+      return 0;
+    }
     if (positionals.length < 2) {
       throw new UsageError(
         "the following arguments are required: CHECKPOINT, LORA (see --help)",
@@ -213,36 +269,36 @@ export async function main(args: readonly string[]): Promise<number> {
     }
     const [checkpoint, ...loraArgs] = positionals;
     const loras = (await Promise.all(loraArgs.map(expandGlob))).flat();
-    const noCache = pick<boolean>(values, "no_norms_cache");
+    const report = values.report as string | undefined;
     const options = {
       checkpoint,
       loras,
       recipes: pick<string>(values, "score_recipes"),
       outputFolder: pick<string>(values, "output_folder"),
-      outputDtype: choice<OutputDType>(pick(values, "output_dtype"), "-t/--output_dtype", {
-        "16": "F16",
-        "32": "F32",
-        "bf16": "BF16",
-      }),
-      device: choice<DeviceChoice>(pick(values, "device"), "-d/--device", {
-        auto: "auto",
-        cpu: "cpu",
-        gpu: "gpu",
-      }),
-      sizeAccounting: choice<SizeAccounting>(
-        pick(values, "size_accounting"),
-        "--size_accounting",
-        { file: "file", original: "original" },
-      ),
-      dropUnmapped: pick<boolean>(values, "drop_unmapped") ?? false,
-      normsCache: noCache ? false as const : pick<string>(values, "norms_cache"),
+      ...common(values),
       log: out.log,
       logLevel: level,
       onProgress: out.progress,
+      curve: report !== undefined,
     };
     const dryRun = pick<boolean>(values, "dry_run") ?? false;
     const result = dryRun ? await plan(options) : await resize(options);
-    for (const o of result.outputs) console.log(summaryLine(o));
+    if (dryRun) {
+      const { formatPlan } = await import("./src/report/plan.ts");
+      console.log(formatPlan(result.outputs));
+    } else {
+      for (const o of result.outputs) console.log(summaryLine(o));
+    }
+    if (report !== undefined) {
+      const { renderReport } = await import("./src/report/html.ts");
+      const html = await renderReport({
+        outputs: result.outputs,
+        checkpoint,
+        footer: `resize-lora ${VERSION}`,
+      });
+      await writeTextAtomic(report, html);
+      console.log(`report: ${report}`);
+    }
     return 0;
   } catch (e) {
     if (e instanceof ResizeLoraError) {

@@ -90,6 +90,8 @@ export interface ResizeOptions {
   readonly onProgress?: ProgressFn;
   /** Also compute each output's size ↔ error curve (for reports). */
   readonly curve?: boolean;
+  /** Fetch every layer's base Frobenius norm even when no recipe needs it (for reports). */
+  readonly layerNorms?: boolean;
 }
 
 /** One achievable point of the size ↔ error trade-off of a recipe's scoring. */
@@ -128,6 +130,8 @@ export interface LayerPlan {
   readonly dims: number;
   /** Kept dimensions k′. */
   readonly kept: number;
+  /** Indices (into `sigma`) of the kept dimensions, ascending. */
+  readonly keep: readonly number[];
   /** Scaled singular values (α/r included, rescale not). */
   readonly sigma: Float64Array;
   /** Scores of the recipe. */
@@ -418,7 +422,7 @@ async function resizeWithRecipe(
   const { log, options } = run;
   const dtype = options.outputDtype ?? "F16";
   const debug = options.logLevel === "DEBUG";
-  const needs = recipeNeeds(recipe, { layerReport: debug });
+  const needs = recipeNeeds(recipe, { layerReport: debug || options.layerNorms === true });
   const norms: BaseNorms[] = needs.frobenius || needs.spectral
     ? await baseNorms(run, lora.layers, needs)
     : lora.layers.map(() => ({}));
@@ -486,6 +490,7 @@ async function resizeWithRecipe(
         run.cache?.get(normsKey(p.base))?.spectral,
       dims: sigma.length,
       kept: keep.length,
+      keep,
       sigma,
       scores: scores[i],
     };
@@ -565,7 +570,9 @@ function select(
         `${lora.model.entry}: recipe ${recipe.text}: even an output without any resized layer (${s.fileBytes} bytes) is larger than size=${recipe.sizeMiB} MiB`,
       );
     }
-    selection = s;
+    // Report the real size, measured with the real threshold text.
+    const real = () => outputFileSize(shapeFor(s.keep.map((k) => k.length), s.threshold));
+    selection = s.cut ? { ...s, cut: { ...s.cut, realBytes: real() } } : s;
   }
   if (selection.cut) log("INFO", formatTotalRankLine(selection.cut));
   return selection;

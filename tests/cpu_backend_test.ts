@@ -361,6 +361,7 @@ Deno.test("subspaceScales: |uᵢᵀ·W·vᵢ| against a dense product; shape mis
 // ------------------------------------------------------------------ conformance
 
 interface InputLayer {
+  base: string;
   rank: number;
   alpha: number;
   out: number;
@@ -372,7 +373,7 @@ async function loraLayers(file: string, names?: string[]) {
   const inputs = JSON.parse(await Deno.readTextFile(new URL("cases/inputs.json", FIXTURES)));
   const layers: Record<string, InputLayer> = inputs[file].layers;
   await using lora = await SafetensorsFile.open(new URL(file, FIXTURES).pathname);
-  const out: { name: string; sv: number[]; factors: LowRankFactors }[] = [];
+  const out: { name: string; base: string; sv: number[]; factors: LowRankFactors }[] = [];
   for (const name of names ?? Object.keys(layers)) {
     const l = layers[name];
     const read = async (key: string): Promise<FloatData> => ({
@@ -381,6 +382,7 @@ async function loraLayers(file: string, names?: string[]) {
     });
     out.push({
       name,
+      base: l.base,
       sv: l.sv,
       factors: {
         up: await read(`${name}.lora_up.weight`),
@@ -448,8 +450,16 @@ Deno.test("conformance: base norms of the micro SDXL match base_norms.json", asy
 
 // ------------------------------------------------------------------ workers
 
-async function everything(backend: Backend, layers: LowRankFactors[], weights: BaseWeightRef[]) {
+async function everything(
+  backend: Backend,
+  layers: LowRankFactors[],
+  weights: BaseWeightRef[],
+  bases: BaseWeightRef[],
+) {
   const ds = await backend.decompose(layers);
+  const scales = await backend.subspaceScales(
+    layers.map((factors, i) => ({ weight: bases[i], factors, decomposition: ds[i] })),
+  );
   const rebuilt = await backend.rebuild(
     layers.map((factors, i) => ({
       factors,
@@ -459,13 +469,21 @@ async function everything(backend: Backend, layers: LowRankFactors[], weights: B
     })),
   );
   const norms = await backend.baseNorms(weights, { frobenius: true, spectral: true });
-  return { ds, rebuilt, norms };
+  return { ds, scales, rebuilt, norms };
 }
 
 Deno.test("results are bit-identical on the calling thread and on 1 or 2 workers", async () => {
-  const layers = (await loraLayers("microB-locon-r8c4.safetensors")).map((l) => l.factors);
+  const lora = await loraLayers("microB-locon-r8c4.safetensors");
+  const layers = lora.map((l) => l.factors);
   const path = new URL("micro_sdxl_base.safetensors", FIXTURES).pathname;
   await using base = await SafetensorsFile.open(path);
+  const bases = lora.map(({ base: name, factors: f }): BaseWeightRef => ({
+    path,
+    dtype: "F16",
+    offset: base.byteRange(name).offset,
+    rows: f.out,
+    cols: f.inFlat,
+  }));
   const weights = base.tensors
     .filter((t) => t.shape.length >= 2 && t.dtype === "F16")
     .slice(0, 40)
@@ -484,7 +502,7 @@ Deno.test("results are bit-identical on the calling thread and on 1 or 2 workers
       onProgress: (done, total) => assertEquals([done, total], [++calls, layers.length]),
     });
     assertEquals(calls, layers.length);
-    results.push(await everything(backend, layers, weights));
+    results.push(await everything(backend, layers, weights, bases));
   }
   assertEquals(results[1], results[0]);
   assertEquals(results[2], results[0]);

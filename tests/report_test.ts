@@ -1,9 +1,8 @@
 import { assert, assertClose, assertEquals } from "./assert.ts";
 import { blockOf, compareBlocks, groupByBlock } from "../src/report/blocks.ts";
-import { formatPlan, keptDimensions, summarizePlan } from "../src/report/plan.ts";
+import { formatPlan, summarizePlan } from "../src/report/plan.ts";
 import { formatCount, formatPercent, formatTable } from "../src/report/table.ts";
 import { escapeHtml, externalReferences, renderReport } from "../src/report/html.ts";
-import { selectBySizeFile, selectByThreshold } from "../src/recipe/select.ts";
 import { pyJsonDumps } from "../src/recipe/pyformat.ts";
 import { loraNamesForBaseKey } from "../src/sdxl/key_map.ts";
 import type { CurvePoint, LayerPlan, OutputSummary } from "../src/resize.ts";
@@ -127,45 +126,7 @@ Deno.test("compareBlocks and groupByBlock: model order, items kept in order", ()
   ]);
 });
 
-/** A deterministic pseudo-random generator (LCG), for property tests. */
-function random(seed: number): () => number {
-  let s = seed;
-  return () => (s = (s * 48271) % 2147483647) / 2147483647;
-}
-
-Deno.test("keptDimensions: best scores, ties to the lower index, NaN never", () => {
-  const scores = new Float64Array([-1, -3, NaN, -0.5, -3, -2]);
-  assertEquals(keptDimensions({ scores, kept: 0 }), []);
-  assertEquals(keptDimensions({ scores, kept: 2 }), [0, 3]);
-  assertEquals(keptDimensions({ scores, kept: 4 }), [0, 1, 3, 5]);
-  assertEquals(keptDimensions({ scores, kept: 5 }), [0, 1, 3, 4, 5]);
-});
-
-Deno.test("keptDimensions: reproduces threshold and size selections from the kept counts", () => {
-  const next = random(7);
-  for (let trial = 0; trial < 30; trial++) {
-    // Coarse scores, so that ties (also across layers) are frequent.
-    const scores = Array.from(
-      { length: 1 + Math.floor(next() * 6) },
-      () =>
-        new Float64Array(Math.floor(next() * 9)).map(() =>
-          next() < 0.05 ? NaN : -Math.round(next() * 8) / 2
-        ),
-    );
-    const threshold = -Math.round(next() * 8) / 2;
-    const bySize = selectBySizeFile(scores, {
-      targetMiB: (100 + next() * 200) / 2 ** 20,
-      fileSize: (kept) => 100 + 7 * kept.reduce((a, b) => a + b, 0),
-    });
-    for (const selection of [selectByThreshold(scores, threshold), bySize]) {
-      selection.keep.forEach((keep, l) => {
-        assertEquals(keptDimensions({ scores: scores[l], kept: keep.length }), keep);
-      });
-    }
-  }
-});
-
-/** A layer plan from σ and a kept count; scores are log10(σ) (σ order). */
+/** A layer plan from σ and a kept count (the largest σ kept); scores are log10(σ). */
 function layerPlan(name: string, sigma: number[], kept: number, extra: Partial<LayerPlan> = {}) {
   return {
     name,
@@ -177,6 +138,10 @@ function layerPlan(name: string, sigma: number[], kept: number, extra: Partial<L
     alpha: sigma.length,
     dims: sigma.length,
     kept,
+    keep: [...sigma.keys()].sort((a, b) => sigma[b] - sigma[a] || a - b).slice(0, kept).sort((
+      a,
+      b,
+    ) => a - b),
     sigma: new Float64Array(sigma),
     scores: new Float64Array(sigma.map(Math.log10)),
     ...extra,
@@ -199,8 +164,9 @@ Deno.test("summarizePlan: per-block ranks, energy shares and errors by hand", ()
   assertClose(s.blocks[0].energyShare, 25 / 41, 1e-15);
   assertClose(s.blocks[1].energyShare, 16 / 41, 1e-15);
   assertClose(s.relativeError, Math.sqrt(19 / 41), 1e-15);
-  // Kept dimensions follow the scores, not σ: keeping the smaller σ drops 16 of 25.
-  const swapped = layerPlan("lora_te1_a", [4, 3], 1, { scores: new Float64Array([-2, -1]) });
+  // The kept dimensions are the plan's `keep`, not the largest σ: keeping the
+  // smaller σ drops 16 of 25.
+  const swapped = layerPlan("lora_te1_a", [4, 3], 1, { keep: [1] });
   assertClose(summarizePlan([swapped]).relativeError, 4 / 5, 1e-15);
   assertEquals(summarizePlan([]), { blocks: [], relativeError: 0 });
 });
@@ -306,7 +272,9 @@ Deno.test("renderReport: one self-contained page with every chart", async () => 
   const html = await renderReport({
     outputs: [
       fakeOutput("fro_ckpt=1,thr=-1.5", layers, { curve }),
-      fakeOutput("spn_lora=1,size=0.05", layers.map((l) => ({ ...l, kept: 1 })), { curve }),
+      fakeOutput("spn_lora=1,size=0.05", layers.map((l) => ({ ...l, kept: 1, keep: [0] })), {
+        curve,
+      }),
     ],
     checkpoint: "base & co.safetensors",
     footer: "footer <text>",

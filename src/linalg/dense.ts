@@ -292,6 +292,28 @@ export interface SVD {
 }
 
 /**
+ * The one-sided Jacobi step of {@link svd}: rotates pairs of the `count` rows
+ * (each `length` long) of `rows` until they are mutually orthogonal to working
+ * precision, applying every rotation to the rows of `vt` (`count × count`) as
+ * well. Both arrays are updated in place.
+ */
+export type RowOrthogonalizer = (
+  rows: Float64Array,
+  count: number,
+  length: number,
+  vt: Float64Array,
+) => void;
+
+/** Options of {@link svd}. */
+export interface SvdOptions {
+  /**
+   * A faster implementation of the same Jacobi step (the CPU backend passes its
+   * WASM kernel); default: the one in this module.
+   */
+  readonly orthogonalize?: RowOrthogonalizer;
+}
+
+/**
  * Thin SVD by one-sided (Hestenes) Jacobi with QR preconditioning
  * (Drmač–Veselić): a·Π = Q·R with column pivoting, then columns of Rᵀ are
  * rotated until mutually orthogonal to working precision — a few sweeps,
@@ -305,9 +327,9 @@ export interface SVD {
  * console.log(s); // Float64Array [4, 3]
  * ```
  */
-export function svd(a: Matrix): SVD {
+export function svd(a: Matrix, options: SvdOptions = {}): SVD {
   if (a.rows < a.cols) {
-    const t = svd(transpose(a));
+    const t = svd(transpose(a), options);
     return { u: t.v, s: t.s, v: t.u };
   }
   const { rows: m, cols: n } = a;
@@ -315,7 +337,7 @@ export function svd(a: Matrix): SVD {
   // Columns of X = Rᵀ are the rows of R. X·V₁ = U₁·Σ, so a = (Q·V₁)·Σ·(Π·U₁)ᵀ.
   const w = r.data;
   const vt = identity(n).data; // rows: columns of V₁
-  orthogonalizeRows(w, n, n, vt);
+  (options.orthogonalize ?? orthogonalizeRows)(w, n, n, vt);
   const norms = new Float64Array(n);
   for (let i = 0; i < n; i++) norms[i] = Math.sqrt(dotRows(w, i * n, i * n, n));
   const order = descendingOrder(norms);
@@ -342,7 +364,7 @@ export function svd(a: Matrix): SVD {
  * rotations to the rows of `vt`. Squared row norms are updated with each
  * rotation and recomputed at every sweep.
  */
-function orthogonalizeRows(w: Float64Array, count: number, len: number, vt: Float64Array): void {
+const orthogonalizeRows: RowOrthogonalizer = (w, count, len, vt) => {
   const norms = new Float64Array(count);
   for (let sweep = 0; sweep < MAX_SWEEPS; sweep++) {
     for (let i = 0; i < count; i++) norms[i] = dotRows(w, i * len, i * len, len);
@@ -366,7 +388,7 @@ function orthogonalizeRows(w: Float64Array, count: number, len: number, vt: Floa
     }
     if (!rotated) break;
   }
-}
+};
 
 function dotRows(w: Float64Array, x: number, y: number, len: number): number {
   let s = 0;
@@ -463,7 +485,7 @@ export function tridiagonalEigen(
 }
 
 /** Shape and scale of the layer whose Gram matrices are factorised. */
-export interface GramOptions {
+export interface GramOptions extends SvdOptions {
   /** α / r: multiplies every singular value (its sign goes on the up transform). */
   readonly scale: number;
   /** Rows of ΔW (rows of B). */
@@ -532,7 +554,7 @@ export function decompositionFromGrams(
   for (let i = 0; i < k1; i++) {
     for (let j = 0; j < k2; j++) core.data[i * k2 + j] = dotRowsOf(up.r, i, down.r, j, r);
   }
-  const { u, s, v } = svd(core);
+  const { u, s, v } = svd(core, options);
   const sign = scale < 0 ? -1 : 1;
   const kept = Math.min(k, s.length);
   for (let c = 0; c < kept; c++) {

@@ -17,7 +17,7 @@
 import type { TopLevelSpec } from "vega-lite";
 import type { LayerPlan, OutputSummary } from "../resize.ts";
 import { compareBlocks, groupByBlock } from "./blocks.ts";
-import { formatThreshold, keptDimensions, summarizePlan } from "./plan.ts";
+import { formatThreshold, summarizePlan } from "./plan.ts";
 import { formatBytes, formatCount, formatMiB, formatPercent } from "./table.ts";
 
 /** What {@link renderReport} shows. */
@@ -492,7 +492,7 @@ function spectraData(
   const normalised = layers.length > 0 &&
     layers.every((l) => l.baseFrobenius !== undefined && l.baseFrobenius > 0);
   const scaleOf = (l: LayerPlan) => normalised ? l.baseFrobenius! : 1;
-  const keptOf = new Map(output.layers.map((l) => [l.name, new Set(keptDimensions(l))]));
+  const keptOf = new Map(output.layers.map((l) => [l.name, new Set(l.keep)]));
   const points: SpectrumPoint[] = [];
   for (const { block, items } of groupByBlock(layers)) {
     const size = (l: LayerPlan) => energy(l) / scaleOf(l) ** 2;
@@ -556,6 +556,7 @@ function spectraSpec({ points, roles, normalised }: Spectra): Spec {
     field: "index",
     type: "quantitative" as const,
     title: "Singular value index i",
+    scale: { zero: false, nice: false },
     axis: { tickMinStep: 1, format: "d" },
   };
   const y = {

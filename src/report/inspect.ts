@@ -222,12 +222,9 @@ export async function inspect(options: InspectOptions): Promise<InspectResult> {
       outputDtype: options.outputDtype,
       sizeAccounting: options.sizeAccounting,
       dropUnmapped: options.dropUnmapped,
-      // The DEBUG layer report makes the pipeline fetch every base
-      // Frobenius norm, whatever the recipe; its records are ours to drop.
-      logLevel: "DEBUG",
-      log: options.logLevel === "DEBUG" ? log : (level, message) => {
-        if (level !== "DEBUG") log(level, message);
-      },
+      layerNorms: true,
+      logLevel: options.logLevel,
+      log,
       onProgress: options.onProgress,
     })).outputs;
 

@@ -12,35 +12,12 @@ import type { LayerPlan, OutputSummary } from "../resize.ts";
 import { type BlockLabel, groupByBlock } from "./blocks.ts";
 import { formatBytes, formatCount, formatPercent, formatTable } from "./table.ts";
 
-/**
- * The indices (ascending) of the dimensions a layer plan keeps: its `kept`
- * best-scoring dimensions, ties to the lower index, NaN scores never.
- *
- * This is exactly the pipeline's selection: threshold mode keeps the scores
- * above the threshold, which are the best ones; size mode keeps a prefix of
- * the global ranking (score descending, ties in layer then dimension order),
- * whose restriction to one layer is that layer's best `kept` by the same order.
- *
- * @example
- * ```ts
- * import { keptDimensions } from "./plan.ts";
- * const scores = new Float64Array([-1, -3, NaN, -0.5, -3]);
- * console.log(keptDimensions({ scores, kept: 3 })); // [0, 1, 3]
- * ```
- */
-export function keptDimensions(layer: Pick<LayerPlan, "scores" | "kept">): number[] {
-  const { scores, kept } = layer;
-  const order = [...scores.keys()].filter((i) => !Number.isNaN(scores[i]));
-  order.sort((a, b) => scores[b] - scores[a] || a - b);
-  return order.slice(0, kept).sort((a, b) => a - b);
-}
-
 /** Energy of a layer plan's σ: total and the part its selection drops. */
-function layerEnergy(layer: Pick<LayerPlan, "sigma" | "scores" | "kept">): [number, number] {
+function layerEnergy(layer: Pick<LayerPlan, "sigma" | "keep">): [number, number] {
   let total = 0;
   for (const s of layer.sigma) total += s * s;
   let kept = 0;
-  for (const i of keptDimensions(layer)) kept += layer.sigma[i] ** 2;
+  for (const i of layer.keep) kept += layer.sigma[i] ** 2;
   return [total, Math.max(0, total - kept)];
 }
 
@@ -82,7 +59,7 @@ export interface PlanSummary {
  * ```
  */
 export function summarizePlan(
-  layers: readonly Pick<LayerPlan, "name" | "sigma" | "scores" | "kept">[],
+  layers: readonly Pick<LayerPlan, "name" | "sigma" | "kept" | "keep">[],
 ): PlanSummary {
   let total = 0;
   let dropped = 0;

@@ -233,7 +233,9 @@ function checkFactors(f: LowRankFactors, where: string): void {
 function checkDecomposition(d: Decomposition, f: LowRankFactors, where: string): void {
   const k = d.sigma.length;
   if (k > Math.min(f.out, f.inFlat, f.rank)) {
-    throw new BackendError(`${where}: ${k} singular values for a ${f.out}×${f.inFlat} rank-${f.rank} layer`);
+    throw new BackendError(
+      `${where}: ${k} singular values for a ${f.out}×${f.inFlat} rank-${f.rank} layer`,
+    );
   }
   if (d.upTransform.length !== f.rank * k || d.downTransform.length !== f.rank * k) {
     throw new BackendError(

@@ -124,7 +124,7 @@ export function decomposeLayer(kernels: Kernels, layer: LowRankFactors): Decompo
   return decompositionFromGrams(
     matrix(r, r, kernels.f64(gramUp, r * r)),
     matrix(r, r, kernels.f64(gramDown, r * r)),
-    layer,
+    { ...layer, orthogonalize: kernels.orthogonalize },
   );
 }
 

@@ -12,6 +12,7 @@
 import { BackendError } from "../../errors.ts";
 import type { FloatDType } from "../../safetensors/dtype.ts";
 import { loadAsset } from "../asset.ts";
+import type { RowOrthogonalizer } from "../dense.ts";
 
 /** Where the kernels binary lies (beside this module). */
 export const KERNELS_URL: URL = new URL("./kernels.wasm", import.meta.url);
@@ -20,7 +21,12 @@ const PAGE = 65536;
 const MAX_PAGES = 65536; // 4 GiB
 
 /** The kernels' code for each float dtype. */
-export const DTYPE_CODES: Readonly<Record<FloatDType, number>> = { F16: 0, BF16: 1, F32: 2, F64: 3 };
+export const DTYPE_CODES: Readonly<Record<FloatDType, number>> = {
+  F16: 0,
+  BF16: 1,
+  F32: 2,
+  F64: 3,
+};
 
 /** The functions `kernels.wasm` exports (pointers are byte offsets into `memory`). */
 export interface KernelExports {
@@ -73,6 +79,15 @@ export interface KernelExports {
     k: number,
     n: number,
   ): void;
+  /** One-sided Jacobi on f64 rows (see `RowOrthogonalizer`); returns the sweeps. */
+  orthogonalizeRows(
+    w: number,
+    count: number,
+    len: number,
+    vt: number,
+    vlen: number,
+    norms: number,
+  ): number;
   /** rows × cols f64 (row stride `stride`) to contiguous f32. */
   toF32(src: number, stride: number, dst: number, rows: number, cols: number): void;
   /** Σ x² over n values (f64 accumulation). */
@@ -165,7 +180,9 @@ export class Kernels {
       const pages = Math.ceil((top - buffer.byteLength) / PAGE);
       if (buffer.byteLength / PAGE + pages > MAX_PAGES) {
         throw new BackendError(
-          `the CPU kernels need ${Math.ceil(top / 2 ** 20)} MiB, more than the 4 GiB of WASM memory`,
+          `the CPU kernels need ${
+            Math.ceil(top / 2 ** 20)
+          } MiB, more than the 4 GiB of WASM memory`,
         );
       }
       this.exports.memory.grow(pages);
@@ -180,6 +197,21 @@ export class Kernels {
     this.u8(ptr, bytes.byteLength).set(bytes);
     return ptr;
   }
+
+  /**
+   * The kernels' one-sided Jacobi step, as a {@link RowOrthogonalizer} for
+   * `svd` / `decompositionFromGrams` (copies the rows in and out of memory
+   * allocated from the arena).
+   */
+  readonly orthogonalize: RowOrthogonalizer = (rows, count, length, vt) => {
+    const w = this.alloc(rows.byteLength), v = this.alloc(vt.byteLength);
+    const norms = this.alloc(count * 8);
+    this.f64(w, rows.length).set(rows);
+    this.f64(v, vt.length).set(vt);
+    this.exports.orthogonalizeRows(w, count, length, v, vt.length / count, norms);
+    rows.set(this.f64(w, rows.length));
+    vt.set(this.f64(v, vt.length));
+  };
 
   /** A byte view of a region. */
   u8(ptr: number, length: number): Uint8Array {

@@ -24,8 +24,8 @@ const TWO_M24: f32 = 5.960464477539063e-8; // 2^-24
 export function halfToF32(h: u32): f32 {
   const e = h & 0x7fff;
   const sign = (h & 0x8000) << 16;
-  if (e < 0x0400) return reinterpret<f32>(reinterpret<u32>(<f32>e * TWO_M24) | sign);
-  let bits = (e << 13) + <u32>REBIAS;
+  if (e < 0x0400) return reinterpret<f32>(reinterpret<u32>(<f32> e * TWO_M24) | sign);
+  let bits = (e << 13) + <u32> REBIAS;
   if (e >= 0x7c00) bits |= 0x7f800000;
   return reinterpret<f32>(bits | sign);
 }
@@ -57,7 +57,7 @@ export function halvesToF32(h: v128): v128 {
 function halves8(src: usize, dst: usize): void {
   const v = v128.load(src);
   const a = v128.and(v, i16x8.splat(0x7fff));
-  const s = v128.and(v, i16x8.splat(<i16>0x8000));
+  const s = v128.and(v, i16x8.splat(<i16> 0x8000));
   const rare = anyRareHalf(a);
   const zero = i16x8.splat(0);
   // Interleaving zeros below the sign halves puts each sign on bit 31 of its lane.
@@ -68,26 +68,26 @@ function halves8(src: usize, dst: usize): void {
 }
 
 export function loadF32(src: usize, i: usize, dtype: i32): f32 {
-  if (dtype == F16) return halfToF32(<u32>load<u16>(src + (i << 1)));
-  if (dtype == BF16) return reinterpret<f32>(<u32>load<u16>(src + (i << 1)) << 16);
+  if (dtype == F16) return halfToF32(<u32> load<u16>(src + (i << 1)));
+  if (dtype == BF16) return reinterpret<f32>(<u32> load<u16>(src + (i << 1)) << 16);
   if (dtype == F32) return load<f32>(src + (i << 2));
-  return <f32>load<f64>(src + (i << 3));
+  return <f32> load<f64>(src + (i << 3));
 }
 
 export function loadF64(src: usize, i: usize, dtype: i32): f64 {
   if (dtype == F64) return load<f64>(src + (i << 3));
-  return <f64>loadF32(src, i, dtype);
+  return <f64> loadF32(src, i, dtype);
 }
 
 /** Decodes n values to f32 at dst (no padding). */
 export function decodeF32(src: usize, dst: usize, n: f64, dtype: i32): void {
-  const count = <usize>n;
+  const count = <usize> n;
   let i: usize = 0;
   if (dtype == F16) {
-    const vec = count & ~(<usize>7);
+    const vec = count & ~(<usize> 7);
     for (; i < vec; i += 8) halves8(src + (i << 1), dst + (i << 2));
   } else if (dtype == BF16) {
-    const vec = count & ~(<usize>3);
+    const vec = count & ~(<usize> 3);
     for (; i < vec; i += 4) {
       v128.store(dst + (i << 2), i32x4.shl(v128.load_ext<u16>(src + (i << 1)), 16));
     }
@@ -95,7 +95,7 @@ export function decodeF32(src: usize, dst: usize, n: f64, dtype: i32): void {
     memory.copy(dst, src, count << 2);
     return;
   } else {
-    const vec = count & ~(<usize>3);
+    const vec = count & ~(<usize> 3);
     for (; i < vec; i += 4) {
       const lo = f32x4.demote_f64x2_zero(v128.load(src + (i << 3)));
       const hi = f32x4.demote_f64x2_zero(v128.load(src + (i << 3), 16));
@@ -107,13 +107,13 @@ export function decodeF32(src: usize, dst: usize, n: f64, dtype: i32): void {
 
 /** Decodes n values to f64 at dst (no padding). */
 export function decodeF64(src: usize, dst: usize, n: i32, dtype: i32): void {
-  const count = <usize>n;
+  const count = <usize> n;
   if (dtype == F64) {
     memory.copy(dst, src, count << 3);
     return;
   }
   let i: usize = 0;
-  const vec = count & ~(<usize>3);
+  const vec = count & ~(<usize> 3);
   if (dtype == F16 || dtype == BF16) {
     for (; i < vec; i += 4) {
       const h = v128.load_ext<u16>(src + (i << 1));
@@ -138,11 +138,11 @@ export function decodeRowsF32(
   stride: i32,
   dtype: i32,
 ): void {
-  const rowBytes = <usize>cols * dtypeSize(dtype);
+  const rowBytes = <usize> cols * dtypeSize(dtype);
   for (let r = 0; r < rows; r++) {
-    const out = dst + (<usize>r * <usize>stride << 2);
-    decodeF32(src + <usize>r * rowBytes, out, <f64>cols, dtype);
-    memory.fill(out + (<usize>cols << 2), 0, <usize>(stride - cols) << 2);
+    const out = dst + (<usize> r * <usize> stride << 2);
+    decodeF32(src + <usize> r * rowBytes, out, <f64> cols, dtype);
+    memory.fill(out + (<usize> cols << 2), 0, <usize> (stride - cols) << 2);
   }
 }
 
@@ -155,11 +155,11 @@ export function decodeRowsF64(
   stride: i32,
   dtype: i32,
 ): void {
-  const rowBytes = <usize>cols * dtypeSize(dtype);
+  const rowBytes = <usize> cols * dtypeSize(dtype);
   for (let r = 0; r < rows; r++) {
-    const out = dst + (<usize>r * <usize>stride << 3);
-    decodeF64(src + <usize>r * rowBytes, out, cols, dtype);
-    memory.fill(out + (<usize>cols << 3), 0, <usize>(stride - cols) << 3);
+    const out = dst + (<usize> r * <usize> stride << 3);
+    decodeF64(src + <usize> r * rowBytes, out, cols, dtype);
+    memory.fill(out + (<usize> cols << 3), 0, <usize> (stride - cols) << 3);
   }
 }
 
@@ -183,13 +183,13 @@ export function decodeTransposedF64(
   stride: i32,
   dtype: i32,
 ): void {
-  const n = <usize>cols, m = <usize>rows, ld = <usize>stride;
+  const n = <usize> cols, m = <usize> rows, ld = <usize> stride;
   for (let c: usize = 0; c < n; c++) {
     for (let r = m; r < ld; r++) store<f64>(dst + ((c * ld + r) << 3), 0);
   }
   let r: usize = 0;
   if (dtype != F64) {
-    const vec = n & ~(<usize>3);
+    const vec = n & ~(<usize> 3);
     for (; r + 2 <= m; r += 2) {
       let c: usize = 0;
       for (; c < vec; c += 4) {

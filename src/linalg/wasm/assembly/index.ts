@@ -3,6 +3,7 @@
 
 export { decodeF32, decodeF64, decodeRowsF32, decodeRowsF64, decodeTransposedF64 } from "./decode";
 export { gramRows, matmulF64, toF32 } from "./products";
+export { orthogonalizeRows } from "./jacobi";
 export { gramMatvec, rowsTimesTransposed, sumSquares } from "./norms";
 
 /** First free byte after the module's static data. */

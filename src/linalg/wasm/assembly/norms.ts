@@ -9,12 +9,12 @@ const FLUSH: usize = 1024;
 
 /** Sum of squares of n values; every square is exact and the sum is accumulated in f64. */
 export function sumSquares(src: usize, n: f64, dtype: i32): f64 {
-  const count = <usize>n;
+  const count = <usize> n;
   let acc0 = f64x2.splat(0), acc1 = f64x2.splat(0), acc2 = f64x2.splat(0), acc3 = f64x2.splat(0);
   let i: usize = 0;
   if (dtype == F16) {
     // |x| suffices; F16 squares are exact in f32 (22 significant bits, exponents in range).
-    const vec = count & ~(<usize>7);
+    const vec = count & ~(<usize> 7);
     for (; i < vec; i += 8) {
       const a = v128.and(v128.load(src + (i << 1)), i16x8.splat(0x7fff));
       const rare = anyRareHalf(a);
@@ -28,7 +28,7 @@ export function sumSquares(src: usize, n: f64, dtype: i32): f64 {
     }
   } else if (dtype == BF16) {
     // BF16 squares can leave the f32 range: square in f64.
-    const vec = count & ~(<usize>3);
+    const vec = count & ~(<usize> 3);
     for (; i < vec; i += 4) {
       const f = i32x4.shl(v128.load_ext<u16>(src + (i << 1)), 16);
       const lo = f64x2.promote_low_f32x4(f);
@@ -37,7 +37,7 @@ export function sumSquares(src: usize, n: f64, dtype: i32): f64 {
       acc1 = f64x2.add(acc1, f64x2.mul(hi, hi));
     }
   } else if (dtype == F32) {
-    const vec = count & ~(<usize>3);
+    const vec = count & ~(<usize> 3);
     for (; i < vec; i += 4) {
       const lo = f64x2.promote_low_f32x4(v128.load_zero<u64>(src + (i << 2)));
       const hi = f64x2.promote_low_f32x4(v128.load_zero<u64>(src + (i << 2), 8));
@@ -45,7 +45,7 @@ export function sumSquares(src: usize, n: f64, dtype: i32): f64 {
       acc1 = f64x2.add(acc1, f64x2.mul(hi, hi));
     }
   } else {
-    const vec = count & ~(<usize>3);
+    const vec = count & ~(<usize> 3);
     for (; i < vec; i += 4) {
       const lo = v128.load(src + (i << 3)), hi = v128.load(src + (i << 3), 16);
       acc0 = f64x2.add(acc0, f64x2.mul(lo, lo));
@@ -78,7 +78,7 @@ function sum2(v: v128): f64 {
  * moved to f64 every FLUSH columns.
  */
 function dots4(r0: usize, r1: usize, r2: usize, r3: usize, x: usize, cols: usize, y: usize): void {
-  const vec = (cols & ~(<usize>3)) << 2;
+  const vec = (cols & ~(<usize> 3)) << 2;
   let t0 = f64x2.splat(0), t1 = f64x2.splat(0), t2 = f64x2.splat(0), t3 = f64x2.splat(0);
   for (let b0: usize = 0; b0 < vec; b0 += FLUSH << 2) {
     const b1 = b0 + (FLUSH << 2) < vec ? b0 + (FLUSH << 2) : vec;
@@ -97,11 +97,11 @@ function dots4(r0: usize, r1: usize, r2: usize, r3: usize, x: usize, cols: usize
   }
   let y0 = sum2(t0), y1 = sum2(t1), y2 = sum2(t2), y3 = sum2(t3);
   for (let o = vec; o < cols << 2; o += 4) {
-    const v = <f64>load<f32>(x + o);
-    y0 += <f64>load<f32>(r0 + o) * v;
-    y1 += <f64>load<f32>(r1 + o) * v;
-    y2 += <f64>load<f32>(r2 + o) * v;
-    y3 += <f64>load<f32>(r3 + o) * v;
+    const v = <f64> load<f32>(x + o);
+    y0 += <f64> load<f32>(r0 + o) * v;
+    y1 += <f64> load<f32>(r1 + o) * v;
+    y2 += <f64> load<f32>(r2 + o) * v;
+    y3 += <f64> load<f32>(r3 + o) * v;
   }
   store<f64>(y, y0);
   store<f64>(y, y1, 8);
@@ -120,8 +120,8 @@ function rowAt(w: usize, i: usize, q: usize, count: usize, bytes: usize): usize 
  * cols f32; y is scratch for 4 f64.
  */
 export function gramMatvec(w: usize, rows: i32, cols: i32, v: usize, z: usize, y: usize): void {
-  const n = <usize>cols, bytes = n << 2, total = <usize>rows;
-  const vec = (n & ~(<usize>3)) << 2;
+  const n = <usize> cols, bytes = n << 2, total = <usize> rows;
+  const vec = (n & ~(<usize> 3)) << 2;
   memory.fill(z, 0, bytes);
   for (let i: usize = 0; i < total; i += 4) {
     const count = total - i < 4 ? total - i : 4;
@@ -129,10 +129,10 @@ export function gramMatvec(w: usize, rows: i32, cols: i32, v: usize, z: usize, y
     const r2 = rowAt(w, i, 2, count, bytes), r3 = rowAt(w, i, 3, count, bytes);
     dots4(r0, r1, r2, r3, v, n, y);
     // Repeated rows of a short block get coefficient 0.
-    const c0 = <f32>load<f64>(y);
-    const c1 = count > 1 ? <f32>load<f64>(y, 8) : <f32>0;
-    const c2 = count > 2 ? <f32>load<f64>(y, 16) : <f32>0;
-    const c3 = count > 3 ? <f32>load<f64>(y, 24) : <f32>0;
+    const c0 = <f32> load<f64>(y);
+    const c1 = count > 1 ? <f32> load<f64>(y, 8) : <f32> 0;
+    const c2 = count > 2 ? <f32> load<f64>(y, 16) : <f32> 0;
+    const c3 = count > 3 ? <f32> load<f64>(y, 24) : <f32> 0;
     const y0 = f32x4.splat(c0), y1 = f32x4.splat(c1), y2 = f32x4.splat(c2), y3 = f32x4.splat(c3);
     for (let o: usize = 0; o < vec; o += 16) {
       let t = f32x4.mul(v128.load(r0 + o), y0);
@@ -162,7 +162,7 @@ export function rowsTimesTransposed(
   yOut: usize,
   y: usize,
 ): void {
-  const n = <usize>cols, bytes = n << 2, total = <usize>rows, rank = <usize>r;
+  const n = <usize> cols, bytes = n << 2, total = <usize> rows, rank = <usize> r;
   for (let i: usize = 0; i < total; i += 4) {
     const count = total - i < 4 ? total - i : 4;
     const r0 = rowAt(w, i, 0, count, bytes), r1 = rowAt(w, i, 1, count, bytes);

@@ -11,12 +11,12 @@ function sum2(v: v128): f64 {
  * time; a fixed summation order makes the result independent of everything but the input.
  */
 export function gramRows(x: usize, r: i32, stride: i32, g: usize): void {
-  const n = <usize>r;
+  const n = <usize> r;
   memory.fill(g, 0, (n * n) << 3);
   // ~64 KiB of rows per column block.
-  let block = (<usize>8192 / n) & ~(<usize>1);
+  let block = (<usize> 8192 / n) & ~(<usize> 1);
   if (block < 32) block = 32;
-  const width = <usize>stride;
+  const width = <usize> stride;
   for (let c0: usize = 0; c0 < width; c0 += block) {
     const bytes = (c0 + block < width ? block : width - c0) << 3;
     for (let i: usize = 0; i < n; i += 2) {
@@ -47,7 +47,9 @@ export function gramRows(x: usize, r: i32, stride: i32, g: usize): void {
     }
   }
   for (let i: usize = 0; i < n; i++) {
-    for (let j: usize = 0; j < i; j++) store<f64>(g + ((i * n + j) << 3), load<f64>(g + ((j * n + i) << 3)));
+    for (let j: usize = 0; j < i; j++) {
+      store<f64>(g + ((i * n + j) << 3), load<f64>(g + ((j * n + i) << 3)));
+    }
   }
 }
 
@@ -66,37 +68,39 @@ export function matmulF64(
   k: i32,
   n: i32,
 ): void {
-  const cols = <usize>n;
-  const vec = cols & ~(<usize>1);
-  for (let i: usize = 0; i < <usize>m; i++) {
-    const ci = c + ((i * <usize>ldc) << 3);
+  const cols = <usize> n;
+  const vec = cols & ~(<usize> 1);
+  for (let i: usize = 0; i < <usize> m; i++) {
+    const ci = c + ((i * <usize> ldc) << 3);
     memory.fill(ci, 0, cols << 3);
-    for (let p: usize = 0; p < <usize>k; p++) {
-      const s = load<f64>(a + ((i * <usize>lda + p) << 3));
+    for (let p: usize = 0; p < <usize> k; p++) {
+      const s = load<f64>(a + ((i * <usize> lda + p) << 3));
       const sv = f64x2.splat(s);
-      const bp = b + ((p * <usize>ldb) << 3);
+      const bp = b + ((p * <usize> ldb) << 3);
       let j: usize = 0;
       for (; j < vec; j += 2) {
         const o = j << 3;
         v128.store(ci + o, f64x2.add(v128.load(ci + o), f64x2.mul(sv, v128.load(bp + o))));
       }
-      if (j < cols) store<f64>(ci + (j << 3), load<f64>(ci + (j << 3)) + s * load<f64>(bp + (j << 3)));
+      if (j < cols) {
+        store<f64>(ci + (j << 3), load<f64>(ci + (j << 3)) + s * load<f64>(bp + (j << 3)));
+      }
     }
   }
 }
 
 /** Rounds a rows × cols f64 matrix (row stride `stride`) to a contiguous f32 one. */
 export function toF32(src: usize, stride: i32, dst: usize, rows: i32, cols: i32): void {
-  const n = <usize>cols;
-  const vec = n & ~(<usize>3);
-  for (let r: usize = 0; r < <usize>rows; r++) {
-    const s = src + ((r * <usize>stride) << 3), d = dst + ((r * n) << 2);
+  const n = <usize> cols;
+  const vec = n & ~(<usize> 3);
+  for (let r: usize = 0; r < <usize> rows; r++) {
+    const s = src + ((r * <usize> stride) << 3), d = dst + ((r * n) << 2);
     let j: usize = 0;
     for (; j < vec; j += 4) {
       const lo = f32x4.demote_f64x2_zero(v128.load(s + (j << 3)));
       const hi = f32x4.demote_f64x2_zero(v128.load(s + (j << 3), 16));
       v128.store(d + (j << 2), i32x4.shuffle(lo, hi, 0, 1, 4, 5));
     }
-    for (; j < n; j++) store<f32>(d + (j << 2), <f32>load<f64>(s + (j << 3)));
+    for (; j < n; j++) store<f32>(d + (j << 2), <f32> load<f64>(s + (j << 3)));
   }
 }
