@@ -17,12 +17,11 @@ import { parseArgs } from "node:util";
 import { OutputError, ResizeLoraError, UsageError } from "./src/errors.ts";
 import { expandGlob } from "./src/glob.ts";
 import type { LogLevel } from "./src/log.ts";
-import { DEFAULT_RECIPES, plan, resize, type OutputSummary } from "./src/resize.ts";
+import { DEFAULT_RECIPES, type OutputSummary, plan, resize } from "./src/resize.ts";
 import type { OutputDType } from "./src/output.ts";
 import type { SizeAccounting } from "./src/recipe/select.ts";
 import type { DeviceChoice } from "./src/linalg/select_backend.ts";
 import { VERSION } from "./src/version.ts";
-
 
 const HELP = `resize-lora ${VERSION}
 Resizes multiple LoRAs with specified parameters.
@@ -128,9 +127,9 @@ class Console {
     if (!this.tty) return;
     const width = 30;
     const filled = total > 0 ? Math.round((width * done) / total) : width;
-    const bar = `${label}: ${Math.round((100 * done) / Math.max(total, 1))}%|${
-      "█".repeat(filled)
-    }${" ".repeat(width - filled)}| ${done}/${total}`;
+    const bar = `${label}: ${Math.round((100 * done) / Math.max(total, 1))}%|${"█".repeat(filled)}${
+      " ".repeat(width - filled)
+    }| ${done}/${total}`;
     if (bar === this.#bar) return;
     this.#bar = bar;
     Deno.stderr.writeSync(new TextEncoder().encode(`\r\x1b[2K${bar}`));
@@ -184,7 +183,9 @@ function mib(bytes: number): string {
 
 function summaryLine(o: OutputSummary): string {
   const verb = o.written ? "wrote" : "would write";
-  return `${verb} ${o.path}: ${mib(o.bytes)} (${o.bytes} bytes), rank ${o.rankBefore} → ${o.rankAfter}, ` +
+  return `${verb} ${o.path}: ${
+    mib(o.bytes)
+  } (${o.bytes} bytes), rank ${o.rankBefore} → ${o.rankAfter}, ` +
     `relative error ${(100 * o.relativeError).toFixed(2)}% (threshold ${o.threshold})`;
 }
 
@@ -209,7 +210,12 @@ export async function main(args: readonly string[]): Promise<number> {
   try {
     let parsed;
     try {
-      parsed = parseArgs({ args: [...args], options: OPTIONS, allowPositionals: true, strict: true });
+      parsed = parseArgs({
+        args: [...args],
+        options: OPTIONS,
+        allowPositionals: true,
+        strict: true,
+      });
     } catch (e) {
       throw new UsageError((e as Error).message);
     }
@@ -240,7 +246,11 @@ export async function main(args: readonly string[]): Promise<number> {
         logLevel: demoLevel,
         onProgress: out.progress,
       });
-      if (hidden) console.error(`(${hidden} INFO lines "No LoRA layer found in file for base layer …" hidden; -vv shows them)`);
+      if (hidden) {
+        console.error(
+          `(${hidden} INFO lines "No LoRA layer found in file for base layer …" hidden; -vv shows them)`,
+        );
+      }
       console.log(result.description);
       for (const o of result.outputs) console.log(summaryLine(o));
       return 0;

@@ -29,8 +29,8 @@ export {
   type CurvePoint,
   DEFAULT_RECIPES,
   type LayerPlan,
-  plan,
   type OutputSummary,
+  plan,
   type ProgressFn,
   resize,
   type ResizeOptions,
@@ -46,20 +46,20 @@ export {
   type ScoreKey,
   type ScoreWeights,
 } from "./src/recipe/recipe.ts";
-export { type SizeAccounting } from "./src/recipe/select.ts";
+export { type SizeAccounting, type SizeCut } from "./src/recipe/select.ts";
 export { fmt, parsePythonFloat, pyRepr } from "./src/recipe/pyfloat.ts";
 export { type BaseKeyNames, loraNamesForBaseKey, type NameKind } from "./src/sdxl/key_map.ts";
 export { BaseCheckpoint, type BaseEntry, type BaseMatch } from "./src/sdxl/checkpoint.ts";
 export {
-  type LoadLoraOptions,
   loadLora,
+  type LoadLoraOptions,
   type LoraLayer,
   type LoraModel,
   type PassThroughSummary,
   type RawTensor,
 } from "./src/lora/lora_file.ts";
 export { type MergePrecision } from "./src/lora/merge.ts";
-export { type PairedLayer, pairLayers, type Pairing } from "./src/lora/pairing.ts";
+export { type PairedLayer, type Pairing, pairLayers } from "./src/lora/pairing.ts";
 export type {
   Backend,
   BackendCallOptions,
@@ -74,34 +74,45 @@ export type {
   RebuiltFactors,
   SubspaceRequest,
 } from "./src/linalg/backend.ts";
-export { type DeviceChoice, selectBackend, type SelectBackendOptions } from "./src/linalg/select_backend.ts";
-export { createCpuBackend, type CpuBackendOptions } from "./src/linalg/cpu/backend.ts";
+export {
+  type DeviceChoice,
+  selectBackend,
+  type SelectBackendOptions,
+} from "./src/linalg/select_backend.ts";
+export { type CpuBackendOptions, createCpuBackend } from "./src/linalg/cpu/backend.ts";
 export { createGpuBackend, type GpuBackendOptions } from "./src/linalg/gpu/backend.ts";
 export { fingerprintFile, NormsCache, type NormsCacheOptions } from "./src/norms_cache.ts";
+export * from "./src/safetensors/mod.ts";
 export {
-  type ByteRange,
-  decodeFloats,
-  type DType,
-  encodeFloats,
-  type FloatDType,
-  type ReadOptions,
-  SafetensorsFile,
-  serializeSafetensors,
-  type SshsHashes,
-  sshsHashes,
-  type TensorInfo,
-  type TensorSource,
-  type WriteOptions,
-  type WriteResult,
-  writeSafetensors,
-} from "./src/safetensors/mod.ts";
-export {
+  type BaseSpecOptions,
+  type DemoFiles,
+  type DemoOptions,
+  type LoraLayerOptions,
+  type LoraLayerSpec,
+  type LoraModuleGroup,
+  sdxlBaseSpecs,
+  sdxlLoraLayers,
   type SyntheticBaseOptions,
+  type SyntheticDType,
   type SyntheticLoraOptions,
   writeDemoFiles,
   writeSyntheticBase,
   writeSyntheticLora,
 } from "./src/synthetic.ts";
+export {
+  effectiveRank,
+  formatInspectTable,
+  inspect,
+  type InspectBlock,
+  type InspectLayer,
+  type InspectLayerRecipe,
+  type InspectOptions,
+  type InspectRecipe,
+  type InspectResult,
+} from "./src/report/inspect.ts";
+export { type BlockPlan, formatPlan, type PlanSummary, summarizePlan } from "./src/report/plan.ts";
+export { renderReport, type ReportData } from "./src/report/html.ts";
+export { type BlockLabel, blockOf } from "./src/report/blocks.ts";
 export { type LogFn, type LogLevel } from "./src/log.ts";
 export {
   BackendError,

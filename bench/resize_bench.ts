@@ -65,10 +65,30 @@ const run = async (label: string, args: string[], original: string, target: stri
   rows.push([label, await measure(args), original, target]);
   console.error(`${label}: done`);
 };
-await run("warm norms cache, default recipe", [base, lora, "-r", one, "--norms_cache", cache], "11.2 s / 1.17 GB", "≤ 1.2 s");
-await run("no norms cache (file in page cache)", [base, lora, "-r", one, "--no_norms_cache"], "14.5 s / 6.9 GB", "≤ 3 s");
-await run("spn_ckpt, no norms cache", [base, lora, "-r", "spn_ckpt=1,thr=-2", "--no_norms_cache"], "255 s", "≤ 30 s");
-await run("three recipes, warm norms cache", [base, lora, "-r", three, "--norms_cache", cache], "—", "≤ 1.3× one recipe");
+await run(
+  "warm norms cache, default recipe",
+  [base, lora, "-r", one, "--norms_cache", cache],
+  "11.2 s / 1.17 GB",
+  "≤ 1.2 s",
+);
+await run(
+  "no norms cache (file in page cache)",
+  [base, lora, "-r", one, "--no_norms_cache"],
+  "14.5 s / 6.9 GB",
+  "≤ 3 s",
+);
+await run(
+  "spn_ckpt, no norms cache",
+  [base, lora, "-r", "spn_ckpt=1,thr=-2", "--no_norms_cache"],
+  "255 s",
+  "≤ 30 s",
+);
+await run(
+  "three recipes, warm norms cache",
+  [base, lora, "-r", three, "--norms_cache", cache],
+  "—",
+  "≤ 1.3× one recipe",
+);
 
 const cpuinfo = await Deno.readTextFile("/proc/cpuinfo").catch(() => "");
 const model = cpuinfo.match(/model name\s*:\s*(.*)/)?.[1] ?? "unknown CPU";
@@ -78,7 +98,15 @@ console.log(
 console.log("| scenario | wall | peak RSS | original Python (2-core reference) | target |");
 console.log("|---|---:|---:|---|---|");
 for (const [label, m, original, target] of rows) {
-  console.log(`| ${label} | ${m.seconds.toFixed(2)} s | ${m.peakMiB.toFixed(0)} MiB | ${original} | ${target} |`);
+  console.log(
+    `| ${label} | ${m.seconds.toFixed(2)} s | ${
+      m.peakMiB.toFixed(0)
+    } MiB | ${original} | ${target} |`,
+  );
 }
-console.log(`\nthree recipes / one recipe (warm cache): ${(rows[3][1].seconds / rows[0][1].seconds).toFixed(2)}×`);
+console.log(
+  `\nthree recipes / one recipe (warm cache): ${
+    (rows[3][1].seconds / rows[0][1].seconds).toFixed(2)
+  }×`,
+);
 await Deno.remove(work, { recursive: true });

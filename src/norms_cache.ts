@@ -54,9 +54,7 @@ export async function fingerprintFile(path: string): Promise<string> {
     // The header (length prefix + JSON) names, shapes and places every tensor.
     const prefix = new Uint8Array(8);
     await file.read(prefix);
-    const headerLength = size >= 8
-      ? Number(new DataView(prefix.buffer).getBigUint64(0, true))
-      : 0;
+    const headerLength = size >= 8 ? Number(new DataView(prefix.buffer).getBigUint64(0, true)) : 0;
     await read(0, Math.min(size, 8 + Math.min(headerLength, 100_000_000)));
     const dataStart = Math.min(size, 8 + headerLength);
     const span = size - dataStart;

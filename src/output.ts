@@ -9,7 +9,7 @@
  * @module
  */
 
-import { type DType, decodeFloats, encodeFloats, isFloatDType } from "./safetensors/dtype.ts";
+import { decodeFloats, type DType, encodeFloats, isFloatDType } from "./safetensors/dtype.ts";
 import { sshsHashes } from "./safetensors/hashes.ts";
 import type { TensorSource } from "./safetensors/writer.ts";
 import { safetensorsFileSize } from "./safetensors/writer.ts";
@@ -53,7 +53,11 @@ function layerSpecs(o: OutputLayer, dtype: OutputDType): TensorSpec[] {
     { name: `${layer.name}.lora_up.weight`, dtype, shape: up },
   ];
   if (layer.doraScale) {
-    specs.push({ ...layer.doraScale, name: layer.doraScale.name, dtype: castDType(layer.doraScale.dtype, dtype) });
+    specs.push({
+      ...layer.doraScale,
+      name: layer.doraScale.name,
+      dtype: castDType(layer.doraScale.dtype, dtype),
+    });
   }
   return specs;
 }

@@ -17,17 +17,17 @@ import { OutputError, RecipeError } from "./errors.ts";
 import type { Backend, BaseNorms, Decomposition } from "./linalg/backend.ts";
 import { type DeviceChoice, selectBackend } from "./linalg/select_backend.ts";
 import { type LogFn, type LogLevel, silent } from "./log.ts";
-import { type LoraLayer, type LoraModel, loadLora, type RawTensor } from "./lora/lora_file.ts";
+import { loadLora, type LoraLayer, type LoraModel, type RawTensor } from "./lora/lora_file.ts";
 import { parseMergeSpec } from "./lora/merge_spec.ts";
 import { type PairedLayer, pairLayers, unmatchedBaseMessage } from "./lora/pairing.ts";
 import { NormsCache, normsKey } from "./norms_cache.ts";
 import {
+  buildOutput,
   type OutputDType,
   outputElementSize,
   outputFileSize,
   type OutputLayer,
   type OutputShape,
-  buildOutput,
 } from "./output.ts";
 import { outputFileName, parseRecipes, type Recipe, resizeParamsJson } from "./recipe/recipe.ts";
 import {
@@ -41,10 +41,10 @@ import {
 import {
   formatTotalRankLine,
   rankDimensions,
-  type Selection,
-  selectByThreshold,
   selectBySizeFile,
   selectBySizeOriginal,
+  selectByThreshold,
+  type Selection,
   type SizeAccounting,
   type SizeCut,
 } from "./recipe/select.ts";

@@ -108,7 +108,11 @@ Deno.test("a run writes one file per recipe and prints a summary", async () => {
       "microB-locon-r8c4_spnlora1_th-1.safetensors",
     ]);
     assertEquals(r.stdout.length, 2);
-    assert(/wrote .*frockpt1_th-3\.5\.safetensors: .* bytes\), rank \d+ → \d+, relative error/.test(r.stdout[0]));
+    assert(
+      /wrote .*frockpt1_th-3\.5\.safetensors: .* bytes\), rank \d+ → \d+, relative error/.test(
+        r.stdout[0],
+      ),
+    );
   });
 });
 
@@ -117,7 +121,15 @@ Deno.test("globs are expanded by the tool", async () => {
     await Deno.copyFile(LOCON, join(dir, "a.safetensors"));
     await Deno.copyFile(LOCON, join(dir, "b.safetensors"));
     const out = join(dir, "out");
-    const r = await run([BASE, join(dir, "*.safetensors"), "-o", out, "--no_norms_cache", "-d", "cpu"]);
+    const r = await run([
+      BASE,
+      join(dir, "*.safetensors"),
+      "-o",
+      out,
+      "--no_norms_cache",
+      "-d",
+      "cpu",
+    ]);
     assertEquals(r.code, 0, r.stderr.join("\n"));
     assertEquals(await listFiles(out), [
       "a_frockpt1_th-3.5.safetensors",
@@ -136,19 +148,49 @@ Deno.test("bad inputs: one-line errors, exit 1, nothing written", async () => {
     await assertFails([missing, LOCON, "-o", out], 1, /missing\.safetensors.*no such file/, out);
     const text = join(dir, "notes.safetensors");
     await Deno.writeTextFile(text, "this is not a safetensors file at all");
-    await assertFails([BASE, text, "-o", out], 1, /notes\.safetensors: not a safetensors file/, out);
+    await assertFails(
+      [BASE, text, "-o", out],
+      1,
+      /notes\.safetensors: not a safetensors file/,
+      out,
+    );
     await assertFails([BASE, dir, "-o", out], 1, new RegExp(dir.replaceAll("/", "\\/")), out);
 
     // An SD1.5 LoRA (diffusers-style kohya names) against the SDXL base.
     const sd15 = join(dir, "sd15.safetensors");
     const f = (n: number) => encodeFloats(new Array(n).fill(0.01), "F16");
     await writeSafetensors(sd15, [
-      { name: "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", dtype: "F16", shape: [4, 320], data: f(1280) },
-      { name: "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight", dtype: "F16", shape: [320, 4], data: f(1280) },
-      { name: "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight", dtype: "F16", shape: [4, 768], data: f(3072) },
-      { name: "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight", dtype: "F16", shape: [3072, 4], data: f(12288) },
+      {
+        name: "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight",
+        dtype: "F16",
+        shape: [4, 320],
+        data: f(1280),
+      },
+      {
+        name: "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight",
+        dtype: "F16",
+        shape: [320, 4],
+        data: f(1280),
+      },
+      {
+        name: "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
+        dtype: "F16",
+        shape: [4, 768],
+        data: f(3072),
+      },
+      {
+        name: "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight",
+        dtype: "F16",
+        shape: [3072, 4],
+        data: f(12288),
+      },
     ]);
-    await assertFails([BASE, sd15, "-o", out], 1, /no layer of .*sd15\.safetensors matches the base checkpoint .*is it an SDXL LoRA\?/, out);
+    await assertFails(
+      [BASE, sd15, "-o", out],
+      1,
+      /no layer of .*sd15\.safetensors matches the base checkpoint .*is it an SDXL LoRA\?/,
+      out,
+    );
 
     // Recipe errors, before any file is opened.
     for (
@@ -165,7 +207,12 @@ Deno.test("bad inputs: one-line errors, exit 1, nothing written", async () => {
     }
 
     // A size target smaller than the file without any layer.
-    await assertFails([BASE, LOCON, "-o", out, "-r", "fro_ckpt=1,size=0.001"], 1, /size=0\.001/, out);
+    await assertFails(
+      [BASE, LOCON, "-o", out, "-r", "fro_ckpt=1,size=0.001"],
+      1,
+      /size=0\.001/,
+      out,
+    );
 
     // An output folder that cannot be created (a file is in the way).
     const blocker = join(dir, "blocker");

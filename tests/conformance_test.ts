@@ -93,9 +93,7 @@ for (const c of cases) {
   Deno.test(`conformance ${c.id}`, async () => {
     const out = await Deno.makeTempDir({ prefix: "resize-lora-conf-" });
     try {
-      const args = c.argv.map((a) =>
-        a.replaceAll("$DATA/", FIXTURES).replaceAll("$OUT", out)
-      );
+      const args = c.argv.map((a) => a.replaceAll("$DATA/", FIXTURES).replaceAll("$OUT", out));
       const sizeMode = (c.recipes ?? "").includes("size=");
       if (sizeMode) args.push("--size_accounting", "original");
       args.push("--no_norms_cache", "-d", "cpu");
@@ -189,7 +187,8 @@ async function checkOutput(
     assert(Math.abs(rank - want.rank) <= slack, `${name}: rank ${rank}, want ${want.rank}`);
     const tail = (shape: readonly number[], from: number) =>
       shape.slice(from).reduce((a, b) => a * b, 1);
-    expectedData += element * (1 + want.rank * (tail(want.down, 1) + want.up[0] * tail(want.up, 2)));
+    expectedData += element *
+      (1 + want.rank * (tail(want.down, 1) + want.up[0] * tail(want.up, 2)));
     assertEquals(
       [...down.shape],
       [rank, ...want.down.slice(1)],

@@ -6,7 +6,12 @@ import { encodeFloats } from "../src/safetensors/dtype.ts";
 
 async function writeModel(path: string, values: number[]) {
   await writeSafetensors(path, [
-    { name: "w.weight", dtype: "F16", shape: [2, values.length / 2], data: encodeFloats(values, "F16") },
+    {
+      name: "w.weight",
+      dtype: "F16",
+      shape: [2, values.length / 2],
+      data: encodeFloats(values, "F16"),
+    },
   ]);
 }
 

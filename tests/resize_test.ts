@@ -32,7 +32,14 @@ async function withDir(fn: (dir: string) => Promise<void>) {
 }
 
 function options(dir: string, more: Partial<ResizeOptions>): ResizeOptions {
-  return { checkpoint: BASE, loras: [LOCON], outputFolder: dir, normsCache: false, backend, ...more };
+  return {
+    checkpoint: BASE,
+    loras: [LOCON],
+    outputFolder: dir,
+    normsCache: false,
+    backend,
+    ...more,
+  };
 }
 
 /** Dense ΔW = alpha/rank · up · down of one layer of a file, in f64. */
@@ -69,10 +76,15 @@ Deno.test("a weighted merge resizes the weighted sum of the deltas", async () =>
     const spec = `${LOCON}:0.7,${join(FIXTURES, "microB-locon-r8c4.safetensors")}:-0.2`;
     const { outputs } = await resize(options(dir, { loras: [spec], recipes: "spn_lora=1,thr=-9" }));
     assertEquals(outputs.length, 1);
-    assert(outputs[0].path.endsWith("microB(0.70+-0.20)_spnlora1_th-9.safetensors"), outputs[0].path);
+    assert(
+      outputs[0].path.endsWith("microB(0.70+-0.20)_spnlora1_th-9.safetensors"),
+      outputs[0].path,
+    );
     await using out = await SafetensorsFile.open(outputs[0].path);
     await using input = await SafetensorsFile.open(LOCON);
-    for (const layer of ["lora_unet_input_blocks_1_0_emb_layers_1", "lora_unet_output_blocks_2_2_conv"]) {
+    for (
+      const layer of ["lora_unet_input_blocks_1_0_emb_layers_1", "lora_unet_output_blocks_2_2_conv"]
+    ) {
       const want = (await delta(input, layer)).map((v) => 0.5 * v);
       // Nothing pruned (thr=-9): only F16 rounding of the output separates them.
       assert(relDiff(await delta(out, layer), want) < 2e-3, layer);
@@ -90,9 +102,24 @@ Deno.test("unsupported tensors pass through unchanged; --drop_unmapped drops the
       }),
     );
     const extra = [
-      { name: "lora_unet_foo_bar.hada_w1_a", dtype: "F16" as const, shape: [2, 2], data: encodeFloats([1, 2, 3, 4], "F16") },
-      { name: "lora_unet_nonexistent_layer.lora_down.weight", dtype: "F32" as const, shape: [1, 3], data: encodeFloats([1, 2, 3], "F32") },
-      { name: "lora_unet_nonexistent_layer.lora_up.weight", dtype: "F32" as const, shape: [2, 1], data: encodeFloats([1, 2], "F32") },
+      {
+        name: "lora_unet_foo_bar.hada_w1_a",
+        dtype: "F16" as const,
+        shape: [2, 2],
+        data: encodeFloats([1, 2, 3, 4], "F16"),
+      },
+      {
+        name: "lora_unet_nonexistent_layer.lora_down.weight",
+        dtype: "F32" as const,
+        shape: [1, 3],
+        data: encodeFloats([1, 2, 3], "F32"),
+      },
+      {
+        name: "lora_unet_nonexistent_layer.lora_up.weight",
+        dtype: "F32" as const,
+        shape: [2, 1],
+        data: encodeFloats([1, 2], "F32"),
+      },
       { name: "step", dtype: "I64" as const, shape: [], data: new Uint8Array(8).fill(1) },
     ];
     const input = join(dir, "mixed.safetensors");
@@ -104,19 +131,29 @@ Deno.test("unsupported tensors pass through unchanged; --drop_unmapped drops the
     const hada = await out.readBytes("lora_unet_foo_bar.hada_w1_a");
     assertEquals(hada, extra[0].data); // F16 → F16: bytes unchanged
     assertEquals(out.info("lora_unet_nonexistent_layer.lora_down.weight").dtype, "F16"); // cast
-    assertEquals(Array.from(await out.readFloat32("lora_unet_nonexistent_layer.lora_up.weight")), [1, 2]);
+    assertEquals(Array.from(await out.readFloat32("lora_unet_nonexistent_layer.lora_up.weight")), [
+      1,
+      2,
+    ]);
     assertEquals(await out.readBytes("step"), extra[3].data); // integers are never cast
     const warnings = records.filter(([l]) => l === "WARNING").map(([, m]) => m);
     assertEquals(warnings.length, 1, warnings.join("\n"));
-    assert(/Copying 4 tensors .* 1 LoRA layers with no base weight, 1 LoHa tensors, 1 other tensors/.test(warnings[0]), warnings[0]);
+    assert(
+      /Copying 4 tensors .* 1 LoRA layers with no base weight, 1 LoHa tensors, 1 other tensors/
+        .test(warnings[0]),
+      warnings[0],
+    );
 
     const dropped = collectLogs();
-    const second = await resize(options(join(dir, "drop"), { loras: [input], dropUnmapped: true, log: dropped.log }));
+    const second = await resize(
+      options(join(dir, "drop"), { loras: [input], dropUnmapped: true, log: dropped.log }),
+    );
     await using out2 = await SafetensorsFile.open(second.outputs[0].path);
     assert(!out2.has("step") && !out2.has("lora_unet_foo_bar.hada_w1_a"));
     assert(dropped.records.some(([l, m]) =>
       l === "WARNING" &&
-      m === "LoRA key 'lora_unet_nonexistent_layer' found in file but is not mapped to any base layer by the checkpoint's key_mapper."
+      m ===
+        "LoRA key 'lora_unet_nonexistent_layer' found in file but is not mapped to any base layer by the checkpoint's key_mapper."
     ));
   });
 });
@@ -150,7 +187,13 @@ Deno.test("the same inputs give the same bytes; metadata is updated as D8 says",
     assertEquals(f.metadata.sshs_model_hash, sha);
 
     // Keeping everything of a uniform LoRA keeps its rank and alpha.
-    const all = await resize(options(join(dir, "c"), { loras: [DORA], recipes: "spn_lora=1,thr=-99", outputDtype: "BF16" }));
+    const all = await resize(
+      options(join(dir, "c"), {
+        loras: [DORA],
+        recipes: "spn_lora=1,thr=-99",
+        outputDtype: "BF16",
+      }),
+    );
     await using g = await SafetensorsFile.open(all.outputs[0].path);
     assertEquals([g.metadata.ss_network_dim, g.metadata.ss_network_alpha], ["4", "4.0"]);
     assert(g.tensors.every((t) => t.dtype === "BF16"));
@@ -200,10 +243,14 @@ Deno.test("norms cache: a second run reads no base weight; a changed checkpoint 
     const cache = join(dir, "cache");
     const first = spy(backend);
     const recipes = "fro_ckpt=1,thr=-3.5:spn_ckpt=1,thr=-2.5";
-    const r1 = await plan(options(dir, { loras: [LORA_A], normsCache: cache, backend: first, recipes }));
+    const r1 = await plan(
+      options(dir, { loras: [LORA_A], normsCache: cache, backend: first, recipes }),
+    );
     assert(first.reads.length > 900, `${first.reads.length} weights read`);
     const second = spy(backend);
-    const r2 = await plan(options(dir, { loras: [LORA_A], normsCache: cache, backend: second, recipes }));
+    const r2 = await plan(
+      options(dir, { loras: [LORA_A], normsCache: cache, backend: second, recipes }),
+    );
     assertEquals(second.reads.length, 0);
     assertEquals(r2.outputs.map((o) => o.bytes), r1.outputs.map((o) => o.bytes));
 
@@ -211,14 +258,30 @@ Deno.test("norms cache: a second run reads no base weight; a changed checkpoint 
     const base = join(dir, "base.safetensors");
     await Deno.copyFile(BASE, base);
     const third = spy(backend);
-    await plan(options(dir, { checkpoint: base, loras: [LORA_A], normsCache: cache, backend: third, recipes }));
+    await plan(
+      options(dir, {
+        checkpoint: base,
+        loras: [LORA_A],
+        normsCache: cache,
+        backend: third,
+        recipes,
+      }),
+    );
     assertEquals(third.reads.length, 0); // a copy has the same fingerprint
     const bytes = await Deno.readFile(base);
     bytes[bytes.length - 1] ^= 0x55; // last data byte: an F16 VAE weight
     bytes[Math.floor(bytes.length / 2)] ^= 0x55;
     await Deno.writeFile(base, bytes);
     const fourth = spy(backend);
-    await plan(options(dir, { checkpoint: base, loras: [LORA_A], normsCache: cache, backend: fourth, recipes }));
+    await plan(
+      options(dir, {
+        checkpoint: base,
+        loras: [LORA_A],
+        normsCache: cache,
+        backend: fourth,
+        recipes,
+      }),
+    );
     assert(fourth.reads.length > 900);
   });
 });
@@ -271,7 +334,9 @@ Deno.test("an output never replaces an input", async () => {
 
 Deno.test("the summary's relative error matches the written file", async () => {
   await withDir(async (dir) => {
-    const { outputs } = await resize(options(dir, { recipes: "spn_lora=1,thr=-0.8", outputDtype: "F32" }));
+    const { outputs } = await resize(
+      options(dir, { recipes: "spn_lora=1,thr=-0.8", outputDtype: "F32" }),
+    );
     const o = outputs[0];
     await using out = await SafetensorsFile.open(o.path);
     await using input = await SafetensorsFile.open(LOCON);

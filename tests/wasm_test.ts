@@ -1,5 +1,6 @@
 import { BackendError } from "../src/errors.ts";
 import { loadAsset } from "../src/linalg/asset.ts";
+import { matrix, svd } from "../src/linalg/dense.ts";
 import { DTYPE_CODES, Kernels, KERNELS_URL } from "../src/linalg/wasm/kernels.ts";
 import { decodeFloats, encodeFloats, type FloatDType } from "../src/safetensors/dtype.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
@@ -127,23 +128,24 @@ Deno.test("gramRows, matmulF64, toF32 against plain products", async () => {
       }
     }
   }
-  const [m, kk, n] = [5, 3, 7];
-  k.reset();
-  const a = k.alloc(m * kk * 8), b = k.alloc(kk * n * 8), c = k.alloc(m * n * 8);
-  const f = k.alloc(m * n * 4);
-  const as = Float64Array.from({ length: m * kk }, next),
-    bs = Float64Array.from({ length: kk * n }, next);
-  k.f64(a, as.length).set(as);
-  k.f64(b, bs.length).set(bs);
-  k.exports.matmulF64(a, kk, b, n, c, n, m, kk, n);
-  k.exports.toF32(c, n, f, m, n);
-  const cs = k.f64(c, m * n), fs = k.f32(f, m * n);
-  for (let i = 0; i < m; i++) {
-    for (let j = 0; j < n; j++) {
-      let s = 0;
-      for (let p = 0; p < kk; p++) s += as[i * kk + p] * bs[p * n + j];
-      assert(Math.abs(cs[i * n + j] - s) < 1e-15);
-      assertEquals(fs[i * n + j], Math.fround(cs[i * n + j]));
+  for (const [m, kk, n] of [[5, 3, 7], [4, 6, 19], [2, 1, 16]]) {
+    k.reset();
+    const a = k.alloc(m * kk * 8), b = k.alloc(kk * n * 8), c = k.alloc(m * n * 8);
+    const f = k.alloc(m * n * 4);
+    const as = Float64Array.from({ length: m * kk }, next);
+    const bs = Float64Array.from({ length: kk * n }, next);
+    k.f64(a, as.length).set(as);
+    k.f64(b, bs.length).set(bs);
+    k.exports.matmulF64(a, kk, b, n, c, n, m, kk, n);
+    k.exports.toF32(c, n, f, m, n);
+    const cs = k.f64(c, m * n), fs = k.f32(f, m * n);
+    for (let i = 0; i < m; i++) {
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let p = 0; p < kk; p++) s += as[i * kk + p] * bs[p * n + j];
+        assertEquals(cs[i * n + j], s); // same order of summation
+        assertEquals(fs[i * n + j], Math.fround(cs[i * n + j]));
+      }
     }
   }
 });
@@ -221,4 +223,24 @@ Deno.test("the arena grows the memory on demand and reuses it after reset", asyn
   k.reset();
   assertEquals(k.alloc(16), p);
   assertEquals(k.memoryBytes, size);
+});
+
+Deno.test("the kernels' Jacobi step gives the same SVD as the TypeScript one", async () => {
+  const k = await Kernels.load();
+  const next = rng(6);
+  for (const [m, n] of [[20, 20], [33, 7], [6, 15]]) {
+    const a = matrix(m, n, Array.from({ length: m * n }, next));
+    const ts = svd(a), wasm = svd(a, { orthogonalize: k.orthogonalize });
+    ts.s.forEach((s, i) => assert(Math.abs(wasm.s[i] - s) <= 1e-14 * ts.s[0], `σ${i}`));
+    const rebuilt = matrix(m, n);
+    wasm.s.forEach((s, i) => {
+      for (let r = 0; r < m; r++) {
+        for (let c = 0; c < n; c++) {
+          rebuilt.data[r * n + c] += wasm.u.data[r * wasm.u.cols + i] * s *
+            wasm.v.data[c * wasm.v.cols + i];
+        }
+      }
+    });
+    rebuilt.data.forEach((x, i) => assert(Math.abs(x - a.data[i]) < 1e-14));
+  }
 });

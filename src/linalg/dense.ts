@@ -281,13 +281,17 @@ export function symmetricEigen(a: Matrix): SymmetricEigen {
   return { values, vectors };
 }
 
-/** A thin singular value decomposition `a = u · diag(s) · vᵀ`. */
+/**
+ * A thin singular value decomposition `a = u · diag(s) · vᵀ`. Columns of `u`
+ * and `v` for nonzero singular values are orthonormal; for a zero singular
+ * value one of the two columns may be zero.
+ */
 export interface SVD {
-  /** `m × k` left singular vectors (k = min(m, n)), orthonormal columns. */
+  /** `m × k` left singular vectors (k = min(m, n)). */
   readonly u: Matrix;
   /** Singular values, descending, length k. */
   readonly s: Float64Array;
-  /** `n × k` right singular vectors; orthonormal columns, except that of a zero singular value, which is zero. */
+  /** `n × k` right singular vectors. */
   readonly v: Matrix;
 }
 
@@ -555,14 +559,11 @@ export function decompositionFromGrams(
     for (let j = 0; j < k2; j++) core.data[i * k2 + j] = dotRowsOf(up.r, i, down.r, j, r);
   }
   const { u, s, v } = svd(core, options);
-  const sign = scale < 0 ? -1 : 1;
-  const kept = Math.min(k, s.length);
-  for (let c = 0; c < kept; c++) {
-    if (!(s[c] > 0)) break; // descending: the rest is zero too
-    sigma[c] = Math.abs(scale) * s[c];
-    fillTransform(upTransform, c, k, up, u, sign);
-    fillTransform(downTransform, c, k, down, v, 1);
-  }
+  let nonzero = 0; // s is descending: zeros come last
+  while (nonzero < Math.min(k, s.length) && s[nonzero] > 0) nonzero++;
+  for (let c = 0; c < nonzero; c++) sigma[c] = Math.abs(scale) * s[c];
+  fillTransform(upTransform, k, nonzero, up, u, scale < 0 ? -1 : 1);
+  fillTransform(downTransform, k, nonzero, down, v, 1);
   return { sigma, upTransform, downTransform };
 }
 
@@ -613,24 +614,37 @@ function dotRowsOf(a: Float64Array, i: number, b: Float64Array, j: number, n: nu
   return s;
 }
 
-/** Column c of T = Π·R₁₁⁻¹·W (W = U_M or V_M) into an r × k row-major transform. */
+/** Columns 0..count of T = Π·R₁₁⁻¹·W (W = U_M or V_M, kept × m) into an r × k transform. */
 function fillTransform(
   into: Float64Array,
-  c: number,
   k: number,
+  count: number,
   factor: GramFactor,
   w: Matrix,
   sign: number,
 ): void {
-  const { rank: r, kept, r: rf, pivots } = factor;
-  // Back substitution with the upper triangle R₁₁[i][j] = R[i][pivots[j]].
-  const x = new Float64Array(kept);
-  for (let i = kept - 1; i >= 0; i--) {
-    let s = w.data[i * w.cols + c];
-    for (let j = i + 1; j < kept; j++) s -= rf[i * r + pivots[j]] * x[j];
-    x[i] = s / rf[i * r + pivots[i]];
+  const { rank: r, kept: n, r: rf, pivots } = factor;
+  // R₁₁[i][j] = R[i][pivots[j]] (upper triangular), gathered contiguously.
+  const t = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) {
+    for (let j = i; j < n; j++) t[i * n + j] = rf[i * r + pivots[j]];
   }
-  for (let i = 0; i < kept; i++) into[pivots[i] * k + c] = sign * x[i];
+  // X = R₁₁⁻¹·W[:, :count] by back substitution, all columns at once (rows of X contiguous).
+  const x = new Float64Array(n * count);
+  for (let i = n - 1; i >= 0; i--) {
+    const xi = i * count;
+    for (let c = 0; c < count; c++) x[xi + c] = w.data[i * w.cols + c];
+    for (let j = i + 1; j < n; j++) {
+      const f = t[i * n + j], xj = j * count;
+      for (let c = 0; c < count; c++) x[xi + c] -= f * x[xj + c];
+    }
+    const d = t[i * n + i];
+    for (let c = 0; c < count; c++) x[xi + c] /= d;
+  }
+  for (let i = 0; i < n; i++) {
+    const row = pivots[i] * k, xi = i * count;
+    for (let c = 0; c < count; c++) into[row + c] = sign * x[xi + c];
+  }
 }
 
 function rotateRows(

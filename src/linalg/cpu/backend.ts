@@ -41,7 +41,8 @@ export interface CpuBackendOptions {
 }
 
 /**
- * Creates the CPU backend (loads the WASM kernels; workers start on first use).
+ * Creates the CPU backend: loads the WASM kernels and starts the workers,
+ * which get ready in the background.
  *
  * @example
  * ```ts
@@ -64,7 +65,11 @@ export async function createCpuBackend(options: CpuBackendOptions = {}): Promise
   if (!Number.isInteger(workers) || workers < 0) {
     throw new BackendError(`CPU backend: workers must be a whole number ≥ 0, got ${workers}`);
   }
-  return new CpuBackend(await Kernels.load(), workers, options.inlineWork ?? 1e7);
+  const inlineWork = options.inlineWork ?? 1e7;
+  if (!(inlineWork >= 0)) {
+    throw new BackendError(`CPU backend: inlineWork must be a number ≥ 0, got ${inlineWork}`);
+  }
+  return new CpuBackend(await Kernels.load(), workers, inlineWork);
 }
 
 class CpuBackend implements Backend {
@@ -79,6 +84,8 @@ class CpuBackend implements Backend {
   constructor(kernels: Kernels, workers: number, inlineWork: number) {
     this.#kernels = kernels;
     this.#pool = workers > 0 ? new WorkerPool(workers) : undefined;
+    // Workers load their modules and kernels while the caller reads its inputs.
+    this.#pool?.start();
     this.#inlineWork = inlineWork;
     this.description = `CPU, WASM SIMD, ${
       workers === 0 ? "no workers" : `${workers} worker${workers === 1 ? "" : "s"}`

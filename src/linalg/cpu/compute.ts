@@ -184,7 +184,7 @@ export function rebuildLayer(kernels: Kernels, request: RebuildRequest): Rebuilt
   kernels.f64(tbPtr, tb.length).set(tb);
   kernels.f64(tatPtr, tat.length).set(tat);
   const x = kernels.exports;
-  x.decodeRowsF64(upRaw, b64, out, r, r, DTYPE_CODES[factors.up.dtype]);
+  x.decodeF64(upRaw, b64, out * r, DTYPE_CODES[factors.up.dtype]);
   x.decodeRowsF64(downRaw, a64, r, inFlat, inStride, DTYPE_CODES[factors.down.dtype]);
   x.matmulF64(b64, r, tbPtr, kept, up64, kept, out, r, kept);
   x.matmulF64(tatPtr, r, a64, inStride, down64, inStride, kept, r, inFlat);

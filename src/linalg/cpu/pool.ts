@@ -1,8 +1,9 @@
 /**
- * A pool of CPU backend workers (`worker.ts`), started on first use. Each
- * worker runs one task at a time and gets the next queued one when it
- * finishes, so big and small items balance out; which worker runs an item
- * does not change its result.
+ * A pool of CPU backend workers (`worker.ts`), started on first use or by
+ * {@link WorkerPool.start}. Each worker runs one task at a time and has at
+ * most one more posted ahead; the rest wait in a queue and go to whichever
+ * worker frees up first, so big and small items balance out. Which worker runs
+ * an item does not change its result.
  *
  * @module
  */
@@ -21,8 +22,12 @@ interface Job {
 
 interface Slot {
   readonly worker: Worker;
-  job?: Job;
+  /** Posted and not yet answered, oldest first (a worker answers in order). */
+  readonly jobs: Job[];
 }
+
+/** Tasks posted ahead to each worker, so it never waits for the next one. */
+const DEPTH = 2;
 
 interface ReplyMessage {
   readonly id: number;
@@ -48,8 +53,14 @@ export class WorkerPool {
   #closed = false;
   #nextId = 0;
 
+  /** A pool of at most `size` workers (none is started yet). */
   constructor(size: number) {
     this.size = size;
+  }
+
+  /** Starts every worker now (each loads its code and kernels while the caller goes on). */
+  start(): void {
+    while (!this.#closed && this.#slots.length < this.size) this.#spawn();
   }
 
   /** Queues a task; a task whose `signal` is aborted before it starts is rejected unrun. */
@@ -68,7 +79,7 @@ export class WorkerPool {
     const closed = new BackendError("the CPU backend was closed while working");
     for (const slot of this.#slots) {
       slot.worker.terminate();
-      slot.job?.reject(closed);
+      for (const job of slot.jobs) job.reject(closed);
     }
     for (const job of this.#queue) job.reject(closed);
     this.#slots = [];
@@ -77,11 +88,11 @@ export class WorkerPool {
 
   #pump(): void {
     while (this.#queue.length > 0 && !this.#closed) {
-      let slot = this.#slots.find((s) => s.job === undefined);
-      if (!slot) {
-        if (this.#slots.length >= this.size) return;
-        slot = this.#spawn();
-      }
+      // An idle worker first, then a new one, then one with room ahead.
+      let slot = this.#slots.find((s) => s.jobs.length === 0);
+      if (!slot && this.#slots.length < this.size) slot = this.#spawn();
+      slot ??= this.#slots.find((s) => s.jobs.length < DEPTH);
+      if (!slot) return;
       const job = this.#queue.shift()!;
       if (job.signal?.aborted) {
         job.reject(job.signal.reason);
@@ -90,7 +101,7 @@ export class WorkerPool {
       try {
         const { task, transfer } = packTask(job.task);
         slot.worker.postMessage({ id: this.#nextId++, task }, transfer);
-        slot.job = job;
+        slot.jobs.push(job);
       } catch (e) {
         job.reject(e);
       }
@@ -99,10 +110,9 @@ export class WorkerPool {
 
   #spawn(): Slot {
     const worker = new Worker(WORKER_URL, { type: "module" });
-    const slot: Slot = { worker };
+    const slot: Slot = { worker, jobs: [] };
     worker.onmessage = ({ data }: MessageEvent<ReplyMessage>) => {
-      const job = slot.job;
-      slot.job = undefined;
+      const job = slot.jobs.shift();
       if (data.error) job?.reject(reviveError(data.error));
       else job?.resolve(data.result!);
       this.#pump();
@@ -111,7 +121,8 @@ export class WorkerPool {
       event.preventDefault();
       worker.terminate();
       this.#slots = this.#slots.filter((s) => s !== slot);
-      slot.job?.reject(new BackendError(`CPU worker failed: ${event.message}`));
+      const failed = new BackendError(`CPU worker failed: ${event.message}`);
+      for (const job of slot.jobs.splice(0)) job.reject(failed);
       this.#pump();
     };
     this.#slots.push(slot);

@@ -36,7 +36,14 @@ export type Task =
 /** What each kind of task returns. */
 export type TaskResult = Decomposition | RebuiltFactors | BaseNorms | Float64Array;
 
-/** Runs a task on this thread. */
+/**
+ * Runs a task on this thread.
+ *
+ * @example
+ * ```ts ignore
+ * const norms = await runTask({ kernels, reader }, { kind: "norms", weight, which });
+ * ```
+ */
 export function runTask(context: ItemContext, task: Task): Promise<TaskResult> | TaskResult {
   switch (task.kind) {
     case "decompose":
@@ -62,6 +69,12 @@ export interface PackedTask {
  * Copies a task's factor bytes into buffers of their own, so posting transfers
  * exactly those bytes (a view into a larger buffer would clone all of it) and
  * leaves the caller's arrays intact.
+ *
+ * @example
+ * ```ts ignore
+ * const { task: message, transfer } = packTask(task);
+ * worker.postMessage({ id, task: message }, transfer);
+ * ```
  */
 export function packTask(task: Task): PackedTask {
   const transfer: ArrayBuffer[] = [];
@@ -97,7 +110,15 @@ export function packTask(task: Task): PackedTask {
   }
 }
 
-/** Buffers of a result that can be transferred back. */
+/**
+ * Buffers of a result that can be transferred back.
+ *
+ * @example
+ * ```ts
+ * import { resultTransfer } from "./tasks.ts";
+ * console.log(resultTransfer(new Float64Array(2)).length); // 1
+ * ```
+ */
 export function resultTransfer(result: TaskResult): ArrayBuffer[] {
   if (result instanceof Float64Array) return [result.buffer as ArrayBuffer];
   if ("sigma" in result) {
@@ -117,14 +138,30 @@ export interface ErrorMessage {
   readonly message: string;
 }
 
-/** Serialises an error for posting. */
+/**
+ * Serialises an error for posting.
+ *
+ * @example
+ * ```ts
+ * import { errorMessage } from "./tasks.ts";
+ * console.log(errorMessage(new RangeError("bad"))); // { name: "RangeError", message: "bad" }
+ * ```
+ */
 export function errorMessage(e: unknown): ErrorMessage {
   return e instanceof Error
     ? { name: e.name, message: e.message }
     : { name: "Error", message: String(e) };
 }
 
-/** Re-creates a worker's error on this side (ResizeLoraError classes keep their class). */
+/**
+ * Re-creates a worker's error on this side (ResizeLoraError classes keep their class).
+ *
+ * @example
+ * ```ts
+ * import { reviveError } from "./tasks.ts";
+ * console.log(reviveError({ name: "BackendError", message: "x" }).name); // "BackendError"
+ * ```
+ */
 export function reviveError(e: ErrorMessage): ResizeLoraError {
   if (e.name === "SafetensorsError") return new SafetensorsError(e.message);
   if (e.name === "BackendError") return new BackendError(e.message);

@@ -14,13 +14,29 @@ import type { FloatDType } from "../../safetensors/dtype.ts";
 import { loadAsset } from "../asset.ts";
 import type { RowOrthogonalizer } from "../dense.ts";
 
-/** Where the kernels binary lies (beside this module). */
+/**
+ * Where the kernels binary lies (beside this module).
+ *
+ * @example
+ * ```ts
+ * import { KERNELS_URL } from "./kernels.ts";
+ * console.log(KERNELS_URL.pathname.endsWith("/kernels.wasm")); // true
+ * ```
+ */
 export const KERNELS_URL: URL = new URL("./kernels.wasm", import.meta.url);
 
 const PAGE = 65536;
 const MAX_PAGES = 65536; // 4 GiB
 
-/** The kernels' code for each float dtype. */
+/**
+ * The kernels' code for each float dtype.
+ *
+ * @example
+ * ```ts
+ * import { DTYPE_CODES } from "./kernels.ts";
+ * console.log(DTYPE_CODES.BF16); // 1
+ * ```
+ */
 export const DTYPE_CODES: Readonly<Record<FloatDType, number>> = {
   F16: 0,
   BF16: 1,

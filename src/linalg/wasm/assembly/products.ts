@@ -55,7 +55,8 @@ export function gramRows(x: usize, r: i32, stride: i32, g: usize): void {
 
 /**
  * C = A·B (f64, row-major with leading dimensions lda, ldb, ldc): C is m × n, A m × k, B k × n.
- * Each row of C is built by adding rows of B in order of p.
+ * Eight columns of a row of C are summed in registers over p (in order of p), so the inner loop
+ * only loads.
  */
 export function matmulF64(
   a: usize,
@@ -68,23 +69,34 @@ export function matmulF64(
   k: i32,
   n: i32,
 ): void {
-  const cols = <usize> n;
-  const vec = cols & ~(<usize> 1);
+  const cols = <usize> n, inner = <usize> k, step = <usize> ldb << 3;
+  const vec = cols & ~(<usize> 7);
   for (let i: usize = 0; i < <usize> m; i++) {
-    const ci = c + ((i * <usize> ldc) << 3);
-    memory.fill(ci, 0, cols << 3);
-    for (let p: usize = 0; p < <usize> k; p++) {
-      const s = load<f64>(a + ((i * <usize> lda + p) << 3));
-      const sv = f64x2.splat(s);
-      const bp = b + ((p * <usize> ldb) << 3);
-      let j: usize = 0;
-      for (; j < vec; j += 2) {
-        const o = j << 3;
-        v128.store(ci + o, f64x2.add(v128.load(ci + o), f64x2.mul(sv, v128.load(bp + o))));
+    const ai = a + ((i * <usize> lda) << 3), ci = c + ((i * <usize> ldc) << 3);
+    let j: usize = 0;
+    for (; j < vec; j += 8) {
+      let s0 = f64x2.splat(0), s1 = f64x2.splat(0), s2 = f64x2.splat(0), s3 = f64x2.splat(0);
+      let bp = b + (j << 3);
+      for (let p: usize = 0; p < inner; p++) {
+        const x = v128.load64_splat(ai + (p << 3));
+        s0 = f64x2.add(s0, f64x2.mul(x, v128.load(bp)));
+        s1 = f64x2.add(s1, f64x2.mul(x, v128.load(bp, 16)));
+        s2 = f64x2.add(s2, f64x2.mul(x, v128.load(bp, 32)));
+        s3 = f64x2.add(s3, f64x2.mul(x, v128.load(bp, 48)));
+        bp += step;
       }
-      if (j < cols) {
-        store<f64>(ci + (j << 3), load<f64>(ci + (j << 3)) + s * load<f64>(bp + (j << 3)));
+      const cj = ci + (j << 3);
+      v128.store(cj, s0);
+      v128.store(cj, s1, 16);
+      v128.store(cj, s2, 32);
+      v128.store(cj, s3, 48);
+    }
+    for (; j < cols; j++) {
+      let s: f64 = 0;
+      for (let p: usize = 0; p < inner; p++) {
+        s += load<f64>(ai + (p << 3)) * load<f64>(b + p * step + (j << 3));
       }
+      store<f64>(ci + (j << 3), s);
     }
   }
 }
