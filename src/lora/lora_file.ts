@@ -145,9 +145,13 @@ export async function readLoraFile(path: string): Promise<LoraModel> {
     );
   }
   const raw = new Map<string, RawTensor>();
-  // One read per tensor, all queued at once, in file order.
-  await Promise.all(file.tensors.map(async ({ name, dtype, shape }) => {
-    raw.set(name, { name, dtype, shape, bytes: await file.readBytes(name) });
+  // The whole data section lands in one shared buffer: compute workers then
+  // see the factors without a copy per call. One read per tensor, all queued
+  // at once, in file order.
+  const data = sharedBytes(file.size - file.dataStart);
+  await Promise.all(file.tensors.map(async ({ name, dtype, shape, dataOffsets: [begin, end] }) => {
+    const bytes = await file.readBytes(name, { into: data.subarray(begin, end) });
+    raw.set(name, { name, dtype, shape, bytes });
   }));
   const alphas = new Map<string, number>();
   for (const name of layerNames) {
@@ -173,6 +177,15 @@ export async function readLoraFile(path: string): Promise<LoraModel> {
     passThrough,
     passThroughSummary: summarizePassThrough(passThrough),
   };
+}
+
+/** Zeroed bytes in a SharedArrayBuffer where the runtime has one (else a plain buffer). */
+function sharedBytes(length: number): Uint8Array {
+  return new Uint8Array(
+    typeof SharedArrayBuffer === "function"
+      ? new SharedArrayBuffer(length)
+      : new ArrayBuffer(length),
+  );
 }
 
 /** A one-element tensor's value: float bytes already read are decoded here, the rest by the reader. */

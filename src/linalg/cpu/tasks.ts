@@ -79,6 +79,8 @@ export interface PackedTask {
 export function packTask(task: Task): PackedTask {
   const transfer: ArrayBuffer[] = [];
   const own = (data: FloatData): FloatData => {
+    // Shared memory (LoRA files are read into it) is posted as is.
+    if (data.bytes.buffer instanceof SharedArrayBuffer) return data;
     const bytes = data.bytes.slice();
     transfer.push(bytes.buffer);
     return { dtype: data.dtype, bytes };

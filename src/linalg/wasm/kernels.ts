@@ -95,6 +95,18 @@ export interface KernelExports {
     k: number,
     n: number,
   ): void;
+  /** C = A·B in f32 with leading dimensions; n a multiple of 4. */
+  matmulF32(
+    a: number,
+    lda: number,
+    b: number,
+    ldb: number,
+    c: number,
+    ldc: number,
+    m: number,
+    k: number,
+    n: number,
+  ): void;
   /** One-sided Jacobi on f64 rows (see `RowOrthogonalizer`); returns the sweeps. */
   orthogonalizeRows(
     w: number,

@@ -2,7 +2,7 @@
 // exported memory, which the TypeScript side (../kernels.ts) lays out and grows.
 
 export { decodeF32, decodeF64, decodeRowsF32, decodeRowsF64, decodeTransposedF64 } from "./decode";
-export { gramRows, matmulF64, toF32 } from "./products";
+export { gramRows, matmulF32, matmulF64, toF32 } from "./products";
 export { orthogonalizeRows } from "./jacobi";
 export { gramMatvec, rowsTimesTransposed, sumSquares } from "./norms";
 

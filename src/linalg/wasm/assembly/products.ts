@@ -116,3 +116,54 @@ export function toF32(src: usize, stride: i32, dst: usize, rows: i32, cols: i32)
     for (; j < n; j++) store<f32>(d + (j << 2), <f32> load<f64>(s + (j << 3)));
   }
 }
+
+/**
+ * C = A·B in f32 (row-major, leading dimensions lda, ldb, ldc): C is m × n, A m × k, B k × n,
+ * n a multiple of 4 (callers pad B and C). Sixteen (then four) columns of a row of C are summed
+ * in registers over p, in order of p. Used where the result is rounded to an output dtype anyway
+ * (the rebuild of the kept factors).
+ */
+export function matmulF32(
+  a: usize,
+  lda: i32,
+  b: usize,
+  ldb: i32,
+  c: usize,
+  ldc: i32,
+  m: i32,
+  k: i32,
+  n: i32,
+): void {
+  const cols = <usize> n, inner = <usize> k, step = <usize> ldb << 2;
+  const wide = cols & ~(<usize> 15);
+  for (let i: usize = 0; i < <usize> m; i++) {
+    const ai = a + ((i * <usize> lda) << 2), ci = c + ((i * <usize> ldc) << 2);
+    let j: usize = 0;
+    for (; j < wide; j += 16) {
+      let s0 = f32x4.splat(0), s1 = f32x4.splat(0), s2 = f32x4.splat(0), s3 = f32x4.splat(0);
+      let bp = b + (j << 2);
+      for (let p: usize = 0; p < inner; p++) {
+        const x = v128.load32_splat(ai + (p << 2));
+        s0 = f32x4.add(s0, f32x4.mul(x, v128.load(bp)));
+        s1 = f32x4.add(s1, f32x4.mul(x, v128.load(bp, 16)));
+        s2 = f32x4.add(s2, f32x4.mul(x, v128.load(bp, 32)));
+        s3 = f32x4.add(s3, f32x4.mul(x, v128.load(bp, 48)));
+        bp += step;
+      }
+      const cj = ci + (j << 2);
+      v128.store(cj, s0);
+      v128.store(cj, s1, 16);
+      v128.store(cj, s2, 32);
+      v128.store(cj, s3, 48);
+    }
+    for (; j < cols; j += 4) {
+      let s = f32x4.splat(0);
+      let bp = b + (j << 2);
+      for (let p: usize = 0; p < inner; p++) {
+        s = f32x4.add(s, f32x4.mul(v128.load32_splat(ai + (p << 2)), v128.load(bp)));
+        bp += step;
+      }
+      v128.store(ci + (j << 2), s);
+    }
+  }
+}
