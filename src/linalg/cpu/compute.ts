@@ -54,10 +54,12 @@ export class WeightReader {
       }
       this.#files.set(weight.path, file);
     }
-    await file.seek(weight.offset, Deno.SeekMode.Start);
+    // Synchronous: this thread has nothing else to do meanwhile, and from the
+    // page cache sync reads cost a fraction of async ones.
+    file.seekSync(weight.offset, Deno.SeekMode.Start);
     let done = 0;
     while (done < into.byteLength) {
-      const n = await file.read(into.subarray(done));
+      const n = file.readSync(into.subarray(done, done + READ_CHUNK));
       if (n === null) break;
       done += n;
     }
@@ -84,6 +86,9 @@ export interface ItemContext {
 }
 
 const even = (n: number) => n + (n & 1);
+
+/** Largest single read (bounded so that one call never blocks for long). */
+const READ_CHUNK = 8 << 20;
 
 /**
  * The SVD of one layer's ΔW = scale·up·down, via its Gram matrices (see
