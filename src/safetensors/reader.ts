@@ -90,7 +90,6 @@ export class SafetensorsFile implements AsyncDisposable {
   readonly headerLength: number;
   #file: Deno.FsFile | undefined;
   #byName: Map<string, TensorInfo>;
-  #queue: Promise<unknown> = Promise.resolve();
   /** Where the OS file cursor is, or -1 when unknown (skips redundant seeks). */
   #position = -1;
   #window: Uint8Array | undefined;
@@ -227,18 +226,18 @@ export class SafetensorsFile implements AsyncDisposable {
         `${this.path}: tensor '${name}' needs ${length} bytes, the buffer has ${into.byteLength}`,
       );
     }
-    return this.#exclusive(async (file) => {
+    return this.#exclusive((file) => {
       const out = into ? into.subarray(0, length) : new Uint8Array(length);
-      await this.#read(file, offset, out, name);
+      this.#read(file, offset, out, name);
       return out;
     });
   }
 
   /** Reads an absolute byte range; `what` names the tensor in errors. */
   readRange(offset: number, length: number, what = "data"): Promise<Uint8Array> {
-    return this.#exclusive(async (file) => {
+    return this.#exclusive((file) => {
       const out = new Uint8Array(length);
-      await this.#read(file, offset, out, what);
+      this.#read(file, offset, out, what);
       return out;
     });
   }
@@ -260,7 +259,7 @@ export class SafetensorsFile implements AsyncDisposable {
   ): Promise<T> {
     const dtype = this.#floatDType(name);
     const { offset, length } = this.byteRange(name, options);
-    return this.#exclusive(async (file) => {
+    return this.#exclusive((file) => {
       // The raw bytes only live until decoded: reuse one buffer for them.
       let raw: Uint8Array;
       if (length > SCRATCH_MAX) raw = new Uint8Array(length);
@@ -270,26 +269,26 @@ export class SafetensorsFile implements AsyncDisposable {
         }
         raw = this.#scratch.subarray(0, length);
       }
-      await this.#read(file, offset, raw, name);
+      this.#read(file, offset, raw, name);
       return decodeFloats(raw, dtype, kind);
     });
   }
 
-  /** Runs a job with the file handle to itself: one handle, one cursor, so reads are serialised. */
-  #exclusive<T>(job: (file: Deno.FsFile) => Promise<T>): Promise<T> {
-    const run = () => {
+  /**
+   * Runs a read with the file handle. Reads are synchronous underneath (see
+   * `#readDirect`), so jobs never interleave on the handle's one cursor.
+   */
+  #exclusive<T>(job: (file: Deno.FsFile) => T): Promise<T> {
+    return new Promise((resolve) => {
       const file = this.#file;
       if (!file) throw new SafetensorsError(`${this.path}: file is closed`);
-      return job(file);
-    };
-    const p = this.#queue.then(run, run);
-    this.#queue = p.catch(() => {});
-    return p;
+      resolve(job(file));
+    });
   }
 
-  async #read(file: Deno.FsFile, offset: number, into: Uint8Array, what: string): Promise<void> {
+  #read(file: Deno.FsFile, offset: number, into: Uint8Array, what: string): void {
     let got: number;
-    if (into.byteLength <= SMALL_READ) got = await this.#readSmall(file, offset, into);
+    if (into.byteLength <= SMALL_READ) got = this.#readSmall(file, offset, into);
     else {
       // Take what the window already holds, then read on from where the cursor is.
       const held = this.#windowOffset + this.#windowLength - offset;
@@ -300,7 +299,7 @@ export class SafetensorsFile implements AsyncDisposable {
         );
       }
       if (got < into.byteLength) {
-        got += await this.#readDirect(file, offset + got, into.subarray(got));
+        got += this.#readDirect(file, offset + got, into.subarray(got));
       }
     }
     if (got !== into.byteLength) {
@@ -311,7 +310,7 @@ export class SafetensorsFile implements AsyncDisposable {
   }
 
   /** Reads at `offset` into `into`, in chunks, seeking only when the cursor is elsewhere. */
-  async #readDirect(file: Deno.FsFile, offset: number, into: Uint8Array): Promise<number> {
+  #readDirect(file: Deno.FsFile, offset: number, into: Uint8Array): number {
     const at = this.#position;
     this.#position = -1; // unknown until the reads below succeed
     if (at !== offset) file.seekSync(offset, Deno.SeekMode.Start);
@@ -329,13 +328,13 @@ export class SafetensorsFile implements AsyncDisposable {
   }
 
   /** Serves a small range from the read-ahead window, refilling it at `offset` on a miss. */
-  async #readSmall(file: Deno.FsFile, offset: number, into: Uint8Array): Promise<number> {
+  #readSmall(file: Deno.FsFile, offset: number, into: Uint8Array): number {
     const end = offset + into.byteLength;
     if (offset < this.#windowOffset || end > this.#windowOffset + this.#windowLength) {
       this.#window ??= new Uint8Array(WINDOW);
       this.#windowLength = 0;
       const want = Math.max(into.byteLength, Math.min(WINDOW, this.size - offset));
-      this.#windowLength = await this.#readDirect(file, offset, this.#window.subarray(0, want));
+      this.#windowLength = this.#readDirect(file, offset, this.#window.subarray(0, want));
       this.#windowOffset = offset;
     }
     const from = offset - this.#windowOffset;
