@@ -12,6 +12,7 @@
 #   test.txt          deno test tests/gpu_backend_test.ts
 #   bench_s4.txt/json bench/gpu_bench.ts at 1/4 width (quick, always finishes)
 #   bench_full.txt/json  bench/gpu_bench.ts at full SDXL size (fixtures generated here, ~7.2 GB)
+#   resize_full.txt   the CLI end to end with -d gpu, cold norms (spn_ckpt), wall time and peak RSS
 #
 # The stage limits add up to 9.5 minutes, so the whole check fits one
 # 10-minute device command. A stage that runs out of time is killed, its
@@ -92,7 +93,10 @@ run() { # run NAME SECONDS COMMAND...: output to $OUT/NAME.txt, keeps going on f
 run test 90 "$DENO" test -A tests/gpu_backend_test.ts
 run bench_s4 110 "$DENO" run -A bench/gpu_bench.ts --scale 0.25 --json "$OUT/bench_s4.json"
 if [ "${GPU_CHECK_FULL:-1}" != 0 ]; then
-  run bench_full "${GPU_CHECK_FULL_SECONDS:-360}" \
+  run bench_full "${GPU_CHECK_FULL_SECONDS:-300}" \
     "$DENO" run -A bench/gpu_bench.ts --scale 1 --json "$OUT/bench_full.json"
+  # End to end on the GPU: cold spectral norms + decomposition + write (fixtures from above).
+  run resize_full 60 /usr/bin/time -v "$DENO" run -A cli.ts .bench/sdxl_base_full.safetensors \
+    .bench/lora_r32.safetensors -d gpu --no_norms_cache -r spn_ckpt=1,thr=-2 -o /tmp/resize-lora-gpu-check -vv
 fi
 exit "$status"

@@ -54,6 +54,11 @@ import { writeSafetensors } from "./safetensors/writer.ts";
 /** The original tool's default recipe. */
 export const DEFAULT_RECIPES = "fro_ckpt=1,thr=-3.5";
 
+/** Base weights per norms batch (bytes at 2 per element) when a cache is written. */
+const NORMS_BATCH_BYTES = 1 << 30;
+/** … and at most this many weights. */
+const NORMS_BATCH_ITEMS = 128;
+
 /** A singular value below this (absolute) makes a layer an all-zero layer (§3.6). */
 const ZERO_LAYER_SIGMA = 1e-6;
 
@@ -247,10 +252,20 @@ async function runPipeline(options: ResizeOptions, write: boolean): Promise<Resi
   const recipes = parseRecipes(options.recipes ?? DEFAULT_RECIPES);
   for (const r of recipes) for (const w of r.warnings) log("WARNING", w);
   await using run = await openRun(options, log);
+  // The base norms any recipe needs are computed alongside the decomposition.
+  const needs = recipes.map((r) =>
+    recipeNeeds(r, {
+      layerReport: options.logLevel === "DEBUG" || options.layerNorms === true,
+    })
+  );
+  const norms = {
+    frobenius: needs.some((n) => n.frobenius),
+    spectral: needs.some((n) => n.spectral),
+  };
   const outputs: OutputSummary[] = [];
   for (const entry of options.loras) {
     log("INFO", `Processing LoRA model: ${entry}`);
-    const lora = await prepareLora(run, entry);
+    const lora = await prepareLora(run, entry, norms);
     for (const recipe of recipes) {
       outputs.push(await resizeWithRecipe(run, lora, recipe, write));
     }
@@ -275,7 +290,11 @@ async function openRun(options: ResizeOptions, log: LogFn): Promise<Run> {
 }
 
 /** Load, pair, decompose, drop all-zero layers. */
-async function prepareLora(run: Run, entry: string): Promise<PreparedLora> {
+async function prepareLora(
+  run: Run,
+  entry: string,
+  norms: { frobenius: boolean; spectral: boolean },
+): Promise<PreparedLora> {
   const { log, options } = run;
   const model = await loadLora(entry);
   const pairing = pairLayers(model, run.checkpoint);
@@ -310,10 +329,17 @@ async function prepareLora(run: Run, entry: string): Promise<PreparedLora> {
     );
   }
 
+  // Norms and decomposition share the backend's workers: started together,
+  // neither waits for the other's stragglers.
+  const prefetch = norms.frobenius || norms.spectral
+    ? baseNorms(run, pairing.paired, norms)
+    : undefined;
+  prefetch?.catch(() => {}); // awaited below; not unhandled if decompose fails first
   const decompositions = await run.backend.decompose(
     pairing.paired.map((p) => p.layer.factors),
     { onProgress: (d, t) => options.onProgress?.("SVD", d, t) },
   );
+  await prefetch;
   const layers: PairedLayer[] = [];
   const kept: Decomposition[] = [];
   pairing.paired.forEach((p, i) => {
@@ -376,10 +402,23 @@ async function baseNorms(
     if (lacks && !missing.has(key)) missing.set(key, { entry: p.base, layer: p.layer.name });
   }
   const todo = [...missing];
-  // Batches, so that an interrupted run keeps what it computed (D7).
-  const BATCH = 32;
-  for (let start = 0; start < todo.length; start += BATCH) {
-    const batch = todo.slice(start, start + BATCH);
+  // With a cache, batches of about a GB of weights, written as they complete,
+  // so that an interrupted run keeps what it computed (D7); without, one batch
+  // keeps the workers busiest.
+  const batches: (typeof todo)[] = [];
+  let bytes = 0;
+  for (const item of todo) {
+    const last = batches.at(-1);
+    const full = run.cache !== undefined &&
+      (bytes >= NORMS_BATCH_BYTES || (last?.length ?? 0) >= NORMS_BATCH_ITEMS);
+    if (!last || full) {
+      batches.push([item]);
+      bytes = 0;
+    } else last.push(item);
+    bytes += item[1].entry.rows * item[1].entry.cols * 2;
+  }
+  let start = 0;
+  for (const batch of batches) {
     for (const [, { entry, layer }] of batch) {
       run.log("DEBUG", `Loading base weight ${entry.label} for ${layer}`);
     }
@@ -397,6 +436,7 @@ async function baseNorms(
       update[key] = norms[i];
     });
     await run.cache?.update(update);
+    start += batch.length;
   }
   return layers.map((p) => lookup(normsKey(p.base)) ?? {});
 }
