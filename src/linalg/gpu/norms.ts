@@ -299,6 +299,21 @@ async function runNormBatch(
       lanczos: bind(lanczos, [[0, descBuf], [1, vecBuf], [3, histBuf]]),
     };
     const results: BaseNorms[] = weights.map(() => ({}));
+    /** CHECK_EVERY Lanczos steps of the active weights (the first row pass also summing squares). */
+    const lanczosSteps = (pass: GPUComputePassEncoder, froFirst: boolean) => {
+      for (let step = 0; step < CHECK_EVERY; step++) {
+        const fro = step === 0 && froFirst;
+        pass.setPipeline(fro ? rowFro : row);
+        pass.setBindGroup(0, fro ? groups.rowFro : groups.row);
+        ctx.dispatch(pass, counts.rows);
+        pass.setPipeline(col);
+        pass.setBindGroup(0, groups.col);
+        ctx.dispatch(pass, counts.cols);
+        pass.setPipeline(lanczos);
+        pass.setBindGroup(0, groups.lanczos);
+        ctx.dispatch(pass, counts.weights);
+      }
+    };
 
     // First submit: start vectors, the Frobenius row pass, and (for the
     // spectral norm) the first CHECK_EVERY Lanczos steps.
@@ -309,18 +324,11 @@ async function runNormBatch(
         pass.setBindGroup(0, groups.init);
         ctx.dispatch(pass, nWeights);
       }
-      for (let step = 0; step < (which.spectral ? CHECK_EVERY : 1); step++) {
-        const fro = step === 0 && which.frobenius;
-        pass.setPipeline(fro ? rowFro : row);
-        pass.setBindGroup(0, fro ? groups.rowFro : groups.row);
+      if (which.spectral) lanczosSteps(pass, which.frobenius);
+      else {
+        pass.setPipeline(rowFro);
+        pass.setBindGroup(0, groups.rowFro);
         ctx.dispatch(pass, counts.rows);
-        if (!which.spectral) break;
-        pass.setPipeline(col);
-        pass.setBindGroup(0, groups.col);
-        ctx.dispatch(pass, counts.cols);
-        pass.setPipeline(lanczos);
-        pass.setBindGroup(0, groups.lanczos);
-        ctx.dispatch(pass, counts.weights);
       }
       pass.end();
     });
@@ -352,17 +360,7 @@ async function runNormBatch(
       ctx.write(descBuf, 0, desc);
       await ctx.submit("spectral norms", (encoder) => {
         const pass = encoder.beginComputePass({ label: "lanczos" });
-        for (let step = 0; step < CHECK_EVERY; step++) {
-          pass.setPipeline(row);
-          pass.setBindGroup(0, groups.row);
-          ctx.dispatch(pass, counts.rows);
-          pass.setPipeline(col);
-          pass.setBindGroup(0, groups.col);
-          ctx.dispatch(pass, counts.cols);
-          pass.setPipeline(lanczos);
-          pass.setBindGroup(0, groups.lanczos);
-          ctx.dispatch(pass, counts.weights);
-        }
+        lanczosSteps(pass, false);
         pass.end();
       });
     }
