@@ -11,7 +11,6 @@
  */
 
 import { BackendError } from "../../errors.ts";
-import { dtypeSize } from "../../safetensors/dtype.ts";
 import type {
   Backend,
   BackendCallOptions,
@@ -24,10 +23,11 @@ import type {
   RebuiltFactors,
   SubspaceRequest,
 } from "../backend.ts";
-import { DTYPE_CODES, Kernels } from "../wasm/kernels.ts";
+import { Kernels } from "../wasm/kernels.ts";
 import { WeightReader } from "./compute.ts";
 import { WorkerPool } from "./pool.ts";
 import { runTask, type Task, type TaskResult } from "./tasks.ts";
+import { checkDecomposition, checkFactors, checkRebuild, checkWeight } from "../checks.ts";
 
 /** Options of {@link createCpuBackend}. */
 export interface CpuBackendOptions {
@@ -205,76 +205,5 @@ class CpuBackend implements Backend {
       throw e;
     }
     return results;
-  }
-}
-
-function isCount(n: unknown): n is number {
-  return Number.isInteger(n) && (n as number) > 0;
-}
-
-function checkFactors(f: LowRankFactors, where: string): void {
-  if (!isCount(f.out) || !isCount(f.rank) || !isCount(f.inFlat)) {
-    throw new BackendError(
-      `${where}: shape out=${f.out} rank=${f.rank} inFlat=${f.inFlat} is not positive whole numbers`,
-    );
-  }
-  if (!Number.isFinite(f.scale)) throw new BackendError(`${where}: scale ${f.scale} is not finite`);
-  for (
-    const [name, data, rows, cols] of [
-      ["up", f.up, f.out, f.rank],
-      ["down", f.down, f.rank, f.inFlat],
-    ] as const
-  ) {
-    if (!Object.hasOwn(DTYPE_CODES, data.dtype)) {
-      throw new BackendError(`${where}: ${name} has unsupported dtype ${data.dtype}`);
-    }
-    const expected = rows * cols * dtypeSize(data.dtype);
-    if (data.bytes.byteLength !== expected) {
-      throw new BackendError(
-        `${where}: ${name} has ${data.bytes.byteLength} bytes, expected ${expected} (${data.dtype} ${rows}×${cols})`,
-      );
-    }
-  }
-}
-
-function checkDecomposition(d: Decomposition, f: LowRankFactors, where: string): void {
-  const k = d.sigma.length;
-  if (k > Math.min(f.out, f.inFlat, f.rank)) {
-    throw new BackendError(
-      `${where}: ${k} singular values for a ${f.out}×${f.inFlat} rank-${f.rank} layer`,
-    );
-  }
-  if (d.upTransform.length !== f.rank * k || d.downTransform.length !== f.rank * k) {
-    throw new BackendError(
-      `${where}: transforms have ${d.upTransform.length} and ${d.downTransform.length} values, expected ${f.rank}×${k}`,
-    );
-  }
-}
-
-function checkRebuild(request: RebuildRequest, where: string): void {
-  const { factors, decomposition, keep, rescale } = request;
-  checkFactors(factors, where);
-  checkDecomposition(decomposition, factors, where);
-  if (!Number.isFinite(rescale) || rescale < 0) {
-    throw new BackendError(`${where}: rescale ${rescale} is not a finite number ≥ 0`);
-  }
-  const k = decomposition.sigma.length;
-  keep.forEach((m, j) => {
-    if (!Number.isInteger(m) || m < 0 || m >= k || (j > 0 && m <= keep[j - 1])) {
-      throw new BackendError(
-        `${where}: keep must be ascending indices below ${k}, got [${keep.join(", ")}]`,
-      );
-    }
-  });
-}
-
-function checkWeight(w: BaseWeightRef, where: string): void {
-  if (!Object.hasOwn(DTYPE_CODES, w.dtype)) {
-    throw new BackendError(`${where}: ${w.path}: unsupported dtype ${w.dtype}`);
-  }
-  if (!isCount(w.rows) || !isCount(w.cols) || !Number.isInteger(w.offset) || w.offset < 0) {
-    throw new BackendError(
-      `${where}: ${w.path}: base weight at byte ${w.offset} has invalid shape ${w.rows}×${w.cols}`,
-    );
   }
 }

@@ -15,10 +15,10 @@
  * @module
  */
 
+import { checkFactors } from "../checks.ts";
 import { BackendError } from "../../errors.ts";
 import type { BackendCallOptions, Decomposition, LowRankFactors } from "../backend.ts";
 import { decompositionFromGrams, matrix } from "../dense.ts";
-import { dtypeSize } from "../../safetensors/dtype.ts";
 import {
   addProduct,
   type CrossGroup,
@@ -38,29 +38,6 @@ const MAX_SEGMENTS = 4;
 const BATCH_BYTES = 64 << 20;
 /** Bytes of Gram partials per batch at most. */
 const PARTIAL_BYTES = 32 << 20;
-
-/**
- * Checks that a layer's factor byte counts match its shape; throws a
- * {@link BackendError} otherwise.
- *
- * @example
- * ```ts
- * import { checkFactors } from "./decompose.ts";
- * const f32 = (n: number) => ({ dtype: "F32" as const, bytes: new Uint8Array(4 * n) });
- * checkFactors({ up: f32(2), down: f32(3), out: 2, rank: 1, inFlat: 3, scale: 1 }, "layer x");
- * ```
- */
-export function checkFactors(layer: LowRankFactors, what: string): void {
-  const { out, rank, inFlat, up, down } = layer;
-  for (const [name, n, t] of [["up", out * rank, up], ["down", rank * inFlat, down]] as const) {
-    if (t.bytes.byteLength !== n * dtypeSize(t.dtype)) {
-      throw new BackendError(
-        `${what}: ${name} factor has ${t.bytes.byteLength} bytes, ` +
-          `expected ${n} ${t.dtype} values for out=${out}, rank=${rank}, in=${inFlat}`,
-      );
-    }
-  }
-}
 
 /**
  * Segments of a sum over `n` samples: [start, end) pairs (at most four, of

@@ -12,7 +12,7 @@
 import { BackendError } from "../../errors.ts";
 import type { BackendCallOptions, RebuildRequest, RebuiltFactors } from "../backend.ts";
 import { addProduct, type CrossGroup, OutMode, prepareCross } from "./cross.ts";
-import { checkFactors } from "./decompose.ts";
+import { checkFactors } from "../checks.ts";
 import type { GpuContext } from "./device.ts";
 import { type Format, Packer } from "./pack.ts";
 
