@@ -89,29 +89,37 @@ for await (const e of Deno.readDir(join(FIXTURES, "cases"))) {
 }
 cases.sort((a, b) => a.id.localeCompare(b.id));
 
-for (const c of cases) {
-  Deno.test(`conformance ${c.id}`, async () => {
-    const out = await Deno.makeTempDir({ prefix: "resize-lora-conf-" });
-    try {
-      const args = c.argv.map((a) => a.replaceAll("$DATA/", FIXTURES).replaceAll("$OUT", out));
-      const sizeMode = (c.recipes ?? "").includes("size=");
-      if (sizeMode) args.push("--size_accounting", "original");
-      args.push("--no_norms_cache", "-d", "cpu");
-      const { code, stderr } = await runCli(args);
-      assertEquals(code, 0, stderr.join("\n"));
-      const written = [];
-      for await (const e of Deno.readDir(out)) written.push(e.name);
-      assertEquals(written.sort(), c.outputs.map((o) => o.file).sort());
-      const input = await SafetensorsFile.open(join(FIXTURES, c.input_lora));
-      for (const expected of c.outputs) {
-        await checkOutput(join(out, expected.file), expected, input.metadata);
+// Both backends must reproduce the original: the WebGPU one on whatever
+// adapter exists (the software one in CI), skipped with a reason without one.
+const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
+if (!adapter) console.log("conformance on WebGPU skipped: no WebGPU adapter here");
+
+for (const [c, device] of cases.flatMap((c) => [[c, "cpu"], [c, "gpu"]] as const)) {
+  Deno.test(
+    { name: `conformance ${c.id} (${device})`, ignore: device === "gpu" && !adapter },
+    async () => {
+      const out = await Deno.makeTempDir({ prefix: "resize-lora-conf-" });
+      try {
+        const args = c.argv.map((a) => a.replaceAll("$DATA/", FIXTURES).replaceAll("$OUT", out));
+        const sizeMode = (c.recipes ?? "").includes("size=");
+        if (sizeMode) args.push("--size_accounting", "original");
+        args.push("--no_norms_cache", "-d", device);
+        const { code, stderr } = await runCli(args);
+        assertEquals(code, 0, stderr.join("\n"));
+        const written = [];
+        for await (const e of Deno.readDir(out)) written.push(e.name);
+        assertEquals(written.sort(), c.outputs.map((o) => o.file).sort());
+        const input = await SafetensorsFile.open(join(FIXTURES, c.input_lora));
+        for (const expected of c.outputs) {
+          await checkOutput(join(out, expected.file), expected, input.metadata);
+        }
+        input.close();
+        if (c.log) checkLog(c.log, stderr);
+      } finally {
+        await Deno.remove(out, { recursive: true });
       }
-      input.close();
-      if (c.log) checkLog(c.log, stderr);
-    } finally {
-      await Deno.remove(out, { recursive: true });
-    }
-  });
+    },
+  );
 }
 
 async function checkOutput(
