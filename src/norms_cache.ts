@@ -16,6 +16,7 @@ import { dirname, join } from "node:path";
 import { describeOsError } from "./safetensors/reader.ts";
 import { OutputError } from "./errors.ts";
 import type { BaseNorms } from "./linalg/backend.ts";
+import type { BaseEntry } from "./sdxl/checkpoint.ts";
 
 /** Number of data blocks hashed into a fingerprint, and their size. */
 const SAMPLE_BLOCKS = 64;
@@ -244,6 +245,6 @@ async function readCacheFile(file: string): Promise<CacheFile | undefined> {
  * console.log(normsKey({ key: "a.in_proj_weight", chunk: { index: 1, count: 3 } })); // "a.in_proj_weight#1"
  * ```
  */
-export function normsKey(entry: { key: string; chunk?: { index: number } }): string {
+export function normsKey(entry: Pick<BaseEntry, "key" | "chunk">): string {
   return entry.chunk ? `${entry.key}#${entry.chunk.index}` : entry.key;
 }

@@ -51,10 +51,10 @@ export interface PlanSummary {
  * @example
  * ```ts
  * import { summarizePlan } from "./plan.ts";
- * const layer = (name: string, sigma: number[], kept: number) => ({
- *   name, sigma: new Float64Array(sigma), scores: new Float64Array(sigma.map(Math.log10)), kept,
+ * const layer = (name: string, sigma: number[], keep: number[]) => ({
+ *   name, sigma: new Float64Array(sigma), kept: keep.length, keep,
  * });
- * const s = summarizePlan([layer("lora_te1_a", [3, 4], 1), layer("lora_unet_out_2", [1], 1)]);
+ * const s = summarizePlan([layer("lora_te1_a", [3, 4], [1]), layer("lora_unet_out_2", [1], [0])]);
  * console.log(s.blocks.map((b) => [b.block, b.rankAfter, b.relativeError])); // [["TE1", 1, 0.6], ["BASE", 1, 0]]
  * ```
  */
