@@ -178,10 +178,11 @@ export function buildOutput(
     if (o.kept === 0) continue;
     const factors = rebuilt[next++];
     const [alpha, down, up, dora] = layerSpecs(o, dtype);
+    const encoded = factors.encoded?.up.dtype === dtype ? factors.encoded : undefined;
     tensors.push(
       { ...alpha, data: encodeFloats([o.layer.factors.scale * o.kept], dtype) },
-      { ...down, data: encodeFloats(factors.down, dtype) },
-      { ...up, data: encodeFloats(factors.up, dtype) },
+      { ...down, data: encoded?.down.bytes ?? encodeFloats(factors.down, dtype) },
+      { ...up, data: encoded?.up.bytes ?? encodeFloats(factors.up, dtype) },
     );
     if (dora) tensors.push(materialise(castTensor(o.layer.doraScale!, dtype)));
   }

@@ -561,6 +561,7 @@ async function resizeWithRecipe(
         decomposition: lora.decompositions[i],
         keep: selection.keep[i],
         rescale: recipe.rescale,
+        encode: dtype,
       }]
       : []
   );

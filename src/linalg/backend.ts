@@ -62,6 +62,11 @@ export interface RebuildRequest {
   readonly keep: readonly number[];
   /** Factor multiplying every singular value (recipe `rescale`). */
   readonly rescale: number;
+  /**
+   * Also encode the factors as bytes of this dtype (`RebuiltFactors.encoded`),
+   * so that a backend with worker threads does it off the caller's thread.
+   */
+  readonly encode?: "F16" | "BF16" | "F32";
 }
 
 /**
@@ -73,6 +78,8 @@ export interface RebuiltFactors {
   readonly up: Float32Array;
   /** `k′ × inFlat` row-major. */
   readonly down: Float32Array;
+  /** `up` and `down` encoded as asked by `RebuildRequest.encode` (absent when not asked). */
+  readonly encoded?: { readonly up: FloatData; readonly down: FloatData };
 }
 
 /** Where a base weight (or a row block of one) lies in a checkpoint file. */

@@ -7,6 +7,7 @@
  */
 
 import { BackendError, type ResizeLoraError, SafetensorsError } from "../../errors.ts";
+import { encodeFloats } from "../../safetensors/dtype.ts";
 import type {
   BaseNorms,
   BaseWeightRef,
@@ -48,8 +49,16 @@ export function runTask(context: ItemContext, task: Task): Promise<TaskResult> |
   switch (task.kind) {
     case "decompose":
       return decomposeLayer(context.kernels, task.layer);
-    case "rebuild":
-      return rebuildLayer(context.kernels, task.request);
+    case "rebuild": {
+      const factors = rebuildLayer(context.kernels, task.request);
+      const dtype = task.request.encode;
+      if (!dtype) return factors;
+      const encoded = {
+        up: { dtype, bytes: encodeFloats(factors.up, dtype) },
+        down: { dtype, bytes: encodeFloats(factors.down, dtype) },
+      };
+      return { ...factors, encoded };
+    }
     case "norms":
       return weightNorms(context, task.weight, task.which);
     case "subspace":
@@ -128,7 +137,10 @@ export function resultTransfer(result: TaskResult): ArrayBuffer[] {
       a.buffer as ArrayBuffer
     );
   }
-  if ("up" in result) return [result.up.buffer as ArrayBuffer, result.down.buffer as ArrayBuffer];
+  if ("up" in result) {
+    return [result.up, result.down, result.encoded?.up.bytes, result.encoded?.down.bytes]
+      .flatMap((a) => a ? [a.buffer as ArrayBuffer] : []);
+  }
   return [];
 }
 
