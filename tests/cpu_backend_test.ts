@@ -8,6 +8,7 @@ import type {
 } from "../src/linalg/backend.ts";
 import { createCpuBackend } from "../src/linalg/cpu/backend.ts";
 import {
+  decompositionFromGrams,
   identity,
   type Matrix,
   matrix,
@@ -156,6 +157,45 @@ Deno.test("decompose: rank-deficient and all-zero layers give exact zeros, no Na
   checkDecomposition(zero, z, "all zero");
   assertEquals(Array.from(z.sigma), [0, 0, 0, 0]);
   assert(z.upTransform.every((x) => x === 0) && z.downTransform.every((x) => x === 0));
+});
+
+Deno.test("decompose: rank 96 with a graded spectrum and rank-deficient factors, as the TypeScript path", async () => {
+  const next = rng(14);
+  // Columns of B and rows of A scaled by (i + 1)^-2: σ spans about eight decades.
+  const graded =
+    (rank: number, out: number, inFlat: number) => (b: Float64Array, a: Float64Array) => {
+      for (let i = 0; i < rank; i++) {
+        const s = (i + 1) ** -2;
+        for (let o = 0; o < out; o++) b[o * rank + i] *= s;
+        for (let j = 0; j < inFlat; j++) a[i * inFlat + j] *= s;
+      }
+    };
+  const cases: [string, TestLayer][] = [
+    [
+      "graded",
+      makeLayer({ out: 150, rank: 96, inFlat: 130, dtype: "F64" }, next, graded(96, 150, 130)),
+    ],
+    [
+      "r > out",
+      makeLayer({ out: 70, rank: 96, inFlat: 200, dtype: "F64" }, next, graded(96, 70, 200)),
+    ],
+    ["r > in′", makeLayer({ out: 120, rank: 96, inFlat: 50, scale: -1 }, next)],
+  ];
+  await using backend = await createCpuBackend({ workers: 0 });
+  const ds = await backend.decompose(cases.map(([, l]) => l.factors));
+  cases.forEach(([what, layer], i) => {
+    checkDecomposition(layer, ds[i], what);
+    const { b, a } = layer, { out, rank, inFlat } = layer.factors;
+    const reference = decompositionFromGrams(
+      multiply(transpose(b), b),
+      multiply(a, transpose(a)),
+      layer.factors,
+    );
+    ds[i].sigma.forEach((s, j) =>
+      assert(Math.abs(s - reference.sigma[j]) <= 1e-12 * reference.sigma[0], `${what}: σ${j}`)
+    );
+    assertEquals(ds[i].sigma.length, Math.min(out, rank, inFlat));
+  });
 });
 
 Deno.test("decompose: F16, BF16, F32 and F64 inputs of the same values give identical results", async () => {

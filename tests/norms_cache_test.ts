@@ -117,6 +117,6 @@ Deno.test("a corrupt cache file is ignored, and a .json location is used as the 
 
 Deno.test("normsKey and defaultCacheDir", () => {
   assertEquals(normsKey({ key: "a" }), "a");
-  assertEquals(normsKey({ key: "a", chunk: { index: 2 } }), "a#2");
+  assertEquals(normsKey({ key: "a", chunk: { index: 2, count: 3 } }), "a#2");
   assert(defaultCacheDir().endsWith("resize-lora"));
 });

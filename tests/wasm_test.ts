@@ -1,6 +1,6 @@
 import { BackendError } from "../src/errors.ts";
 import { loadAsset } from "../src/linalg/asset.ts";
-import { matrix, svd } from "../src/linalg/dense.ts";
+import { matrix, pivotTolerance, svd } from "../src/linalg/dense.ts";
 import { DTYPE_CODES, Kernels, KERNELS_URL } from "../src/linalg/wasm/kernels.ts";
 import { decodeFloats, encodeFloats, type FloatDType } from "../src/safetensors/dtype.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
@@ -242,5 +242,137 @@ Deno.test("the kernels' Jacobi step gives the same SVD as the TypeScript one", a
       }
     });
     rebuilt.data.forEach((x, i) => assert(Math.abs(x - a.data[i]) < 1e-14));
+  }
+});
+
+Deno.test("pivotedCholesky: Rᵀ·R = G in pivot order, R₁₁ upper triangular, rank of a singular G", async () => {
+  const k = await Kernels.load();
+  const next = rng(7);
+  const cases: [number, number, boolean][] = [[1, 3, false], [6, 9, false], [9, 40, true], [
+    12,
+    5,
+    false,
+  ]];
+  for (const [r, cols, dupe] of cases) {
+    k.reset();
+    // G = X·Xᵀ of r random rows (rank min(r, cols)), with row 0 copied to row r − 1 if `dupe`.
+    const xs = Array.from({ length: r }, () => Array.from({ length: cols }, next));
+    if (dupe) xs[r - 1] = xs[0].slice();
+    const rank = Math.min(r - (dupe ? 1 : 0), cols);
+    const g = k.alloc(r * r * 8), rt = k.alloc(r * r * 8);
+    const piv = k.alloc(r * 4), d = k.alloc(r * 8);
+    const gs = Float64Array.from({ length: r * r }, (_, i) => {
+      const [a, b] = [Math.floor(i / r), i % r];
+      return xs[a].reduce((s, x, c) => s + x * xs[b][c], 0);
+    });
+    k.f64(g, gs.length).set(gs);
+    const tolerance = pivotTolerance(gs.filter((_, i) => i % (r + 1) === 0), cols);
+    const kept = k.exports.pivotedCholesky(g, r, tolerance, rt, piv, d);
+    assertEquals(kept, rank, `r=${r}: kept`);
+    const rts = k.f64(rt, r * r), p = k.i32(piv, r);
+    assertEquals([...p].sort((a, b) => a - b), Array.from({ length: r }, (_, i) => i));
+    for (let i = 0; i < kept; i++) {
+      assert(rts[p[i] * r + i] > 0, "positive diagonal");
+      for (let j = 0; j < i; j++) assertEquals(rts[p[j] * r + i], 0); // below the diagonal
+    }
+    const scale = Math.max(...gs.map(Math.abs));
+    for (let a = 0; a < r; a++) {
+      for (let b = 0; b < r; b++) {
+        let s = 0;
+        for (let i = 0; i < kept; i++) s += rts[a * r + i] * rts[b * r + i];
+        assert(Math.abs(s - gs[a * r + b]) <= 1e-13 * scale, `r=${r}: (RᵀR)[${a}][${b}]`);
+      }
+    }
+  }
+});
+
+Deno.test("matmulTransposedF64 and backSubstitute against plain products", async () => {
+  const k = await Kernels.load();
+  const next = rng(8);
+  for (const [m, kk, n] of [[5, 3, 7], [4, 6, 19], [2, 1, 16], [9, 12, 1]]) {
+    k.reset();
+    const x = k.alloc(kk * m * 8), y = k.alloc(kk * n * 8), c = k.alloc(m * (n + 1) * 8);
+    const xs = Float64Array.from({ length: kk * m }, next);
+    const ys = Float64Array.from({ length: kk * n }, next);
+    k.f64(x, xs.length).set(xs);
+    k.f64(y, ys.length).set(ys);
+    k.exports.matmulTransposedF64(x, m, y, n, c, n + 1, m, kk, n);
+    const cs = k.f64(c, m * (n + 1));
+    for (let i = 0; i < m; i++) {
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let p = 0; p < kk; p++) s += xs[p * m + i] * ys[p * n + j];
+        assertEquals(cs[i * (n + 1) + j], s); // same order of summation
+      }
+    }
+  }
+  // R₁₁·X = Y for the leading kept × kept triangle of an r × r factor in a pivot order.
+  for (const [r, kept, count] of [[1, 1, 1], [7, 5, 3], [11, 11, 8], [13, 9, 1]]) {
+    k.reset();
+    const pivots = Array.from({ length: r }, (_, i) => i).sort(() => next());
+    const rt = k.alloc(r * r * 8), piv = k.alloc(r * 4), y = k.alloc(kept * count * 8);
+    const rts = k.f64(rt, r * r);
+    rts.fill(0);
+    for (let i = 0; i < kept; i++) {
+      for (let j = i; j < r; j++) rts[pivots[j] * r + i] = j === i ? 1 + Math.abs(next()) : next();
+    }
+    k.i32(piv, r).set(pivots);
+    const ys = Float64Array.from({ length: kept * count }, next);
+    k.f64(y, ys.length).set(ys);
+    k.exports.backSubstitute(rt, r, piv, kept, y, count, count);
+    const xs = k.f64(y, kept * count);
+    for (let i = 0; i < kept; i++) {
+      for (let c = 0; c < count; c++) {
+        let s = 0;
+        for (let j = i; j < kept; j++) s += k.f64(rt, r * r)[pivots[j] * r + i] * xs[j * count + c];
+        assert(Math.abs(s - ys[i * count + c]) < 1e-13, `R₁₁·X = Y at ${i}, ${c}`);
+      }
+    }
+  }
+});
+
+Deno.test("symmetricEigenvectors: C·z = λ·z with orthonormal Z, repeated and zero eigenvalues", async () => {
+  const k = await Kernels.load();
+  const next = rng(9);
+  const random = (n: number) => {
+    const x = Float64Array.from({ length: n * n }, next);
+    return Float64Array.from({ length: n * n }, (_, i) => {
+      const [a, b] = [Math.floor(i / n), i % n];
+      return x[a * n + b] + x[b * n + a];
+    });
+  };
+  const cases: [string, number, Float64Array][] = [
+    ["1×1", 1, new Float64Array([3])],
+    ["2×2", 2, new Float64Array([2, 1, 1, 2])],
+    ["zero", 4, new Float64Array(16)],
+    ["identity", 5, Float64Array.from({ length: 25 }, (_, i) => i % 6 === 0 ? 1 : 0)],
+    ["random 17", 17, random(17)],
+    ["random 64", 64, random(64)],
+  ];
+  // A Gram matrix with a repeated eigenvalue and a zero one: X·Xᵀ, X = [I₃ | I₃ | 0] padded.
+  const g = new Float64Array(36);
+  for (let i = 0; i < 3; i++) g[i * 6 + i] = 2;
+  g[3 * 6 + 4] = g[4 * 6 + 3] = 1;
+  g[3 * 6 + 3] = g[4 * 6 + 4] = 1;
+  cases.push(["repeated + zero", 6, g]);
+  for (const [what, n, cs] of cases) {
+    k.reset();
+    const c = k.alloc(n * n * 8), zt = k.alloc(n * n * 8), d = k.alloc(n * 8);
+    const e = k.alloc(n * 8), w = k.alloc(2 * n * 8);
+    k.f64(c, n * n).set(cs);
+    assertEquals(k.exports.symmetricEigenvectors(c, n, zt, d, e, w), 0, what);
+    const z = k.f64(zt, n * n), lambda = k.f64(d, n);
+    const scale = Math.max(1, ...cs.map(Math.abs));
+    for (let i = 0; i < n; i++) {
+      for (let j = 0; j < n; j++) {
+        let dot = 0, cz = 0;
+        for (let p = 0; p < n; p++) {
+          dot += z[i * n + p] * z[j * n + p];
+          cz += cs[j * n + p] * z[i * n + p];
+        }
+        assert(Math.abs(dot - (i === j ? 1 : 0)) < 1e-13, `${what}: ZᵀZ = I at ${i}, ${j}`);
+        assert(Math.abs(cz - lambda[i] * z[i * n + j]) < 1e-13 * n * scale, `${what}: C·z = λ·z`);
+      }
+    }
   }
 });

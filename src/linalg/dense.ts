@@ -579,13 +579,28 @@ interface GramFactor {
   readonly pivots: Int32Array;
 }
 
+/**
+ * The pivot threshold of the pivoted Cholesky in {@link decompositionFromGrams}
+ * for a Gram matrix with this diagonal, formed from sums of length `n`:
+ * ε · max(n, r) · max(diagonal) (see there for why).
+ *
+ * @example
+ * ```ts
+ * import { pivotTolerance } from "./dense.ts";
+ * console.log(pivotTolerance([4, 1], 3) === 4 * 3 * Number.EPSILON); // true
+ * ```
+ */
+export function pivotTolerance(diagonal: ArrayLike<number>, n: number): number {
+  return Math.max(0, ...Array.from(diagonal)) * EPS * Math.max(n, diagonal.length);
+}
+
 function gramFactor(gram: Matrix, n: number): GramFactor {
   const r = gram.rows, g = gram.data;
   const at = (i: number, j: number) => i <= j ? g[i * r + j] : g[j * r + i];
   const d = Float64Array.from({ length: r }, (_, i) => at(i, i));
   const pivots = Int32Array.from({ length: r }, (_, i) => i);
   const factor = new Float64Array(r * r);
-  const tolerance = Math.max(0, ...d) * EPS * Math.max(n, r);
+  const tolerance = pivotTolerance(d, n);
   let kept = 0;
   for (let k = 0; k < r; k++) {
     let best = k;

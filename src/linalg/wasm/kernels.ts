@@ -107,7 +107,10 @@ export interface KernelExports {
     k: number,
     n: number,
   ): void;
-  /** One-sided Jacobi on f64 rows (see `RowOrthogonalizer`); returns the sweeps. */
+  /**
+   * One-sided Jacobi on f64 rows (see `RowOrthogonalizer`) until every pair has
+   * |cos| ≤ tolerance; returns the sweeps.
+   */
   orthogonalizeRows(
     w: number,
     count: number,
@@ -115,7 +118,52 @@ export interface KernelExports {
     vt: number,
     vlen: number,
     norms: number,
+    tolerance: number,
   ): number;
+  /**
+   * Pivoted Cholesky G ≈ Rᵀ·R of an r × r f64 matrix (upper triangle read), stopping at the
+   * first pivot ≤ tolerance; writes Rᵀ (r × r, rt[c·r + i] = R[i][c]) and the pivot order (r
+   * i32); d is scratch for r f64. Returns the rows of R kept.
+   */
+  pivotedCholesky(
+    g: number,
+    r: number,
+    tolerance: number,
+    rt: number,
+    pivots: number,
+    d: number,
+  ): number;
+  /** C = Xᵀ·Y in f64 with leading dimensions: C m × n, X k × m, Y k × n. */
+  matmulTransposedF64(
+    x: number,
+    ldx: number,
+    y: number,
+    ldy: number,
+    c: number,
+    ldc: number,
+    m: number,
+    k: number,
+    n: number,
+  ): void;
+  /**
+   * Eigenvectors of a symmetric n × n f64 matrix c (full storage, overwritten) as the rows of
+   * zt (n × n); eigenvalues (unsorted) in d (n f64); e and w scratch for n and 2n f64. Returns 0,
+   * or −1 if the QL iteration did not converge.
+   */
+  symmetricEigenvectors(c: number, n: number, zt: number, d: number, e: number, w: number): number;
+  /**
+   * Y ← R₁₁⁻¹·Y for the leading kept × kept triangle of a `pivotedCholesky` factor (rt, r,
+   * pivots); Y is kept × count f64 with row stride ldy.
+   */
+  backSubstitute(
+    rt: number,
+    r: number,
+    pivots: number,
+    kept: number,
+    y: number,
+    count: number,
+    ldy: number,
+  ): void;
   /** rows × cols f64 (row stride `stride`) to contiguous f32. */
   toF32(src: number, stride: number, dst: number, rows: number, cols: number): void;
   /** Σ x² over n values (f64 accumulation). */
@@ -236,7 +284,7 @@ export class Kernels {
     const norms = this.alloc(count * 8);
     this.f64(w, rows.length).set(rows);
     this.f64(v, vt.length).set(vt);
-    this.exports.orthogonalizeRows(w, count, length, v, vt.length / count, norms);
+    this.exports.orthogonalizeRows(w, count, length, v, vt.length / count, norms, Number.EPSILON);
     rows.set(this.f64(w, rows.length));
     vt.set(this.f64(v, vt.length));
   };
@@ -244,6 +292,11 @@ export class Kernels {
   /** A byte view of a region. */
   u8(ptr: number, length: number): Uint8Array {
     return new Uint8Array(this.exports.memory.buffer, ptr, length);
+  }
+
+  /** An i32 view of a region (ptr 4-aligned). */
+  i32(ptr: number, length: number): Int32Array {
+    return new Int32Array(this.exports.memory.buffer, ptr, length);
   }
 
   /** An f32 view of a region (ptr 4-aligned). */

@@ -4,6 +4,7 @@
 export { decodeF32, decodeF64, decodeRowsF32, decodeRowsF64, decodeTransposedF64 } from "./decode";
 export { gramRows, matmulF32, matmulF64, toF32 } from "./products";
 export { orthogonalizeRows } from "./jacobi";
+export { backSubstitute, matmulTransposedF64, pivotedCholesky, symmetricEigenvectors } from "./core";
 export { gramMatvec, rowsTimesTransposed, sumSquares } from "./norms";
 
 /** First free byte after the module's static data. */

@@ -1,10 +1,10 @@
 // One-sided Jacobi rotations for the small SVD of the decomposition core (see orthogonalizeRows
 // in ../../dense.ts, which this mirrors step for step).
 
-const EPS: f64 = 2.220446049250313e-16;
 const MAX_SWEEPS: i32 = 64;
 
-function dot(x: usize, y: usize, len: usize): f64 {
+/** Σ x[i]·y[i] over len f64 (pairs summed in two lanes). */
+export function dot(x: usize, y: usize, len: usize): f64 {
   const vec = (len & ~(<usize> 1)) << 3;
   let acc = f64x2.splat(0);
   for (let o: usize = 0; o < vec; o += 16) {
@@ -16,7 +16,7 @@ function dot(x: usize, y: usize, len: usize): f64 {
 }
 
 /** (x, y) ← (c·x − s·y, s·x + c·y) */
-function rotate(x: usize, y: usize, len: usize, c: f64, s: f64): void {
+export function rotate(x: usize, y: usize, len: usize, c: f64, s: f64): void {
   const vec = (len & ~(<usize> 1)) << 3;
   const cv = f64x2.splat(c), sv = f64x2.splat(s);
   for (let o: usize = 0; o < vec; o += 16) {
@@ -33,8 +33,9 @@ function rotate(x: usize, y: usize, len: usize, c: f64, s: f64): void {
 
 /**
  * Rotates pairs of the `count` rows (length `len`, f64) of w until they are mutually orthogonal
- * to working precision, applying the same rotations to the rows (length `vlen`) of vt. `norms`
- * is scratch for `count` f64. Returns the number of sweeps that rotated.
+ * to working precision — |cos| ≤ tolerance for every pair (ε mirrors the TypeScript step) —
+ * applying the same rotations to the rows (length `vlen`) of vt. `norms` is scratch for `count`
+ * f64. Returns the number of sweeps that rotated.
  */
 export function orthogonalizeRows(
   w: usize,
@@ -43,6 +44,7 @@ export function orthogonalizeRows(
   vt: usize,
   vlen: i32,
   norms: usize,
+  tolerance: f64,
 ): i32 {
   const n = <usize> count, m = <usize> len, p = <usize> vlen;
   for (let sweep = 0; sweep < MAX_SWEEPS; sweep++) {
@@ -54,7 +56,7 @@ export function orthogonalizeRows(
       for (let j = i + 1; j < n; j++) {
         const alpha = load<f64>(norms + (i << 3)), beta = load<f64>(norms + (j << 3));
         const gamma = dot(w + i * m * 8, w + j * m * 8, m);
-        if (gamma == 0 || Math.abs(gamma) <= EPS * Math.sqrt(alpha * beta)) continue;
+        if (gamma == 0 || Math.abs(gamma) <= tolerance * Math.sqrt(alpha * beta)) continue;
         rotated = true;
         const zeta = (beta - alpha) / (2 * gamma);
         const t = Math.abs(zeta) > 1e150
