@@ -376,3 +376,27 @@ Deno.test("symmetricEigenvectors: C·z = λ·z with orthonormal Z, repeated and 
     }
   }
 });
+
+Deno.test("matmulF32 against a plain f32 product, every column tail (16, 4, 1 wide)", async () => {
+  const k = await Kernels.load();
+  const next = rng(11);
+  for (const [m, kk, n] of [[3, 2, 1], [4, 5, 3], [2, 7, 17], [5, 32, 21], [1, 3, 36]]) {
+    k.reset();
+    const a = k.alloc(m * kk * 4), b = k.alloc(kk * n * 4), c = k.alloc(m * n * 4);
+    const as = Float32Array.from({ length: m * kk }, next);
+    const bs = Float32Array.from({ length: kk * n }, next);
+    k.f32(a, as.length).set(as);
+    k.f32(b, bs.length).set(bs);
+    k.exports.matmulF32(a, kk, b, n, c, n, m, kk, n);
+    const cs = k.f32(c, m * n);
+    for (let i = 0; i < m; i++) {
+      for (let j = 0; j < n; j++) {
+        let s = 0; // f32 accumulation in order of p, as the kernel sums
+        for (let p = 0; p < kk; p++) {
+          s = Math.fround(s + Math.fround(as[i * kk + p] * bs[p * n + j]));
+        }
+        assertEquals(cs[i * n + j], s, `C[${i}][${j}] (m ${m}, k ${kk}, n ${n})`);
+      }
+    }
+  }
+});

@@ -267,50 +267,38 @@ export function rebuildLayer(kernels: Kernels, request: RebuildRequest): Rebuilt
   if (kept === 0) return { up: new Float32Array(0), down: new Float32Array(0) };
   const k = decomposition.sigma.length;
   const sign = scale < 0 ? -1 : 1;
-  // Scaled transform columns: T_B[:, m]·g·sign (r × k′, columns padded to a multiple of 4)
-  // and T_A[:, m]ᵀ·g (k′ × r). The products run in f32: the factors are rounded to an
-  // output dtype next, and the inputs (F16/BF16/F32) are exact in f32.
-  const kept4 = pad4(kept);
-  const tb = new Float32Array(r * kept4), tat = new Float32Array(kept * r);
+  // Scaled transform columns: T_B[:, m]·g·sign (r × k′) and T_A[:, m]ᵀ·g (k′ × r). The
+  // products run in f32: the factors are rounded to an output dtype next, and the inputs
+  // (F16/BF16/F32) are exact in f32.
+  const tb = new Float32Array(r * kept), tat = new Float32Array(kept * r);
   keep.forEach((m, j) => {
     const sigma = decomposition.sigma[m];
     const g = sigma > 0 ? Math.sqrt(sigma * rescale / Math.abs(scale)) : 0;
     for (let a = 0; a < r; a++) {
-      tb[a * kept4 + j] = sign * g * decomposition.upTransform[a * k + m];
+      tb[a * kept + j] = sign * g * decomposition.upTransform[a * k + m];
       tat[j * r + a] = g * decomposition.downTransform[a * k + m];
     }
   });
   kernels.reset();
   const upRaw = kernels.put(factors.up.bytes);
   const downRaw = kernels.put(factors.down.bytes);
-  const inStride = pad4(inFlat);
   const b32 = kernels.alloc(out * r * 4);
-  const a32 = kernels.alloc(r * inStride * 4);
+  const a32 = kernels.alloc(r * inFlat * 4);
   const tbPtr = kernels.alloc(tb.byteLength);
   const tatPtr = kernels.alloc(tat.byteLength);
-  const up32 = kernels.alloc(out * kept4 * 4);
-  const down32 = kernels.alloc(kept * inStride * 4);
+  const up32 = kernels.alloc(out * kept * 4);
+  const down32 = kernels.alloc(kept * inFlat * 4);
   kernels.f32(tbPtr, tb.length).set(tb);
   kernels.f32(tatPtr, tat.length).set(tat);
   const x = kernels.exports;
   x.decodeF32(upRaw, b32, out * r, DTYPE_CODES[factors.up.dtype]);
-  x.decodeRowsF32(downRaw, a32, r, inFlat, inStride, DTYPE_CODES[factors.down.dtype]);
-  x.matmulF32(b32, r, tbPtr, kept4, up32, kept4, out, r, kept4);
-  x.matmulF32(tatPtr, r, a32, inStride, down32, inStride, kept, r, inStride);
+  x.decodeF32(downRaw, a32, r * inFlat, DTYPE_CODES[factors.down.dtype]);
+  x.matmulF32(b32, r, tbPtr, kept, up32, kept, out, r, kept);
+  x.matmulF32(tatPtr, r, a32, inFlat, down32, inFlat, kept, r, inFlat);
   return {
-    up: unpad(kernels.f32(up32, out * kept4), out, kept, kept4),
-    down: unpad(kernels.f32(down32, kept * inStride), kept, inFlat, inStride),
+    up: kernels.f32(up32, out * kept).slice(),
+    down: kernels.f32(down32, kept * inFlat).slice(),
   };
-}
-
-const pad4 = (n: number) => (n + 3) & ~3;
-
-/** A rows × cols copy of a matrix stored with row stride `stride`. */
-function unpad(data: Float32Array, rows: number, cols: number, stride: number): Float32Array {
-  if (cols === stride) return data.slice();
-  const out = new Float32Array(rows * cols);
-  for (let i = 0; i < rows; i++) out.set(data.subarray(i * stride, i * stride + cols), i * cols);
-  return out;
 }
 
 /** A base weight read into kernel memory. */

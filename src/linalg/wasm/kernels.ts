@@ -95,7 +95,7 @@ export interface KernelExports {
     k: number,
     n: number,
   ): void;
-  /** C = A·B in f32 with leading dimensions; n a multiple of 4. */
+  /** C = A·B in f32 with leading dimensions. */
   matmulF32(
     a: number,
     lda: number,

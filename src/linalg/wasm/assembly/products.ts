@@ -118,10 +118,10 @@ export function toF32(src: usize, stride: i32, dst: usize, rows: i32, cols: i32)
 }
 
 /**
- * C = A·B in f32 (row-major, leading dimensions lda, ldb, ldc): C is m × n, A m × k, B k × n,
- * n a multiple of 4 (callers pad B and C). Sixteen (then four) columns of a row of C are summed
- * in registers over p, in order of p. Used where the result is rounded to an output dtype anyway
- * (the rebuild of the kept factors).
+ * C = A·B in f32 (row-major, leading dimensions lda, ldb, ldc): C is m × n, A m × k, B k × n.
+ * Sixteen, then four, then single columns of a row of C are summed in registers over p, in order
+ * of p. Used where the result is rounded to an output dtype anyway (the rebuild of the kept
+ * factors).
  */
 export function matmulF32(
   a: usize,
@@ -156,7 +156,8 @@ export function matmulF32(
       v128.store(cj, s2, 32);
       v128.store(cj, s3, 48);
     }
-    for (; j < cols; j += 4) {
+    const narrow = cols & ~(<usize> 3);
+    for (; j < narrow; j += 4) {
       let s = f32x4.splat(0);
       let bp = b + (j << 2);
       for (let p: usize = 0; p < inner; p++) {
@@ -164,6 +165,15 @@ export function matmulF32(
         bp += step;
       }
       v128.store(ci + (j << 2), s);
+    }
+    for (; j < cols; j++) {
+      let s: f32 = 0;
+      let bp = b + (j << 2);
+      for (let p: usize = 0; p < inner; p++) {
+        s += load<f32>(ai + (p << 2)) * load<f32>(bp);
+        bp += step;
+      }
+      store<f32>(ci + (j << 2), s);
     }
   }
 }
