@@ -99,7 +99,9 @@ const model = cpuinfo.match(/model name\s*:\s*(.*)/)?.[1] ?? "unknown CPU";
 console.log(
   `\nresize-lora end to end, scale ${scale}, device ${device}, ${navigator.hardwareConcurrency} × ${model}\n`,
 );
-console.log("| scenario | wall (median of 3) | peak RSS | original Python (2-core reference) | target |");
+console.log(
+  "| scenario | wall (median of 3) | peak RSS | original Python (2-core reference) | target |",
+);
 console.log("|---|---:|---:|---|---|");
 for (const [label, m, original, target] of rows) {
   console.log(
