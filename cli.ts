@@ -189,6 +189,88 @@ function summaryLine(o: OutputSummary): string {
     `relative error ${(100 * o.relativeError).toFixed(2)}% (threshold ${o.threshold})`;
 }
 
+/** `resize-lora demo`: as with -v, but the per-base-weight "No LoRA layer found" lines folded. */
+async function demo(values: Values, verbosity: number, out: Console): Promise<number> {
+  const level = verbosity === 0 ? "INFO" : out.level;
+  const shown = new Console(level, out.tty);
+  let hidden = 0;
+  const { runDemo } = await import("./src/demo.ts");
+  const result = await runDemo({
+    folder: pick<string>(values, "output_folder"),
+    log: (lvl, msg) =>
+      verbosity < 2 && msg.startsWith("No LoRA layer found") ? hidden++ : shown.log(lvl, msg),
+    logLevel: level,
+    onProgress: out.progress,
+  });
+  if (hidden) {
+    console.error(
+      `(${hidden} INFO lines "No LoRA layer found in file for base layer …" hidden; -vv shows them)`,
+    );
+  }
+  console.log(result.description);
+  for (const o of result.outputs) console.log(summaryLine(o));
+  return 0;
+}
+
+/** `resize-lora inspect LORA [CHECKPOINT]`. */
+async function inspectCommand(values: Values, args: string[], out: Console): Promise<number> {
+  if (args.length < 1 || args.length > 2) {
+    throw new UsageError("usage: resize-lora inspect LORA [CHECKPOINT] [-r RECIPE] [--json]");
+  }
+  const { inspect, formatInspectTable } = await import("./src/report/inspect.ts");
+  const result = await inspect({
+    lora: args[0],
+    checkpoint: args[1],
+    recipes: pick<string>(values, "score_recipes"),
+    ...common(values),
+    log: out.log,
+    logLevel: out.level,
+    onProgress: out.progress,
+  });
+  console.log(values.json ? JSON.stringify(result, null, 2) : formatInspectTable(result));
+  return 0;
+}
+
+/** `resize-lora CHECKPOINT LORA...`: resize (or plan, with --dry_run), and the report. */
+async function resizeCommand(values: Values, args: string[], out: Console): Promise<number> {
+  if (args.length < 2) {
+    throw new UsageError("the following arguments are required: CHECKPOINT, LORA (see --help)");
+  }
+  const [checkpoint, ...loraArgs] = args;
+  const loras = (await Promise.all(loraArgs.map(expandGlob))).flat();
+  const report = values.report as string | undefined;
+  const options = {
+    checkpoint,
+    loras,
+    recipes: pick<string>(values, "score_recipes"),
+    outputFolder: pick<string>(values, "output_folder"),
+    ...common(values),
+    log: out.log,
+    logLevel: out.level,
+    onProgress: out.progress,
+    curve: report !== undefined,
+  };
+  const dryRun = pick<boolean>(values, "dry_run") ?? false;
+  const result = dryRun ? await plan(options) : await resize(options);
+  if (dryRun) {
+    const { formatPlan } = await import("./src/report/plan.ts");
+    console.log(formatPlan(result.outputs));
+  } else {
+    for (const o of result.outputs) console.log(summaryLine(o));
+  }
+  if (report !== undefined) {
+    const { renderReport } = await import("./src/report/html.ts");
+    const html = await renderReport({
+      outputs: result.outputs,
+      checkpoint,
+      footer: `resize-lora ${VERSION}`,
+    });
+    await writeTextAtomic(report, html);
+    console.log(`report: ${report}`);
+  }
+  return 0;
+}
+
 /**
  * Runs the command line and returns the exit status (0 ok, 1 runtime or input
  * error, 2 usage error). Prints only to stdout/stderr; never exits itself.
@@ -231,85 +313,10 @@ export async function main(args: readonly string[]): Promise<number> {
     }
     const level = LEVELS[Math.min(verbosity, 2)];
     const out = new Console(level, Deno.stderr.isTerminal());
-    const positionals = parsed.positionals;
-    if (positionals[0] === "demo") {
-      // The demo runs as with -v, but folds the hundreds of per-base-weight
-      // "No LoRA layer found" lines into one count.
-      const demoLevel = verbosity === 0 ? "INFO" : level;
-      const shown = new Console(demoLevel, out.tty);
-      let hidden = 0;
-      const { runDemo } = await import("./src/demo.ts");
-      const result = await runDemo({
-        folder: pick<string>(values, "output_folder"),
-        log: (lvl, msg) =>
-          verbosity < 2 && msg.startsWith("No LoRA layer found") ? hidden++ : shown.log(lvl, msg),
-        logLevel: demoLevel,
-        onProgress: out.progress,
-      });
-      if (hidden) {
-        console.error(
-          `(${hidden} INFO lines "No LoRA layer found in file for base layer …" hidden; -vv shows them)`,
-        );
-      }
-      console.log(result.description);
-      for (const o of result.outputs) console.log(summaryLine(o));
-      return 0;
-    }
-    if (positionals[0] === "inspect") {
-      if (positionals.length < 2 || positionals.length > 3) {
-        throw new UsageError("usage: resize-lora inspect LORA [CHECKPOINT] [-r RECIPE] [--json]");
-      }
-      const { inspect, formatInspectTable } = await import("./src/report/inspect.ts");
-      const result = await inspect({
-        lora: positionals[1],
-        checkpoint: positionals[2],
-        recipes: pick<string>(values, "score_recipes"),
-        ...common(values),
-        log: out.log,
-        logLevel: level,
-        onProgress: out.progress,
-      });
-      console.log(values.json ? JSON.stringify(result, null, 2) : formatInspectTable(result));
-      return 0;
-    }
-    if (positionals.length < 2) {
-      throw new UsageError(
-        "the following arguments are required: CHECKPOINT, LORA (see --help)",
-      );
-    }
-    const [checkpoint, ...loraArgs] = positionals;
-    const loras = (await Promise.all(loraArgs.map(expandGlob))).flat();
-    const report = values.report as string | undefined;
-    const options = {
-      checkpoint,
-      loras,
-      recipes: pick<string>(values, "score_recipes"),
-      outputFolder: pick<string>(values, "output_folder"),
-      ...common(values),
-      log: out.log,
-      logLevel: level,
-      onProgress: out.progress,
-      curve: report !== undefined,
-    };
-    const dryRun = pick<boolean>(values, "dry_run") ?? false;
-    const result = dryRun ? await plan(options) : await resize(options);
-    if (dryRun) {
-      const { formatPlan } = await import("./src/report/plan.ts");
-      console.log(formatPlan(result.outputs));
-    } else {
-      for (const o of result.outputs) console.log(summaryLine(o));
-    }
-    if (report !== undefined) {
-      const { renderReport } = await import("./src/report/html.ts");
-      const html = await renderReport({
-        outputs: result.outputs,
-        checkpoint,
-        footer: `resize-lora ${VERSION}`,
-      });
-      await writeTextAtomic(report, html);
-      console.log(`report: ${report}`);
-    }
-    return 0;
+    const [command, ...rest] = parsed.positionals;
+    if (command === "demo") return await demo(values, verbosity, out);
+    if (command === "inspect") return await inspectCommand(values, rest, out);
+    return await resizeCommand(values, parsed.positionals, out);
   } catch (e) {
     if (e instanceof ResizeLoraError) {
       console.error(`error: ${e.message}`);

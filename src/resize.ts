@@ -253,11 +253,7 @@ async function runPipeline(options: ResizeOptions, write: boolean): Promise<Resi
   for (const r of recipes) for (const w of r.warnings) log("WARNING", w);
   await using run = await openRun(options, log);
   // The base norms any recipe needs are computed alongside the decomposition.
-  const needs = recipes.map((r) =>
-    recipeNeeds(r, {
-      layerReport: options.logLevel === "DEBUG" || options.layerNorms === true,
-    })
-  );
+  const needs = recipes.map((r) => needsOf(r, options));
   const norms = {
     frobenius: needs.some((n) => n.frobenius),
     spectral: needs.some((n) => n.spectral),
@@ -271,6 +267,13 @@ async function runPipeline(options: ResizeOptions, write: boolean): Promise<Resi
     }
   }
   return { outputs };
+}
+
+/** What a recipe needs from the base; the DEBUG layer report and reports add Frobenius norms. */
+function needsOf(recipe: Recipe, options: ResizeOptions) {
+  return recipeNeeds(recipe, {
+    layerReport: options.logLevel === "DEBUG" || options.layerNorms === true,
+  });
 }
 
 async function openRun(options: ResizeOptions, log: LogFn): Promise<Run> {
@@ -462,7 +465,7 @@ async function resizeWithRecipe(
   const { log, options } = run;
   const dtype = options.outputDtype ?? "F16";
   const debug = options.logLevel === "DEBUG";
-  const needs = recipeNeeds(recipe, { layerReport: debug || options.layerNorms === true });
+  const needs = needsOf(recipe, options);
   const norms: BaseNorms[] = needs.frobenius || needs.spectral
     ? await baseNorms(run, lora.layers, needs)
     : lora.layers.map(() => ({}));
