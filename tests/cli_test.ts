@@ -233,3 +233,13 @@ Deno.test("bad inputs: one-line errors, exit 1, nothing written", async () => {
     assertEquals(await Deno.readFile(victim), before);
   });
 });
+
+Deno.test("demo: writes a synthetic base and LoRA, resizes it, and says what it did", async () => {
+  await withDir(async (dir) => {
+    const r = await run(["demo", "-o", dir]);
+    assertEquals(r.code, 0, r.stderr.join("\n"));
+    assert(r.stderr.some((l) => l.startsWith("INFO:root:Mapped 986 LoRA layers")), "runs as -v");
+    assert(r.stdout.some((l) => l.startsWith("demo: wrote a synthetic SDXL-shaped base")));
+    assertEquals(await listFiles(join(dir, "out")), ["demo_lora_r16_frockpt1_th-3.5.safetensors"]);
+  });
+});
