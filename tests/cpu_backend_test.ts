@@ -241,6 +241,29 @@ Deno.test("rebuild: up·down·(scale·k′)/k′ = Σ_kept rescale·σᵢ·uᵢ�
   assert(zeros.up.every((x) => x === 0) && zeros.down.every((x) => x === 0));
 });
 
+Deno.test("rebuild: encoded factors are encodeFloats of the f32 factors, for each dtype", async () => {
+  const next = rng(15);
+  const layer = makeLayer({ out: 37, rank: 9, inFlat: 3 * 9, scale: -0.5, dtype: "BF16" }, next);
+  await using backend = await createCpuBackend({ workers: 0 });
+  const [d] = await backend.decompose([layer.factors]);
+  for (const encode of ["F16", "BF16", "F32"] as const) {
+    for (const keep of [[0, 1, 2, 4, 5, 6, 7], [1, 3, 4, 8], []]) {
+      const [rebuilt] = await backend.rebuild([
+        { factors: layer.factors, decomposition: d, keep, rescale: 1e4, encode },
+      ]);
+      const [plain] = await backend.rebuild([
+        { factors: layer.factors, decomposition: d, keep, rescale: 1e4 },
+      ]);
+      assertEquals([rebuilt.up, rebuilt.down], [plain.up, plain.down]);
+      assertEquals(rebuilt.encoded?.up, { dtype: encode, bytes: encodeFloats(plain.up, encode) });
+      assertEquals(rebuilt.encoded?.down, {
+        dtype: encode,
+        bytes: encodeFloats(plain.down, encode),
+      });
+    }
+  }
+});
+
 // ------------------------------------------------------------------ base weights
 
 interface WeightCase {
@@ -506,6 +529,7 @@ async function everything(
       decomposition: ds[i],
       keep: Array.from(ds[i].sigma.keys()).filter((j) => j % 2 === 0),
       rescale: 1.25,
+      encode: (["F16", "BF16", "F32", undefined] as const)[i % 4],
     })),
   );
   const norms = await backend.baseNorms(weights, { frobenius: true, spectral: true });

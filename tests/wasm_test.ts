@@ -377,10 +377,15 @@ Deno.test("symmetricEigenvectors: C·z = λ·z with orthonormal Z, repeated and 
   }
 });
 
-Deno.test("matmulF32 against a plain f32 product, every column tail (16, 4, 1 wide)", async () => {
+Deno.test("matmulF32 against a plain f32 product, every row and column tail and tile", async () => {
   const k = await Kernels.load();
   const next = rng(11);
-  for (const [m, kk, n] of [[3, 2, 1], [4, 5, 3], [2, 7, 17], [5, 32, 21], [1, 3, 36]]) {
+  const shapes = [[3, 2, 1], [4, 5, 3], [2, 7, 17], [5, 32, 21], [1, 3, 36], [9, 6, 20], [
+    7,
+    4,
+    291,
+  ]];
+  for (const [m, kk, n] of shapes) {
     k.reset();
     const a = k.alloc(m * kk * 4), b = k.alloc(kk * n * 4), c = k.alloc(m * n * 4);
     const as = Float32Array.from({ length: m * kk }, next);
@@ -399,4 +404,74 @@ Deno.test("matmulF32 against a plain f32 product, every column tail (16, 4, 1 wi
       }
     }
   }
+});
+
+Deno.test("encodeF16 / encodeBF16 equal encodeFloats: ties, subnormals, overflow, NaN, random bits", async () => {
+  const k = await Kernels.load();
+  const next = rng(12);
+  const edges = [
+    0,
+    0x00000001,
+    0x007fffff,
+    0x00800000, // f32 zero, subnormals, smallest normal
+    0x33000000,
+    0x33000001,
+    0x337fffff,
+    0x33800000,
+    0x33c00000,
+    0x34200000, // half subnormal ties
+    0x387fe000,
+    0x387ff000,
+    0x387fffff,
+    0x38800000, // largest half subnormal, to the smallest normal
+    0x3f801000,
+    0x3f803000,
+    0x3f800fff,
+    0x3f801001, // half ties to even, near ties
+    0x3f808000,
+    0x3f818000,
+    0x3f807fff, // BF16 ties
+    0x477fe000,
+    0x477fefff,
+    0x477ff000,
+    0x477fffff, // largest half, its rounding edge to inf
+    0x7f7f7fff,
+    0x7f7f8000,
+    0x7f7fffff, // BF16 rounding edge to inf
+    0x7f800000,
+    0x7f800001,
+    0x7fbfffff,
+    0x7fc00000,
+    0x7fc12345,
+    0x7fffffff, // inf, NaNs
+  ];
+  const bits = new Uint32Array(4099);
+  edges.forEach((e, i) => {
+    bits[2 * i] = e;
+    bits[2 * i + 1] = (e | 0x80000000) >>> 0;
+  });
+  for (let i = 2 * edges.length; i < bits.length; i++) bits[i] = ((next() + 0.5) * 2 ** 32) >>> 0;
+  const values = new Float32Array(bits.buffer);
+  const src = k.alloc(values.byteLength), dst = k.alloc(values.length * 2);
+  k.f32(src, values.length).set(values);
+  for (const dtype of ["F16", "BF16"] as const) {
+    for (const n of [values.length, 8, 3, 0]) {
+      const encode = dtype === "F16" ? k.exports.encodeF16 : k.exports.encodeBF16;
+      encode(src, dst, n);
+      assertEquals(k.u8(dst, 2 * n), encodeFloats(values.subarray(0, n), dtype), `${dtype} × ${n}`);
+    }
+  }
+});
+
+Deno.test("compactRowsF32 drops the row padding", async () => {
+  const k = await Kernels.load();
+  const rows = 3, cols = 6, stride = 8;
+  const src = k.alloc(rows * stride * 4), dst = k.alloc(rows * cols * 4);
+  k.f32(src, rows * stride).set(Float32Array.from({ length: rows * stride }, (_, i) => i));
+  k.exports.compactRowsF32(src, stride, dst, rows, cols);
+  const expected = Float32Array.from(
+    { length: rows * cols },
+    (_, i) => (i / cols | 0) * stride + i % cols,
+  );
+  assertEquals(k.f32(dst, rows * cols), expected);
 });

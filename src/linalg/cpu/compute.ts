@@ -239,7 +239,9 @@ function scatter(
 /**
  * Output factors for the kept dimensions of one layer:
  * up = B·T_B[:, keep]·diag(g), down = diag(g)·T_A[:, keep]ᵀ·A with
- * g = √(σ·rescale/|scale|) (the sign of scale goes on up).
+ * g = √(σ·rescale/|scale|) (the sign of scale goes on up), and, when the request asks for it,
+ * their encoding (rounded as `encodeFloats` does, by the kernels). Every array returned is a view
+ * of one buffer, taken out of kernel memory with one copy.
  *
  * @example
  * ```ts
@@ -261,24 +263,35 @@ function scatter(
  * ```
  */
 export function rebuildLayer(kernels: Kernels, request: RebuildRequest): RebuiltFactors {
-  const { factors, decomposition, keep, rescale } = request;
+  const { factors, decomposition, keep, rescale, encode } = request;
   const { out, rank: r, inFlat, scale } = factors;
   const kept = keep.length;
-  if (kept === 0) return { up: new Float32Array(0), down: new Float32Array(0) };
+  if (kept === 0) {
+    const empty = { up: new Float32Array(0), down: new Float32Array(0) };
+    if (!encode) return empty;
+    const none = { dtype: encode, bytes: new Uint8Array(0) };
+    return { ...empty, encoded: { up: none, down: none } };
+  }
   const k = decomposition.sigma.length;
   const sign = scale < 0 ? -1 : 1;
-  // Scaled transform columns: T_B[:, m]·g·sign (r × k′) and T_A[:, m]ᵀ·g (k′ × r). The
-  // products run in f32: the factors are rounded to an output dtype next, and the inputs
-  // (F16/BF16/F32) are exact in f32.
-  const tb = new Float32Array(r * kept), tat = new Float32Array(kept * r);
+  // Scaled transform columns: T_B[:, m]·g·sign (r × k′, rows padded with zeros to a whole
+  // number of SIMD vectors) and T_A[:, m]ᵀ·g (k′ × r). The products run in f32: the factors are
+  // rounded to an output dtype next, and the inputs (F16/BF16/F32) are exact in f32.
+  const ldt = (kept + 3) & ~3;
+  const tb = new Float32Array(r * ldt), tat = new Float32Array(kept * r);
   keep.forEach((m, j) => {
     const sigma = decomposition.sigma[m];
     const g = sigma > 0 ? Math.sqrt(sigma * rescale / Math.abs(scale)) : 0;
     for (let a = 0; a < r; a++) {
-      tb[a * kept + j] = sign * g * decomposition.upTransform[a * k + m];
+      tb[a * ldt + j] = sign * g * decomposition.upTransform[a * k + m];
       tat[j * r + a] = g * decomposition.downTransform[a * k + m];
     }
   });
+  const upSize = out * kept, downSize = kept * inFlat;
+  // The results lie back to back in one region — up, down (f32), then their encodings — so that
+  // one copy takes them all out of kernel memory.
+  const encodedSize = encode === "F16" || encode === "BF16" ? 2 : 0;
+  const resultBytes = (upSize + downSize) * (4 + encodedSize);
   kernels.reset();
   const upRaw = kernels.put(factors.up.bytes);
   const downRaw = kernels.put(factors.down.bytes);
@@ -286,18 +299,44 @@ export function rebuildLayer(kernels: Kernels, request: RebuildRequest): Rebuilt
   const a32 = kernels.alloc(r * inFlat * 4);
   const tbPtr = kernels.alloc(tb.byteLength);
   const tatPtr = kernels.alloc(tat.byteLength);
-  const up32 = kernels.alloc(out * kept * 4);
-  const down32 = kernels.alloc(kept * inFlat * 4);
+  const upPadded = ldt === kept ? 0 : kernels.alloc(out * ldt * 4);
+  const result = kernels.alloc(resultBytes);
+  const up32 = result, down32 = up32 + upSize * 4;
+  const upEncoded = down32 + downSize * 4, downEncoded = upEncoded + upSize * encodedSize;
   kernels.f32(tbPtr, tb.length).set(tb);
   kernels.f32(tatPtr, tat.length).set(tat);
   const x = kernels.exports;
   x.decodeF32(upRaw, b32, out * r, DTYPE_CODES[factors.up.dtype]);
   x.decodeF32(downRaw, a32, r * inFlat, DTYPE_CODES[factors.down.dtype]);
-  x.matmulF32(b32, r, tbPtr, kept, up32, kept, out, r, kept);
+  if (ldt === kept) x.matmulF32(b32, r, tbPtr, ldt, up32, ldt, out, r, ldt);
+  else {
+    x.matmulF32(b32, r, tbPtr, ldt, upPadded, ldt, out, r, ldt);
+    x.compactRowsF32(upPadded, ldt, up32, out, kept);
+  }
   x.matmulF32(tatPtr, r, a32, inFlat, down32, inFlat, kept, r, inFlat);
+  if (encode === "F16") {
+    x.encodeF16(up32, upEncoded, upSize);
+    x.encodeF16(down32, downEncoded, downSize);
+  } else if (encode === "BF16") {
+    x.encodeBF16(up32, upEncoded, upSize);
+    x.encodeBF16(down32, downEncoded, downSize);
+  }
+  const buffer = kernels.u8(result, resultBytes).slice().buffer;
+  const up = new Float32Array(buffer, 0, upSize);
+  const down = new Float32Array(buffer, upSize * 4, downSize);
+  if (!encode) return { up, down };
+  // F32 output is the f32 factors' own bytes.
+  const bytes = (data: Float32Array, at: number, count: number) =>
+    encodedSize === 0
+      ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+      : new Uint8Array(buffer, at - result, count * encodedSize);
   return {
-    up: kernels.f32(up32, out * kept).slice(),
-    down: kernels.f32(down32, kept * inFlat).slice(),
+    up,
+    down,
+    encoded: {
+      up: { dtype: encode, bytes: bytes(up, upEncoded, upSize) },
+      down: { dtype: encode, bytes: bytes(down, downEncoded, downSize) },
+    },
   };
 }
 

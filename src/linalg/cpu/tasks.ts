@@ -7,7 +7,6 @@
  */
 
 import { BackendError, type ResizeLoraError, SafetensorsError } from "../../errors.ts";
-import { encodeFloats } from "../../safetensors/dtype.ts";
 import type {
   BaseNorms,
   BaseWeightRef,
@@ -49,16 +48,8 @@ export function runTask(context: ItemContext, task: Task): Promise<TaskResult> |
   switch (task.kind) {
     case "decompose":
       return decomposeLayer(context.kernels, task.layer);
-    case "rebuild": {
-      const factors = rebuildLayer(context.kernels, task.request);
-      const dtype = task.request.encode;
-      if (!dtype) return factors;
-      const encoded = {
-        up: { dtype, bytes: encodeFloats(factors.up, dtype) },
-        down: { dtype, bytes: encodeFloats(factors.down, dtype) },
-      };
-      return { ...factors, encoded };
-    }
+    case "rebuild":
+      return rebuildLayer(context.kernels, task.request);
     case "norms":
       return weightNorms(context, task.weight, task.which);
     case "subspace":
@@ -138,8 +129,9 @@ export function resultTransfer(result: TaskResult): ArrayBuffer[] {
     );
   }
   if ("up" in result) {
-    return [result.up, result.down, result.encoded?.up.bytes, result.encoded?.down.bytes]
-      .flatMap((a) => a ? [a.buffer as ArrayBuffer] : []);
+    // The arrays of a rebuilt layer may share one buffer; each buffer is listed once.
+    const arrays = [result.up, result.down, result.encoded?.up.bytes, result.encoded?.down.bytes];
+    return [...new Set(arrays.flatMap((a) => a ? [a.buffer as ArrayBuffer] : []))];
   }
   return [];
 }

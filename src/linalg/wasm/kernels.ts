@@ -164,6 +164,12 @@ export interface KernelExports {
     count: number,
     ldy: number,
   ): void;
+  /** rows × cols f32 (row stride `stride`) copied to contiguous f32 at dst (regions apart). */
+  compactRowsF32(src: number, stride: number, dst: number, rows: number, cols: number): void;
+  /** n f32 to F16, rounding as `encodeFloats` (to nearest even; NaN to ±0x7e00). */
+  encodeF16(src: number, dst: number, n: number): void;
+  /** n f32 to BF16, rounding as `encodeFloats` (to nearest even; NaN quieted, sign kept). */
+  encodeBF16(src: number, dst: number, n: number): void;
   /** rows × cols f64 (row stride `stride`) to contiguous f32. */
   toF32(src: number, stride: number, dst: number, rows: number, cols: number): void;
   /** Σ x² over n values (f64 accumulation). */

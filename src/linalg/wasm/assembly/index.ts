@@ -2,7 +2,8 @@
 // exported memory, which the TypeScript side (../kernels.ts) lays out and grows.
 
 export { decodeF32, decodeF64, decodeRowsF32, decodeRowsF64, decodeTransposedF64 } from "./decode";
-export { gramRows, matmulF32, matmulF64, toF32 } from "./products";
+export { compactRowsF32, gramRows, matmulF32, matmulF64, toF32 } from "./products";
+export { encodeBF16, encodeF16 } from "./encode";
 export { orthogonalizeRows } from "./jacobi";
 export { backSubstitute, matmulTransposedF64, pivotedCholesky, symmetricEigenvectors } from "./core";
 export { gramMatvec, rowsTimesTransposed, sumSquares } from "./norms";

@@ -117,11 +117,16 @@ export function toF32(src: usize, stride: i32, dst: usize, rows: i32, cols: i32)
   }
 }
 
+/** Columns of B per tile of matmulF32: 128 f32 × up to ~64 rows of B stay in L1. */
+const TILE: usize = 128;
+
 /**
  * C = A·B in f32 (row-major, leading dimensions lda, ldb, ldc): C is m × n, A m × k, B k × n.
- * Sixteen, then four, then single columns of a row of C are summed in registers over p, in order
- * of p. Used where the result is rounded to an output dtype anyway (the rebuild of the kept
- * factors).
+ * Each value of C is summed over p in order of p from zero, without fused multiply-adds, so the
+ * result depends on the inputs only. Four rows of C times eight columns are summed at once (eight
+ * independent sums hide the adder's latency, and each load of B serves four rows), over tiles of
+ * B's columns that stay in cache. Used where the result is rounded to an output dtype anyway (the
+ * rebuild of the kept factors: B·T with n = k′ small, Tᵀ·A with m = k′ small).
  */
 export function matmulF32(
   a: usize,
@@ -134,46 +139,123 @@ export function matmulF32(
   k: i32,
   n: i32,
 ): void {
-  const cols = <usize> n, inner = <usize> k, step = <usize> ldb << 2;
-  const wide = cols & ~(<usize> 15);
-  for (let i: usize = 0; i < <usize> m; i++) {
-    const ai = a + ((i * <usize> lda) << 2), ci = c + ((i * <usize> ldc) << 2);
-    let j: usize = 0;
-    for (; j < wide; j += 16) {
-      let s0 = f32x4.splat(0), s1 = f32x4.splat(0), s2 = f32x4.splat(0), s3 = f32x4.splat(0);
-      let bp = b + (j << 2);
-      for (let p: usize = 0; p < inner; p++) {
-        const x = v128.load32_splat(ai + (p << 2));
-        s0 = f32x4.add(s0, f32x4.mul(x, v128.load(bp)));
-        s1 = f32x4.add(s1, f32x4.mul(x, v128.load(bp, 16)));
-        s2 = f32x4.add(s2, f32x4.mul(x, v128.load(bp, 32)));
-        s3 = f32x4.add(s3, f32x4.mul(x, v128.load(bp, 48)));
-        bp += step;
+  const rows = <usize> m, cols = <usize> n, inner = <usize> k;
+  const sa = <usize> lda << 2, sb = <usize> ldb << 2, sc = <usize> ldc << 2;
+  for (let j0: usize = 0; j0 < cols; j0 += TILE) {
+    const j1 = j0 + TILE < cols ? j0 + TILE : cols;
+    let i: usize = 0;
+    for (; i + 4 <= rows; i += 4) {
+      const ai = a + i * sa, ci = c + i * sc;
+      let j = j0;
+      for (; j + 8 <= j1; j += 8) block4x8(ai, sa, b + (j << 2), sb, ci + (j << 2), sc, inner);
+      for (; j + 4 <= j1; j += 4) block4x4(ai, sa, b + (j << 2), sb, ci + (j << 2), sc, inner);
+      for (; j < j1; j++) {
+        for (let r: usize = 0; r < 4; r++) dotColumn(ai + r * sa, b + (j << 2), sb, ci + r * sc + (j << 2), inner);
       }
-      const cj = ci + (j << 2);
-      v128.store(cj, s0);
-      v128.store(cj, s1, 16);
-      v128.store(cj, s2, 32);
-      v128.store(cj, s3, 48);
     }
-    const narrow = cols & ~(<usize> 3);
-    for (; j < narrow; j += 4) {
-      let s = f32x4.splat(0);
-      let bp = b + (j << 2);
-      for (let p: usize = 0; p < inner; p++) {
-        s = f32x4.add(s, f32x4.mul(v128.load32_splat(ai + (p << 2)), v128.load(bp)));
-        bp += step;
+    for (; i < rows; i++) {
+      const ai = a + i * sa, ci = c + i * sc;
+      let j = j0;
+      for (; j + 16 <= j1; j += 16) block1x16(ai, b + (j << 2), sb, ci + (j << 2), inner);
+      for (; j + 4 <= j1; j += 4) {
+        let s = f32x4.splat(0);
+        let bp = b + (j << 2);
+        for (let p: usize = 0; p < inner; p++) {
+          s = f32x4.add(s, f32x4.mul(v128.load32_splat(ai + (p << 2)), v128.load(bp)));
+          bp += sb;
+        }
+        v128.store(ci + (j << 2), s);
       }
-      v128.store(ci + (j << 2), s);
+      for (; j < j1; j++) dotColumn(ai, b + (j << 2), sb, ci + (j << 2), inner);
     }
-    for (; j < cols; j++) {
-      let s: f32 = 0;
-      let bp = b + (j << 2);
-      for (let p: usize = 0; p < inner; p++) {
-        s += load<f32>(ai + (p << 2)) * load<f32>(bp);
-        bp += step;
-      }
-      store<f32>(ci + (j << 2), s);
-    }
+  }
+}
+
+/** c[r][0..8) = Σ_p a[r][p]·b[p][0..8) for four rows r. */
+@inline function block4x8(a: usize, sa: usize, b: usize, sb: usize, c: usize, sc: usize, k: usize): void {
+  let s00 = f32x4.splat(0), s01 = f32x4.splat(0), s10 = f32x4.splat(0), s11 = f32x4.splat(0);
+  let s20 = f32x4.splat(0), s21 = f32x4.splat(0), s30 = f32x4.splat(0), s31 = f32x4.splat(0);
+  const a1 = a + sa, a2 = a1 + sa, a3 = a2 + sa;
+  let bp = b;
+  for (let o: usize = 0; o < (k << 2); o += 4) {
+    const b0 = v128.load(bp), b1 = v128.load(bp, 16);
+    const x0 = v128.load32_splat(a + o), x1 = v128.load32_splat(a1 + o);
+    s00 = f32x4.add(s00, f32x4.mul(x0, b0));
+    s01 = f32x4.add(s01, f32x4.mul(x0, b1));
+    s10 = f32x4.add(s10, f32x4.mul(x1, b0));
+    s11 = f32x4.add(s11, f32x4.mul(x1, b1));
+    const x2 = v128.load32_splat(a2 + o), x3 = v128.load32_splat(a3 + o);
+    s20 = f32x4.add(s20, f32x4.mul(x2, b0));
+    s21 = f32x4.add(s21, f32x4.mul(x2, b1));
+    s30 = f32x4.add(s30, f32x4.mul(x3, b0));
+    s31 = f32x4.add(s31, f32x4.mul(x3, b1));
+    bp += sb;
+  }
+  v128.store(c, s00);
+  v128.store(c, s01, 16);
+  v128.store(c + sc, s10);
+  v128.store(c + sc, s11, 16);
+  v128.store(c + 2 * sc, s20);
+  v128.store(c + 2 * sc, s21, 16);
+  v128.store(c + 3 * sc, s30);
+  v128.store(c + 3 * sc, s31, 16);
+}
+
+/** c[r][0..4) = Σ_p a[r][p]·b[p][0..4) for four rows r. */
+@inline function block4x4(a: usize, sa: usize, b: usize, sb: usize, c: usize, sc: usize, k: usize): void {
+  let s0 = f32x4.splat(0), s1 = f32x4.splat(0), s2 = f32x4.splat(0), s3 = f32x4.splat(0);
+  const a1 = a + sa, a2 = a1 + sa, a3 = a2 + sa;
+  let bp = b;
+  for (let o: usize = 0; o < (k << 2); o += 4) {
+    const b0 = v128.load(bp);
+    s0 = f32x4.add(s0, f32x4.mul(v128.load32_splat(a + o), b0));
+    s1 = f32x4.add(s1, f32x4.mul(v128.load32_splat(a1 + o), b0));
+    s2 = f32x4.add(s2, f32x4.mul(v128.load32_splat(a2 + o), b0));
+    s3 = f32x4.add(s3, f32x4.mul(v128.load32_splat(a3 + o), b0));
+    bp += sb;
+  }
+  v128.store(c, s0);
+  v128.store(c + sc, s1);
+  v128.store(c + 2 * sc, s2);
+  v128.store(c + 3 * sc, s3);
+}
+
+/** c[0..16) = Σ_p a[p]·b[p][0..16) for one row. */
+@inline function block1x16(a: usize, b: usize, sb: usize, c: usize, k: usize): void {
+  let s0 = f32x4.splat(0), s1 = f32x4.splat(0), s2 = f32x4.splat(0), s3 = f32x4.splat(0);
+  let bp = b;
+  for (let o: usize = 0; o < (k << 2); o += 4) {
+    const x = v128.load32_splat(a + o);
+    s0 = f32x4.add(s0, f32x4.mul(x, v128.load(bp)));
+    s1 = f32x4.add(s1, f32x4.mul(x, v128.load(bp, 16)));
+    s2 = f32x4.add(s2, f32x4.mul(x, v128.load(bp, 32)));
+    s3 = f32x4.add(s3, f32x4.mul(x, v128.load(bp, 48)));
+    bp += sb;
+  }
+  v128.store(c, s0);
+  v128.store(c, s1, 16);
+  v128.store(c, s2, 32);
+  v128.store(c, s3, 48);
+}
+
+/** c = Σ_p a[p]·b[p] over a column of b (stride sb). */
+@inline function dotColumn(a: usize, b: usize, sb: usize, c: usize, k: usize): void {
+  let s: f32 = 0;
+  let bp = b;
+  for (let p: usize = 0; p < k; p++) {
+    s += load<f32>(a + (p << 2)) * load<f32>(bp);
+    bp += sb;
+  }
+  store<f32>(c, s);
+}
+
+/** Copies a rows × cols f32 matrix with row stride `stride` to a contiguous one (no overlap). */
+export function compactRowsF32(src: usize, stride: i32, dst: usize, rows: i32, cols: i32): void {
+  const n = <usize> cols, bytes = n << 2, vec = (n & ~(<usize> 3)) << 2, ld = <usize> stride << 2;
+  for (let r: usize = 0; r < <usize> rows; r++) {
+    const s = src + r * ld, d = dst + r * bytes;
+    let o: usize = 0;
+    for (; o < vec; o += 16) v128.store(d + o, v128.load(s + o));
+    for (; o < bytes; o += 4) store<f32>(d + o, load<f32>(s + o));
   }
 }
