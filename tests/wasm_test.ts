@@ -136,7 +136,7 @@ Deno.test("gramRows, matmulF64, toF32 against plain products", async () => {
     const bs = Float64Array.from({ length: kk * n }, next);
     k.f64(a, as.length).set(as);
     k.f64(b, bs.length).set(bs);
-    k.exports.matmulF64(a, kk, b, n, c, n, m, kk, n);
+    k.exports.matmulF64(a, kk, 1, b, n, c, n, m, kk, n);
     k.exports.toF32(c, n, f, m, n);
     const cs = k.f64(c, m * n), fs = k.f32(f, m * n);
     for (let i = 0; i < m; i++) {
@@ -286,7 +286,7 @@ Deno.test("pivotedCholesky: Rᵀ·R = G in pivot order, R₁₁ upper triangular
   }
 });
 
-Deno.test("matmulTransposedF64 and backSubstitute against plain products", async () => {
+Deno.test("matmulF64 on a transposed operand, and backSubstitute, against plain products", async () => {
   const k = await Kernels.load();
   const next = rng(8);
   for (const [m, kk, n] of [[5, 3, 7], [4, 6, 19], [2, 1, 16], [9, 12, 1]]) {
@@ -296,7 +296,7 @@ Deno.test("matmulTransposedF64 and backSubstitute against plain products", async
     const ys = Float64Array.from({ length: kk * n }, next);
     k.f64(x, xs.length).set(xs);
     k.f64(y, ys.length).set(ys);
-    k.exports.matmulTransposedF64(x, m, y, n, c, n + 1, m, kk, n);
+    k.exports.matmulF64(x, 1, m, y, n, c, n + 1, m, kk, n);
     const cs = k.f64(c, m * (n + 1));
     for (let i = 0; i < m; i++) {
       for (let j = 0; j < n; j++) {

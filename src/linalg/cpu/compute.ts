@@ -171,8 +171,8 @@ function decomposeGrams(
   const zt = kernels.alloc(n * n * 8);
   const wt = kernels.alloc(n * m * 8);
   const yB = kernels.alloc(k1 * n * 8), yA = kernels.alloc(k2 * n * 8);
-  if (tall) x.matmulTransposedF64(rtA, r, rtB, r, at, ldm, n, r, m);
-  else x.matmulTransposedF64(rtB, r, rtA, r, at, ldm, n, r, m);
+  if (tall) x.matmulF64(rtA, 1, r, rtB, r, at, ldm, n, r, m);
+  else x.matmulF64(rtB, 1, r, rtA, r, at, ldm, n, r, m);
   if (ldm !== m) {
     const view = kernels.f64(at, n * ldm);
     for (let i = 0; i < n; i++) view[i * ldm + m] = 0;
@@ -187,7 +187,7 @@ function decomposeGrams(
       { ...layer, orthogonalize: kernels.orthogonalize },
     );
   }
-  x.matmulF64(zt, n, at, ldm, wt, m, n, n, m);
+  x.matmulF64(zt, n, 1, at, ldm, wt, m, n, n, m);
   x.orthogonalizeRows(wt, n, m, zt, n, scratch, JACOBI_TOLERANCE * Math.sqrt(m));
   // Rows of Wᵀ are σᵢ·(left singular vectors of A), rows of Zᵀ the right ones.
   const w = kernels.f64(wt, n * m), z = kernels.f64(zt, n * n);
@@ -430,7 +430,7 @@ export async function subspaceScales(
   x.decodeF32(downRaw, a32, r * inFlat, DTYPE_CODES[factors.down.dtype]);
   x.rowsTimesTransposed(w.ptr, out, inFlat, a32, r, y, scratch);
   x.decodeTransposedF64(upRaw, bt, out, r, outStride, DTYPE_CODES[factors.up.dtype]);
-  x.matmulF64(bt, outStride, y, r, c, r, r, out, r);
+  x.matmulF64(bt, outStride, 1, y, r, c, r, r, out, r);
   const cm = kernels.f64(c, r * r);
   const k = decomposition.sigma.length;
   const tb = decomposition.upTransform, ta = decomposition.downTransform;

@@ -83,10 +83,11 @@ export interface KernelExports {
   ): void;
   /** G = X·Xᵀ for X: r rows of `stride` f64 (stride even). */
   gramRows(x: number, r: number, stride: number, g: number): void;
-  /** C = A·B in f64 with leading dimensions. */
+  /** C = A·B in f64; A(i, p) at a + 8·(i·aRow + p·aCol) (a transposed operand: aRow 1). */
   matmulF64(
     a: number,
-    lda: number,
+    aRow: number,
+    aCol: number,
     b: number,
     ldb: number,
     c: number,
@@ -133,18 +134,6 @@ export interface KernelExports {
     pivots: number,
     d: number,
   ): number;
-  /** C = Xᵀ·Y in f64 with leading dimensions: C m × n, X k × m, Y k × n. */
-  matmulTransposedF64(
-    x: number,
-    ldx: number,
-    y: number,
-    ldy: number,
-    c: number,
-    ldc: number,
-    m: number,
-    k: number,
-    n: number,
-  ): void;
   /**
    * Eigenvectors of a symmetric n × n f64 matrix c (full storage, overwritten) as the rows of
    * zt (n × n); eigenvalues (unsorted) in d (n f64); e and w scratch for n and 2n f64. Returns 0,

@@ -92,52 +92,6 @@ export function pivotedCholesky(
 }
 
 /**
- * C = Xᵀ·Y (f64, row-major with leading dimensions): C is m × n, X k × m, Y k × n. Eight
- * columns of a row of C are summed in registers over p, in order of p.
- */
-export function matmulTransposedF64(
-  x: usize,
-  ldx: i32,
-  y: usize,
-  ldy: i32,
-  c: usize,
-  ldc: i32,
-  m: i32,
-  k: i32,
-  n: i32,
-): void {
-  const cols = <usize> n, inner = <usize> k, xStep = <usize> ldx << 3, step = <usize> ldy << 3;
-  const vec = cols & ~(<usize> 7);
-  for (let i: usize = 0; i < <usize> m; i++) {
-    const xi = x + (i << 3), ci = c + ((i * <usize> ldc) << 3);
-    let j: usize = 0;
-    for (; j < vec; j += 8) {
-      let s0 = f64x2.splat(0), s1 = f64x2.splat(0), s2 = f64x2.splat(0), s3 = f64x2.splat(0);
-      let xp = xi, yp = y + (j << 3);
-      for (let p: usize = 0; p < inner; p++) {
-        const v = v128.load64_splat(xp);
-        s0 = f64x2.add(s0, f64x2.mul(v, v128.load(yp)));
-        s1 = f64x2.add(s1, f64x2.mul(v, v128.load(yp, 16)));
-        s2 = f64x2.add(s2, f64x2.mul(v, v128.load(yp, 32)));
-        s3 = f64x2.add(s3, f64x2.mul(v, v128.load(yp, 48)));
-        xp += xStep;
-        yp += step;
-      }
-      const cj = ci + (j << 3);
-      v128.store(cj, s0);
-      v128.store(cj, s1, 16);
-      v128.store(cj, s2, 32);
-      v128.store(cj, s3, 48);
-    }
-    for (; j < cols; j++) {
-      let s: f64 = 0;
-      for (let p: usize = 0; p < inner; p++) s += load<f64>(xi + p * xStep) * at(y + p * step, j);
-      put(ci, j, s);
-    }
-  }
-}
-
-/**
  * Eigenvectors of the symmetric n × n matrix c (full storage; overwritten) as the rows of zt
  * (n × n, orthonormal to working precision): Householder tridiagonalisation C = Q·T·Qᵀ, Q
  * accumulated backwards, then implicit QL with Wilkinson shifts on T, each rotation applied to

@@ -5,7 +5,7 @@ export { decodeF32, decodeF64, decodeRowsF32, decodeRowsF64, decodeTransposedF64
 export { compactRowsF32, gramRows, matmulF32, matmulF64, toF32 } from "./products";
 export { encodeBF16, encodeF16 } from "./encode";
 export { orthogonalizeRows } from "./jacobi";
-export { backSubstitute, matmulTransposedF64, pivotedCholesky, symmetricEigenvectors } from "./core";
+export { backSubstitute, pivotedCholesky, symmetricEigenvectors } from "./core";
 export { gramMatvec, rowsTimesTransposed, sumSquares } from "./norms";
 
 /** First free byte after the module's static data. */

@@ -54,13 +54,15 @@ export function gramRows(x: usize, r: i32, stride: i32, g: usize): void {
 }
 
 /**
- * C = A·B (f64, row-major with leading dimensions lda, ldb, ldc): C is m × n, A m × k, B k × n.
- * Eight columns of a row of C are summed in registers over p (in order of p), so the inner loop
- * only loads.
+ * C = A·B (f64): C is m × n and B k × n, row-major with leading dimensions ldc and ldb; A is
+ * m × k with element (i, p) at a + 8·(i·aRow + p·aCol), so a row-major A has (aRow, aCol) =
+ * (lda, 1) and the transpose of a row-major X (k × m) has (1, ldx). Eight columns of a row of C
+ * are summed in registers over p, in order of p, so the inner loop only loads.
  */
 export function matmulF64(
   a: usize,
-  lda: i32,
+  aRow: i32,
+  aCol: i32,
   b: usize,
   ldb: i32,
   c: usize,
@@ -70,19 +72,21 @@ export function matmulF64(
   n: i32,
 ): void {
   const cols = <usize> n, inner = <usize> k, step = <usize> ldb << 3;
+  const aStep = <usize> aCol << 3;
   const vec = cols & ~(<usize> 7);
   for (let i: usize = 0; i < <usize> m; i++) {
-    const ai = a + ((i * <usize> lda) << 3), ci = c + ((i * <usize> ldc) << 3);
+    const ai = a + ((i * <usize> aRow) << 3), ci = c + ((i * <usize> ldc) << 3);
     let j: usize = 0;
     for (; j < vec; j += 8) {
       let s0 = f64x2.splat(0), s1 = f64x2.splat(0), s2 = f64x2.splat(0), s3 = f64x2.splat(0);
-      let bp = b + (j << 3);
+      let ap = ai, bp = b + (j << 3);
       for (let p: usize = 0; p < inner; p++) {
-        const x = v128.load64_splat(ai + (p << 3));
+        const x = v128.load64_splat(ap);
         s0 = f64x2.add(s0, f64x2.mul(x, v128.load(bp)));
         s1 = f64x2.add(s1, f64x2.mul(x, v128.load(bp, 16)));
         s2 = f64x2.add(s2, f64x2.mul(x, v128.load(bp, 32)));
         s3 = f64x2.add(s3, f64x2.mul(x, v128.load(bp, 48)));
+        ap += aStep;
         bp += step;
       }
       const cj = ci + (j << 3);
@@ -94,7 +98,7 @@ export function matmulF64(
     for (; j < cols; j++) {
       let s: f64 = 0;
       for (let p: usize = 0; p < inner; p++) {
-        s += load<f64>(ai + (p << 3)) * load<f64>(b + p * step + (j << 3));
+        s += load<f64>(ai + p * aStep) * load<f64>(b + p * step + (j << 3));
       }
       store<f64>(ci + (j << 3), s);
     }
