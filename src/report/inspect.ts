@@ -33,7 +33,7 @@ export interface InspectOptions {
   readonly checkpoint?: string;
   /** Recipes to plan when a checkpoint is given (default: the original's default recipe). */
   readonly recipes?: string;
-  /** `auto`, `cpu` (default) or `gpu`; ignored when `backend` is given. */
+  /** `auto` (default), `cpu` or `gpu`; ignored when `backend` is given. */
   readonly device?: DeviceChoice;
   /** A backend to use (the caller keeps ownership). */
   readonly backend?: Backend;
@@ -206,7 +206,7 @@ export function effectiveRank(
 export async function inspect(options: InspectOptions): Promise<InspectResult> {
   const log = options.log ?? silent;
   const model = await loadLora(options.lora);
-  const backend = options.backend ?? await selectBackend(options.device ?? "cpu", { log });
+  const backend = options.backend ?? await selectBackend(options.device ?? "auto", { log });
   try {
     const decompositions = await backend.decompose(
       model.layers.map((l) => l.factors),
