@@ -18,6 +18,11 @@
 # 10-minute device command. A stage that runs out of time is killed, its
 # output so far is kept, and the script goes on (exit status 1 at the end).
 #
+# From a session that has the device tool: `cp "$(command -v deno)" .bench/deno`, fetch the
+# Vulkan loader packages into .gl/ as the device README says, then one call:
+#   run(command: "bash bench/gpu_check.sh", carry: [".bench/deno", ".gl"], timeout_s: 600)
+# and copy the figures from $OUT/*.txt into bench/RESULTS.md.
+#
 # Usage: bash bench/gpu_check.sh        (GPU_CHECK_FULL=0 skips the full-size bench;
 #                                        GPU_CHECK_FULL_SECONDS changes its limit, default 360)
 
