@@ -14,7 +14,7 @@
 #   bench_full.txt/json  bench/gpu_bench.ts at full SDXL size (fixtures generated here, ~7.2 GB)
 #   resize_full.txt   the CLI end to end with -d gpu, cold norms (spn_ckpt), wall time and peak RSS
 #
-# The stage limits add up to 9.5 minutes, so the whole check fits one
+# The stage limits (env 60 s, test 90, bench_s4 110, bench_full 270, resize_full 60) add up to 9.8 minutes, so the whole check fits one
 # 10-minute device command. A stage that runs out of time is killed, its
 # output so far is kept, and the script goes on (exit status 1 at the end).
 #
@@ -24,7 +24,7 @@
 # and copy the figures from $OUT/*.txt into bench/RESULTS.md.
 #
 # Usage: bash bench/gpu_check.sh        (GPU_CHECK_FULL=0 skips the full-size bench;
-#                                        GPU_CHECK_FULL_SECONDS changes its limit, default 360)
+#                                        GPU_CHECK_FULL_SECONDS changes its limit, default 270)
 
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -98,7 +98,7 @@ run() { # run NAME SECONDS COMMAND...: output to $OUT/NAME.txt, keeps going on f
 run test 90 "$DENO" test -A tests/gpu_backend_test.ts
 run bench_s4 110 "$DENO" run -A bench/gpu_bench.ts --scale 0.25 --json "$OUT/bench_s4.json"
 if [ "${GPU_CHECK_FULL:-1}" != 0 ]; then
-  run bench_full "${GPU_CHECK_FULL_SECONDS:-300}" \
+  run bench_full "${GPU_CHECK_FULL_SECONDS:-270}" \
     "$DENO" run -A bench/gpu_bench.ts --scale 1 --json "$OUT/bench_full.json"
   # End to end on the GPU: cold spectral norms + decomposition + write (fixtures from above).
   run resize_full 60 /usr/bin/time -v "$DENO" run -A cli.ts .bench/sdxl_base_full.safetensors \
