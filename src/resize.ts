@@ -14,7 +14,8 @@
 
 import { dirname, join, resolve } from "node:path";
 import { OutputError, RecipeError } from "./errors.ts";
-import type { Backend, BaseNorms, Decomposition } from "./linalg/backend.ts";
+import type { Backend, BaseNorms, Decomposition, RebuiltFactors } from "./linalg/backend.ts";
+import { dtypeSize } from "./safetensors/dtype.ts";
 import { type DeviceChoice, selectBackend } from "./linalg/select_backend.ts";
 import { type LogFn, type LogLevel, silent } from "./log.ts";
 import { loadLora, type LoraLayer, type LoraModel, type RawTensor } from "./lora/lora_file.ts";
@@ -262,9 +263,9 @@ async function runPipeline(options: ResizeOptions, write: boolean): Promise<Resi
   for (const entry of options.loras) {
     log("INFO", `Processing LoRA model: ${entry}`);
     const lora = await prepareLora(run, entry, norms);
-    for (const recipe of recipes) {
-      outputs.push(await resizeWithRecipe(run, lora, recipe, write));
-    }
+    const plans: RecipePlan[] = [];
+    for (const recipe of recipes) plans.push(await planRecipe(run, lora, recipe));
+    outputs.push(...(write ? await writeOutputs(run, lora, plans) : plans.map((p) => p.summary)));
   }
   return { outputs };
 }
@@ -456,12 +457,16 @@ async function subspaceScales(run: Run, lora: PreparedLora): Promise<Float64Arra
 }
 
 /** Score, select, build and (unless planning) write one output. */
-async function resizeWithRecipe(
-  run: Run,
-  lora: PreparedLora,
-  recipe: Recipe,
-  write: boolean,
-): Promise<OutputSummary> {
+/** A scored and selected recipe: everything but the factor values of its output. */
+interface RecipePlan {
+  readonly recipe: Recipe;
+  readonly summary: OutputSummary;
+  readonly shape: OutputShape;
+  readonly folder: string;
+}
+
+/** Score and select one recipe (norms fetched as needed); nothing is written. */
+async function planRecipe(run: Run, lora: PreparedLora, recipe: Recipe): Promise<RecipePlan> {
   const { log, options } = run;
   const dtype = options.outputDtype ?? "F16";
   const debug = options.logLevel === "DEBUG";
@@ -554,31 +559,118 @@ async function resizeWithRecipe(
     cut: selection.cut,
     curve: options.curve ? tradeOffCurve(lora, recipe, scores, shapeFor) : undefined,
   };
-  if (!write) return summary;
+  return { recipe, summary, shape, folder };
+}
 
-  await checkOutputPath(run, lora, path);
-  const requests = lora.layers.flatMap((p, i) =>
-    selection.keep[i].length > 0
-      ? [{
-        factors: p.layer.factors,
-        decomposition: lora.decompositions[i],
-        keep: selection.keep[i],
-        rescale: recipe.rescale,
-        encode: dtype,
-      }]
-      : []
-  );
-  const rebuilt = await run.backend.rebuild(requests);
-  const { tensors, metadata } = buildOutput(shape, rebuilt);
-  log("INFO", `Saving ${path}`);
-  await Deno.mkdir(folder, { recursive: true }).catch((e) => {
-    throw new OutputError(`${folder}: cannot create the output folder (${e.message})`);
-  });
-  const result = await writeSafetensors(path, tensors, { metadata });
-  if (result.bytes !== summary.bytes) {
-    throw new OutputError(`${path}: wrote ${result.bytes} bytes, planned ${summary.bytes}`);
+/**
+ * Builds and writes the planned outputs of one LoRA. Recipes with the same
+ * `rescale` share one rebuild of the union of their kept dimensions: each
+ * dimension's output factors (√σ·u, √σ·v) do not depend on which others are
+ * kept, so every recipe takes its own columns and rows of that one result.
+ */
+async function writeOutputs(
+  run: Run,
+  lora: PreparedLora,
+  plans: readonly RecipePlan[],
+): Promise<OutputSummary[]> {
+  const dtype = run.options.outputDtype ?? "F16";
+  for (const plan of plans) await checkOutputPath(run, lora, plan.summary.path);
+  const written = new Map<RecipePlan, OutputSummary>();
+  for (const rescale of new Set(plans.map((p) => p.recipe.rescale))) {
+    const group = plans.filter((p) => p.recipe.rescale === rescale);
+    const union = lora.layers.map((_, i) =>
+      sortedUnion(group.map((p) => p.summary.layers[i].keep))
+    );
+    const rebuilt = await run.backend.rebuild(
+      lora.layers.flatMap((p, i) =>
+        union[i].length > 0
+          ? [{
+            factors: p.layer.factors,
+            decomposition: lora.decompositions[i],
+            keep: union[i],
+            rescale,
+            encode: dtype,
+          }]
+          : []
+      ),
+    );
+    const byLayer = new Map<number, RebuiltFactors>();
+    union.forEach((u, i) => u.length > 0 && byLayer.set(i, rebuilt[byLayer.size]));
+    for (const plan of group) {
+      const { path, bytes } = plan.summary;
+      const factors = lora.layers.flatMap((p, i) => {
+        const keep = plan.summary.layers[i].keep;
+        if (keep.length === 0) return [];
+        return [keptOf(byLayer.get(i)!, union[i], keep, p.layer.factors.out)];
+      });
+      const { tensors, metadata } = buildOutput(plan.shape, factors);
+      run.log("INFO", `Saving ${path}`);
+      await Deno.mkdir(plan.folder, { recursive: true }).catch((e) => {
+        throw new OutputError(`${plan.folder}: cannot create the output folder (${e.message})`);
+      });
+      const result = await writeSafetensors(path, tensors, { metadata });
+      if (result.bytes !== bytes) {
+        throw new OutputError(`${path}: wrote ${result.bytes} bytes, planned ${bytes}`);
+      }
+      written.set(plan, { ...plan.summary, written: true });
+    }
   }
-  return { ...summary, written: true };
+  return plans.map((p) => written.get(p)!);
+}
+
+/** The ascending union of ascending index lists. */
+function sortedUnion(lists: readonly (readonly number[])[]): number[] {
+  return lists.length === 1 ? [...lists[0]] : [...new Set(lists.flat())].sort((a, b) => a - b);
+}
+
+/**
+ * The factors of the `keep` dimensions out of factors rebuilt for `union`
+ * (a superset): columns of up (out × |union|), rows of down (|union| × in′).
+ */
+function keptOf(
+  factors: RebuiltFactors,
+  union: readonly number[],
+  keep: readonly number[],
+  out: number,
+): RebuiltFactors {
+  if (keep.length === union.length) return factors;
+  const at = new Map(union.map((u, j) => [u, j]));
+  const positions = keep.map((k) => at.get(k)!);
+  const n = union.length;
+  const inFlat = factors.down.length / n;
+  const columns = <T extends Float32Array | Uint8Array>(data: T, size: number): T => {
+    const result = new (data.constructor as new (n: number) => T)(out * keep.length * size);
+    let to = 0;
+    for (let r = 0; r < out; r++) {
+      for (const j of positions) {
+        const from = (r * n + j) * size;
+        for (let b = 0; b < size; b++) result[to++] = data[from + b];
+      }
+    }
+    return result;
+  };
+  const rows = <T extends Float32Array | Uint8Array>(data: T, size: number): T => {
+    const result = new (data.constructor as new (n: number) => T)(keep.length * inFlat * size);
+    positions.forEach((j, c) =>
+      result.set(data.subarray(j * inFlat * size, (j + 1) * inFlat * size), c * inFlat * size)
+    );
+    return result;
+  };
+  const encoded = factors.encoded && {
+    up: {
+      ...factors.encoded.up,
+      bytes: columns(factors.encoded.up.bytes, dtypeSize(factors.encoded.up.dtype)),
+    },
+    down: {
+      ...factors.encoded.down,
+      bytes: rows(factors.encoded.down.bytes, dtypeSize(factors.encoded.down.dtype)),
+    },
+  };
+  return {
+    up: columns(factors.up, 1),
+    down: rows(factors.down, 1),
+    ...(encoded ? { encoded } : {}),
+  };
 }
 
 function select(

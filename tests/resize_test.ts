@@ -385,3 +385,25 @@ Deno.test("rebuild can encode the factors off the caller's thread, exactly as en
     assertEquals(r.encoded?.down, { dtype: encode, bytes: encodeFloats(r.down, encode) });
   }
 });
+
+Deno.test("several recipes share one rebuild, and write exactly what each writes alone", async () => {
+  await withDir(async (dir) => {
+    const recipes = [
+      "spn_lora=1,thr=-1.2",
+      "fro_ckpt=1,thr=-3",
+      "subspace=1,thr=-0.8",
+      "spn_lora=1,size=0.05",
+      "fro_ckpt=1,thr=-3,rescale=0.5", // a second rebuild group
+    ];
+    const together = await resize(options(join(dir, "together"), { recipes: recipes.join(":") }));
+    assertEquals(together.outputs.length, recipes.length);
+    for (const [i, recipe] of recipes.entries()) {
+      const alone = await resize(options(join(dir, `alone${i}`), { recipes: recipe }));
+      assertEquals(
+        await Deno.readFile(together.outputs[i].path),
+        await Deno.readFile(alone.outputs[0].path),
+        recipe,
+      );
+    }
+  });
+});
