@@ -14,7 +14,7 @@ import { sshsHashes } from "./safetensors/hashes.ts";
 import type { TensorSource } from "./safetensors/writer.ts";
 import { safetensorsFileSize } from "./safetensors/writer.ts";
 import type { TensorSpec } from "./safetensors/header.ts";
-import type { RebuiltFactors } from "./linalg/backend.ts";
+import type { FloatData, RebuiltFactors } from "./linalg/backend.ts";
 import type { LoraLayer, RawTensor } from "./lora/lora_file.ts";
 import { pyRepr } from "./recipe/pyfloat.ts";
 
@@ -156,33 +156,66 @@ export interface OutputContents {
   readonly metadata: Record<string, string>;
 }
 
+/** One layer's output factors: `up` (out × k′) and `down` (k′ × …), in any float dtype. */
+export interface OutputFactors {
+  /** The up factor's elements, row-major. */
+  readonly up: FloatData;
+  /** The down factor's elements, row-major. */
+  readonly down: FloatData;
+}
+
 /**
- * Builds the output tensors from the rebuilt factors (one per layer with
+ * The output factors of rebuilt ones: their encoding in `dtype` when the
+ * backend made it, else the f32 values (encoded by {@link buildOutput}).
+ *
+ * @example
+ * ```ts
+ * import { outputFactors } from "./output.ts";
+ * const f = outputFactors({ up: new Float32Array([1]), down: new Float32Array([2]) }, "F16");
+ * console.log(f.up.dtype); // "F32": encoded when the file is built
+ * ```
+ */
+export function outputFactors(rebuilt: RebuiltFactors, dtype: OutputDType): OutputFactors {
+  if (rebuilt.encoded?.up.dtype === dtype) return rebuilt.encoded;
+  const bytes = (a: Float32Array) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+  return {
+    up: { dtype: "F32", bytes: bytes(rebuilt.up) },
+    down: { dtype: "F32", bytes: bytes(rebuilt.down) },
+  };
+}
+
+/** The bytes of factor data in `dtype` (as is when already so). */
+function encodedAs(data: FloatData, dtype: OutputDType): Uint8Array {
+  if (data.dtype === dtype) return data.bytes;
+  return encodeFloats(decodeFloats(data.bytes, data.dtype, Float32Array), dtype);
+}
+
+/**
+ * Builds the output tensors from the output factors (one per layer with
  * k′ > 0, in `shape.layers` order) and the final metadata with the
  * sd-webui hashes of exactly these bytes.
  *
  * @example
  * ```ts ignore
- * const { tensors, metadata } = buildOutput(shape, rebuilt);
+ * const { tensors, metadata } = buildOutput(shape, factors);
  * await writeSafetensors(path, tensors, { metadata });
  * ```
  */
 export function buildOutput(
   shape: OutputShape,
-  rebuilt: readonly RebuiltFactors[],
+  factors: readonly OutputFactors[],
 ): OutputContents {
   const { dtype } = shape;
   const tensors: TensorSource[] = [];
   let next = 0;
   for (const o of shape.layers) {
     if (o.kept === 0) continue;
-    const factors = rebuilt[next++];
+    const f = factors[next++];
     const [alpha, down, up, dora] = layerSpecs(o, dtype);
-    const encoded = factors.encoded?.up.dtype === dtype ? factors.encoded : undefined;
     tensors.push(
       { ...alpha, data: encodeFloats([o.layer.factors.scale * o.kept], dtype) },
-      { ...down, data: encoded?.down.bytes ?? encodeFloats(factors.down, dtype) },
-      { ...up, data: encoded?.up.bytes ?? encodeFloats(factors.up, dtype) },
+      { ...down, data: encodedAs(f.down, dtype) },
+      { ...up, data: encodedAs(f.up, dtype) },
     );
     if (dora) tensors.push(materialise(castTensor(o.layer.doraScale!, dtype)));
   }

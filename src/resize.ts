@@ -14,7 +14,7 @@
 
 import { dirname, join, resolve } from "node:path";
 import { OutputError, RecipeError } from "./errors.ts";
-import type { Backend, BaseNorms, Decomposition, RebuiltFactors } from "./linalg/backend.ts";
+import type { Backend, BaseNorms, Decomposition } from "./linalg/backend.ts";
 import { dtypeSize } from "./safetensors/dtype.ts";
 import { type DeviceChoice, selectBackend } from "./linalg/select_backend.ts";
 import { type LogFn, type LogLevel, silent } from "./log.ts";
@@ -26,6 +26,8 @@ import {
   buildOutput,
   type OutputDType,
   outputElementSize,
+  type OutputFactors,
+  outputFactors,
   outputFileSize,
   type OutputLayer,
   type OutputShape,
@@ -594,8 +596,10 @@ async function writeOutputs(
           : []
       ),
     );
-    const byLayer = new Map<number, RebuiltFactors>();
-    union.forEach((u, i) => u.length > 0 && byLayer.set(i, rebuilt[byLayer.size]));
+    const byLayer = new Map<number, OutputFactors>();
+    union.forEach((u, i) =>
+      u.length > 0 && byLayer.set(i, outputFactors(rebuilt[byLayer.size], dtype))
+    );
     for (const plan of group) {
       const { path, bytes } = plan.summary;
       const factors = lora.layers.flatMap((p, i) => {
@@ -624,53 +628,33 @@ function sortedUnion(lists: readonly (readonly number[])[]): number[] {
 }
 
 /**
- * The factors of the `keep` dimensions out of factors rebuilt for `union`
- * (a superset): columns of up (out × |union|), rows of down (|union| × in′).
+ * The factors of the `keep` dimensions out of factors built for `union` (a
+ * superset): columns of up (out × |union|), rows of down (|union| × in′).
  */
 function keptOf(
-  factors: RebuiltFactors,
+  factors: OutputFactors,
   union: readonly number[],
   keep: readonly number[],
   out: number,
-): RebuiltFactors {
+): OutputFactors {
   if (keep.length === union.length) return factors;
   const at = new Map(union.map((u, j) => [u, j]));
   const positions = keep.map((k) => at.get(k)!);
   const n = union.length;
-  const inFlat = factors.down.length / n;
-  const columns = <T extends Float32Array | Uint8Array>(data: T, size: number): T => {
-    const result = new (data.constructor as new (n: number) => T)(out * keep.length * size);
-    let to = 0;
-    for (let r = 0; r < out; r++) {
-      for (const j of positions) {
-        const from = (r * n + j) * size;
-        for (let b = 0; b < size; b++) result[to++] = data[from + b];
-      }
+  const { up, down } = factors;
+  const size = dtypeSize(up.dtype);
+  const upBytes = new Uint8Array(out * keep.length * size);
+  let to = 0;
+  for (let r = 0; r < out; r++) {
+    for (const j of positions) {
+      const from = (r * n + j) * size;
+      for (let b = 0; b < size; b++) upBytes[to++] = up.bytes[from + b];
     }
-    return result;
-  };
-  const rows = <T extends Float32Array | Uint8Array>(data: T, size: number): T => {
-    const result = new (data.constructor as new (n: number) => T)(keep.length * inFlat * size);
-    positions.forEach((j, c) =>
-      result.set(data.subarray(j * inFlat * size, (j + 1) * inFlat * size), c * inFlat * size)
-    );
-    return result;
-  };
-  const encoded = factors.encoded && {
-    up: {
-      ...factors.encoded.up,
-      bytes: columns(factors.encoded.up.bytes, dtypeSize(factors.encoded.up.dtype)),
-    },
-    down: {
-      ...factors.encoded.down,
-      bytes: rows(factors.encoded.down.bytes, dtypeSize(factors.encoded.down.dtype)),
-    },
-  };
-  return {
-    up: columns(factors.up, 1),
-    down: rows(factors.down, 1),
-    ...(encoded ? { encoded } : {}),
-  };
+  }
+  const row = down.bytes.byteLength / n;
+  const downBytes = new Uint8Array(keep.length * row);
+  positions.forEach((j, c) => downBytes.set(down.bytes.subarray(j * row, (j + 1) * row), c * row));
+  return { up: { dtype: up.dtype, bytes: upBytes }, down: { dtype: down.dtype, bytes: downBytes } };
 }
 
 function select(
