@@ -29,7 +29,6 @@ import {
   type OutputFactors,
   outputFactors,
   outputFileSize,
-  type OutputLayer,
   type OutputShape,
 } from "./output.ts";
 import { outputFileName, parseRecipes, type Recipe, resizeParamsJson } from "./recipe/recipe.ts";
@@ -754,5 +753,3 @@ async function checkOutputPath(run: Run, lora: PreparedLora, path: string): Prom
     }
   }
 }
-
-export type { OutputDType, OutputLayer };

@@ -54,15 +54,6 @@ export interface KernelExports {
   decodeF32(src: number, dst: number, n: number, dtype: number): void;
   /** n values of a dtype code to f64. */
   decodeF64(src: number, dst: number, n: number, dtype: number): void;
-  /** rows × cols to f32 rows of `stride` values (padding zeroed). */
-  decodeRowsF32(
-    src: number,
-    dst: number,
-    rows: number,
-    cols: number,
-    stride: number,
-    dtype: number,
-  ): void;
   /** rows × cols to f64 rows of `stride` values (padding zeroed). */
   decodeRowsF64(
     src: number,
@@ -159,8 +150,6 @@ export interface KernelExports {
   encodeF16(src: number, dst: number, n: number): void;
   /** n f32 to BF16, rounding as `encodeFloats` (to nearest even; NaN quieted, sign kept). */
   encodeBF16(src: number, dst: number, n: number): void;
-  /** rows × cols f64 (row stride `stride`) to contiguous f32. */
-  toF32(src: number, stride: number, dst: number, rows: number, cols: number): void;
   /** Σ x² over n values (f64 accumulation). */
   sumSquares(src: number, n: number, dtype: number): number;
   /** z = WᵀW·v for W rows × cols f32; v, z cols f32; y scratch for 4 f64. */

@@ -129,23 +129,6 @@ export function decodeF64(src: usize, dst: usize, n: i32, dtype: i32): void {
   for (; i < count; i++) store<f64>(dst + (i << 3), loadF64(src, i, dtype));
 }
 
-/** Decodes a rows × cols matrix to f32 rows of `stride` values, zeroing the padding. */
-export function decodeRowsF32(
-  src: usize,
-  dst: usize,
-  rows: i32,
-  cols: i32,
-  stride: i32,
-  dtype: i32,
-): void {
-  const rowBytes = <usize> cols * dtypeSize(dtype);
-  for (let r = 0; r < rows; r++) {
-    const out = dst + (<usize> r * <usize> stride << 2);
-    decodeF32(src + <usize> r * rowBytes, out, <f64> cols, dtype);
-    memory.fill(out + (<usize> cols << 2), 0, <usize> (stride - cols) << 2);
-  }
-}
-
 /** Decodes a rows × cols matrix to f64 rows of `stride` values, zeroing the padding. */
 export function decodeRowsF64(
   src: usize,

@@ -105,22 +105,6 @@ export function matmulF64(
   }
 }
 
-/** Rounds a rows × cols f64 matrix (row stride `stride`) to a contiguous f32 one. */
-export function toF32(src: usize, stride: i32, dst: usize, rows: i32, cols: i32): void {
-  const n = <usize> cols;
-  const vec = n & ~(<usize> 3);
-  for (let r: usize = 0; r < <usize> rows; r++) {
-    const s = src + ((r * <usize> stride) << 3), d = dst + ((r * n) << 2);
-    let j: usize = 0;
-    for (; j < vec; j += 4) {
-      const lo = f32x4.demote_f64x2_zero(v128.load(s + (j << 3)));
-      const hi = f32x4.demote_f64x2_zero(v128.load(s + (j << 3), 16));
-      v128.store(d + (j << 2), i32x4.shuffle(lo, hi, 0, 1, 4, 5));
-    }
-    for (; j < n; j++) store<f32>(d + (j << 2), <f32> load<f64>(s + (j << 3)));
-  }
-}
-
 /** Columns of B per tile of matmulF32: 128 f32 × up to ~64 rows of B stay in L1. */
 const TILE: usize = 128;
 
