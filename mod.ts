@@ -70,6 +70,7 @@ export type {
   LowRankFactors,
   NormRequest,
   Progress,
+  RebuildDType,
   RebuildRequest,
   RebuiltFactors,
   SubspaceRequest,

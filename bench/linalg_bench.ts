@@ -88,7 +88,7 @@ const ds = await time(
   () => backend.decompose(layers),
 );
 await time(
-  `rebuild ${layers.length} layers (half the ranks)`,
+  `rebuild ${layers.length} layers (half the ranks, F16)`,
   (_, s) => `${(layers.length / s).toFixed(0)} layers/s`,
   () =>
     backend.rebuild(layers.map((factors, i) => ({
@@ -96,6 +96,7 @@ await time(
       decomposition: ds[i],
       keep: Array.from({ length: Math.ceil(ds[i].sigma.length / 2) }, (_, j) => j),
       rescale: 1,
+      dtype: "F16",
     }))),
 );
 const frobenius = { frobenius: true, spectral: false };

@@ -14,7 +14,7 @@ import { sshsHashes } from "./safetensors/hashes.ts";
 import type { TensorSource } from "./safetensors/writer.ts";
 import { safetensorsFileSize } from "./safetensors/writer.ts";
 import type { TensorSpec } from "./safetensors/header.ts";
-import type { FloatData, RebuiltFactors } from "./linalg/backend.ts";
+import type { FloatData } from "./linalg/backend.ts";
 import type { LoraLayer, RawTensor } from "./lora/lora_file.ts";
 import { pyRepr } from "./recipe/pyfloat.ts";
 
@@ -162,26 +162,6 @@ export interface OutputFactors {
   readonly up: FloatData;
   /** The down factor's elements, row-major. */
   readonly down: FloatData;
-}
-
-/**
- * The output factors of rebuilt ones: their encoding in `dtype` when the
- * backend made it, else the f32 values (encoded by {@link buildOutput}).
- *
- * @example
- * ```ts
- * import { outputFactors } from "./output.ts";
- * const f = outputFactors({ up: new Float32Array([1]), down: new Float32Array([2]) }, "F16");
- * console.log(f.up.dtype); // "F32": encoded when the file is built
- * ```
- */
-export function outputFactors(rebuilt: RebuiltFactors, dtype: OutputDType): OutputFactors {
-  if (rebuilt.encoded?.up.dtype === dtype) return rebuilt.encoded;
-  const bytes = (a: Float32Array) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-  return {
-    up: { dtype: "F32", bytes: bytes(rebuilt.up) },
-    down: { dtype: "F32", bytes: bytes(rebuilt.down) },
-  };
 }
 
 /** The bytes of factor data in `dtype` (as is when already so). */

@@ -27,7 +27,6 @@ import {
   type OutputDType,
   outputElementSize,
   type OutputFactors,
-  outputFactors,
   outputFileSize,
   type OutputShape,
 } from "./output.ts";
@@ -590,15 +589,13 @@ async function writeOutputs(
             decomposition: lora.decompositions[i],
             keep: union[i],
             rescale,
-            encode: dtype,
+            dtype,
           }]
           : []
       ),
     );
     const byLayer = new Map<number, OutputFactors>();
-    union.forEach((u, i) =>
-      u.length > 0 && byLayer.set(i, outputFactors(rebuilt[byLayer.size], dtype))
-    );
+    union.forEach((u, i) => u.length > 0 && byLayer.set(i, rebuilt[byLayer.size]));
     for (const plan of group) {
       const { path, bytes } = plan.summary;
       const factors = lora.layers.flatMap((p, i) => {

@@ -231,38 +231,59 @@ Deno.test("rebuild: up·down·(scale·k′)/k′ = Σ_kept rescale·σᵢ·uᵢ�
     { factors: layer.factors, decomposition: d, keep: [], rescale: 1 },
     { factors: zero.factors, decomposition: dz, keep: [0, 1], rescale: 1 },
   ]);
-  assertEquals([rebuilt.up.length, rebuilt.down.length], [23 * 3, 3 * 45]);
-  const product = multiply(matrix(23, 3, rebuilt.up), matrix(3, 45, rebuilt.down));
+  assertEquals([rebuilt.up.dtype, rebuilt.down.dtype], ["F32", "F32"]);
+  const [up, down] = [values(rebuilt.up), values(rebuilt.down)];
+  assertEquals([up.length, down.length], [23 * 3, 3 * 45]);
+  const product = multiply(matrix(23, 3, up), matrix(3, 45, down));
   product.data.forEach((x, i) => product.data[i] = x * layer.factors.scale);
   const { u, v } = singularVectors(layer, d);
   const expected = partialSum(u, d.sigma, v, keep, 0.7);
   assert(frobenius(difference(product, expected)) / frobenius(expected) < 1e-6);
-  assertEquals([none.up.length, none.down.length], [0, 0]);
-  assert(zeros.up.every((x) => x === 0) && zeros.down.every((x) => x === 0));
+  assertEquals([none.up.bytes.length, none.down.bytes.length], [0, 0]);
+  assert(values(zeros.up).every((x) => x === 0) && values(zeros.down).every((x) => x === 0));
 });
 
-Deno.test("rebuild: encoded factors are encodeFloats of the f32 factors, for each dtype", async () => {
+Deno.test("rebuild: F16 and BF16 factors are encodeFloats of the F32 ones (workers too)", async () => {
   const next = rng(15);
   const layer = makeLayer({ out: 37, rank: 9, inFlat: 3 * 9, scale: -0.5, dtype: "BF16" }, next);
-  await using backend = await createCpuBackend({ workers: 0 });
-  const [d] = await backend.decompose([layer.factors]);
-  for (const encode of ["F16", "BF16", "F32"] as const) {
-    for (const keep of [[0, 1, 2, 4, 5, 6, 7], [1, 3, 4, 8], []]) {
-      const [rebuilt] = await backend.rebuild([
-        { factors: layer.factors, decomposition: d, keep, rescale: 1e4, encode },
-      ]);
-      const [plain] = await backend.rebuild([
-        { factors: layer.factors, decomposition: d, keep, rescale: 1e4 },
-      ]);
-      assertEquals([rebuilt.up, rebuilt.down], [plain.up, plain.down]);
-      assertEquals(rebuilt.encoded?.up, { dtype: encode, bytes: encodeFloats(plain.up, encode) });
-      assertEquals(rebuilt.encoded?.down, {
-        dtype: encode,
-        bytes: encodeFloats(plain.down, encode),
-      });
+  // Wide enough for every block path of the fused kernels: 150 rows (two blocks of 64 and a
+  // tail), 300 columns (a block of 256 and a tail), odd sizes, a kept count that is no multiple
+  // of 4.
+  const wide = makeLayer({ out: 150, rank: 7, inFlat: 300, scale: 0.25, dtype: "F16" }, next);
+  for (const workers of [0, 2]) {
+    await using backend = await createCpuBackend({ workers, inlineWork: 0 });
+    for (const { factors } of [layer, wide]) {
+      const [d] = await backend.decompose([factors]);
+      for (const dtype of ["F16", "BF16"] as const) {
+        for (const keep of [[0, 1, 2, 4, 5, 6], [1, 3, 4], [2], []]) {
+          const [rebuilt, plain] = await backend.rebuild([
+            { factors, decomposition: d, keep, rescale: 1e4, dtype },
+            { factors, decomposition: d, keep, rescale: 1e4, dtype: "F32" },
+          ]);
+          assertEquals(rebuilt.up, { dtype, bytes: encodeFloats(values(plain.up), dtype) });
+          assertEquals(rebuilt.down, { dtype, bytes: encodeFloats(values(plain.down), dtype) });
+        }
+      }
     }
   }
 });
+
+Deno.test("rebuild: an output dtype the backends do not make is refused", async () => {
+  const layer = makeLayer({ out: 4, rank: 2, inFlat: 3 }, rng(16));
+  await using backend = await createCpuBackend({ workers: 0 });
+  const [d] = await backend.decompose([layer.factors]);
+  const request = { factors: layer.factors, decomposition: d, keep: [0], rescale: 1 };
+  await assertRejects(
+    () => backend.rebuild([{ ...request, dtype: "F64" as "F32" }]),
+    BackendError,
+    "rebuild: layer 0: cannot rebuild factors as F64 (F16, BF16 or F32)",
+  );
+});
+
+/** A factor's values (any float dtype). */
+function values(data: FloatData): Float64Array {
+  return decodeFloats(data.bytes, data.dtype, Float64Array);
+}
 
 // ------------------------------------------------------------------ base weights
 
@@ -529,7 +550,7 @@ async function everything(
       decomposition: ds[i],
       keep: Array.from(ds[i].sigma.keys()).filter((j) => j % 2 === 0),
       rescale: 1.25,
-      encode: (["F16", "BF16", "F32", undefined] as const)[i % 4],
+      dtype: (["F16", "BF16", "F32", undefined] as const)[i % 4],
     })),
   );
   const norms = await backend.baseNorms(weights, { frobenius: true, spectral: true });

@@ -11,6 +11,7 @@ import type {
   BaseWeightRef,
   Decomposition,
   LowRankFactors,
+  RebuiltFactors,
 } from "../src/linalg/backend.ts";
 import { createCpuBackend } from "../src/linalg/cpu/backend.ts";
 import { matrix, multiply, qr, svd } from "../src/linalg/dense.ts";
@@ -434,8 +435,16 @@ gpuTest("gpu rebuild: up·down·scale is the kept part of ΔW, as on the CPU", a
     keep: n === 0 ? [0, 2, 3, 7] : n === 1 ? [] : [0, 1, 2, 3, 4],
     rescale: n === 0 ? 0.625 : 1,
   }));
-  const got = await (await gpu()).rebuild(requests);
-  const want = await (await cpu()).rebuild(requests);
+  const got = (await (await gpu()).rebuild(requests)).map(f32Factors);
+  const want = (await (await cpu()).rebuild(requests)).map(f32Factors);
+  // Asked in F16, the GPU's factors are its F32 ones rounded as encodeFloats rounds.
+  const halves = await (await gpu()).rebuild(
+    requests.map((r) => ({ ...r, dtype: "F16" as const })),
+  );
+  halves.forEach((h, n) => {
+    assertEquals(h.up, { dtype: "F16", bytes: encodeFloats(got[n].up, "F16") });
+    assertEquals(h.down, { dtype: "F16", bytes: encodeFloats(got[n].down, "F16") });
+  });
   requests.forEach((req, n) => {
     const { factors: l, keep } = req;
     const kept = keep.length;
@@ -471,6 +480,15 @@ gpuTest("gpu rebuild: up·down·scale is the kept part of ΔW, as on the CPU", a
     }
   });
 });
+
+/** Rebuilt F32 factors as arrays. */
+function f32Factors(f: RebuiltFactors): { up: Float32Array; down: Float32Array } {
+  assertEquals([f.up.dtype, f.down.dtype], ["F32", "F32"]);
+  return {
+    up: decodeFloats(f.up.bytes, "F32", Float32Array),
+    down: decodeFloats(f.down.bytes, "F32", Float32Array),
+  };
+}
 
 gpuTest("gpu subspace scales: |uᵢᵀ·W·vᵢ| by brute force; shape mismatch is an error", async () => {
   const dir = await Deno.makeTempDir({ prefix: "gpu_subspace_" });

@@ -357,35 +357,6 @@ Deno.test("the summary's relative error matches the written file", async () => {
 
 globalThis.addEventListener("unload", () => backend.close());
 
-Deno.test("rebuild can encode the factors off the caller's thread, exactly as encodeFloats", async () => {
-  await using lora = await SafetensorsFile.open(LOCON);
-  const name = "lora_unet_input_blocks_1_0_emb_layers_1";
-  const up = lora.info(`${name}.lora_up.weight`);
-  const down = lora.info(`${name}.lora_down.weight`);
-  const factors = {
-    up: { dtype: "F16" as const, bytes: await lora.readBytes(up.name) },
-    down: { dtype: "F16" as const, bytes: await lora.readBytes(down.name) },
-    out: up.shape[0],
-    rank: down.shape[0],
-    inFlat: down.shape[1],
-    scale: 0.5,
-  };
-  // Two workers and no inline work: the encoding happens in a worker.
-  await using pooled = await createCpuBackend({ workers: 2, inlineWork: 0 });
-  const [decomposition] = await pooled.decompose([factors]);
-  for (const encode of ["F16", "BF16", "F32"] as const) {
-    const [r] = await pooled.rebuild([{
-      factors,
-      decomposition,
-      keep: [0, 2],
-      rescale: 1,
-      encode,
-    }]);
-    assertEquals(r.encoded?.up, { dtype: encode, bytes: encodeFloats(r.up, encode) });
-    assertEquals(r.encoded?.down, { dtype: encode, bytes: encodeFloats(r.down, encode) });
-  }
-});
-
 Deno.test("several recipes share one rebuild, and write exactly what each writes alone", async () => {
   await withDir(async (dir) => {
     const recipes = [

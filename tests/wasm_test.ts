@@ -76,7 +76,7 @@ Deno.test("decodeF32 / decodeF64: F32 and F64 (F64 → f32 rounds to nearest)", 
   }
 });
 
-Deno.test("decodeRowsF64 / decodeTransposedF64: layout and zero padding", async () => {
+Deno.test("decodeTransposedF64: layout and zero padding", async () => {
   const k = await Kernels.load();
   const next = rng(2);
   for (const dtype of ["F16", "BF16", "F32", "F64"] as const) {
@@ -85,19 +85,10 @@ Deno.test("decodeRowsF64 / decodeTransposedF64: layout and zero padding", async 
       const raw = encodeFloats(Float64Array.from({ length: rows * cols }, next), dtype);
       const values = decodeFloats(raw, dtype, Float64Array);
       const src = k.put(raw);
-      const stride = cols + 3, tStride = rows + (rows & 1);
-      const rowsPtr = k.alloc(rows * stride * 8);
+      const tStride = rows + (rows & 1);
       const tPtr = k.alloc(cols * tStride * 8);
-      k.exports.decodeRowsF64(src, rowsPtr, rows, cols, stride, DTYPE_CODES[dtype]);
       k.exports.decodeTransposedF64(src, tPtr, rows, cols, tStride, DTYPE_CODES[dtype]);
-      const r64 = k.f64(rowsPtr, rows * stride);
       const t = k.f64(tPtr, cols * tStride);
-      for (let r = 0; r < rows; r++) {
-        for (let c = 0; c < stride; c++) {
-          const x = c < cols ? values[r * cols + c] : 0;
-          assertEquals(r64[r * stride + c], x);
-        }
-      }
       for (let c = 0; c < cols; c++) {
         for (let r = 0; r < tStride; r++) {
           assertEquals(t[c * tStride + r], r < rows ? values[r * cols + c] : 0);
@@ -469,4 +460,90 @@ Deno.test("compactRowsF32 drops the row padding", async () => {
     (_, i) => (i / cols | 0) * stride + i % cols,
   );
   assertEquals(k.f32(dst, rows * cols), expected);
+});
+
+Deno.test("gramOf equals gramRows on the decoded matrix, bit for bit, for every dtype", async () => {
+  const k = await Kernels.load();
+  const next = rng(21);
+  const dtypes: FloatDType[] = ["F16", "BF16", "F32", "F64"];
+  // (rows, cols) of the stored matrix; several column blocks where r is large, odd lengths.
+  const shapes = [[5, 7], [33, 600], [64, 301], [2, 1], [40, 2]];
+  for (const dtype of dtypes) {
+    for (const [rows, cols] of shapes) {
+      for (const transposed of [false, true]) {
+        k.reset();
+        const stored = encodeFloats(Float64Array.from({ length: rows * cols }, next), dtype);
+        const values = decodeFloats(stored, dtype, Float64Array);
+        // X as rows of even length, zero-padded: what gramRows takes.
+        const r = transposed ? cols : rows, n = transposed ? rows : cols, stride = n + (n & 1);
+        const xs = new Float64Array(r * stride);
+        for (let i = 0; i < rows; i++) {
+          for (let j = 0; j < cols; j++) {
+            const v = values[i * cols + j];
+            if (transposed) xs[j * stride + i] = v;
+            else xs[i * stride + j] = v;
+          }
+        }
+        const src = k.put(stored), x = k.alloc(xs.byteLength);
+        const g1 = k.alloc(r * r * 8), g2 = k.alloc(r * r * 8);
+        const scratch = k.alloc(r * k.exports.gramBlockWidth(r) * 8);
+        k.f64(x, xs.length).set(xs);
+        k.exports.gramRows(x, r, stride, g1);
+        k.exports.gramOf(src, DTYPE_CODES[dtype], rows, cols, transposed, g2, scratch);
+        assertEquals(k.f64(g2, r * r), k.f64(g1, r * r), `${dtype} ${rows}×${cols} ${transposed}`);
+      }
+    }
+  }
+});
+
+Deno.test("rebuildUp / rebuildDown equal decode, in-order f32 products and encodeFloats", async () => {
+  const k = await Kernels.load();
+  const next = rng(22);
+  const codes = { F16: 0, BF16: 1, F32: 2 } as const;
+  // Row blocks of 64 and column blocks of 256 with tails; kept counts with and without padding.
+  const cases = [
+    { out: 150, r: 7, cols: 300, kept: 5, from: "F16", to: "F16" },
+    { out: 64, r: 4, cols: 256, kept: 4, from: "BF16", to: "BF16" },
+    { out: 3, r: 9, cols: 5, kept: 1, from: "F32", to: "F32" },
+    { out: 70, r: 3, cols: 513, kept: 3, from: "F64", to: "F16" },
+  ] as const;
+  for (const { out, r, cols, kept, from, to } of cases) {
+    k.reset();
+    const ldt = (kept + 3) & ~3;
+    const b = encodeFloats(Float64Array.from({ length: out * r }, next), from);
+    const a = encodeFloats(Float64Array.from({ length: r * cols }, next), from);
+    const bv = decodeFloats(b, from, Float32Array), av = decodeFloats(a, from, Float32Array);
+    const t = new Float32Array(r * ldt), tat = Float32Array.from({ length: kept * r }, next);
+    for (let p = 0; p < r; p++) for (let j = 0; j < kept; j++) t[p * ldt + j] = next();
+    const up = new Float32Array(out * kept), down = new Float32Array(kept * cols);
+    for (let i = 0; i < out; i++) {
+      for (let j = 0; j < kept; j++) {
+        let s = 0;
+        for (let p = 0; p < r; p++) {
+          s = Math.fround(s + Math.fround(bv[i * r + p] * t[p * ldt + j]));
+        }
+        up[i * kept + j] = s;
+      }
+    }
+    for (let j = 0; j < kept; j++) {
+      for (let c = 0; c < cols; c++) {
+        let s = 0;
+        for (let p = 0; p < r; p++) {
+          s = Math.fround(s + Math.fround(tat[j * r + p] * av[p * cols + c]));
+        }
+        down[j * cols + c] = s;
+      }
+    }
+    const size = to === "F32" ? 4 : 2;
+    const bp = k.put(b), ap = k.put(a), tp = k.alloc(t.byteLength), tatp = k.alloc(tat.byteLength);
+    const scratch = k.alloc(Math.max(64 * (r + 2 * ldt), 256 * (r + kept)) * 4);
+    const upOut = k.alloc(out * kept * size), downOut = k.alloc(kept * cols * size);
+    k.f32(tp, t.length).set(t);
+    k.f32(tatp, tat.length).set(tat);
+    k.exports.rebuildUp(bp, DTYPE_CODES[from], out, r, tp, ldt, kept, upOut, codes[to], scratch);
+    k.exports.rebuildDown(ap, DTYPE_CODES[from], r, cols, tatp, kept, downOut, codes[to], scratch);
+    const what = `${from} → ${to}, ${out}×${r}·${r}×${kept}, ${kept}×${r}·${r}×${cols}`;
+    assertEquals(k.u8(upOut, out * kept * size), encodeFloats(up, to), `up: ${what}`);
+    assertEquals(k.u8(downOut, kept * cols * size), encodeFloats(down, to), `down: ${what}`);
+  }
 });

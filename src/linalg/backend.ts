@@ -63,23 +63,27 @@ export interface RebuildRequest {
   /** Factor multiplying every singular value (recipe `rescale`). */
   readonly rescale: number;
   /**
-   * Also encode the factors as bytes of this dtype (`RebuiltFactors.encoded`),
-   * so that a backend with worker threads does it off the caller's thread.
+   * Element type of the rebuilt factors (default `"F32"`): the products are
+   * computed in f32 and rounded once to this type, as `encodeFloats` rounds,
+   * so a backend with worker threads also does the encoding off the caller's
+   * thread.
    */
-  readonly encode?: "F16" | "BF16" | "F32";
+  readonly dtype?: RebuildDType;
 }
+
+/** Element types {@link RebuiltFactors} can be asked in. */
+export type RebuildDType = "F16" | "BF16" | "F32";
 
 /**
  * Output factors with the singular values split evenly (√σ on each side):
- * `up·down·alpha/k′ = Σ_kept rescale·σᵢ·uᵢ·vᵢᵀ` with alpha = scale·k′.
+ * `up·down·alpha/k′ = Σ_kept rescale·σᵢ·uᵢ·vᵢᵀ` with alpha = scale·k′, in the
+ * element type the request asked for.
  */
 export interface RebuiltFactors {
   /** `out × k′` row-major. */
-  readonly up: Float32Array;
+  readonly up: FloatData;
   /** `k′ × inFlat` row-major. */
-  readonly down: Float32Array;
-  /** `up` and `down` encoded as asked by `RebuildRequest.encode` (absent when not asked). */
-  readonly encoded?: { readonly up: FloatData; readonly down: FloatData };
+  readonly down: FloatData;
 }
 
 /** Where a base weight (or a row block of one) lies in a checkpoint file. */

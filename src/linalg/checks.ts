@@ -78,7 +78,7 @@ export function checkDecomposition(d: Decomposition, f: LowRankFactors, where: s
 
 /**
  * Checks a rebuild request: its factors and decomposition, a finite rescale ≥ 0,
- * and ascending kept indices below k.
+ * ascending kept indices below k, and an output dtype the backends make.
  *
  * @example
  * ```ts
@@ -104,6 +104,10 @@ export function checkRebuild(request: RebuildRequest, where: string): void {
       );
     }
   });
+  const { dtype } = request;
+  if (dtype !== undefined && dtype !== "F16" && dtype !== "BF16" && dtype !== "F32") {
+    throw new BackendError(`${where}: cannot rebuild factors as ${dtype} (F16, BF16 or F32)`);
+  }
 }
 
 /**

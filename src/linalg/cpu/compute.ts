@@ -116,16 +116,13 @@ export function decomposeLayer(kernels: Kernels, layer: LowRankFactors): Decompo
   kernels.reset();
   const up = kernels.put(layer.up.bytes);
   const down = kernels.put(layer.down.bytes);
-  const outStride = even(out), inStride = even(inFlat);
-  const bt = kernels.alloc(r * outStride * 8);
-  const a = kernels.alloc(r * inStride * 8);
   const gramUp = kernels.alloc(r * r * 8);
   const gramDown = kernels.alloc(r * r * 8);
-  const k = kernels.exports;
-  k.decodeTransposedF64(up, bt, out, r, outStride, DTYPE_CODES[layer.up.dtype]);
-  k.decodeRowsF64(down, a, r, inFlat, inStride, DTYPE_CODES[layer.down.dtype]);
-  k.gramRows(bt, r, outStride, gramUp);
-  k.gramRows(a, r, inStride, gramDown);
+  const x = kernels.exports;
+  const scratch = kernels.alloc(r * x.gramBlockWidth(r) * 8);
+  // BᵀB (the Gram matrix of Bᵀ's rows) and A·Aᵀ, each decoded block by block.
+  x.gramOf(up, DTYPE_CODES[layer.up.dtype], out, r, true, gramUp, scratch);
+  x.gramOf(down, DTYPE_CODES[layer.down.dtype], r, inFlat, false, gramDown, scratch);
   return decomposeGrams(kernels, gramUp, gramDown, layer);
 }
 
@@ -239,9 +236,10 @@ function scatter(
 /**
  * Output factors for the kept dimensions of one layer:
  * up = B·T_B[:, keep]·diag(g), down = diag(g)·T_A[:, keep]ᵀ·A with
- * g = √(σ·rescale/|scale|) (the sign of scale goes on up), and, when the request asks for it,
- * their encoding (rounded as `encodeFloats` does, by the kernels). Every array returned is a view
- * of one buffer, taken out of kernel memory with one copy.
+ * g = √(σ·rescale/|scale|) (the sign of scale goes on up), computed in f32
+ * and rounded once to the request's dtype (as `encodeFloats` rounds) by the
+ * fused `rebuildUp` / `rebuildDown` kernels. Both results are views of one
+ * buffer, taken out of kernel memory with one copy.
  *
  * @example
  * ```ts
@@ -259,18 +257,21 @@ function scatter(
  * };
  * const decomposition = decomposeLayer(kernels, factors);
  * const { up, down } = rebuildLayer(kernels, { factors, decomposition, keep: [0], rescale: 1 });
- * console.log(Math.abs(up[0] * down[0] * 0.5)); // 1 (ΔW[0][0])
+ * const [u] = new Float32Array(up.bytes.buffer, up.bytes.byteOffset, 1);
+ * const [d] = new Float32Array(down.bytes.buffer, down.bytes.byteOffset, 1);
+ * console.log(Math.abs(u * d * 0.5)); // 1 (ΔW[0][0])
  * ```
  */
 export function rebuildLayer(kernels: Kernels, request: RebuildRequest): RebuiltFactors {
-  const { factors, decomposition, keep, rescale, encode } = request;
+  const { factors, decomposition, keep, rescale } = request;
+  const dtype = request.dtype ?? "F32";
   const { out, rank: r, inFlat, scale } = factors;
   const kept = keep.length;
+  const size = dtype === "F32" ? 4 : 2;
+  const upBytes = out * kept * size, downBytes = kept * inFlat * size;
   if (kept === 0) {
-    const empty = { up: new Float32Array(0), down: new Float32Array(0) };
-    if (!encode) return empty;
-    const none = { dtype: encode, bytes: new Uint8Array(0) };
-    return { ...empty, encoded: { up: none, down: none } };
+    const none = { dtype, bytes: new Uint8Array(0) };
+    return { up: none, down: none };
   }
   const k = decomposition.sigma.length;
   const sign = scale < 0 ? -1 : 1;
@@ -287,58 +288,48 @@ export function rebuildLayer(kernels: Kernels, request: RebuildRequest): Rebuilt
       tat[j * r + a] = g * decomposition.downTransform[a * k + m];
     }
   });
-  const upSize = out * kept, downSize = kept * inFlat;
-  // The results lie back to back in one region — up, down (f32), then their encodings — so that
-  // one copy takes them all out of kernel memory.
-  const encodedSize = encode === "F16" || encode === "BF16" ? 2 : 0;
-  const resultBytes = (upSize + downSize) * (4 + encodedSize);
   kernels.reset();
   const upRaw = kernels.put(factors.up.bytes);
   const downRaw = kernels.put(factors.down.bytes);
-  const b32 = kernels.alloc(out * r * 4);
-  const a32 = kernels.alloc(r * inFlat * 4);
   const tbPtr = kernels.alloc(tb.byteLength);
   const tatPtr = kernels.alloc(tat.byteLength);
-  const upPadded = ldt === kept ? 0 : kernels.alloc(out * ldt * 4);
-  const result = kernels.alloc(resultBytes);
-  const up32 = result, down32 = up32 + upSize * 4;
-  const upEncoded = down32 + downSize * 4, downEncoded = upEncoded + upSize * encodedSize;
+  const scratch = kernels.alloc(Math.max(UP_ROWS * (r + 2 * ldt), DOWN_COLUMNS * (r + kept)) * 4);
+  const result = kernels.alloc(upBytes + downBytes);
   kernels.f32(tbPtr, tb.length).set(tb);
   kernels.f32(tatPtr, tat.length).set(tat);
-  const x = kernels.exports;
-  x.decodeF32(upRaw, b32, out * r, DTYPE_CODES[factors.up.dtype]);
-  x.decodeF32(downRaw, a32, r * inFlat, DTYPE_CODES[factors.down.dtype]);
-  if (ldt === kept) x.matmulF32(b32, r, tbPtr, ldt, up32, ldt, out, r, ldt);
-  else {
-    x.matmulF32(b32, r, tbPtr, ldt, upPadded, ldt, out, r, ldt);
-    x.compactRowsF32(upPadded, ldt, up32, out, kept);
-  }
-  x.matmulF32(tatPtr, r, a32, inFlat, down32, inFlat, kept, r, inFlat);
-  if (encode === "F16") {
-    x.encodeF16(up32, upEncoded, upSize);
-    x.encodeF16(down32, downEncoded, downSize);
-  } else if (encode === "BF16") {
-    x.encodeBF16(up32, upEncoded, upSize);
-    x.encodeBF16(down32, downEncoded, downSize);
-  }
-  const buffer = kernels.u8(result, resultBytes).slice().buffer;
-  const up = new Float32Array(buffer, 0, upSize);
-  const down = new Float32Array(buffer, upSize * 4, downSize);
-  if (!encode) return { up, down };
-  // F32 output is the f32 factors' own bytes.
-  const bytes = (data: Float32Array, at: number, count: number) =>
-    encodedSize === 0
-      ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
-      : new Uint8Array(buffer, at - result, count * encodedSize);
+  const x = kernels.exports, code = DTYPE_CODES[dtype];
+  x.rebuildUp(
+    upRaw,
+    DTYPE_CODES[factors.up.dtype],
+    out,
+    r,
+    tbPtr,
+    ldt,
+    kept,
+    result,
+    code,
+    scratch,
+  );
+  x.rebuildDown(
+    downRaw,
+    DTYPE_CODES[factors.down.dtype],
+    r,
+    inFlat,
+    tatPtr,
+    kept,
+    result + upBytes,
+    code,
+    scratch,
+  );
+  const buffer = kernels.u8(result, upBytes + downBytes).slice().buffer;
   return {
-    up,
-    down,
-    encoded: {
-      up: { dtype: encode, bytes: bytes(up, upEncoded, upSize) },
-      down: { dtype: encode, bytes: bytes(down, downEncoded, downSize) },
-    },
+    up: { dtype, bytes: new Uint8Array(buffer, 0, upBytes) },
+    down: { dtype, bytes: new Uint8Array(buffer, upBytes, downBytes) },
   };
 }
+
+/** Row and column blocks of the kernels' rebuildUp / rebuildDown (scratch sizes). */
+const UP_ROWS = 64, DOWN_COLUMNS = 256;
 
 /** A base weight read into kernel memory. */
 interface LoadedWeight {

@@ -130,8 +130,7 @@ export function resultTransfer(result: TaskResult): ArrayBuffer[] {
   }
   if ("up" in result) {
     // The arrays of a rebuilt layer may share one buffer; each buffer is listed once.
-    const arrays = [result.up, result.down, result.encoded?.up.bytes, result.encoded?.down.bytes];
-    return [...new Set(arrays.flatMap((a) => a ? [a.buffer as ArrayBuffer] : []))];
+    return [...new Set([result.up.bytes.buffer, result.down.bytes.buffer])] as ArrayBuffer[];
   }
   return [];
 }

@@ -10,9 +10,16 @@
  */
 
 import { BackendError } from "../../errors.ts";
-import type { BackendCallOptions, RebuildRequest, RebuiltFactors } from "../backend.ts";
+import type {
+  BackendCallOptions,
+  FloatData,
+  RebuildDType,
+  RebuildRequest,
+  RebuiltFactors,
+} from "../backend.ts";
+import { encodeFloats } from "../../safetensors/dtype.ts";
 import { addProduct, type CrossGroup, OutMode, prepareCross } from "./cross.ts";
-import { checkFactors } from "../checks.ts";
+import { checkRebuild } from "../checks.ts";
 import type { GpuContext } from "./device.ts";
 import { type Format, Packer } from "./pack.ts";
 
@@ -71,22 +78,13 @@ export async function rebuildOnGpu(
   requests.forEach((req, index) => {
     const { factors, decomposition, keep, rescale } = req;
     const what = `rebuild: layer ${index}`;
-    checkFactors(factors, what);
+    checkRebuild(req, what); // the same checks and messages as the CPU backend
     const { out, rank: r, inFlat, scale } = factors;
     const k = decomposition.sigma.length;
-    if (
-      decomposition.upTransform.length !== r * k || decomposition.downTransform.length !== r * k
-    ) {
-      throw new BackendError(`${what}: transforms are not ${r}×${k}`);
-    }
-    keep.forEach((i, n) => {
-      if (!Number.isInteger(i) || i < 0 || i >= k || (n > 0 && i <= keep[n - 1])) {
-        throw new BackendError(`${what}: keep index ${i} is not ascending within [0, ${k})`);
-      }
-    });
     const kept = keep.length;
     if (kept === 0) {
-      results[index] = { up: new Float32Array(0), down: new Float32Array(0) };
+      const none = { dtype: req.dtype ?? "F32", bytes: new Uint8Array(0) };
+      results[index] = { up: none, down: none };
       return;
     }
     const outputs = (out + inFlat) * kept;
@@ -137,14 +135,23 @@ export async function rebuildOnGpu(
   for (const b of batches) {
     const values = await runRebuildBatch(ctx, b);
     for (const p of b.planned) {
+      const dtype = requests[p.index].dtype ?? "F32";
       results[p.index] = {
-        up: values.slice(p.upBase, p.upBase + p.out * p.kept),
-        down: values.slice(p.downBase, p.downBase + p.kept * p.inFlat),
+        up: encoded(values.subarray(p.upBase, p.upBase + p.out * p.kept), dtype),
+        down: encoded(values.subarray(p.downBase, p.downBase + p.kept * p.inFlat), dtype),
       };
       options.onProgress?.(++done, requests.length);
     }
   }
   return results;
+}
+
+/** f32 results as factor data of `dtype` (rounded as the CPU kernels round). */
+function encoded(values: Float32Array, dtype: RebuildDType): FloatData {
+  const bytes = dtype === "F32"
+    ? new Uint8Array(values.slice().buffer)
+    : encodeFloats(values, dtype);
+  return { dtype, bytes };
 }
 
 async function runRebuildBatch(ctx: GpuContext, batch: RebuildBatch): Promise<Float32Array> {

@@ -54,15 +54,6 @@ export interface KernelExports {
   decodeF32(src: number, dst: number, n: number, dtype: number): void;
   /** n values of a dtype code to f64. */
   decodeF64(src: number, dst: number, n: number, dtype: number): void;
-  /** rows × cols to f64 rows of `stride` values (padding zeroed). */
-  decodeRowsF64(
-    src: number,
-    dst: number,
-    rows: number,
-    cols: number,
-    stride: number,
-    dtype: number,
-  ): void;
   /** rows × cols to its f64 transpose, cols rows of `stride` values (padding zeroed). */
   decodeTransposedF64(
     src: number,
@@ -74,6 +65,52 @@ export interface KernelExports {
   ): void;
   /** G = X·Xᵀ for X: r rows of `stride` f64 (stride even). */
   gramRows(x: number, r: number, stride: number, g: number): void;
+  /**
+   * G = X·Xᵀ (r × r f64) for X = src (rows × cols of a dtype code) or its transpose, decoded block
+   * by block into scratch (r · gramBlockWidth(r) f64); bit-identical to gramRows on the decoded X.
+   */
+  gramOf(
+    src: number,
+    dtype: number,
+    rows: number,
+    cols: number,
+    transposed: boolean,
+    g: number,
+    scratch: number,
+  ): void;
+  /** Columns per block of gramRows / gramOf for r rows. */
+  gramBlockWidth(r: number): number;
+  /**
+   * up = B·T (B out × r of a dtype code, T r × ldt f32) to out × kept values of output dtype
+   * code `code` at dst; scratch for 64·(r + 2·ldt) f32.
+   */
+  rebuildUp(
+    src: number,
+    dtype: number,
+    out: number,
+    r: number,
+    t: number,
+    ldt: number,
+    kept: number,
+    dst: number,
+    code: number,
+    scratch: number,
+  ): void;
+  /**
+   * down = Tᵀ·A (Tᵀ kept × r f32, A r × cols of a dtype code) to kept × cols values of output
+   * dtype code `code` at dst; scratch for 256·(r + kept) f32.
+   */
+  rebuildDown(
+    src: number,
+    dtype: number,
+    r: number,
+    cols: number,
+    tat: number,
+    kept: number,
+    dst: number,
+    code: number,
+    scratch: number,
+  ): void;
   /** C = A·B in f64; A(i, p) at a + 8·(i·aRow + p·aCol) (a transposed operand: aRow 1). */
   matmulF64(
     a: number,

@@ -129,23 +129,6 @@ export function decodeF64(src: usize, dst: usize, n: i32, dtype: i32): void {
   for (; i < count; i++) store<f64>(dst + (i << 3), loadF64(src, i, dtype));
 }
 
-/** Decodes a rows × cols matrix to f64 rows of `stride` values, zeroing the padding. */
-export function decodeRowsF64(
-  src: usize,
-  dst: usize,
-  rows: i32,
-  cols: i32,
-  stride: i32,
-  dtype: i32,
-): void {
-  const rowBytes = <usize> cols * dtypeSize(dtype);
-  for (let r = 0; r < rows; r++) {
-    const out = dst + (<usize> r * <usize> stride << 3);
-    decodeF64(src + <usize> r * rowBytes, out, cols, dtype);
-    memory.fill(out + (<usize> cols << 3), 0, <usize> (stride - cols) << 3);
-  }
-}
-
 /** Four values at element index i of a 2- or 4-byte dtype, as f32x4. */
 function load4(src: usize, i: usize, dtype: i32): v128 {
   if (dtype == F16) return halvesToF32(v128.load_ext<u16>(src + (i << 1)));

@@ -1,8 +1,17 @@
 // Entry point of the WASM kernels (AssemblyScript, SIMD). Pointers are byte offsets into the
 // exported memory, which the TypeScript side (../kernels.ts) lays out and grows.
 
-export { decodeF32, decodeF64, decodeRowsF64, decodeTransposedF64 } from "./decode";
-export { compactRowsF32, gramRows, matmulF32, matmulF64 } from "./products";
+export { decodeF32, decodeF64, decodeTransposedF64 } from "./decode";
+export {
+  compactRowsF32,
+  gramBlockWidth,
+  gramOf,
+  gramRows,
+  matmulF32,
+  matmulF64,
+  rebuildDown,
+  rebuildUp,
+} from "./products";
 export { encodeBF16, encodeF16 } from "./encode";
 export { orthogonalizeRows } from "./jacobi";
 export { backSubstitute, pivotedCholesky, symmetricEigenvectors } from "./core";

@@ -1,4 +1,7 @@
-// Dense f64 products for the decomposition (Gram matrices) and the rebuild (B·T, Tᵀ·A).
+// Dense products for the decomposition (Gram matrices, f64) and the rebuild (B·T, Tᵀ·A, f32).
+
+import { decodeF32, decodeF64, decodeTransposedF64, dtypeSize, F16, BF16 } from "./decode";
+import { encodeBF16, encodeF16 } from "./encode";
 
 /** Horizontal sum of an f64x2. */
 function sum2(v: v128): f64 {
@@ -7,45 +10,96 @@ function sum2(v: v128): f64 {
 
 /**
  * G = X·Xᵀ for X with r rows of `stride` f64 (stride even, padding zero): G is r × r f64,
- * symmetric. Blocked over columns so that the r row slices stay in cache, 2 × 2 rows at a
- * time; a fixed summation order makes the result independent of everything but the input.
+ * symmetric. Blocked over columns so that the r row slices stay in cache (see gramBlock); a
+ * fixed summation order makes the result independent of everything but the input.
  */
 export function gramRows(x: usize, r: i32, stride: i32, g: usize): void {
-  const n = <usize> r;
+  const n = <usize> r, width = <usize> stride, block = gramBlockWidth(n);
   memory.fill(g, 0, (n * n) << 3);
-  // ~64 KiB of rows per column block.
-  let block = (<usize> 8192 / n) & ~(<usize> 1);
-  if (block < 32) block = 32;
-  const width = <usize> stride;
   for (let c0: usize = 0; c0 < width; c0 += block) {
-    const bytes = (c0 + block < width ? block : width - c0) << 3;
-    for (let i: usize = 0; i < n; i += 2) {
-      const i1 = i + 1 < n ? i + 1 : i;
-      const xi = x + ((i * width + c0) << 3), xi1 = x + ((i1 * width + c0) << 3);
-      for (let j: usize = i; j < n; j += 2) {
-        const j1 = j + 1 < n ? j + 1 : j;
-        const xj = x + ((j * width + c0) << 3), xj1 = x + ((j1 * width + c0) << 3);
-        let a00 = f64x2.splat(0), a01 = f64x2.splat(0);
-        let a10 = f64x2.splat(0), a11 = f64x2.splat(0);
-        for (let o: usize = 0; o < bytes; o += 16) {
-          const vi = v128.load(xi + o), vi1 = v128.load(xi1 + o);
-          const vj = v128.load(xj + o), vj1 = v128.load(xj1 + o);
-          a00 = f64x2.add(a00, f64x2.mul(vi, vj));
-          a01 = f64x2.add(a01, f64x2.mul(vi, vj1));
-          a10 = f64x2.add(a10, f64x2.mul(vi1, vj));
-          a11 = f64x2.add(a11, f64x2.mul(vi1, vj1));
-        }
-        const gij = g + ((i * n + j) << 3);
-        store<f64>(gij, load<f64>(gij) + sum2(a00));
-        if (j1 != j) store<f64>(gij + 8, load<f64>(gij + 8) + sum2(a01));
-        if (i1 != i) {
-          const g1 = g + ((i1 * n + j) << 3);
-          if (j >= i1) store<f64>(g1, load<f64>(g1) + sum2(a10));
-          if (j1 != j) store<f64>(g1 + 8, load<f64>(g1 + 8) + sum2(a11));
-        }
+    const w = c0 + block < width ? block : width - c0;
+    gramBlock(x + (c0 << 3), n, width << 3, w << 3, g);
+  }
+  symmetrize(g, n);
+}
+
+/**
+ * G = X·Xᵀ (r × r f64) straight from stored values: X is `src` (rows × cols of a dtype code) or,
+ * when `transposed`, its transpose. Each column block of X is decoded into `scratch`
+ * (r · gramBlockWidth(r) f64) and summed as gramRows sums it, so G is bit-identical to decoding
+ * X into rows of even length and calling gramRows, without the pass over a full f64 copy.
+ */
+export function gramOf(
+  src: usize,
+  dtype: i32,
+  rows: i32,
+  cols: i32,
+  transposed: bool,
+  g: usize,
+  scratch: usize,
+): void {
+  const n = <usize> (transposed ? cols : rows), length = <usize> (transposed ? rows : cols);
+  const width = length + (length & 1), block = gramBlockWidth(n), size = dtypeSize(dtype);
+  memory.fill(g, 0, (n * n) << 3);
+  for (let c0: usize = 0; c0 < width; c0 += block) {
+    const w = c0 + block < width ? block : width - c0;
+    const valid = c0 + w < length ? w : length - c0;
+    if (transposed) {
+      decodeTransposedF64(src + c0 * n * size, scratch, <i32> valid, <i32> n, <i32> w, dtype);
+    } else {
+      for (let p: usize = 0; p < n; p++) {
+        const row = scratch + ((p * w) << 3);
+        decodeF64(src + (p * length + c0) * size, row, <i32> valid, dtype);
+        if (valid < w) memory.fill(row + (valid << 3), 0, (w - valid) << 3);
+      }
+    }
+    gramBlock(scratch, n, w << 3, w << 3, g);
+  }
+  symmetrize(g, n);
+}
+
+/** Columns per block of gramRows / gramOf: ~64 KiB of rows (even, at least 32). */
+export function gramBlockWidth(n: usize): usize {
+  const block = (<usize> 8192 / n) & ~(<usize> 1);
+  return block < 32 ? 32 : block;
+}
+
+/**
+ * Adds X·Xᵀ over one column block to the upper triangle of g: X has n rows `pitch` bytes apart,
+ * `bytes` (a multiple of 16) of each taken. 2 × 2 rows at a time; each of the four sums runs
+ * over the block in order of the column pairs (one per f64x2 lane).
+ */
+function gramBlock(x: usize, n: usize, pitch: usize, bytes: usize, g: usize): void {
+  for (let i: usize = 0; i < n; i += 2) {
+    const i1 = i + 1 < n ? i + 1 : i;
+    const xi = x + i * pitch, xi1 = x + i1 * pitch;
+    for (let j: usize = i; j < n; j += 2) {
+      const j1 = j + 1 < n ? j + 1 : j;
+      const xj = x + j * pitch, xj1 = x + j1 * pitch;
+      let a00 = f64x2.splat(0), a01 = f64x2.splat(0);
+      let a10 = f64x2.splat(0), a11 = f64x2.splat(0);
+      for (let o: usize = 0; o < bytes; o += 16) {
+        const vi = v128.load(xi + o), vi1 = v128.load(xi1 + o);
+        const vj = v128.load(xj + o), vj1 = v128.load(xj1 + o);
+        a00 = f64x2.add(a00, f64x2.mul(vi, vj));
+        a01 = f64x2.add(a01, f64x2.mul(vi, vj1));
+        a10 = f64x2.add(a10, f64x2.mul(vi1, vj));
+        a11 = f64x2.add(a11, f64x2.mul(vi1, vj1));
+      }
+      const gij = g + ((i * n + j) << 3);
+      store<f64>(gij, load<f64>(gij) + sum2(a00));
+      if (j1 != j) store<f64>(gij + 8, load<f64>(gij + 8) + sum2(a01));
+      if (i1 != i) {
+        const g1 = g + ((i1 * n + j) << 3);
+        if (j >= i1) store<f64>(g1, load<f64>(g1) + sum2(a10));
+        if (j1 != j) store<f64>(g1 + 8, load<f64>(g1 + 8) + sum2(a11));
       }
     }
   }
+}
+
+/** Copies the upper triangle of the n × n f64 matrix g to the lower one. */
+function symmetrize(g: usize, n: usize): void {
   for (let i: usize = 0; i < n; i++) {
     for (let j: usize = 0; j < i; j++) {
       store<f64>(g + ((i * n + j) << 3), load<f64>(g + ((j * n + i) << 3)));
@@ -245,5 +299,89 @@ export function compactRowsF32(src: usize, stride: i32, dst: usize, rows: i32, c
     let o: usize = 0;
     for (; o < vec; o += 16) v128.store(d + o, v128.load(s + o));
     for (; o < bytes; o += 4) store<f32>(d + o, load<f32>(s + o));
+  }
+}
+
+/** Rows of B per step of rebuildUp (their f32 copy and products stay in L1). */
+const UP_ROWS: usize = 64;
+/** Columns of A per step of rebuildDown. */
+const DOWN_COLUMNS: usize = 256;
+
+/** Bytes per element of an output dtype code (F16, BF16 or F32). */
+@inline function outputSize(code: i32): usize {
+  return code == F16 || code == BF16 ? 2 : 4;
+}
+
+/** n f32 at src to an output dtype code at dst. */
+function encodeTo(src: usize, dst: usize, n: usize, code: i32): void {
+  if (code == F16) encodeF16(src, dst, <i32> n);
+  else if (code == BF16) encodeBF16(src, dst, <i32> n);
+  else memory.copy(dst, src, n << 2);
+}
+
+/**
+ * up = B·T encoded: B (out × r, dtype code `dtype`) times T (r × ldt f32, columns past `kept`
+ * zero), the out × kept result written at dst in output dtype `code`. Rows of B go through in
+ * blocks of UP_ROWS — decoded, multiplied (matmulF32), compacted to `kept` columns, encoded — so
+ * nothing the size of B or of the result passes through memory in f32, and every value is
+ * bit-identical to decodeF32 + matmulF32 + encoding of the whole. scratch: UP_ROWS·(r + 2·ldt) f32.
+ */
+export function rebuildUp(
+  src: usize,
+  dtype: i32,
+  out: i32,
+  r: i32,
+  t: usize,
+  ldt: i32,
+  kept: i32,
+  dst: usize,
+  code: i32,
+  scratch: usize,
+): void {
+  const rows = <usize> out, n = <usize> r, width = <usize> ldt, k = <usize> kept;
+  const b = scratch, product = b + ((UP_ROWS * n) << 2), compact = product + ((UP_ROWS * width) << 2);
+  const inSize = dtypeSize(dtype), outSize = outputSize(code);
+  for (let row0: usize = 0; row0 < rows; row0 += UP_ROWS) {
+    const m = row0 + UP_ROWS < rows ? UP_ROWS : rows - row0;
+    decodeF32(src + row0 * n * inSize, b, <f64> (m * n), dtype);
+    matmulF32(b, r, t, ldt, product, ldt, <i32> m, r, ldt);
+    let from = product;
+    if (width != k) {
+      compactRowsF32(product, ldt, compact, <i32> m, kept);
+      from = compact;
+    }
+    encodeTo(from, dst + row0 * k * outSize, m * k, code);
+  }
+}
+
+/**
+ * down = Tᵀ·A encoded: Tᵀ (kept × r f32) times A (r × cols, dtype code `dtype`), the kept × cols
+ * result written at dst in output dtype `code`. Columns of A go through in blocks of DOWN_COLUMNS
+ * (decoded, multiplied, encoded), bit-identical to doing each step on the whole.
+ * scratch: DOWN_COLUMNS·(r + kept) f32.
+ */
+export function rebuildDown(
+  src: usize,
+  dtype: i32,
+  r: i32,
+  cols: i32,
+  tat: usize,
+  kept: i32,
+  dst: usize,
+  code: i32,
+  scratch: usize,
+): void {
+  const n = <usize> r, length = <usize> cols, k = <usize> kept, pitch = DOWN_COLUMNS << 2;
+  const a = scratch, product = a + n * pitch;
+  const inSize = dtypeSize(dtype), outSize = outputSize(code);
+  for (let c0: usize = 0; c0 < length; c0 += DOWN_COLUMNS) {
+    const w = c0 + DOWN_COLUMNS < length ? DOWN_COLUMNS : length - c0;
+    for (let p: usize = 0; p < n; p++) {
+      decodeF32(src + (p * length + c0) * inSize, a + p * pitch, <f64> w, dtype);
+    }
+    matmulF32(tat, r, a, <i32> DOWN_COLUMNS, product, <i32> DOWN_COLUMNS, kept, r, <i32> w);
+    for (let j: usize = 0; j < k; j++) {
+      encodeTo(product + j * pitch, dst + (j * length + c0) * outSize, w, code);
+    }
   }
 }
