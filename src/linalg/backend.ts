@@ -17,13 +17,55 @@
  */
 
 import type { FloatDType } from "../safetensors/dtype.ts";
+import { type FileRange, StoredBytes } from "../safetensors/file_range.ts";
 
 /** A float tensor's raw little-endian bytes and dtype (decoded by the backend). */
 export interface FloatData {
   /** Element type of `bytes`. */
   readonly dtype: FloatDType;
-  /** Little-endian element bytes, row-major. */
+  /** Little-endian element bytes, row-major (read from `source` on first use where given). */
   readonly bytes: Uint8Array;
+  /**
+   * Where the bytes lie in a file, when they have not been read: a backend
+   * reads them from there itself (a CPU worker straight into its memory)
+   * instead of taking `bytes`.
+   */
+  readonly source?: FileRange;
+}
+
+/**
+ * Float data left in its file: `bytes` reads it on first use (and keeps it),
+ * while a CPU worker reads `source` straight into its own memory. Posted to a
+ * worker, it travels as its dtype and source (the getter is not copied).
+ *
+ * @example
+ * ```ts
+ * import { StoredFloatData } from "./backend.ts";
+ * const path = await Deno.makeTempFile();
+ * await Deno.writeFile(path, new Uint8Array(new Float32Array([0, 1.5]).buffer));
+ * const data = new StoredFloatData("F32", { path, offset: 4, byteLength: 4 });
+ * console.log(new Float32Array(data.bytes.buffer)[0]); // 1.5
+ * await Deno.remove(path);
+ * ```
+ */
+export class StoredFloatData implements FloatData {
+  /** Element type. */
+  readonly dtype: FloatDType;
+  /** Where the bytes lie. */
+  readonly source: FileRange;
+  readonly #stored: StoredBytes;
+
+  /** Data of `dtype` at `source` (a range, or bytes already shared with a tensor). */
+  constructor(dtype: FloatDType, source: FileRange | StoredBytes) {
+    this.dtype = dtype;
+    this.#stored = source instanceof StoredBytes ? source : new StoredBytes(source);
+    this.source = this.#stored.source;
+  }
+
+  /** The bytes (read from the file on first use). */
+  get bytes(): Uint8Array {
+    return this.#stored.bytes;
+  }
 }
 
 /** The two factors of one LoRA layer: ΔW = scale · up · down. */

@@ -14,9 +14,10 @@
 
 import { parse as parsePath } from "node:path";
 import { LoraError } from "../errors.ts";
-import type { FloatData, LowRankFactors } from "../linalg/backend.ts";
+import { type FloatData, type LowRankFactors, StoredFloatData } from "../linalg/backend.ts";
 import { decodeFloats, type DType, dtypeSize, isFloatDType } from "../safetensors/dtype.ts";
 import { numel } from "../safetensors/header.ts";
+import { type FileRange, StoredBytes } from "../safetensors/file_range.ts";
 import { SafetensorsFile } from "../safetensors/reader.ts";
 import { mergeLoras, type MergePrecision } from "./merge.ts";
 import { parseMergeSpec } from "./merge_spec.ts";
@@ -30,8 +31,10 @@ export interface RawTensor {
   readonly dtype: DType;
   /** Dimensions (`[]` for a scalar). */
   readonly shape: readonly number[];
-  /** The stored bytes. */
+  /** The stored bytes (read from `source` on first use where given). */
   readonly bytes: Uint8Array;
+  /** Where the bytes lie in their file, for tensors not read up front (a layer's factors). */
+  readonly source?: FileRange;
 }
 
 /** One LoRA layer: ΔW = alpha/rank · up · down. */
@@ -122,8 +125,9 @@ export async function loadLora(entry: string, options: LoadLoraOptions = {}): Pr
 }
 
 /**
- * Reads one LoRA file: its layers (validated, factors as raw bytes) and its
- * pass-through tensors. Each tensor is read once, in file order.
+ * Reads one LoRA file: its layers (validated; factors as raw bytes left in
+ * the file, read where they are used) and its pass-through tensors (read now,
+ * in file order).
  *
  * @example
  * ```ts ignore
@@ -144,15 +148,28 @@ export async function readLoraFile(path: string): Promise<LoraModel> {
       `${path}: no LoRA layer ('<name>.lora_down.weight' with '<name>.lora_up.weight') among its ${file.tensors.length} tensors;${kinds} is it a LoRA file?`,
     );
   }
+  // A layer's factors stay in the file: the compute backend reads each where it is used (a CPU
+  // worker straight into its kernel memory). Every other tensor — alphas, DoRA scales,
+  // pass-through — is small and read now, once, in file order, into one buffer.
+  const factorNames = new Set(layerNames.flatMap((name) => [name + DOWN, name + UP]));
   const raw = new Map<string, RawTensor>();
-  // The whole data section lands in one shared buffer: compute workers then
-  // see the factors without a copy per call. One read per tensor, all queued
-  // at once, in file order.
-  const data = sharedBytes(file.size - file.dataStart);
-  await Promise.all(file.tensors.map(async ({ name, dtype, shape, dataOffsets: [begin, end] }) => {
-    const bytes = await file.readBytes(name, { into: data.subarray(begin, end) });
+  const eager = file.tensors.filter((t) => !factorNames.has(t.name));
+  const data = new Uint8Array(eager.reduce((n, t) => n + t.dataOffsets[1] - t.dataOffsets[0], 0));
+  let at = 0;
+  for (const { name, dtype, shape, dataOffsets: [begin, end] } of eager) {
+    const bytes = await file.readBytes(name, { into: data.subarray(at, at += end - begin) });
     raw.set(name, { name, dtype, shape, bytes });
-  }));
+  }
+  for (const { name, dtype, shape, dataOffsets: [begin, end] } of file.tensors) {
+    if (!factorNames.has(name)) continue;
+    const stored = new StoredBytes({
+      path,
+      offset: file.dataStart + begin,
+      byteLength: end - begin,
+      tensor: name,
+    });
+    raw.set(name, new StoredTensor(name, dtype, shape, stored));
+  }
   const alphas = new Map<string, number>();
   for (const name of layerNames) {
     const alpha = raw.get(`${name}.alpha`);
@@ -179,13 +196,22 @@ export async function readLoraFile(path: string): Promise<LoraModel> {
   };
 }
 
-/** Zeroed bytes in a SharedArrayBuffer where the runtime has one (else a plain buffer). */
-function sharedBytes(length: number): Uint8Array {
-  return new Uint8Array(
-    typeof SharedArrayBuffer === "function"
-      ? new SharedArrayBuffer(length)
-      : new ArrayBuffer(length),
-  );
+/** A tensor whose bytes stay in the file until first used (a layer's factors). */
+class StoredTensor implements RawTensor {
+  constructor(
+    readonly name: string,
+    readonly dtype: DType,
+    readonly shape: readonly number[],
+    readonly stored: StoredBytes,
+  ) {}
+
+  get source(): FileRange {
+    return this.stored.source;
+  }
+
+  get bytes(): Uint8Array {
+    return this.stored.bytes;
+  }
 }
 
 /** A one-element tensor's value: float bytes already read are decoded here, the rest by the reader. */
@@ -258,7 +284,10 @@ function floatData(t: RawTensor, fail: (why: string) => never): FloatData {
   if (!isFloatDType(t.dtype)) {
     fail(`tensor '${t.name}' has dtype ${t.dtype}, expected F16, BF16, F32 or F64`);
   }
-  return { dtype: t.dtype as FloatData["dtype"], bytes: t.bytes };
+  const dtype = t.dtype as FloatData["dtype"];
+  return t instanceof StoredTensor
+    ? new StoredFloatData(dtype, t.stored)
+    : { dtype, bytes: t.bytes };
 }
 
 /**

@@ -24,7 +24,7 @@ import type {
   SubspaceRequest,
 } from "../backend.ts";
 import { Kernels } from "../wasm/kernels.ts";
-import { WeightReader } from "./compute.ts";
+import { RangeReader } from "./compute.ts";
 import { WorkerPool } from "./pool.ts";
 import { runTask, type Task, type TaskResult } from "./tasks.ts";
 import { checkDecomposition, checkFactors, checkRebuild, checkWeight } from "../checks.ts";
@@ -179,7 +179,7 @@ class CpuBackend implements Backend {
     if (!this.#pool || total < this.#inlineWork) {
       // One arena on this thread: inline jobs run one after another.
       const run = this.#inline.then(async () => {
-        const reader = new WeightReader();
+        const reader = new RangeReader();
         try {
           for (let i = 0; i < tasks.length; i++) {
             finished(i, await runTask({ kernels: this.#kernels, reader }, tasks[i]));

@@ -9,11 +9,13 @@
 
 import { BackendError, SafetensorsError } from "../../errors.ts";
 import { dtypeSize } from "../../safetensors/dtype.ts";
+import { type FileRange, readRangeInto } from "../../safetensors/file_range.ts";
 import { describeOsError } from "../../safetensors/reader.ts";
 import type {
   BaseNorms,
   BaseWeightRef,
   Decomposition,
+  FloatData,
   LowRankFactors,
   NormRequest,
   RebuildRequest,
@@ -25,49 +27,38 @@ import { DTYPE_CODES, type Kernels } from "../wasm/kernels.ts";
 import { type F32Weight, spectralNorm } from "./spectral.ts";
 
 /**
- * Opens checkpoint files on demand and keeps them open (one handle per path),
- * reading byte ranges straight into kernel memory.
+ * Opens files (checkpoints, LoRAs) on demand and keeps them open, one handle
+ * per path, reading byte ranges straight into kernel memory.
  *
  * @example
  * ```ts ignore
- * const reader = new WeightReader();
+ * const reader = new RangeReader();
  * try {
- *   await reader.read(ref, into);
+ *   reader.read({ path, offset, byteLength: into.byteLength }, into);
  * } finally {
  *   reader.close();
  * }
  * ```
  */
-export class WeightReader {
+export class RangeReader {
   #files = new Map<string, Deno.FsFile>();
 
-  /** Fills `into` with the bytes of `weight` (a whole number of rows × cols elements). */
-  async read(weight: BaseWeightRef, into: Uint8Array): Promise<void> {
-    let file = this.#files.get(weight.path);
+  /** Fills `into` with the bytes at `range.offset` of its file (`into.byteLength` of them). */
+  read(range: FileRange, into: Uint8Array): void {
+    let file = this.#files.get(range.path);
     if (!file) {
       try {
-        file = await Deno.open(weight.path, { read: true });
+        file = Deno.openSync(range.path, { read: true });
       } catch (e) {
-        throw new SafetensorsError(`${weight.path}: cannot open (${describeOsError(e)})`, {
+        throw new SafetensorsError(`${range.path}: cannot open (${describeOsError(e)})`, {
           cause: e,
         });
       }
-      this.#files.set(weight.path, file);
+      this.#files.set(range.path, file);
     }
     // Synchronous: this thread has nothing else to do meanwhile, and from the
     // page cache sync reads cost a fraction of async ones.
-    file.seekSync(weight.offset, Deno.SeekMode.Start);
-    let done = 0;
-    while (done < into.byteLength) {
-      const n = file.readSync(into.subarray(done, done + READ_CHUNK));
-      if (n === null) break;
-      done += n;
-    }
-    if (done !== into.byteLength) {
-      throw new SafetensorsError(
-        `${weight.path}: base weight at byte ${weight.offset} is truncated (read ${done} of ${into.byteLength} bytes; file changed?)`,
-      );
-    }
+    readRangeInto(file, range, into);
   }
 
   /** Closes every handle. */
@@ -81,14 +72,20 @@ export class WeightReader {
 export interface ItemContext {
   /** This thread's kernels. */
   readonly kernels: Kernels;
-  /** This thread's checkpoint reader. */
-  readonly reader: WeightReader;
+  /** This thread's file reader (base weights, stored factors). */
+  readonly reader: RangeReader;
 }
 
 const even = (n: number) => n + (n & 1);
 
-/** Largest single read (bounded so that one call never blocks for long). */
-const READ_CHUNK = 8 << 20;
+/** Puts factor data into kernel memory: read from its file when stored there, else copied. */
+function load(context: ItemContext, data: FloatData): number {
+  const { kernels } = context;
+  if (!data.source) return kernels.put(data.bytes);
+  const ptr = kernels.alloc(data.source.byteLength);
+  context.reader.read(data.source, kernels.u8(ptr, data.source.byteLength));
+  return ptr;
+}
 
 /**
  * The SVD of one layer's ΔW = scale·up·down, via its Gram matrices (see
@@ -97,10 +94,10 @@ const READ_CHUNK = 8 << 20;
  * @example
  * ```ts
  * import { Kernels } from "../wasm/kernels.ts";
- * import { decomposeLayer } from "./compute.ts";
- * const kernels = await Kernels.load();
+ * import { decomposeLayer, RangeReader } from "./compute.ts";
+ * const context = { kernels: await Kernels.load(), reader: new RangeReader() };
  * const f32 = (xs: number[]) => new Uint8Array(new Float32Array(xs).buffer);
- * const d = decomposeLayer(kernels, {
+ * const d = decomposeLayer(context, {
  *   up: { dtype: "F32", bytes: f32([1, 0]) },
  *   down: { dtype: "F32", bytes: f32([2, 0, 0]) },
  *   out: 2,
@@ -111,11 +108,12 @@ const READ_CHUNK = 8 << 20;
  * console.log(d.sigma); // Float64Array [1]
  * ```
  */
-export function decomposeLayer(kernels: Kernels, layer: LowRankFactors): Decomposition {
+export function decomposeLayer(context: ItemContext, layer: LowRankFactors): Decomposition {
   const { out, rank: r, inFlat } = layer;
+  const { kernels } = context;
   kernels.reset();
-  const up = kernels.put(layer.up.bytes);
-  const down = kernels.put(layer.down.bytes);
+  const up = load(context, layer.up);
+  const down = load(context, layer.down);
   const gramUp = kernels.alloc(r * r * 8);
   const gramDown = kernels.alloc(r * r * 8);
   const x = kernels.exports;
@@ -244,8 +242,8 @@ function scatter(
  * @example
  * ```ts
  * import { Kernels } from "../wasm/kernels.ts";
- * import { decomposeLayer, rebuildLayer } from "./compute.ts";
- * const kernels = await Kernels.load();
+ * import { decomposeLayer, RangeReader, rebuildLayer } from "./compute.ts";
+ * const context = { kernels: await Kernels.load(), reader: new RangeReader() };
  * const f32 = (xs: number[]) => new Uint8Array(new Float32Array(xs).buffer);
  * const factors = {
  *   up: { dtype: "F32" as const, bytes: f32([1, 0]) },
@@ -255,14 +253,15 @@ function scatter(
  *   inFlat: 3,
  *   scale: 0.5,
  * };
- * const decomposition = decomposeLayer(kernels, factors);
- * const { up, down } = rebuildLayer(kernels, { factors, decomposition, keep: [0], rescale: 1 });
+ * const decomposition = decomposeLayer(context, factors);
+ * const { up, down } = rebuildLayer(context, { factors, decomposition, keep: [0], rescale: 1 });
  * const [u] = new Float32Array(up.bytes.buffer, up.bytes.byteOffset, 1);
  * const [d] = new Float32Array(down.bytes.buffer, down.bytes.byteOffset, 1);
  * console.log(Math.abs(u * d * 0.5)); // 1 (ΔW[0][0])
  * ```
  */
-export function rebuildLayer(kernels: Kernels, request: RebuildRequest): RebuiltFactors {
+export function rebuildLayer(context: ItemContext, request: RebuildRequest): RebuiltFactors {
+  const { kernels } = context;
   const { factors, decomposition, keep, rescale } = request;
   const dtype = request.dtype ?? "F32";
   const { out, rank: r, inFlat, scale } = factors;
@@ -289,8 +288,8 @@ export function rebuildLayer(kernels: Kernels, request: RebuildRequest): Rebuilt
     }
   });
   kernels.reset();
-  const upRaw = kernels.put(factors.up.bytes);
-  const downRaw = kernels.put(factors.down.bytes);
+  const upRaw = load(context, factors.up);
+  const downRaw = load(context, factors.down);
   const tbPtr = kernels.alloc(tb.byteLength);
   const tatPtr = kernels.alloc(tat.byteLength);
   const scratch = kernels.alloc(Math.max(UP_ROWS * (r + 2 * ldt), DOWN_COLUMNS * (r + kept)) * 4);
@@ -343,12 +342,15 @@ interface LoadedWeight {
   readonly cols: number;
 }
 
-async function loadWeight(context: ItemContext, weight: BaseWeightRef): Promise<LoadedWeight> {
+function loadWeight(context: ItemContext, weight: BaseWeightRef): LoadedWeight {
   const { kernels, reader } = context;
   const bytes = weight.rows * weight.cols * dtypeSize(weight.dtype);
   kernels.reset();
   const raw = kernels.alloc(bytes);
-  await reader.read(weight, kernels.u8(raw, bytes));
+  reader.read(
+    { path: weight.path, offset: weight.offset, byteLength: bytes },
+    kernels.u8(raw, bytes),
+  );
   return { raw, rows: weight.rows, cols: weight.cols, dtype: DTYPE_CODES[weight.dtype] };
 }
 
@@ -365,17 +367,17 @@ function asF32(kernels: Kernels, w: LoadedWeight): F32Weight {
  *
  * @example
  * ```ts ignore
- * const norms = await weightNorms(context, ref, { frobenius: true, spectral: true });
+ * const norms = weightNorms(context, ref, { frobenius: true, spectral: true });
  * ```
  */
-export async function weightNorms(
+export function weightNorms(
   context: ItemContext,
   weight: BaseWeightRef,
   which: NormRequest,
-): Promise<BaseNorms> {
+): BaseNorms {
   const norms: BaseNorms = {};
   if (!which.frobenius && !which.spectral) return norms;
-  const w = await loadWeight(context, weight);
+  const w = loadWeight(context, weight);
   if (which.frobenius) {
     norms.frobenius = Math.sqrt(
       context.kernels.exports.sumSquares(w.raw, w.rows * w.cols, w.dtype),
@@ -393,13 +395,13 @@ export async function weightNorms(
  *
  * @example
  * ```ts ignore
- * const scales = await subspaceScales(context, { weight, factors, decomposition });
+ * const scales = subspaceScales(context, { weight, factors, decomposition });
  * ```
  */
-export async function subspaceScales(
+export function subspaceScales(
   context: ItemContext,
   request: SubspaceRequest,
-): Promise<Float64Array> {
+): Float64Array {
   const { weight, factors, decomposition } = request;
   const { out, rank: r, inFlat } = factors;
   if (weight.rows !== out || weight.cols !== inFlat) {
@@ -408,9 +410,9 @@ export async function subspaceScales(
     );
   }
   const { kernels } = context;
-  const w = asF32(kernels, await loadWeight(context, weight));
-  const upRaw = kernels.put(factors.up.bytes);
-  const downRaw = kernels.put(factors.down.bytes);
+  const w = asF32(kernels, loadWeight(context, weight));
+  const upRaw = load(context, factors.up);
+  const downRaw = load(context, factors.down);
   const outStride = even(out);
   const a32 = kernels.alloc(r * inFlat * 4);
   const y = kernels.alloc(out * r * 8);

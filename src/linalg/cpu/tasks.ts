@@ -1,22 +1,24 @@
 /**
  * The work items the CPU backend hands to its threads, how they travel to a
- * worker (raw factor bytes copied into buffers of their own and transferred),
- * and how errors travel back.
+ * worker (factors stored in a file as their file range, read by the worker;
+ * other factor bytes copied into buffers of their own and transferred), and
+ * how errors travel back.
  *
  * @module
  */
 
 import { BackendError, type ResizeLoraError, SafetensorsError } from "../../errors.ts";
-import type {
-  BaseNorms,
-  BaseWeightRef,
-  Decomposition,
-  FloatData,
-  LowRankFactors,
-  NormRequest,
-  RebuildRequest,
-  RebuiltFactors,
-  SubspaceRequest,
+import {
+  type BaseNorms,
+  type BaseWeightRef,
+  type Decomposition,
+  type FloatData,
+  type LowRankFactors,
+  type NormRequest,
+  type RebuildRequest,
+  type RebuiltFactors,
+  StoredFloatData,
+  type SubspaceRequest,
 } from "../backend.ts";
 import {
   decomposeLayer,
@@ -47,9 +49,9 @@ export type TaskResult = Decomposition | RebuiltFactors | BaseNorms | Float64Arr
 export function runTask(context: ItemContext, task: Task): Promise<TaskResult> | TaskResult {
   switch (task.kind) {
     case "decompose":
-      return decomposeLayer(context.kernels, task.layer);
+      return decomposeLayer(context, task.layer);
     case "rebuild":
-      return rebuildLayer(context.kernels, task.request);
+      return rebuildLayer(context, task.request);
     case "norms":
       return weightNorms(context, task.weight, task.which);
     case "subspace":
@@ -66,7 +68,8 @@ export interface PackedTask {
 }
 
 /**
- * Copies a task's factor bytes into buffers of their own, so posting transfers
+ * Prepares a task for posting: stored factors go as their file range; other
+ * factor bytes are copied into buffers of their own, so posting transfers
  * exactly those bytes (a view into a larger buffer would clone all of it) and
  * leaves the caller's arrays intact.
  *
@@ -79,36 +82,53 @@ export interface PackedTask {
 export function packTask(task: Task): PackedTask {
   const transfer: ArrayBuffer[] = [];
   const own = (data: FloatData): FloatData => {
-    // Shared memory (LoRA files are read into it) is posted as is.
+    // Stored factors travel as their dtype and file range (a StoredFloatData's own fields):
+    // the worker reads them itself.
+    if (data.source) return new StoredFloatData(data.dtype, data.source);
+    // Shared memory is posted as is.
     if (data.bytes.buffer instanceof SharedArrayBuffer) return data;
     const bytes = data.bytes.slice();
     transfer.push(bytes.buffer);
     return { dtype: data.dtype, bytes };
   };
+  return { task: withFactorData(task, own), transfer };
+}
+
+/**
+ * A task as a worker receives it, with stored factor data revived (posting
+ * keeps a StoredFloatData's dtype and source, not its class).
+ *
+ * @example
+ * ```ts ignore
+ * const result = await runTask(context, unpackTask(message.task));
+ * ```
+ */
+export function unpackTask(task: Task): Task {
+  return withFactorData(task, (d) => d.source ? new StoredFloatData(d.dtype, d.source) : d);
+}
+
+/** The task with `map` applied to the data of each of its factors. */
+function withFactorData(task: Task, map: (data: FloatData) => FloatData): Task {
   const factors = (f: LowRankFactors): LowRankFactors => ({
     ...f,
-    up: own(f.up),
-    down: own(f.down),
+    up: map(f.up),
+    down: map(f.down),
   });
   switch (task.kind) {
     case "decompose":
-      return { task: { kind: "decompose", layer: factors(task.layer) }, transfer };
-    case "rebuild": {
-      const { request } = task;
+      return { kind: "decompose", layer: factors(task.layer) };
+    case "rebuild":
       return {
-        task: { kind: "rebuild", request: { ...request, factors: factors(request.factors) } },
-        transfer,
+        kind: "rebuild",
+        request: { ...task.request, factors: factors(task.request.factors) },
       };
-    }
-    case "subspace": {
-      const { request } = task;
+    case "subspace":
       return {
-        task: { kind: "subspace", request: { ...request, factors: factors(request.factors) } },
-        transfer,
+        kind: "subspace",
+        request: { ...task.request, factors: factors(task.request.factors) },
       };
-    }
     case "norms":
-      return { task, transfer };
+      return task;
   }
 }
 

@@ -6,8 +6,8 @@
  */
 
 import { Kernels } from "../wasm/kernels.ts";
-import { WeightReader } from "./compute.ts";
-import { errorMessage, resultTransfer, runTask, type Task } from "./tasks.ts";
+import { RangeReader } from "./compute.ts";
+import { errorMessage, resultTransfer, runTask, type Task, unpackTask } from "./tasks.ts";
 
 /** The part of the worker global scope used here. */
 interface WorkerScope {
@@ -24,13 +24,13 @@ interface TaskMessage {
 const scope = globalThis as unknown as WorkerScope;
 const kernels = Kernels.load();
 kernels.catch(() => {}); // reported with the first task instead
-const reader = new WeightReader();
+const reader = new RangeReader();
 let queue: Promise<void> = Promise.resolve();
 
 scope.onmessage = ({ data: { id, task } }) => {
   queue = queue.then(async () => {
     try {
-      const result = await runTask({ kernels: await kernels, reader }, task);
+      const result = await runTask({ kernels: await kernels, reader }, unpackTask(task));
       scope.postMessage({ id, result }, resultTransfer(result));
     } catch (e) {
       scope.postMessage({ id, error: errorMessage(e) });
