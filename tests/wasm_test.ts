@@ -486,7 +486,7 @@ Deno.test("gramOf equals gramRows on the decoded matrix, bit for bit, for every 
         }
         const src = k.put(stored), x = k.alloc(xs.byteLength);
         const g1 = k.alloc(r * r * 8), g2 = k.alloc(r * r * 8);
-        const scratch = k.alloc(r * k.exports.gramBlockWidth(r) * 8);
+        const scratch = k.alloc(r * k.exports.gramBlockWidth(r) * 12);
         k.f64(x, xs.length).set(xs);
         k.exports.gramRows(x, r, stride, g1);
         k.exports.gramOf(src, DTYPE_CODES[dtype], rows, cols, transposed, g2, scratch);

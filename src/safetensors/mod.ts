@@ -8,3 +8,4 @@ export * from "./header.ts";
 export * from "./reader.ts";
 export * from "./writer.ts";
 export * from "./hashes.ts";
+export type { FileRange } from "./file_range.ts";

@@ -117,7 +117,7 @@ export function decomposeLayer(context: ItemContext, layer: LowRankFactors): Dec
   const gramUp = kernels.alloc(r * r * 8);
   const gramDown = kernels.alloc(r * r * 8);
   const x = kernels.exports;
-  const scratch = kernels.alloc(r * x.gramBlockWidth(r) * 8);
+  const scratch = kernels.alloc(r * x.gramBlockWidth(r) * 12);
   // BᵀB (the Gram matrix of Bᵀ's rows) and A·Aᵀ, each decoded block by block.
   x.gramOf(up, DTYPE_CODES[layer.up.dtype], out, r, true, gramUp, scratch);
   x.gramOf(down, DTYPE_CODES[layer.down.dtype], r, inFlat, false, gramDown, scratch);

@@ -67,7 +67,8 @@ export interface KernelExports {
   gramRows(x: number, r: number, stride: number, g: number): void;
   /**
    * G = X·Xᵀ (r × r f64) for X = src (rows × cols of a dtype code) or its transpose, decoded block
-   * by block into scratch (r · gramBlockWidth(r) f64); bit-identical to gramRows on the decoded X.
+   * by block into scratch (r · gramBlockWidth(r) · 12 bytes); bit-identical to gramRows on the
+   * decoded X.
    */
   gramOf(
     src: number,

@@ -53,18 +53,38 @@ export function halvesToF32(h: v128): v128 {
   return v128.or(halfMagnitudes(e, rare), i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16));
 }
 
-/** Eight halves at src to eight f32 at dst. */
-function halves8(src: usize, dst: usize): void {
-  const v = v128.load(src);
-  const a = v128.and(v, i16x8.splat(0x7fff));
-  const s = v128.and(v, i16x8.splat(<i16> 0x8000));
-  const rare = anyRareHalf(a);
-  const zero = i16x8.splat(0);
-  // Interleaving zeros below the sign halves puts each sign on bit 31 of its lane.
-  const lo = halfMagnitudes(i32x4.extend_low_i16x8_u(a), rare);
-  const hi = halfMagnitudes(i32x4.extend_high_i16x8_u(a), rare);
-  v128.store(dst, v128.or(lo, i16x8.shuffle(zero, s, 0, 8, 1, 9, 2, 10, 3, 11)));
-  v128.store(dst, v128.or(hi, i16x8.shuffle(zero, s, 4, 12, 5, 13, 6, 14, 7, 15)), 16);
+/** The constants of decodeHalves, one per v128 (see the note in encode.ts). */
+const HALF_CONSTANTS = memory.data<i32>([
+  0x7fff7fff, 0x7fff7fff, 0x7fff7fff, 0x7fff7fff, // magnitude bits of eight halves
+  0x04000400, 0x04000400, 0x04000400, 0x04000400, // smallest normal magnitude
+  0x78007800, 0x78007800, 0x78007800, 0x78007800, // count of normal magnitudes
+  REBIAS, REBIAS, REBIAS, REBIAS,
+]);
+
+/**
+ * n halves (n a multiple of 8) at src to f32 at dst. Constants are loaded once and the loop
+ * inlined: a v128 constant or splat inside it costs V8 as much as the conversion itself.
+ */
+function decodeHalves(src: usize, dst: usize, n: usize): void {
+  const c = HALF_CONSTANTS;
+  const mask = v128.load(c), minNormal = v128.load(c, 16), normals = v128.load(c, 32);
+  const rebias = v128.load(c, 48), zero = i16x8.splat(0);
+  for (let i: usize = 0; i < n; i += 8) {
+    const v = v128.load(src + (i << 1));
+    const a = v128.and(v, mask), s = v128.andnot(v, mask);
+    let lo = i32x4.extend_low_i16x8_u(a), hi = i32x4.extend_high_i16x8_u(a);
+    if (v128.any_true(i16x8.ge_u(i16x8.sub(a, minNormal), normals))) {
+      lo = halfMagnitudes(lo, true);
+      hi = halfMagnitudes(hi, true);
+    } else {
+      lo = i32x4.add(i32x4.shl(lo, 13), rebias);
+      hi = i32x4.add(i32x4.shl(hi, 13), rebias);
+    }
+    // Interleaving zeros below the sign halves puts each sign on bit 31 of its lane.
+    const d = dst + (i << 2);
+    v128.store(d, v128.or(lo, i16x8.shuffle(zero, s, 0, 8, 1, 9, 2, 10, 3, 11)));
+    v128.store(d, v128.or(hi, i16x8.shuffle(zero, s, 4, 12, 5, 13, 6, 14, 7, 15)), 16);
+  }
 }
 
 export function loadF32(src: usize, i: usize, dtype: i32): f32 {
@@ -84,8 +104,8 @@ export function decodeF32(src: usize, dst: usize, n: f64, dtype: i32): void {
   const count = <usize> n;
   let i: usize = 0;
   if (dtype == F16) {
-    const vec = count & ~(<usize> 7);
-    for (; i < vec; i += 8) halves8(src + (i << 1), dst + (i << 2));
+    i = count & ~(<usize> 7);
+    decodeHalves(src, dst, i);
   } else if (dtype == BF16) {
     const vec = count & ~(<usize> 3);
     for (; i < vec; i += 4) {

@@ -1,6 +1,6 @@
 // Dense products for the decomposition (Gram matrices, f64) and the rebuild (B·T, Tᵀ·A, f32).
 
-import { decodeF32, decodeF64, decodeTransposedF64, dtypeSize, F16, BF16 } from "./decode";
+import { BF16, decodeF32, decodeF64, decodeTransposedF64, dtypeSize, F16, F64 } from "./decode";
 import { encodeBF16, encodeF16 } from "./encode";
 
 /** Horizontal sum of an f64x2. */
@@ -26,8 +26,10 @@ export function gramRows(x: usize, r: i32, stride: i32, g: usize): void {
 /**
  * G = X·Xᵀ (r × r f64) straight from stored values: X is `src` (rows × cols of a dtype code) or,
  * when `transposed`, its transpose. Each column block of X is decoded into `scratch`
- * (r · gramBlockWidth(r) f64) and summed as gramRows sums it, so G is bit-identical to decoding
- * X into rows of even length and calling gramRows, without the pass over a full f64 copy.
+ * (r · gramBlockWidth(r) f64, then as many f32) and summed as gramRows sums it, so G is
+ * bit-identical to decoding X into rows of even length and calling gramRows, without the pass
+ * over a full f64 copy. F16, BF16 and F32 values go through the fast f32 decoding (they are exact
+ * in f32); F64 values are decoded to f64 directly.
  */
 export function gramOf(
   src: usize,
@@ -40,22 +42,80 @@ export function gramOf(
 ): void {
   const n = <usize> (transposed ? cols : rows), length = <usize> (transposed ? rows : cols);
   const width = length + (length & 1), block = gramBlockWidth(n), size = dtypeSize(dtype);
+  const f32 = scratch + ((n * block) << 3);
   memory.fill(g, 0, (n * n) << 3);
   for (let c0: usize = 0; c0 < width; c0 += block) {
     const w = c0 + block < width ? block : width - c0;
     const valid = c0 + w < length ? w : length - c0;
     if (transposed) {
-      decodeTransposedF64(src + c0 * n * size, scratch, <i32> valid, <i32> n, <i32> w, dtype);
+      const at = src + c0 * n * size;
+      if (dtype == F64) decodeTransposedF64(at, scratch, <i32> valid, <i32> n, <i32> w, dtype);
+      else {
+        decodeF32(at, f32, <f64> (valid * n), dtype);
+        promoteTransposed(f32, valid, n, scratch, w);
+      }
     } else {
       for (let p: usize = 0; p < n; p++) {
-        const row = scratch + ((p * w) << 3);
-        decodeF64(src + (p * length + c0) * size, row, <i32> valid, dtype);
+        const at = src + (p * length + c0) * size, row = scratch + ((p * w) << 3);
+        if (dtype == F64) decodeF64(at, row, <i32> valid, dtype);
+        else {
+          decodeF32(at, f32, <f64> valid, dtype);
+          promote(f32, row, valid);
+        }
         if (valid < w) memory.fill(row + (valid << 3), 0, (w - valid) << 3);
       }
     }
     gramBlock(scratch, n, w << 3, w << 3, g);
   }
   symmetrize(g, n);
+}
+
+/** n f32 to f64. */
+function promote(src: usize, dst: usize, n: usize): void {
+  const vec = n & ~(<usize> 3);
+  let i: usize = 0;
+  for (; i < vec; i += 4) {
+    const v = v128.load(src + (i << 2));
+    v128.store(dst + (i << 3), f64x2.promote_low_f32x4(v));
+    v128.store(dst + (i << 3), f64x2.promote_low_f32x4(i32x4.shuffle(v, v, 2, 3, 2, 3)), 16);
+  }
+  for (; i < n; i++) store<f64>(dst + (i << 3), <f64> load<f32>(src + (i << 2)));
+}
+
+/**
+ * The transpose of a rows × cols f32 matrix as f64: dst is cols × stride (stride ≥ rows, even),
+ * dst[c·stride + r] = src[r·cols + c], padding zeroed. Two source rows at a time give one f64x2
+ * store per column.
+ */
+function promoteTransposed(src: usize, rows: usize, cols: usize, dst: usize, stride: usize): void {
+  for (let c: usize = 0; c < cols; c++) {
+    for (let r = rows; r < stride; r++) store<f64>(dst + ((c * stride + r) << 3), 0);
+  }
+  const vec = cols & ~(<usize> 3), ld = stride << 3;
+  let r: usize = 0;
+  for (; r + 2 <= rows; r += 2) {
+    const a0 = src + ((r * cols) << 2), b0 = a0 + (cols << 2);
+    let c: usize = 0;
+    for (; c < vec; c += 4) {
+      const a = v128.load(a0 + (c << 2)), b = v128.load(b0 + (c << 2));
+      const lo = i32x4.shuffle(a, b, 0, 4, 1, 5), hi = i32x4.shuffle(a, b, 2, 6, 3, 7);
+      const d = dst + ((c * stride + r) << 3);
+      v128.store(d, f64x2.promote_low_f32x4(lo));
+      v128.store(d + ld, f64x2.promote_low_f32x4(i32x4.shuffle(lo, lo, 2, 3, 2, 3)));
+      v128.store(d + 2 * ld, f64x2.promote_low_f32x4(hi));
+      v128.store(d + 3 * ld, f64x2.promote_low_f32x4(i32x4.shuffle(hi, hi, 2, 3, 2, 3)));
+    }
+    for (; c < cols; c++) {
+      const d = dst + ((c * stride + r) << 3);
+      store<f64>(d, <f64> load<f32>(a0 + (c << 2)));
+      store<f64>(d + 8, <f64> load<f32>(b0 + (c << 2)));
+    }
+  }
+  for (; r < rows; r++) {
+    for (let c: usize = 0; c < cols; c++) {
+      store<f64>(dst + ((c * stride + r) << 3), <f64> load<f32>(src + ((r * cols + c) << 2)));
+    }
+  }
 }
 
 /** Columns per block of gramRows / gramOf: ~64 KiB of rows (even, at least 32). */
