@@ -72,6 +72,36 @@ export async function createCpuBackend(options: CpuBackendOptions = {}): Promise
   return new CpuBackend(await Kernels.load(), workers, inlineWork);
 }
 
+/** Jobs per worker, at least: enough for the largest-first order to balance the workers. */
+const JOBS_PER_WORKER = 24;
+/** Most tasks in one job (each answered message carries all their results). */
+const JOB_TASKS = 64;
+
+/**
+ * Item indices grouped into jobs, largest items first: a job takes items until
+ * its work reaches total / (workers · JOBS_PER_WORKER), so small items share a
+ * message while a big one goes alone, and the last jobs are small ones that
+ * even out the workers' finishing times.
+ */
+function jobsOf(work: readonly number[], workers: number): number[][] {
+  const order = Array.from(work.keys()).sort((a, b) => work[b] - work[a] || a - b);
+  const total = work.reduce((a, b) => a + b, 0);
+  const target = total / (workers * JOBS_PER_WORKER);
+  const jobs: number[][] = [];
+  let job: number[] = [], sum = 0;
+  for (const i of order) {
+    job.push(i);
+    sum += work[i];
+    if (sum >= target || job.length >= JOB_TASKS) {
+      jobs.push(job);
+      job = [];
+      sum = 0;
+    }
+  }
+  if (job.length > 0) jobs.push(job);
+  return jobs;
+}
+
 class CpuBackend implements Backend {
   readonly name = "cpu";
   readonly description: string;
@@ -178,11 +208,11 @@ class CpuBackend implements Backend {
     const total = work.reduce((a, b) => a + b, 0);
     if (!this.#pool || total < this.#inlineWork) {
       // One arena on this thread: inline jobs run one after another.
-      const run = this.#inline.then(async () => {
+      const run = this.#inline.then(() => {
         const reader = new RangeReader();
         try {
           for (let i = 0; i < tasks.length; i++) {
-            finished(i, await runTask({ kernels: this.#kernels, reader }, tasks[i]));
+            finished(i, runTask({ kernels: this.#kernels, reader }, tasks[i]));
           }
         } finally {
           reader.close();
@@ -192,13 +222,15 @@ class CpuBackend implements Backend {
       await run;
       return results;
     }
-    // Largest items first balance the workers best; results keep the input order.
-    const order = Array.from(work.keys()).sort((a, b) => work[b] - work[a] || a - b);
     const abort = new AbortController();
     const pool = this.#pool;
     try {
       await Promise.all(
-        order.map((i) => pool.run(tasks[i], abort.signal).then((r) => finished(i, r))),
+        jobsOf(work, pool.size).map((job) =>
+          pool.run(job.map((i) => tasks[i]), abort.signal).then((rs) =>
+            rs.forEach((r, j) => finished(job[j], r))
+          )
+        ),
       );
     } catch (e) {
       abort.abort(e);

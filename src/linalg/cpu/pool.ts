@@ -1,9 +1,11 @@
 /**
  * A pool of CPU backend workers (`worker.ts`), started on first use or by
- * {@link WorkerPool.start}. Each worker runs one task at a time and has at
- * most one more posted ahead; the rest wait in a queue and go to whichever
- * worker frees up first, so big and small items balance out. Which worker runs
- * an item does not change its result.
+ * {@link WorkerPool.start}. Work goes in jobs — a few tasks posted in one
+ * message, answered in one, so that small items do not pay a round trip each.
+ * Each worker runs one job at a time and has at most one more posted ahead;
+ * the rest wait in a queue and go to whichever worker frees up first, so big
+ * and small jobs balance out. Which worker runs an item does not change its
+ * result.
  *
  * @module
  */
@@ -14,9 +16,9 @@ import { type ErrorMessage, packTask, reviveError, type Task, type TaskResult } 
 const WORKER_URL = new URL("./worker.ts", import.meta.url);
 
 interface Job {
-  readonly task: Task;
+  readonly tasks: readonly Task[];
   readonly signal?: AbortSignal;
-  readonly resolve: (result: TaskResult) => void;
+  readonly resolve: (results: TaskResult[]) => void;
   readonly reject: (error: unknown) => void;
 }
 
@@ -26,12 +28,12 @@ interface Slot {
   readonly jobs: Job[];
 }
 
-/** Tasks posted ahead to each worker, so it never waits for the next one. */
+/** Jobs posted ahead to each worker, so it never waits for the next one. */
 const DEPTH = 2;
 
 interface ReplyMessage {
   readonly id: number;
-  readonly result?: TaskResult;
+  readonly results?: TaskResult[];
   readonly error?: ErrorMessage;
 }
 
@@ -41,7 +43,7 @@ interface ReplyMessage {
  * @example
  * ```ts ignore
  * const pool = new WorkerPool(2);
- * const norms = await pool.run({ kind: "norms", weight, which: { frobenius: true, spectral: false } });
+ * const [norms] = await pool.run([{ kind: "norms", weight, which: { frobenius: true, spectral: false } }]);
  * pool.close();
  * ```
  */
@@ -63,11 +65,14 @@ export class WorkerPool {
     while (!this.#closed && this.#slots.length < this.size) this.#spawn();
   }
 
-  /** Queues a task; a task whose `signal` is aborted before it starts is rejected unrun. */
-  run(task: Task, signal?: AbortSignal): Promise<TaskResult> {
+  /**
+   * Queues a job (tasks run in order by one worker, results in the same order);
+   * a job whose `signal` is aborted before it starts is rejected unrun.
+   */
+  run(tasks: readonly Task[], signal?: AbortSignal): Promise<TaskResult[]> {
     if (this.#closed) return Promise.reject(new BackendError("the CPU backend is closed"));
     return new Promise((resolve, reject) => {
-      this.#queue.push({ task, signal, resolve, reject });
+      this.#queue.push({ tasks, signal, resolve, reject });
       this.#pump();
     });
   }
@@ -99,8 +104,11 @@ export class WorkerPool {
         continue;
       }
       try {
-        const { task, transfer } = packTask(job.task);
-        slot.worker.postMessage({ id: this.#nextId++, task }, transfer);
+        const packed = job.tasks.map(packTask);
+        slot.worker.postMessage(
+          { id: this.#nextId++, tasks: packed.map((p) => p.task) },
+          packed.flatMap((p) => p.transfer),
+        );
         slot.jobs.push(job);
       } catch (e) {
         job.reject(e);
@@ -114,7 +122,7 @@ export class WorkerPool {
     worker.onmessage = ({ data }: MessageEvent<ReplyMessage>) => {
       const job = slot.jobs.shift();
       if (data.error) job?.reject(reviveError(data.error));
-      else job?.resolve(data.result!);
+      else job?.resolve(data.results!);
       this.#pump();
     };
     worker.onerror = (event) => {

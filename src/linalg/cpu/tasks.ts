@@ -43,10 +43,10 @@ export type TaskResult = Decomposition | RebuiltFactors | BaseNorms | Float64Arr
  *
  * @example
  * ```ts ignore
- * const norms = await runTask({ kernels, reader }, { kind: "norms", weight, which });
+ * const norms = runTask({ kernels, reader }, { kind: "norms", weight, which });
  * ```
  */
-export function runTask(context: ItemContext, task: Task): Promise<TaskResult> | TaskResult {
+export function runTask(context: ItemContext, task: Task): TaskResult {
   switch (task.kind) {
     case "decompose":
       return decomposeLayer(context, task.layer);
@@ -100,7 +100,7 @@ export function packTask(task: Task): PackedTask {
  *
  * @example
  * ```ts ignore
- * const result = await runTask(context, unpackTask(message.task));
+ * const result = runTask(context, unpackTask(task));
  * ```
  */
 export function unpackTask(task: Task): Task {

@@ -1,6 +1,7 @@
 /**
  * Entry point of a CPU backend worker: loads its own WASM kernels, keeps its
- * checkpoint files open, and runs the tasks it is posted one at a time.
+ * files open, and runs the jobs it is posted one at a time (the tasks of a
+ * job in order, answered together).
  *
  * @module
  */
@@ -12,13 +13,13 @@ import { errorMessage, resultTransfer, runTask, type Task, unpackTask } from "./
 /** The part of the worker global scope used here. */
 interface WorkerScope {
   postMessage(message: unknown, transfer?: Transferable[]): void;
-  onmessage: ((event: MessageEvent<TaskMessage>) => void) | null;
+  onmessage: ((event: MessageEvent<JobMessage>) => void) | null;
 }
 
-/** A posted task. */
-interface TaskMessage {
+/** A posted job. */
+interface JobMessage {
   readonly id: number;
-  readonly task: Task;
+  readonly tasks: readonly Task[];
 }
 
 const scope = globalThis as unknown as WorkerScope;
@@ -27,11 +28,12 @@ kernels.catch(() => {}); // reported with the first task instead
 const reader = new RangeReader();
 let queue: Promise<void> = Promise.resolve();
 
-scope.onmessage = ({ data: { id, task } }) => {
+scope.onmessage = ({ data: { id, tasks } }) => {
   queue = queue.then(async () => {
     try {
-      const result = await runTask({ kernels: await kernels, reader }, unpackTask(task));
-      scope.postMessage({ id, result }, resultTransfer(result));
+      const context = { kernels: await kernels, reader };
+      const results = tasks.map((task) => runTask(context, unpackTask(task)));
+      scope.postMessage({ id, results }, results.flatMap(resultTransfer));
     } catch (e) {
       scope.postMessage({ id, error: errorMessage(e) });
     }
