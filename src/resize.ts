@@ -636,19 +636,23 @@ function keptOf(
   if (keep.length === union.length) return factors;
   const at = new Map(union.map((u, j) => [u, j]));
   const positions = keep.map((k) => at.get(k)!);
-  const n = union.length;
+  const n = union.length, k = keep.length;
   const { up, down } = factors;
-  const size = dtypeSize(up.dtype);
-  const upBytes = new Uint8Array(out * keep.length * size);
-  let to = 0;
+  // Whole elements at a time (every output dtype is 2 or 4 bytes wide).
+  const elements = (b: Uint8Array) => {
+    const size = dtypeSize(up.dtype), aligned = b.byteOffset % size === 0 ? b : b.slice();
+    return size === 2
+      ? new Uint16Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 2)
+      : new Uint32Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 4);
+  };
+  const from = elements(up.bytes);
+  const upBytes = new Uint8Array(out * k * dtypeSize(up.dtype));
+  const to = elements(upBytes);
   for (let r = 0; r < out; r++) {
-    for (const j of positions) {
-      const from = (r * n + j) * size;
-      for (let b = 0; b < size; b++) upBytes[to++] = up.bytes[from + b];
-    }
+    for (let c = 0; c < k; c++) to[r * k + c] = from[r * n + positions[c]];
   }
   const row = down.bytes.byteLength / n;
-  const downBytes = new Uint8Array(keep.length * row);
+  const downBytes = new Uint8Array(k * row);
   positions.forEach((j, c) => downBytes.set(down.bytes.subarray(j * row, (j + 1) * row), c * row));
   return { up: { dtype: up.dtype, bytes: upBytes }, down: { dtype: down.dtype, bytes: downBytes } };
 }

@@ -27,3 +27,21 @@ Deno.test("legacy hash of a small file is the hash of nothing", () => {
   assertEquals(h.sshs_legacy_hash, "e3b0c442");
   assertEquals(h.sshs_model_hash, sha(new Uint8Array([1])));
 });
+
+Deno.test("sshs hashes of many tensors of every size, staged or not, in layout order", async () => {
+  // Sizes around the 1 MiB staging buffer and its 256 KiB direct-update limit, empty tensors,
+  // and enough tiny ones to fill the buffer several times.
+  const sizes = [0, 1, 2, 3, 0x40000 - 1, 0x40000, 0x100000 - 5, 0x100000, 0x180000, 7];
+  for (let i = 0; i < 1500; i++) sizes.push(1 + (i % 5) * 700);
+  const tensors: TensorSource[] = sizes.map((n, i) => ({
+    name: `t${String(i).padStart(4, "0")}`,
+    dtype: "U8",
+    shape: [n],
+    data: new Uint8Array(n).map((_, j) => (i * 31 + j * 7) & 255),
+  }));
+  const h = sshsHashes(tensors.toReversed(), { ss_x: "1" });
+  const file = await serializeSafetensors(tensors, { metadata: { ss_x: "1" } });
+  const headerLength = 8 + Number(new DataView(file.buffer).getBigUint64(0, true));
+  assertEquals(h.sshs_model_hash, sha(file.subarray(headerLength)));
+  assertEquals(h.sshs_legacy_hash, sha(file.subarray(0x100000, 0x110000)).slice(0, 8));
+});

@@ -366,15 +366,21 @@ Deno.test("several recipes share one rebuild, and write exactly what each writes
       "spn_lora=1,size=0.05",
       "fro_ckpt=1,thr=-3,rescale=0.5", // a second rebuild group
     ];
-    const together = await resize(options(join(dir, "together"), { recipes: recipes.join(":") }));
-    assertEquals(together.outputs.length, recipes.length);
-    for (const [i, recipe] of recipes.entries()) {
-      const alone = await resize(options(join(dir, `alone${i}`), { recipes: recipe }));
-      assertEquals(
-        await Deno.readFile(together.outputs[i].path),
-        await Deno.readFile(alone.outputs[0].path),
-        recipe,
+    // Each output dtype: the kept columns are gathered in elements of 2 and 4 bytes.
+    for (const outputDtype of ["F16", "F32", "BF16"] as const) {
+      const at = (name: string) => join(dir, outputDtype, name);
+      const together = await resize(
+        options(at("together"), { recipes: recipes.join(":"), outputDtype }),
       );
+      assertEquals(together.outputs.length, recipes.length);
+      for (const [i, recipe] of recipes.entries()) {
+        const alone = await resize(options(at(`alone${i}`), { recipes: recipe, outputDtype }));
+        assertEquals(
+          await Deno.readFile(together.outputs[i].path),
+          await Deno.readFile(alone.outputs[0].path),
+          `${recipe} (${outputDtype})`,
+        );
+      }
     }
   });
 });

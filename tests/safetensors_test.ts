@@ -948,3 +948,44 @@ Deno.test("opening reads only the header: a 6 GiB sparse file opens and reads a 
     assert(grown < 64 * 2 ** 20, `RSS grew by ${grown} bytes for a ${big}-byte file`);
   });
 });
+
+Deno.test("layout orders names by UTF-8 bytes; the size without data is the header's length", async () => {
+  const { encodeHeader, encodedHeaderLength, layoutTensors, safetensorsFileSize } = await import(
+    "../src/safetensors/mod.ts"
+  );
+  const fc = (await import("fast-check")).default;
+  const bytewise = (a: string, b: string) => {
+    const x = utf8.encode(a), y = utf8.encode(b);
+    for (let i = 0; i < Math.min(x.length, y.length); i++) if (x[i] !== y[i]) return x[i] - y[i];
+    return x.length - y.length;
+  };
+  // Names mixing ASCII, BMP characters above the surrogates (U+E000–U+FFFF), astral ones, lone
+  // surrogates and JSON escapes: where UTF-16 order and byte order differ.
+  const alphabet = ["a", "b", "_", ".", "é", "中", "\uffff", "\ue000", "😀", "\ud800", '"', "\n"];
+  const name = fc.array(fc.constantFrom(...alphabet), { minLength: 1, maxLength: 6 })
+    .map((cs: string[]) => cs.join(""));
+  const dtype = fc.constantFrom("F16", "F32", "BF16", "I64", "U8");
+  const spec = fc.record({
+    name,
+    dtype,
+    shape: fc.array(fc.integer({ min: 0, max: 70000 }), { maxLength: 3 }),
+  });
+  fc.assert(
+    fc.property(
+      fc.uniqueArray(spec, { selector: (s: { name: string }) => utf8.encode(s.name).join() }),
+      fc.option(fc.dictionary(name, name), { nil: undefined }),
+      (specs: { name: string; dtype: DType; shape: number[] }[], metadata) => {
+        const layout = layoutTensors(specs);
+        for (let i = 1; i < layout.length; i++) {
+          const [a, b] = [layout[i - 1], layout[i]];
+          if (a.dtype === b.dtype) assert(bytewise(a.name, b.name) < 0, `${a.name} < ${b.name}`);
+        }
+        const header = encodeHeader(layout, metadata);
+        assertEquals(encodedHeaderLength(layout, metadata), header.byteLength);
+        const data = layout.length ? layout[layout.length - 1].dataOffsets[1] : 0;
+        assertEquals(safetensorsFileSize(specs, metadata), header.byteLength + data);
+      },
+    ),
+    { numRuns: 300 },
+  );
+});

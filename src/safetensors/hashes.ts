@@ -22,6 +22,8 @@ export interface SshsHashes {
 
 const LEGACY_START = 0x100000;
 const LEGACY_END = 0x110000;
+/** Bytes gathered before an update of the model hash. */
+const STAGING = 1 << 20;
 
 /**
  * Computes `sshs_model_hash` and `sshs_legacy_hash` for tensors whose bytes
@@ -52,14 +54,31 @@ export function sshsHashes(
     if (from < to) legacy.update(bytes.subarray(from - at, to - at));
   };
   take(header, 0);
+  // Small tensors (alphas, narrow factors) are gathered into a staging buffer
+  // first: each update call has a fixed cost that thousands of tiny tensors
+  // would otherwise pay.
+  const staging = new Uint8Array(STAGING);
+  let staged = 0;
+  const flush = () => {
+    if (staged > 0) model.update(staging.subarray(0, staged));
+    staged = 0;
+  };
   for (const t of layout) {
     const data = byName.get(t.name)!.data;
     if (typeof data === "function") {
       throw new TypeError(`sshsHashes needs the bytes of tensor '${t.name}', not a callback`);
     }
-    model.update(data);
+    if (data.byteLength >= STAGING / 4) {
+      flush();
+      model.update(data);
+    } else {
+      if (data.byteLength > STAGING - staged) flush();
+      staging.set(data, staged);
+      staged += data.byteLength;
+    }
     take(data, header.byteLength + t.dataOffsets[0]);
   }
+  flush();
   return {
     sshs_model_hash: model.digest("hex"),
     sshs_legacy_hash: legacy.digest("hex").slice(0, 8),

@@ -346,10 +346,24 @@ export interface TensorSpec {
 
 const encoder = new TextEncoder();
 
+/**
+ * Orders strings by their UTF-8 bytes (= code point order). UTF-16 code units
+ * already sort so below the surrogates; a surrogate (part of a code point
+ * ≥ U+10000, or a lone one, which encodes as U+FFFD) takes the exact path.
+ */
 function compareUtf8(a: string, b: string): number {
   if (a === b) return 0;
-  const x = encoder.encode(a);
-  const y = encoder.encode(b);
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const x = a.charCodeAt(i), y = b.charCodeAt(i);
+    if (x === y) continue;
+    if (x < 0xd800 && y < 0xd800) return x - y;
+    return compareBytes(encoder.encode(a.slice(i)), encoder.encode(b.slice(i)));
+  }
+  return a.length - b.length;
+}
+
+function compareBytes(x: Uint8Array, y: Uint8Array): number {
   const n = Math.min(x.length, y.length);
   for (let i = 0; i < n; i++) if (x[i] !== y[i]) return x[i] - y[i];
   return x.length - y.length;
@@ -428,4 +442,56 @@ export function encodeHeader(
   new DataView(out.buffer).setBigUint64(0, BigInt(padded), true);
   out.set(json, 8);
   return out;
+}
+
+/**
+ * The byte length of {@link encodeHeader}'s output, counted without building
+ * it (sizing many candidate files — a `size=` recipe's search — stays cheap).
+ *
+ * @example
+ * ```ts
+ * import { encodeHeader, encodedHeaderLength, layoutTensors } from "./header.ts";
+ * const layout = layoutTensors([{ name: "x", dtype: "F16", shape: [1, 2] }]);
+ * console.log(encodedHeaderLength(layout, { a: "é" }) === encodeHeader(layout, { a: "é" }).length); // true
+ * ```
+ */
+export function encodedHeaderLength(
+  layout: readonly TensorInfo[],
+  metadata?: Readonly<Record<string, string>>,
+): number {
+  let parts = 0, length = 0;
+  if (metadata !== undefined) {
+    parts++;
+    length += METADATA_KEY.length + utf8Length(JSON.stringify(metadata));
+  }
+  for (const t of layout) {
+    parts++;
+    length += utf8Length(JSON.stringify(t.name)) + ENTRY_FIXED + t.dtype.length +
+      JSON.stringify(t.shape).length + String(t.dataOffsets[0]).length +
+      String(t.dataOffsets[1]).length;
+  }
+  const json = 2 + length + Math.max(0, parts - 1); // braces and commas
+  return 8 + Math.ceil(json / 8) * 8;
+}
+
+const METADATA_KEY = `"__metadata__":`;
+/** The characters of a tensor entry besides its name, dtype, shape and offsets. */
+const ENTRY_FIXED = `:{"dtype":"","shape":,"data_offsets":[,]}`.length;
+
+/** Bytes of a string in UTF-8 (a lone surrogate counts as U+FFFD, as TextEncoder writes it). */
+function utf8Length(s: string): number {
+  let n = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x80) n += 1;
+    else if (c < 0x800) n += 2;
+    else if (c >= 0xd800 && c < 0xdc00 && i + 1 < s.length) {
+      const d = s.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d < 0xe000) {
+        n += 4;
+        i++;
+      } else n += 3;
+    } else n += 3;
+  }
+  return n;
 }

@@ -9,7 +9,14 @@
 import { basename, dirname, join } from "node:path";
 import { OutputError, SafetensorsError } from "../errors.ts";
 import { dtypeSize } from "./dtype.ts";
-import { encodeHeader, layoutTensors, numel, type TensorInfo, type TensorSpec } from "./header.ts";
+import {
+  encodedHeaderLength,
+  encodeHeader,
+  layoutTensors,
+  numel,
+  type TensorInfo,
+  type TensorSpec,
+} from "./header.ts";
 import { describeOsError } from "./reader.ts";
 
 /** Bytes of a tensor, given directly or produced on demand (for streaming). */
@@ -170,5 +177,5 @@ export function safetensorsFileSize(
 ): number {
   const layout = layoutTensors(specs);
   const data = layout.length ? layout[layout.length - 1].dataOffsets[1] : 0;
-  return encodeHeader(layout, metadata).byteLength + data;
+  return encodedHeaderLength(layout, metadata) + data;
 }
