@@ -681,9 +681,13 @@ function select(
     // The threshold is not known until the cut is: measure with the longest
     // text a threshold can take, so the real file is never larger.
     const widest = -1.2345678901234567e-308;
+    const elementSize = outputElementSize(dtype);
     const s = selectBySizeFile(scores, {
       targetMiB: recipe.sizeMiB,
       fileSize: (kept) => outputFileSize(shapeFor(kept, widest)),
+      dimensionBytes: lora.layers.map((p) =>
+        (p.layer.factors.out + p.layer.factors.inFlat) * elementSize
+      ),
     });
     if (!s.fits) {
       throw new RecipeError(

@@ -371,3 +371,48 @@ Deno.test("conformance: every other case without subspace scores", () => {
     }
   }
 });
+
+Deno.test("file size mode guided by dimensionBytes: the same cut in a few measurements", () => {
+  for (const seed of [3, 11, 29]) {
+    const layers = randomLayers(300, seed);
+    const scores = layers.map((l) => l.scores);
+    const dimensionBytes = layers.map((l) => 2 * (l.out + l.inFlat));
+    // Digits in the header: a few bytes more as the prefix grows, as real headers do.
+    const digits = (kept: Uint32Array) => kept.reduce((a, k) => a + String(k).length, 0);
+    const empty = fakeFile(layers, digits).fileSize(new Uint32Array(layers.length));
+    const full = fakeFile(layers, digits).fileSize(
+      Uint32Array.from(layers, (l) => l.scores.length),
+    );
+    let guidedCalls = 0, plainCalls = 0, targets = 0;
+    for (let target = empty; target < full + 100; target += Math.ceil((full - empty) / 97)) {
+      const plain = fakeFile(layers, digits), guided = fakeFile(layers, digits);
+      const a = selectBySizeFile(scores, { targetMiB: target / MIB, fileSize: plain.fileSize });
+      const b = selectBySizeFile(scores, {
+        targetMiB: target / MIB,
+        fileSize: guided.fileSize,
+        dimensionBytes,
+      });
+      assertEquals(b, a, `seed ${seed}, target ${target}`);
+      plainCalls += plain.calls();
+      guidedCalls += guided.calls();
+      targets++;
+    }
+    assert(guidedCalls * 2 < plainCalls, `${guidedCalls} vs ${plainCalls} calls`);
+    assert(guidedCalls <= 6 * targets, `${guidedCalls} calls for ${targets} targets`);
+  }
+});
+
+Deno.test("file size mode guided by wrong dimensionBytes still returns a measured cut", () => {
+  const layers = randomLayers(60, 7);
+  const scores = layers.map((l) => l.scores);
+  const { fileSize } = fakeFile(layers);
+  const empty = fileSize(new Uint32Array(layers.length));
+  const full = fileSize(Uint32Array.from(layers, (l) => l.scores.length));
+  for (const dimensionBytes of [layers.map(() => 1), layers.map(() => 1e6)]) {
+    for (let target = empty; target < full; target += 97) {
+      const s = selectBySizeFile(scores, { targetMiB: target / MIB, fileSize, dimensionBytes });
+      const plain = selectBySizeFile(scores, { targetMiB: target / MIB, fileSize });
+      assertEquals(s, plain);
+    }
+  }
+});

@@ -228,6 +228,12 @@ export interface FileSizeOptions {
   readonly targetMiB: number;
   /** Computes the output file size of a selection (header, metadata and data). */
   readonly fileSize: FileSizeFn;
+  /**
+   * Bytes one kept dimension of each layer adds to the data, when known (the
+   * factors' row and column). The search then measures a few prefixes near
+   * where that arithmetic puts the cut instead of bisecting the whole range.
+   */
+  readonly dimensionBytes?: readonly number[];
 }
 
 /** A `file`-accounting size selection. */
@@ -246,7 +252,7 @@ export interface FileSizeSelection extends SizeSelection {
  * of the ranking whose output file is at most S·2^20 bytes.
  *
  * `fileSize` is called O(log n) times (a binary search over the prefix
- * length). The file size grows with the prefix but not strictly monotonically
+ * length), or a handful of times when `dimensionBytes` guides the search. The file size grows with the prefix but not strictly monotonically
  * (header text such as `ss_network_dim` can shrink by a few bytes), so the
  * search only ever accepts a prefix it has measured to fit: the result
  * always fits, and the prefix one longer does not.
@@ -298,14 +304,34 @@ export function selectBySizeFile(
   let loBytes = emptyBytes;
   let hi = n;
   let hiBytes = fullBytes;
-  while (hi - lo > 1) {
-    const mid = lo + ((hi - lo) >>> 1);
-    const bytes = sizeOf(mid);
+  // With dimensionBytes: data(p), the data of prefix p, is a running sum, and the rest of the
+  // file grows mostly with the layers present (their tensor entries), a few bytes otherwise
+  // (digits). Between lo and hi the size is then estimated as data(p) plus the rest
+  // interpolated by the layers present: the last prefix estimated to fit and the one after it
+  // are measured in turn, and the cut is usually found after a few. Guesses are measured like
+  // any other prefix, so the invariant holds whatever the sizes do; bisection takes over if
+  // they keep missing.
+  const guide = options.dimensionBytes && prefixGuide(ranking, options.dimensionBytes);
+  for (let step = 0; hi - lo > 1; step++) {
+    let p = lo + ((hi - lo) >>> 1);
+    if (guide && step < GUIDED_STEPS) {
+      const { data, layers } = guide;
+      const restLo = loBytes - data[lo], restHi = hiBytes - data[hi];
+      const added = layers[hi] - layers[lo];
+      const estimate = (q: number) =>
+        data[q] + restLo +
+        (added > 0
+          ? (restHi - restLo) * (layers[q] - layers[lo]) / added
+          : (restHi - restLo) * (q - lo) / (hi - lo));
+      const guess = lastAtMost(estimate, target, lo, hi) + (step % 2);
+      if (guess > lo && guess < hi) p = guess;
+    }
+    const bytes = sizeOf(p);
     if (bytes <= target) {
-      lo = mid;
+      lo = p;
       loBytes = bytes;
     } else {
-      hi = mid;
+      hi = p;
       hiBytes = bytes;
     }
   }
@@ -324,6 +350,38 @@ export function selectBySizeFile(
       nextBytes: hiBytes,
     },
   };
+}
+
+/** Guided measurements before a size search falls back to bisection. */
+const GUIDED_STEPS = 8;
+
+/**
+ * For each prefix length p of the ranking: data[p], the bytes its dimensions
+ * add, and layers[p], the layers it keeps at least one dimension of.
+ */
+function prefixGuide(
+  ranking: Ranking,
+  dimensionBytes: readonly number[],
+): { data: Float64Array; layers: Uint32Array } {
+  const n = ranking.layer.length;
+  const data = new Float64Array(n + 1), layers = new Uint32Array(n + 1);
+  const seen = new Set<number>();
+  ranking.layer.forEach((l, r) => {
+    data[r + 1] = data[r] + dimensionBytes[l];
+    layers[r + 1] = layers[r] + (seen.has(l) ? 0 : 1);
+    seen.add(l);
+  });
+  return { data, layers };
+}
+
+/** The largest p in [lo, hi] with size(p) ≤ limit (lo when there is none; size ascends). */
+function lastAtMost(size: (p: number) => number, limit: number, lo: number, hi: number): number {
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >>> 1;
+    if (size(mid) <= limit) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
 }
 
 /**
