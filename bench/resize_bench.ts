@@ -61,12 +61,14 @@ await pageCache(lora);
 await measure([base, lora, "-r", `${one}:spn_ckpt=1,thr=-2`, "--norms_cache", cache]);
 
 const rows: [string, Measure, string, string][] = [];
-/** Three runs of a scenario; the one with the median wall time is reported (VM timings are noisy). */
+/** Runs of each scenario; the one with the median wall time is reported (VM timings are noisy). */
+const RUNS = 5;
+
 const run = async (label: string, args: string[], original: string, target: string) => {
   const runs: Measure[] = [];
-  for (let i = 0; i < 3; i++) runs.push(await measure(args));
+  for (let i = 0; i < RUNS; i++) runs.push(await measure(args));
   runs.sort((a, b) => a.seconds - b.seconds);
-  rows.push([label, runs[1], original, target]);
+  rows.push([label, runs[RUNS >> 1], original, target]);
   console.error(`${label}: ${runs.map((m) => m.seconds.toFixed(2)).join(" s, ")} s`);
 };
 await run(
@@ -100,7 +102,7 @@ console.log(
   `\nresize-lora end to end, scale ${scale}, device ${device}, ${navigator.hardwareConcurrency} × ${model}\n`,
 );
 console.log(
-  "| scenario | wall (median of 3) | peak RSS | original Python (2-core reference) | target |",
+  `| scenario | wall (median of ${RUNS}) | peak RSS | original Python (2-core reference) | target |`,
 );
 console.log("|---|---:|---:|---|---|");
 for (const [label, m, original, target] of rows) {
