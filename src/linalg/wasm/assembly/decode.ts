@@ -30,11 +30,6 @@ export function halfToF32(h: u32): f32 {
   return reinterpret<f32>(bits | sign);
 }
 
-/** Whether any of eight half magnitudes (15-bit lanes) is zero, subnormal, inf or NaN. */
-export function anyRareHalf(a: v128): bool {
-  return v128.any_true(i16x8.ge_u(i16x8.sub(a, i16x8.splat(0x0400)), i16x8.splat(0x7800)));
-}
-
 /** |x| as f32 for four half magnitudes (zero-extended to 32-bit lanes). */
 export function halfMagnitudes(e: v128, rare: bool): v128 {
   let f = i32x4.add(i32x4.shl(e, 13), i32x4.splat(REBIAS));
@@ -53,8 +48,8 @@ export function halvesToF32(h: v128): v128 {
   return v128.or(halfMagnitudes(e, rare), i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16));
 }
 
-/** The constants of decodeHalves, one per v128 (see the note in encode.ts). */
-const HALF_CONSTANTS = memory.data<i32>([
+/** The constants of decodeHalves (and sumSquares), one per v128 (see the note in encode.ts). */
+export const HALF_CONSTANTS = memory.data<i32>([
   0x7fff7fff, 0x7fff7fff, 0x7fff7fff, 0x7fff7fff, // magnitude bits of eight halves
   0x04000400, 0x04000400, 0x04000400, 0x04000400, // smallest normal magnitude
   0x78007800, 0x78007800, 0x78007800, 0x78007800, // count of normal magnitudes
