@@ -402,6 +402,35 @@ Deno.test("baseNorms: exact Frobenius; spectral norm against dense SVD and known
   }
 });
 
+Deno.test("baseNorms: Frobenius alone is summed in chunks; exact for weights of several chunks", async () => {
+  const next = rng(17);
+  const dir = await Deno.makeTempDir();
+  try {
+    const random = (n: number) => Float64Array.from({ length: n }, next);
+    // 1 MiB chunks: F16 800 × 700 and F32 500 × 600 take two each, BF16 3 × 5 one.
+    const cases: WeightCase[] = [
+      { name: "f16", dtype: "F16", rows: 800, cols: 700, values: random(560000) },
+      { name: "f32", dtype: "F32", rows: 500, cols: 600, values: random(300000) },
+      { name: "bf16", dtype: "BF16", rows: 3, cols: 5, values: random(15) },
+    ];
+    const weights = await writeWeights(dir, cases);
+    for (const workers of [0, 2]) {
+      await using backend = await createCpuBackend({ workers, inlineWork: 0 });
+      const norms = await backend.baseNorms(weights.map((w) => w.ref), {
+        frobenius: true,
+        spectral: false,
+      });
+      weights.forEach(({ w }, i) => {
+        assertEquals(Object.keys(norms[i]), ["frobenius"]);
+        const exact = Math.sqrt(w.data.reduce((s, x) => s + x * x, 0));
+        assertRelClose(norms[i].frobenius!, exact, 1e-13, `${cases[i].name}, ${workers} workers`);
+      });
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("subspaceScales: |uᵢᵀ·W·vᵢ| against a dense product; shape mismatch names both shapes", async () => {
   const next = rng(16);
   const dir = await Deno.makeTempDir();
