@@ -18,6 +18,29 @@ function same(a: number, b: number): boolean {
   return Object.is(a, b) || (Number.isNaN(a) && Number.isNaN(b));
 }
 
+/**
+ * A·B (m × n from m × k and k × n, leading dimensions lda and ldb) summed in f32 in order of
+ * the inner index, without fused multiply-adds: what the f32 kernels compute.
+ */
+function f32Product(
+  x: { a: ArrayLike<number>; lda: number; b: ArrayLike<number>; ldb: number },
+  m: number,
+  k: number,
+  n: number,
+): Float32Array {
+  const c = new Float32Array(m * n);
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let p = 0; p < k; p++) {
+        s = Math.fround(s + Math.fround(x.a[i * x.lda + p] * x.b[p * x.ldb + j]));
+      }
+      c[i * n + j] = s;
+    }
+  }
+  return c;
+}
+
 Deno.test("kernels.wasm is what tools/build_wasm.ts builds from the sources", async () => {
   const dir = await Deno.makeTempDir();
   try {
@@ -379,16 +402,8 @@ Deno.test("matmulF32 against a plain f32 product, every row and column tail and 
     k.f32(a, as.length).set(as);
     k.f32(b, bs.length).set(bs);
     k.exports.matmulF32(a, kk, b, n, c, n, m, kk, n);
-    const cs = k.f32(c, m * n);
-    for (let i = 0; i < m; i++) {
-      for (let j = 0; j < n; j++) {
-        let s = 0; // f32 accumulation in order of p, as the kernel sums
-        for (let p = 0; p < kk; p++) {
-          s = Math.fround(s + Math.fround(as[i * kk + p] * bs[p * n + j]));
-        }
-        assertEquals(cs[i * n + j], s, `C[${i}][${j}] (m ${m}, k ${kk}, n ${n})`);
-      }
-    }
+    const want = f32Product({ a: as, lda: kk, b: bs, ldb: n }, m, kk, n);
+    assertEquals(k.f32(c, m * n), want, `m ${m}, k ${kk}, n ${n}`);
   }
 });
 
@@ -515,25 +530,8 @@ Deno.test("rebuildUp / rebuildDown equal decode, in-order f32 products and encod
     const bv = decodeFloats(b, from, Float32Array), av = decodeFloats(a, from, Float32Array);
     const t = new Float32Array(r * ldt), tat = Float32Array.from({ length: kept * r }, next);
     for (let p = 0; p < r; p++) for (let j = 0; j < kept; j++) t[p * ldt + j] = next();
-    const up = new Float32Array(out * kept), down = new Float32Array(kept * cols);
-    for (let i = 0; i < out; i++) {
-      for (let j = 0; j < kept; j++) {
-        let s = 0;
-        for (let p = 0; p < r; p++) {
-          s = Math.fround(s + Math.fround(bv[i * r + p] * t[p * ldt + j]));
-        }
-        up[i * kept + j] = s;
-      }
-    }
-    for (let j = 0; j < kept; j++) {
-      for (let c = 0; c < cols; c++) {
-        let s = 0;
-        for (let p = 0; p < r; p++) {
-          s = Math.fround(s + Math.fround(tat[j * r + p] * av[p * cols + c]));
-        }
-        down[j * cols + c] = s;
-      }
-    }
+    const up = f32Product({ a: bv, lda: r, b: t, ldb: ldt }, out, r, kept);
+    const down = f32Product({ a: tat, lda: r, b: av, ldb: cols }, kept, r, cols);
     const size = to === "F32" ? 4 : 2;
     const bp = k.put(b), ap = k.put(a), tp = k.alloc(t.byteLength), tatp = k.alloc(tat.byteLength);
     const scratch = k.alloc(Math.max(64 * (r + 2 * ldt), 256 * (r + kept)) * 4);

@@ -48,7 +48,10 @@ export function halvesToF32(h: v128): v128 {
   return v128.or(halfMagnitudes(e, rare), i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16));
 }
 
-/** The constants of decodeHalves (and sumSquares), one per v128 (see the note in encode.ts). */
+/**
+ * The constants of rareHalves and magnitudes, one per v128. Kernels load them once, outside their
+ * loops (see the note in encode.ts: a v128 constant inside a loop costs V8 a rebuild per use).
+ */
 export const HALF_CONSTANTS = memory.data<i32>([
   0x7fff7fff, 0x7fff7fff, 0x7fff7fff, 0x7fff7fff, // magnitude bits of eight halves
   0x04000400, 0x04000400, 0x04000400, 0x04000400, // smallest normal magnitude
@@ -56,10 +59,18 @@ export const HALF_CONSTANTS = memory.data<i32>([
   REBIAS, REBIAS, REBIAS, REBIAS,
 ]);
 
-/**
- * n halves (n a multiple of 8) at src to f32 at dst. Constants are loaded once and the loop
- * inlined: a v128 constant or splat inside it costs V8 as much as the conversion itself.
- */
+/** Whether any of eight half magnitudes is zero, subnormal, inf or NaN. */
+@inline export function rareHalves(a: v128, minNormal: v128, normals: v128): bool {
+  return v128.any_true(i16x8.ge_u(i16x8.sub(a, minNormal), normals));
+}
+
+/** |x| as f32 for four half magnitudes (zero-extended); lanes that may be rare fixed if `rare`. */
+@inline export function magnitudes(e: v128, rare: bool, rebias: v128): v128 {
+  if (rare) return halfMagnitudes(e, true);
+  return i32x4.add(i32x4.shl(e, 13), rebias);
+}
+
+/** n halves (n a multiple of 8) at src to f32 at dst. */
 function decodeHalves(src: usize, dst: usize, n: usize): void {
   const c = HALF_CONSTANTS;
   const mask = v128.load(c), minNormal = v128.load(c, 16), normals = v128.load(c, 32);
@@ -67,14 +78,9 @@ function decodeHalves(src: usize, dst: usize, n: usize): void {
   for (let i: usize = 0; i < n; i += 8) {
     const v = v128.load(src + (i << 1));
     const a = v128.and(v, mask), s = v128.andnot(v, mask);
-    let lo = i32x4.extend_low_i16x8_u(a), hi = i32x4.extend_high_i16x8_u(a);
-    if (v128.any_true(i16x8.ge_u(i16x8.sub(a, minNormal), normals))) {
-      lo = halfMagnitudes(lo, true);
-      hi = halfMagnitudes(hi, true);
-    } else {
-      lo = i32x4.add(i32x4.shl(lo, 13), rebias);
-      hi = i32x4.add(i32x4.shl(hi, 13), rebias);
-    }
+    const rare = rareHalves(a, minNormal, normals);
+    const lo = magnitudes(i32x4.extend_low_i16x8_u(a), rare, rebias);
+    const hi = magnitudes(i32x4.extend_high_i16x8_u(a), rare, rebias);
     // Interleaving zeros below the sign halves puts each sign on bit 31 of its lane.
     const d = dst + (i << 2);
     v128.store(d, v128.or(lo, i16x8.shuffle(zero, s, 0, 8, 1, 9, 2, 10, 3, 11)));

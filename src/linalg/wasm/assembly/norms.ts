@@ -2,7 +2,7 @@
 // weights decoded to f32 once, the product WᵀW·v (spectral norm by Lanczos) and W·Aᵀ (subspace
 // scales).
 
-import { BF16, F16, F32, HALF_CONSTANTS, halfMagnitudes, loadF64 } from "./decode";
+import { BF16, F16, F32, HALF_CONSTANTS, loadF64, magnitudes, rareHalves } from "./decode";
 
 /** Columns after which f32 partial dot products move to f64 (bounds f32 rounding). */
 const FLUSH: usize = 1024;
@@ -14,21 +14,15 @@ export function sumSquares(src: usize, n: f64, dtype: i32): f64 {
   let i: usize = 0;
   if (dtype == F16) {
     // |x| suffices; F16 squares are exact in f32 (22 significant bits, exponents in range).
-    // Constants live in locals: a v128 constant inside the loop costs V8 a rebuild per use.
     const c = HALF_CONSTANTS;
     const mask = v128.load(c), minNormal = v128.load(c, 16), normals = v128.load(c, 32);
     const rebias = v128.load(c, 48);
     const vec = count & ~(<usize> 7);
     for (; i < vec; i += 8) {
       const a = v128.and(v128.load(src + (i << 1)), mask);
-      let lo = i32x4.extend_low_i16x8_u(a), hi = i32x4.extend_high_i16x8_u(a);
-      if (v128.any_true(i16x8.ge_u(i16x8.sub(a, minNormal), normals))) {
-        lo = halfMagnitudes(lo, true);
-        hi = halfMagnitudes(hi, true);
-      } else {
-        lo = i32x4.add(i32x4.shl(lo, 13), rebias);
-        hi = i32x4.add(i32x4.shl(hi, 13), rebias);
-      }
+      const rare = rareHalves(a, minNormal, normals);
+      const lo = magnitudes(i32x4.extend_low_i16x8_u(a), rare, rebias);
+      const hi = magnitudes(i32x4.extend_high_i16x8_u(a), rare, rebias);
       const ql = f32x4.mul(lo, lo), qh = f32x4.mul(hi, hi);
       acc0 = f64x2.add(acc0, f64x2.promote_low_f32x4(ql));
       acc1 = f64x2.add(acc1, f64x2.promote_low_f32x4(i32x4.shuffle(ql, ql, 2, 3, 2, 3)));
