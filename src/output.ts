@@ -177,14 +177,14 @@ function encodedAs(data: FloatData, dtype: OutputDType): Uint8Array {
  *
  * @example
  * ```ts ignore
- * const { tensors, metadata } = buildOutput(shape, factors);
+ * const { tensors, metadata } = await buildOutput(shape, factors);
  * await writeSafetensors(path, tensors, { metadata });
  * ```
  */
-export function buildOutput(
+export async function buildOutput(
   shape: OutputShape,
   factors: readonly OutputFactors[],
-): OutputContents {
+): Promise<OutputContents> {
   const { dtype } = shape;
   const tensors: TensorSource[] = [];
   let next = 0;
@@ -201,7 +201,7 @@ export function buildOutput(
   }
   for (const t of shape.passThrough) tensors.push(materialise(castTensor(t, dtype)));
   const metadata = metadataOf(shape);
-  Object.assign(metadata, sshsHashes(tensors, metadata));
+  Object.assign(metadata, await sshsHashes(tensors, metadata));
   return { tensors, metadata };
 }
 

@@ -16,6 +16,7 @@ import { dirname, join, resolve } from "node:path";
 import { OutputError, RecipeError } from "./errors.ts";
 import type { Backend, BaseNorms, Decomposition } from "./linalg/backend.ts";
 import { dtypeSize } from "./safetensors/dtype.ts";
+import { loadHashing } from "./safetensors/hashes.ts";
 import { type DeviceChoice, selectBackend } from "./linalg/select_backend.ts";
 import { type LogFn, type LogLevel, silent } from "./log.ts";
 import { loadLora, type LoraLayer, type LoraModel, type RawTensor } from "./lora/lora_file.ts";
@@ -200,6 +201,8 @@ class Run implements AsyncDisposable {
     readonly ownsBackend: boolean,
     readonly checkpoint: BaseCheckpoint,
     readonly cache: NormsCache | undefined,
+    /** Whether outputs are written (not a plan). */
+    readonly writes: boolean,
   ) {
     this.inputs = [
       options.checkpoint,
@@ -252,7 +255,7 @@ async function runPipeline(options: ResizeOptions, write: boolean): Promise<Resi
   const log = options.log ?? silent;
   const recipes = parseRecipes(options.recipes ?? DEFAULT_RECIPES);
   for (const r of recipes) for (const w of r.warnings) log("WARNING", w);
-  await using run = await openRun(options, log);
+  await using run = await openRun(options, { log, write });
   // The base norms any recipe needs are computed alongside the decomposition.
   const needs = recipes.map((r) => needsOf(r, options));
   const norms = {
@@ -277,7 +280,10 @@ function needsOf(recipe: Recipe, options: ResizeOptions) {
   });
 }
 
-async function openRun(options: ResizeOptions, log: LogFn): Promise<Run> {
+async function openRun(
+  options: ResizeOptions,
+  { log, write }: { log: LogFn; write: boolean },
+): Promise<Run> {
   let cache: NormsCache | undefined;
   if (options.normsCache !== false) {
     cache = await NormsCache.open(options.checkpoint, { location: options.normsCache });
@@ -286,7 +292,7 @@ async function openRun(options: ResizeOptions, log: LogFn): Promise<Run> {
   const checkpoint = await BaseCheckpoint.open(options.checkpoint);
   try {
     const backend = options.backend ?? await selectBackend(options.device ?? "auto", { log });
-    return new Run(options, log, backend, !options.backend, checkpoint, cache);
+    return new Run(options, log, backend, !options.backend, checkpoint, cache, write);
   } catch (e) {
     checkpoint.close();
     throw e;
@@ -339,10 +345,13 @@ async function prepareLora(
     ? baseNorms(run, pairing.paired, norms)
     : undefined;
   prefetch?.catch(() => {}); // awaited below; not unhandled if decompose fails first
-  const decompositions = await run.backend.decompose(
+  const decomposing = run.backend.decompose(
     pairing.paired.map((p) => p.layer.factors),
     { onProgress: (d, t) => options.onProgress?.("SVD", d, t) },
   );
+  // This thread waits for the workers now: the time to load what writing needs.
+  if (run.writes) loadHashing().catch(() => {});
+  const decompositions = await decomposing;
   await prefetch;
   const layers: PairedLayer[] = [];
   const kept: Decomposition[] = [];
@@ -603,7 +612,7 @@ async function writeOutputs(
         if (keep.length === 0) return [];
         return [keptOf(byLayer.get(i)!, union[i], keep, p.layer.factors.out)];
       });
-      const { tensors, metadata } = buildOutput(plan.shape, factors);
+      const { tensors, metadata } = await buildOutput(plan.shape, factors);
       run.log("INFO", `Saving ${path}`);
       await Deno.mkdir(plan.folder, { recursive: true }).catch((e) => {
         throw new OutputError(`${plan.folder}: cannot create the output folder (${e.message})`);

@@ -8,7 +8,6 @@
  * @module
  */
 
-import { createHash } from "node:crypto";
 import { encodeHeader, layoutTensors } from "./header.ts";
 import type { TensorSource } from "./writer.ts";
 
@@ -25,6 +24,26 @@ const LEGACY_END = 0x110000;
 /** Bytes gathered before an update of the model hash. */
 const STAGING = 1 << 20;
 
+type NodeCrypto = typeof import("node:crypto");
+let nodeCrypto: Promise<NodeCrypto> | undefined;
+
+/**
+ * Loads the incremental SHA-256 these hashes use (node:crypto). It is imported
+ * on first use, not at start-up, where it would cost ~40 ms that runs which
+ * write nothing never need; a caller with idle time (waiting for workers) can
+ * load it then.
+ *
+ * @example
+ * ```ts
+ * import { loadHashing } from "./hashes.ts";
+ * await loadHashing();
+ * ```
+ */
+export function loadHashing(): Promise<void> {
+  nodeCrypto ??= import("node:crypto");
+  return nodeCrypto.then(() => {});
+}
+
 /**
  * Computes `sshs_model_hash` and `sshs_legacy_hash` for tensors whose bytes
  * are given directly (not as callbacks).
@@ -32,14 +51,18 @@ const STAGING = 1 << 20;
  * @example
  * ```ts
  * import { sshsHashes } from "./hashes.ts";
- * const h = sshsHashes([{ name: "x", dtype: "U8", shape: [1], data: new Uint8Array([7]) }], {});
+ * const h = await sshsHashes(
+ *   [{ name: "x", dtype: "U8", shape: [1], data: new Uint8Array([7]) }],
+ *   {},
+ * );
  * console.log(h.sshs_model_hash.length, h.sshs_legacy_hash); // 64 "e3b0c442"
  * ```
  */
-export function sshsHashes(
+export async function sshsHashes(
   tensors: readonly TensorSource[],
   metadata: Readonly<Record<string, string>>,
-): SshsHashes {
+): Promise<SshsHashes> {
+  const { createHash } = await (nodeCrypto ??= import("node:crypto"));
   const ssOnly = Object.fromEntries(
     Object.entries(metadata).filter(([k]) => k.startsWith("ss_")),
   );
