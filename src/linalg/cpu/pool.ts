@@ -28,8 +28,11 @@ interface Slot {
   readonly jobs: Job[];
 }
 
-/** Jobs posted ahead to each worker, so it never waits for the next one. */
-const DEPTH = 2;
+/**
+ * Jobs posted ahead to each worker, so it never waits for the next one, not even while this
+ * thread is busy for a while (a module load, a GC, building an output).
+ */
+const DEPTH = 4;
 
 interface ReplyMessage {
   readonly id: number;
@@ -93,11 +96,11 @@ export class WorkerPool {
 
   #pump(): void {
     while (this.#queue.length > 0 && !this.#closed) {
-      // An idle worker first, then a new one, then one with room ahead.
+      // An idle worker first, then a new one, then the one with the fewest jobs ahead.
       let slot = this.#slots.find((s) => s.jobs.length === 0);
       if (!slot && this.#slots.length < this.size) slot = this.#spawn();
-      slot ??= this.#slots.find((s) => s.jobs.length < DEPTH);
-      if (!slot) return;
+      slot ??= this.#slots.reduce((a, b) => b.jobs.length < a.jobs.length ? b : a);
+      if (slot.jobs.length >= DEPTH) return;
       const job = this.#queue.shift()!;
       if (job.signal?.aborted) {
         job.reject(job.signal.reason);
