@@ -10,7 +10,6 @@
  */
 
 import { decodeFloats, type DType, encodeFloats, isFloatDType } from "./safetensors/dtype.ts";
-import { sshsHashes } from "./safetensors/hashes.ts";
 import type { TensorSource } from "./safetensors/writer.ts";
 import { safetensorsFileSize } from "./safetensors/writer.ts";
 import type { TensorSpec } from "./safetensors/header.ts";
@@ -152,7 +151,7 @@ export function outputFileSize(shape: OutputShape): number {
 export interface OutputContents {
   /** Tensors (bytes given). */
   readonly tensors: TensorSource[];
-  /** Final metadata, hashes included. */
+  /** Metadata, the sshs hashes as placeholders (see {@link buildOutput}). */
   readonly metadata: Record<string, string>;
 }
 
@@ -172,19 +171,20 @@ function encodedAs(data: FloatData, dtype: OutputDType): Uint8Array {
 
 /**
  * Builds the output tensors from the output factors (one per layer with
- * k′ > 0, in `shape.layers` order) and the final metadata with the
- * sd-webui hashes of exactly these bytes.
+ * k′ > 0, in `shape.layers` order) and the metadata, whose sd-webui hashes
+ * are placeholders of their final length: {@link writeSafetensors} with
+ * `sshsHashes: true` computes them from exactly these bytes while writing.
  *
  * @example
  * ```ts ignore
- * const { tensors, metadata } = await buildOutput(shape, factors);
- * await writeSafetensors(path, tensors, { metadata });
+ * const { tensors, metadata } = buildOutput(shape, factors);
+ * await writeSafetensors(path, tensors, { metadata, sshsHashes: true });
  * ```
  */
-export async function buildOutput(
+export function buildOutput(
   shape: OutputShape,
   factors: readonly OutputFactors[],
-): Promise<OutputContents> {
+): OutputContents {
   const { dtype } = shape;
   const tensors: TensorSource[] = [];
   let next = 0;
@@ -200,9 +200,7 @@ export async function buildOutput(
     if (dora) tensors.push(materialise(castTensor(o.layer.doraScale!, dtype)));
   }
   for (const t of shape.passThrough) tensors.push(materialise(castTensor(t, dtype)));
-  const metadata = metadataOf(shape);
-  Object.assign(metadata, await sshsHashes(tensors, metadata));
-  return { tensors, metadata };
+  return { tensors, metadata: metadataOf(shape) };
 }
 
 function materialise(t: TensorSource): TensorSource {

@@ -612,12 +612,12 @@ async function writeOutputs(
         if (keep.length === 0) return [];
         return [keptOf(byLayer.get(i)!, union[i], keep, p.layer.factors.out)];
       });
-      const { tensors, metadata } = await buildOutput(plan.shape, factors);
+      const { tensors, metadata } = buildOutput(plan.shape, factors);
       run.log("INFO", `Saving ${path}`);
       await Deno.mkdir(plan.folder, { recursive: true }).catch((e) => {
         throw new OutputError(`${plan.folder}: cannot create the output folder (${e.message})`);
       });
-      const result = await writeSafetensors(path, tensors, { metadata });
+      const result = await writeSafetensors(path, tensors, { metadata, sshsHashes: true });
       if (result.bytes !== bytes) {
         throw new OutputError(`${path}: wrote ${result.bytes} bytes, planned ${bytes}`);
       }

@@ -48,3 +48,43 @@ Deno.test("sshs hashes of many tensors of every size, staged or not, in layout o
   assertEquals(h.sshs_model_hash, sha(file.subarray(headerLength)));
   assertEquals(h.sshs_legacy_hash, sha(file.subarray(0x100000, 0x110000)).slice(0, 8));
 });
+
+Deno.test("writeSafetensors with sshsHashes writes what two passes (hash, then write) write", async () => {
+  const { writeSafetensors } = await import("../src/safetensors/writer.ts");
+  const dir = await Deno.makeTempDir();
+  try {
+    // Around the 4 MiB write chunks and their 1 MiB direct limit, empty and tiny tensors,
+    // bytes given directly and by callbacks.
+    const sizes = [0, 3, 0x100000 - 1, 0x100000, 5 << 20, 7, 0x3fffff, 1, 9 << 20, 2];
+    for (let i = 0; i < 300; i++) sizes.push(1 + (i % 7) * 3001);
+    const tensors: TensorSource[] = sizes.map((n, i) => {
+      const bytes = new Uint8Array(n).map((_, j) => (i * 17 + j * 5) & 255);
+      return {
+        name: `t${String(i).padStart(3, "0")}`,
+        dtype: "U8",
+        shape: [n],
+        data: i % 3 === 0 ? () => bytes : bytes,
+      };
+    });
+    for (const metadata of [{ ss_a: "1", b: "é" }, undefined]) {
+      const streamed = await writeSafetensors(`${dir}/streamed.safetensors`, tensors, {
+        metadata,
+        sshsHashes: true,
+      });
+      const direct = tensors.map((t) => ({
+        ...t,
+        data: typeof t.data === "function" ? t.data() as Uint8Array : t.data,
+      }));
+      const hashes = await sshsHashes(direct, metadata ?? {});
+      await writeSafetensors(`${dir}/two_pass.safetensors`, direct, {
+        metadata: { ...metadata, ...hashes },
+      });
+      const a = await Deno.readFile(`${dir}/streamed.safetensors`);
+      assertEquals(a, await Deno.readFile(`${dir}/two_pass.safetensors`));
+      assertEquals(streamed.bytes, a.byteLength);
+      assertEquals(streamed.metadata, { ...metadata, ...hashes });
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

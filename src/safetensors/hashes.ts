@@ -8,7 +8,7 @@
  * @module
  */
 
-import { encodeHeader, layoutTensors } from "./header.ts";
+import { encodeHeader, layoutTensors, type TensorInfo } from "./header.ts";
 import type { TensorSource } from "./writer.ts";
 
 /** The two hashes, as kohya writes them. */
@@ -45,8 +45,71 @@ export function loadHashing(): Promise<void> {
 }
 
 /**
+ * The sshs hashes of a file, fed its data section in order (any pieces).
+ *
+ * @example
+ * ```ts
+ * import { layoutTensors } from "./header.ts";
+ * import { SshsHasher } from "./hashes.ts";
+ * const layout = layoutTensors([{ name: "x", dtype: "U8", shape: [2] }]);
+ * const hasher = await SshsHasher.create(layout, {});
+ * hasher.update(new Uint8Array([7, 8]));
+ * console.log(hasher.digest().sshs_model_hash.length); // 64
+ * ```
+ */
+export class SshsHasher {
+  readonly #model: ReturnType<NodeCrypto["createHash"]>;
+  readonly #legacy: ReturnType<NodeCrypto["createHash"]>;
+  /** Where the data section starts in the `ss_`-only serialisation. */
+  readonly #dataStart: number;
+  #at = 0;
+
+  private constructor(crypto: NodeCrypto, header: Uint8Array) {
+    this.#model = crypto.createHash("sha256");
+    this.#legacy = crypto.createHash("sha256");
+    this.#dataStart = header.byteLength;
+    this.#take(header, 0);
+  }
+
+  /** A hasher for tensors laid out as `layout`, in a file with `metadata`. */
+  static async create(
+    layout: readonly TensorInfo[],
+    metadata: Readonly<Record<string, string>>,
+  ): Promise<SshsHasher> {
+    const crypto = await (nodeCrypto ??= import("node:crypto"));
+    const ssOnly = Object.fromEntries(
+      Object.entries(metadata).filter(([k]) => k.startsWith("ss_")),
+    );
+    return new SshsHasher(crypto, encodeHeader(layout, ssOnly));
+  }
+
+  /** The next bytes of the data section. */
+  update(bytes: Uint8Array): void {
+    this.#model.update(bytes);
+    this.#take(bytes, this.#dataStart + this.#at);
+    this.#at += bytes.byteLength;
+  }
+
+  /** Both hashes (call once, after the whole data section). */
+  digest(): SshsHashes {
+    return {
+      sshs_model_hash: this.#model.digest("hex"),
+      sshs_legacy_hash: this.#legacy.digest("hex").slice(0, 8),
+    };
+  }
+
+  /** Feeds the legacy hash what of `bytes` (at file offset `at`) lies in its window. */
+  #take(bytes: Uint8Array, at: number): void {
+    const from = Math.max(LEGACY_START, at);
+    const to = Math.min(LEGACY_END, at + bytes.byteLength);
+    if (from < to) this.#legacy.update(bytes.subarray(from - at, to - at));
+  }
+}
+
+/**
  * Computes `sshs_model_hash` and `sshs_legacy_hash` for tensors whose bytes
- * are given directly (not as callbacks).
+ * are given directly (not as callbacks). {@link writeSafetensors} computes
+ * them while writing when asked (`sshsHashes: true`).
  *
  * @example
  * ```ts
@@ -62,28 +125,16 @@ export async function sshsHashes(
   tensors: readonly TensorSource[],
   metadata: Readonly<Record<string, string>>,
 ): Promise<SshsHashes> {
-  const { createHash } = await (nodeCrypto ??= import("node:crypto"));
-  const ssOnly = Object.fromEntries(
-    Object.entries(metadata).filter(([k]) => k.startsWith("ss_")),
-  );
   const layout = layoutTensors(tensors);
-  const header = encodeHeader(layout, ssOnly);
+  const hasher = await SshsHasher.create(layout, metadata);
   const byName = new Map(tensors.map((t) => [t.name, t]));
-  const model = createHash("sha256");
-  const legacy = createHash("sha256");
-  const take = (bytes: Uint8Array, at: number) => {
-    const from = Math.max(LEGACY_START, at);
-    const to = Math.min(LEGACY_END, at + bytes.byteLength);
-    if (from < to) legacy.update(bytes.subarray(from - at, to - at));
-  };
-  take(header, 0);
   // Small tensors (alphas, narrow factors) are gathered into a staging buffer
   // first: each update call has a fixed cost that thousands of tiny tensors
   // would otherwise pay.
   const staging = new Uint8Array(STAGING);
   let staged = 0;
   const flush = () => {
-    if (staged > 0) model.update(staging.subarray(0, staged));
+    if (staged > 0) hasher.update(staging.subarray(0, staged));
     staged = 0;
   };
   for (const t of layout) {
@@ -93,17 +144,13 @@ export async function sshsHashes(
     }
     if (data.byteLength >= STAGING / 4) {
       flush();
-      model.update(data);
+      hasher.update(data);
     } else {
       if (data.byteLength > STAGING - staged) flush();
       staging.set(data, staged);
       staged += data.byteLength;
     }
-    take(data, header.byteLength + t.dataOffsets[0]);
   }
   flush();
-  return {
-    sshs_model_hash: model.digest("hex"),
-    sshs_legacy_hash: legacy.digest("hex").slice(0, 8),
-  };
+  return hasher.digest();
 }

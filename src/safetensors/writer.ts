@@ -17,6 +17,7 @@ import {
   type TensorInfo,
   type TensorSpec,
 } from "./header.ts";
+import { SshsHasher } from "./hashes.ts";
 import { describeOsError } from "./reader.ts";
 
 /** Bytes of a tensor, given directly or produced on demand (for streaming). */
@@ -36,6 +37,13 @@ export interface WriteOptions {
   readonly metadata?: Readonly<Record<string, string>>;
   /** Called after each tensor with bytes written so far and the total. */
   readonly onProgress?: (written: number, total: number) => void;
+  /**
+   * Compute `sshs_model_hash` and `sshs_legacy_hash` of the tensors while
+   * writing them and store them in the metadata (only with
+   * {@link writeSafetensors}). The data goes first, hashed as it is written,
+   * and the header last: hashes have fixed lengths, so its size is known.
+   */
+  readonly sshsHashes?: boolean;
 }
 
 /** What a write produced. */
@@ -46,6 +54,8 @@ export interface WriteResult {
   readonly bytes: number;
   /** Layout of the tensors in the file. */
   readonly layout: readonly TensorInfo[];
+  /** The metadata written (with the sshs hashes when asked). */
+  readonly metadata?: Readonly<Record<string, string>>;
 }
 
 async function bytesOf(t: TensorSource): Promise<Uint8Array> {
@@ -96,7 +106,11 @@ export async function writeSafetensors(
   options: WriteOptions = {},
 ): Promise<WriteResult> {
   const layout = layoutTensors(tensors);
-  const header = encodeHeader(layout, options.metadata);
+  // With sshsHashes, a header of the same length (placeholder hashes) measures the file.
+  const header = encodeHeader(
+    layout,
+    options.sshsHashes ? { ...options.metadata, ...HASH_PLACEHOLDER } : options.metadata,
+  );
   const byName = new Map(tensors.map((t) => [t.name, t]));
   const total = header.byteLength +
     (layout.length ? layout[layout.length - 1].dataOffsets[1] : 0);
@@ -111,16 +125,22 @@ export async function writeSafetensors(
     throw new OutputError(`${path}: cannot write (${describeOsError(e)})`, { cause: e });
   }
   try {
-    writeAll(file, header);
-    let written = header.byteLength;
-    for (const t of layout) {
-      const bytes = await bytesOf(byName.get(t.name)!);
-      writeAll(file, bytes);
-      written += bytes.byteLength;
-      options.onProgress?.(written, total);
+    let metadata = options.metadata;
+    if (options.sshsHashes) {
+      metadata = await writeHashed(file, { layout, byName, header, total }, options);
+    } else {
+      writeAll(file, header);
+      let written = header.byteLength;
+      for (const t of layout) {
+        const bytes = await bytesOf(byName.get(t.name)!);
+        writeAll(file, bytes);
+        written += bytes.byteLength;
+        options.onProgress?.(written, total);
+      }
     }
     file.close();
     await Deno.rename(tmp, path);
+    return { path, bytes: total, layout, metadata };
   } catch (e) {
     try {
       file.close();
@@ -129,7 +149,81 @@ export async function writeSafetensors(
     if (e instanceof SafetensorsError || e instanceof OutputError) throw e;
     throw new OutputError(`${path}: cannot write (${describeOsError(e)})`, { cause: e });
   }
-  return { path, bytes: total, layout };
+}
+
+/** Bytes of data gathered per write while hashing (two such buffers alternate). */
+const HASHED_CHUNK = 4 << 20;
+
+/**
+ * The data section, then the header with the sshs hashes of that data (the
+ * placeholder header written up front has the same length). Each chunk of
+ * data is hashed while the previous one is being written: writes go through
+ * the thread pool, so the copy into the page cache and the hashing overlap.
+ * Returns the metadata written.
+ */
+async function writeHashed(
+  file: Deno.FsFile,
+  contents: {
+    readonly layout: readonly TensorInfo[];
+    readonly byName: ReadonlyMap<string, TensorSource>;
+    readonly header: Uint8Array;
+    readonly total: number;
+  },
+  options: WriteOptions,
+): Promise<Record<string, string>> {
+  const { layout, byName, header, total } = contents;
+  const hasher = await SshsHasher.create(layout, options.metadata ?? {});
+  await file.seek(header.byteLength, Deno.SeekMode.Start);
+  const chunks = [new Uint8Array(HASHED_CHUNK), new Uint8Array(HASHED_CHUNK)];
+  let current = 0, filled = 0, written = header.byteLength;
+  let writing: Promise<void> = Promise.resolve();
+  // Hash `bytes`, wait for the write before, start writing `bytes`.
+  const pass = async (bytes: Uint8Array) => {
+    hasher.update(bytes);
+    await writing;
+    writing = writeAllAsync(file, bytes);
+  };
+  const flush = async () => {
+    if (filled === 0) return;
+    await pass(chunks[current].subarray(0, filled));
+    current ^= 1; // the other buffer's write was awaited by pass
+    filled = 0;
+  };
+  for (const t of layout) {
+    const bytes = await bytesOf(byName.get(t.name)!);
+    if (bytes.byteLength >= HASHED_CHUNK / 4) {
+      await flush();
+      await pass(bytes);
+    } else {
+      if (bytes.byteLength > HASHED_CHUNK - filled) await flush();
+      chunks[current].set(bytes, filled);
+      filled += bytes.byteLength;
+    }
+    written += bytes.byteLength;
+    options.onProgress?.(written, total);
+  }
+  await flush();
+  await writing;
+  const metadata = { ...options.metadata, ...hasher.digest() };
+  const final = encodeHeader(layout, metadata);
+  if (final.byteLength !== header.byteLength) {
+    throw new SafetensorsError("sshs hashes changed the header's length"); // cannot happen
+  }
+  await file.seek(0, Deno.SeekMode.Start);
+  writeAll(file, final);
+  return metadata;
+}
+
+const HASH_PLACEHOLDER = {
+  sshs_model_hash: "0".repeat(64),
+  sshs_legacy_hash: "0".repeat(8),
+};
+
+async function writeAllAsync(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < bytes.byteLength) {
+    done += await file.write(bytes.subarray(done, done + WRITE_CHUNK));
+  }
 }
 
 /**
@@ -150,7 +244,11 @@ export async function serializeSafetensors(
   options: WriteOptions = {},
 ): Promise<Uint8Array> {
   const layout = layoutTensors(tensors);
-  const header = encodeHeader(layout, options.metadata);
+  // With sshsHashes, a header of the same length (placeholder hashes) measures the file.
+  const header = encodeHeader(
+    layout,
+    options.sshsHashes ? { ...options.metadata, ...HASH_PLACEHOLDER } : options.metadata,
+  );
   const dataBytes = layout.length ? layout[layout.length - 1].dataOffsets[1] : 0;
   const out = new Uint8Array(header.byteLength + dataBytes);
   out.set(header);
