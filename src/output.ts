@@ -10,6 +10,7 @@
  */
 
 import { decodeFloats, type DType, encodeFloats, isFloatDType } from "./safetensors/dtype.ts";
+import { SSHS_PLACEHOLDERS } from "./safetensors/hashes.ts";
 import type { TensorSource } from "./safetensors/writer.ts";
 import { safetensorsFileSize } from "./safetensors/writer.ts";
 import type { TensorSpec } from "./safetensors/header.ts";
@@ -111,18 +112,13 @@ export interface OutputShape {
   readonly resizeParams: string;
 }
 
-const HASH_PLACEHOLDER = {
-  sshs_model_hash: "0".repeat(64),
-  sshs_legacy_hash: "0".repeat(8),
-};
-
 /** The output metadata, with hashes still to be filled in. */
 function metadataOf(shape: OutputShape): Record<string, string> {
   return {
     ...shape.inputMetadata,
     ...networkDimAlpha(shape.layers, shape.dtype),
     resize_params: shape.resizeParams,
-    ...HASH_PLACEHOLDER,
+    ...SSHS_PLACEHOLDERS,
   };
 }
 

@@ -675,6 +675,42 @@ Deno.test("a file that shrinks after opening gives a truncation error naming the
   });
 });
 
+Deno.test("readTensors reads the named tensors exactly, adjacent ones together", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "many.safetensors");
+    // Names sort as laid out: a0 a1 (adjacent), big (skipped), b0, c0 c1 c2 (adjacent).
+    const sizes: [string, number][] = [
+      ["a0", 3],
+      ["a1", 5],
+      ["big", 1 << 21],
+      ["b0", 2],
+      ["c0", 0],
+      ["c1", 7],
+      ["c2", 1],
+    ];
+    await writeSafetensors(
+      path,
+      sizes.map(([name, n], i) => ({
+        name,
+        dtype: "U8",
+        shape: [n],
+        data: new Uint8Array(n).map((_, j) => i * 31 + j),
+      })),
+    );
+    await using f = await SafetensorsFile.open(path);
+    const wanted = ["c2", "a0", "b0", "a1", "c0", "c1"];
+    const got = await f.readTensors(wanted);
+    assertEquals([...got.keys()].sort(), [...wanted].sort());
+    for (const name of wanted) assertEquals(got.get(name), await f.readBytes(name), name);
+    await Deno.truncate(path, f.size - 4);
+    await assertRejects(
+      () => f.readTensors(["c0", "c1", "c2"]),
+      SafetensorsError,
+      `${path}: tensor 'c0' is truncated (read 4 of 8 bytes`,
+    );
+  });
+});
+
 // ---------------------------------------------------------------- conformance files
 
 interface ManifestFile {

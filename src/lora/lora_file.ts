@@ -17,7 +17,7 @@ import { LoraError } from "../errors.ts";
 import { type FloatData, type LowRankFactors, StoredFloatData } from "../linalg/backend.ts";
 import { decodeFloats, type DType, dtypeSize, isFloatDType } from "../safetensors/dtype.ts";
 import { numel } from "../safetensors/header.ts";
-import { type FileRange, readRangeInto, StoredBytes } from "../safetensors/file_range.ts";
+import { type FileRange, StoredBytes } from "../safetensors/file_range.ts";
 import { SafetensorsFile } from "../safetensors/reader.ts";
 import { mergeLoras, type MergePrecision } from "./merge.ts";
 import { parseMergeSpec } from "./merge_spec.ts";
@@ -150,38 +150,13 @@ export async function readLoraFile(path: string): Promise<LoraModel> {
   }
   // A layer's factors stay in the file: the compute backend reads each where it is used (a CPU
   // worker straight into its kernel memory). Every other tensor — alphas, DoRA scales,
-  // pass-through — is small and read now, once, in file order, into one buffer.
+  // pass-through — is small and read now, into one buffer.
   const factorNames = new Set(layerNames.flatMap((name) => [name + DOWN, name + UP]));
   const raw = new Map<string, RawTensor>();
-  const eager = file.tensors.filter((t) => !factorNames.has(t.name)); // in file order
-  const data = new Uint8Array(eager.reduce((n, t) => n + t.dataOffsets[1] - t.dataOffsets[0], 0));
-  {
-    // Exact synchronous reads, one per run of adjacent tensors: these lie between the factors,
-    // which a read-ahead window would pull in too (hundreds of MB for an SDXL LoRA).
-    using handle = Deno.openSync(path, { read: true });
-    let at = 0;
-    for (let i = 0; i < eager.length;) {
-      let j = i + 1;
-      while (j < eager.length && eager[j].dataOffsets[0] === eager[j - 1].dataOffsets[1]) j++;
-      const begin = eager[i].dataOffsets[0], end = eager[j - 1].dataOffsets[1];
-      const range = { path, offset: file.dataStart + begin, byteLength: end - begin };
-      readRangeInto(
-        handle,
-        { ...range, tensor: eager[i].name },
-        data.subarray(at, at + end - begin),
-      );
-      for (const { name, dtype, shape, dataOffsets } of eager.slice(i, j)) {
-        const from = at + dataOffsets[0] - begin;
-        raw.set(name, {
-          name,
-          dtype,
-          shape,
-          bytes: data.subarray(from, from + dataOffsets[1] - dataOffsets[0]),
-        });
-      }
-      at += end - begin;
-      i = j;
-    }
+  const eager = file.tensors.filter((t) => !factorNames.has(t.name));
+  const bytes = await file.readTensors(eager.map((t) => t.name));
+  for (const { name, dtype, shape } of eager) {
+    raw.set(name, { name, dtype, shape, bytes: bytes.get(name)! });
   }
   for (const { name, dtype, shape, dataOffsets: [begin, end] } of file.tensors) {
     if (!factorNames.has(name)) continue;

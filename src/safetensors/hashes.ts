@@ -19,6 +19,21 @@ export interface SshsHashes {
   readonly sshs_legacy_hash: string;
 }
 
+/**
+ * Metadata values of the final lengths of the hashes, for measuring a file
+ * before its hashes are known.
+ *
+ * @example
+ * ```ts
+ * import { SSHS_PLACEHOLDERS } from "./hashes.ts";
+ * console.log(SSHS_PLACEHOLDERS.sshs_legacy_hash); // "00000000"
+ * ```
+ */
+export const SSHS_PLACEHOLDERS: SshsHashes = {
+  sshs_model_hash: "0".repeat(64),
+  sshs_legacy_hash: "0".repeat(8),
+};
+
 const LEGACY_START = 0x100000;
 const LEGACY_END = 0x110000;
 /** Bytes gathered before an update of the model hash. */

@@ -17,7 +17,7 @@ import {
   type TensorInfo,
   type TensorSpec,
 } from "./header.ts";
-import { SshsHasher } from "./hashes.ts";
+import { SSHS_PLACEHOLDERS, SshsHasher } from "./hashes.ts";
 import { describeOsError } from "./reader.ts";
 
 /** Bytes of a tensor, given directly or produced on demand (for streaming). */
@@ -109,7 +109,7 @@ export async function writeSafetensors(
   // With sshsHashes, a header of the same length (placeholder hashes) measures the file.
   const header = encodeHeader(
     layout,
-    options.sshsHashes ? { ...options.metadata, ...HASH_PLACEHOLDER } : options.metadata,
+    options.sshsHashes ? { ...options.metadata, ...SSHS_PLACEHOLDERS } : options.metadata,
   );
   const byName = new Map(tensors.map((t) => [t.name, t]));
   const total = header.byteLength +
@@ -214,11 +214,6 @@ async function writeHashed(
   return metadata;
 }
 
-const HASH_PLACEHOLDER = {
-  sshs_model_hash: "0".repeat(64),
-  sshs_legacy_hash: "0".repeat(8),
-};
-
 async function writeAllAsync(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
   let done = 0;
   while (done < bytes.byteLength) {
@@ -247,7 +242,7 @@ export async function serializeSafetensors(
   // With sshsHashes, a header of the same length (placeholder hashes) measures the file.
   const header = encodeHeader(
     layout,
-    options.sshsHashes ? { ...options.metadata, ...HASH_PLACEHOLDER } : options.metadata,
+    options.sshsHashes ? { ...options.metadata, ...SSHS_PLACEHOLDERS } : options.metadata,
   );
   const dataBytes = layout.length ? layout[layout.length - 1].dataOffsets[1] : 0;
   const out = new Uint8Array(header.byteLength + dataBytes);
