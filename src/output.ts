@@ -145,7 +145,7 @@ export function outputFileSize(shape: OutputShape): number {
 
 /** Output tensors and metadata, ready for `writeSafetensors`. */
 export interface OutputContents {
-  /** Tensors (bytes given). */
+  /** Tensors (bytes given, or produced when the writer reaches them). */
   readonly tensors: TensorSource[];
   /** Metadata, the sshs hashes as placeholders (see {@link buildOutput}). */
   readonly metadata: Record<string, string>;
@@ -193,12 +193,8 @@ export function buildOutput(
       { ...down, data: encodedAs(f.down, dtype) },
       { ...up, data: encodedAs(f.up, dtype) },
     );
-    if (dora) tensors.push(materialise(castTensor(o.layer.doraScale!, dtype)));
+    if (dora) tensors.push(castTensor(o.layer.doraScale!, dtype));
   }
-  for (const t of shape.passThrough) tensors.push(materialise(castTensor(t, dtype)));
+  for (const t of shape.passThrough) tensors.push(castTensor(t, dtype));
   return { tensors, metadata: metadataOf(shape) };
-}
-
-function materialise(t: TensorSource): TensorSource {
-  return typeof t.data === "function" ? { ...t, data: t.data() as Uint8Array } : t;
 }
