@@ -64,7 +64,10 @@ const NORMS_BATCH_ITEMS = 128;
 /** A singular value below this (absolute) makes a layer an all-zero layer (§3.6). */
 const ZERO_LAYER_SIGMA = 1e-6;
 
-/** Progress of a long step: a label (`SVD`, `Norms`, `Scoring <recipe>`), items done, total. */
+/**
+ * Progress of a long step: a label (`Norms`, `SVD`, `Scoring <recipe>`, `Rebuild`), items done,
+ * total.
+ */
 export type ProgressFn = (label: string, done: number, total: number) => void;
 
 /** Options of {@link resize} and {@link plan}. */
@@ -602,6 +605,7 @@ async function writeOutputs(
           }]
           : []
       ),
+      { onProgress: (d, t) => run.options.onProgress?.("Rebuild", d, t) },
     );
     const byLayer = new Map<number, OutputFactors>();
     union.forEach((u, i) => u.length > 0 && byLayer.set(i, rebuilt[byLayer.size]));

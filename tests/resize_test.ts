@@ -384,3 +384,25 @@ Deno.test("several recipes share one rebuild, and write exactly what each writes
     }
   });
 });
+
+Deno.test("progress: norms, decomposition, scoring and rebuild, each counted to its total", async () => {
+  await withDir(async (dir) => {
+    const seen = new Map<string, { last: number; total: number; steps: number }>();
+    await resize(options(dir, {
+      recipes: "fro_ckpt=1,thr=-3:spn_lora=1,thr=-1",
+      onProgress: (label, done, total) => {
+        const s = seen.get(label) ?? { last: 0, total, steps: 0 };
+        assert(done > s.last && done <= total && total === s.total, `${label} ${done}/${total}`);
+        seen.set(label, { last: done, total, steps: s.steps + 1 });
+      },
+    }));
+    assertEquals([...seen.keys()].sort(), [
+      "Norms",
+      "Rebuild",
+      "SVD",
+      "Scoring fro_ckpt=1,thr=-3",
+      "Scoring spn_lora=1,thr=-1",
+    ]);
+    for (const [label, s] of seen) assertEquals(s.last, s.total, label);
+  });
+});
