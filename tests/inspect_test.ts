@@ -246,6 +246,18 @@ Deno.test("inspect: the conformance LoRAs' spectra and energies match the indepe
   }
 });
 
+Deno.test("inspect with a checkpoint reuses the plan's spectra: the same σ as without one", async () => {
+  await using backend = await selectBackend("cpu");
+  for (const lora of [HAND, `${FIXTURES}/microB-locon-r8c4.safetensors`]) {
+    const alone = await inspect({ lora, backend });
+    const withBase = await inspect({ lora, checkpoint: BASE, normsCache: false, backend });
+    assertEquals(
+      withBase.layers.map((l) => [l.name, l.sigma]),
+      alone.layers.map((l) => [l.name, l.sigma]),
+    );
+  }
+});
+
 Deno.test("inspect: a bad path fails with the file named", async () => {
   let message = "";
   try {

@@ -208,11 +208,6 @@ export async function inspect(options: InspectOptions): Promise<InspectResult> {
   const model = await loadLora(options.lora);
   const backend = options.backend ?? await selectBackend(options.device ?? "auto", { log });
   try {
-    const decompositions = await backend.decompose(
-      model.layers.map((l) => l.factors),
-      { onProgress: (d, t) => options.onProgress?.("SVD", d, t) },
-    );
-    const sigmas = decompositions.map((d) => d.sigma);
     const planned = options.checkpoint === undefined ? [] : (await plan({
       checkpoint: options.checkpoint,
       loras: [options.lora],
@@ -227,6 +222,16 @@ export async function inspect(options: InspectOptions): Promise<InspectResult> {
       log,
       onProgress: options.onProgress,
     })).outputs;
+    // The plan decomposed every paired layer already: only the others (no base weight, all
+    // zeroes, or no checkpoint at all) are decomposed here.
+    const known = new Map(planned[0]?.layers.map((l) => [l.name, l.sigma]));
+    const missing = model.layers.filter((l) => !known.has(l.name));
+    const decompositions = await backend.decompose(
+      missing.map((l) => l.factors),
+      { onProgress: (d, t) => options.onProgress?.("SVD", d, t) },
+    );
+    missing.forEach((l, i) => known.set(l.name, decompositions[i].sigma));
+    const sigmas = model.layers.map((l) => known.get(l.name)!);
 
     const energies = sigmas.map((s) => s.reduce((a, x) => a + x * x, 0));
     const totalEnergy = energies.reduce((a, b) => a + b, 0);
