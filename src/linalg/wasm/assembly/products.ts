@@ -118,9 +118,9 @@ function promoteTransposed(src: usize, rows: usize, cols: usize, dst: usize, str
   }
 }
 
-/** Columns per block of gramRows / gramOf: ~64 KiB of rows (even, at least 32). */
+/** Columns per block of gramRows / gramOf: ~32 KiB of f64 rows, within an L1 data cache (even, at least 32). */
 export function gramBlockWidth(n: usize): usize {
-  const block = (<usize> 8192 / n) & ~(<usize> 1);
+  const block = (<usize> 4096 / n) & ~(<usize> 1);
   return block < 32 ? 32 : block;
 }
 
