@@ -67,33 +67,39 @@ Deno.test("loadAsset reads file URLs and reports a missing one as a BackendError
   );
 });
 
-Deno.test("decodeF32 / decodeF64: every F16 and BF16 bit pattern decodes exactly", async () => {
+Deno.test("decodeF32 / decodeTransposedF64: every F16 and BF16 bit pattern decodes exactly", async () => {
   const k = await Kernels.load();
   const n = 65536 + 3; // a tail after the vector part
   const bits = Uint16Array.from({ length: n }, (_, i) => i & 0xffff);
   const bytes = new Uint8Array(bits.buffer);
+  // For the f64 path: the first 65536 values as a 16384 × 4 matrix (the SIMD columns), the last
+  // three as a 3 × 1 one (scalar rows and columns).
+  const rows = 16384, ld = rows;
   for (const dtype of ["F16", "BF16"] as const) {
     k.reset();
-    const src = k.put(bytes), d32 = k.alloc(n * 4), d64 = k.alloc(n * 8);
+    const src = k.put(bytes), d32 = k.alloc(n * 4);
+    const d64 = k.alloc(4 * ld * 8), tail = k.alloc(4 * 8);
     k.exports.decodeF32(src, d32, n, DTYPE_CODES[dtype]);
-    k.exports.decodeF64(src, d64, n, DTYPE_CODES[dtype]);
+    k.exports.decodeTransposedF64(src, d64, rows, 4, ld, DTYPE_CODES[dtype]);
+    k.exports.decodeTransposedF64(src + 65536 * 2, tail, 3, 1, 4, DTYPE_CODES[dtype]);
     const expected = decodeFloats(bytes, dtype, Float64Array);
-    const f32 = k.f32(d32, n), f64 = k.f64(d64, n);
+    const f32 = k.f32(d32, n), t = k.f64(d64, 4 * ld), t3 = k.f64(tail, 3);
+    const f64 = (i: number) => i < 65536 ? t[(i % 4) * ld + Math.floor(i / 4)] : t3[i - 65536];
     let bad = 0;
-    for (let i = 0; i < n; i++) if (!same(f32[i], expected[i]) || !same(f64[i], expected[i])) bad++;
+    for (let i = 0; i < n; i++) if (!same(f32[i], expected[i]) || !same(f64(i), expected[i])) bad++;
     assertEquals(bad, 0, `${dtype}: ${bad} values differ`);
   }
 });
 
-Deno.test("decodeF32 / decodeF64: F32 and F64 (F64 → f32 rounds to nearest)", async () => {
+Deno.test("decodeF32 / decodeTransposedF64: F32 and F64 (F64 → f32 rounds to nearest)", async () => {
   const k = await Kernels.load();
   const values = Float64Array.from({ length: 103 }, rng(1)).map((x) => x * 1e3 + 1 / 3);
   for (const dtype of ["F32", "F64"] as const) {
     k.reset();
     const bytes = encodeFloats(values, dtype);
-    const src = k.put(bytes), d32 = k.alloc(103 * 4), d64 = k.alloc(103 * 8);
+    const src = k.put(bytes), d32 = k.alloc(103 * 4), d64 = k.alloc(104 * 8);
     k.exports.decodeF32(src, d32, 103, DTYPE_CODES[dtype]);
-    k.exports.decodeF64(src, d64, 103, DTYPE_CODES[dtype]);
+    k.exports.decodeTransposedF64(src, d64, 103, 1, 104, DTYPE_CODES[dtype]);
     assertEquals(Array.from(k.f32(d32, 103)), Array.from(decodeFloats(bytes, dtype, Float32Array)));
     assertEquals(Array.from(k.f64(d64, 103)), Array.from(decodeFloats(bytes, dtype, Float64Array)));
   }

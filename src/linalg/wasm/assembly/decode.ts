@@ -126,30 +126,6 @@ export function decodeF32(src: usize, dst: usize, n: f64, dtype: i32): void {
   for (; i < count; i++) store<f32>(dst + (i << 2), loadF32(src, i, dtype));
 }
 
-/** Decodes n values to f64 at dst (no padding). */
-export function decodeF64(src: usize, dst: usize, n: i32, dtype: i32): void {
-  const count = <usize> n;
-  if (dtype == F64) {
-    memory.copy(dst, src, count << 3);
-    return;
-  }
-  let i: usize = 0;
-  const vec = count & ~(<usize> 3);
-  if (dtype == F16 || dtype == BF16) {
-    for (; i < vec; i += 4) {
-      const h = v128.load_ext<u16>(src + (i << 1));
-      const f = dtype == F16 ? halvesToF32(h) : i32x4.shl(h, 16);
-      v128.store(dst + (i << 3), f64x2.promote_low_f32x4(f));
-      v128.store(dst + (i << 3), f64x2.promote_low_f32x4(i32x4.shuffle(f, f, 2, 3, 2, 3)), 16);
-    }
-  } else {
-    for (; i < vec; i += 2) {
-      v128.store(dst + (i << 3), f64x2.promote_low_f32x4(v128.load_zero<u64>(src + (i << 2))));
-    }
-  }
-  for (; i < count; i++) store<f64>(dst + (i << 3), loadF64(src, i, dtype));
-}
-
 /** Four values at element index i of a 2- or 4-byte dtype, as f32x4. */
 function load4(src: usize, i: usize, dtype: i32): v128 {
   if (dtype == F16) return halvesToF32(v128.load_ext<u16>(src + (i << 1)));

@@ -1,6 +1,6 @@
 // Dense products for the decomposition (Gram matrices, f64) and the rebuild (B·T, Tᵀ·A, f32).
 
-import { BF16, decodeF32, decodeF64, decodeTransposedF64, dtypeSize, F16, F64 } from "./decode";
+import { BF16, decodeF32, decodeTransposedF64, dtypeSize, F16, F64 } from "./decode";
 import { encodeBF16, encodeF16 } from "./encode";
 
 /** Horizontal sum of an f64x2. */
@@ -29,7 +29,7 @@ export function gramRows(x: usize, r: i32, stride: i32, g: usize): void {
  * (r · gramBlockWidth(r) f64, then as many f32) and summed as gramRows sums it, so G is
  * bit-identical to decoding X into rows of even length and calling gramRows, without the pass
  * over a full f64 copy. F16, BF16 and F32 values go through the fast f32 decoding (they are exact
- * in f32); F64 values are decoded to f64 directly.
+ * in f32); F64 values are copied.
  */
 export function gramOf(
   src: usize,
@@ -57,7 +57,7 @@ export function gramOf(
     } else {
       for (let p: usize = 0; p < n; p++) {
         const at = src + (p * length + c0) * size, row = scratch + ((p * w) << 3);
-        if (dtype == F64) decodeF64(at, row, <i32> valid, dtype);
+        if (dtype == F64) memory.copy(row, at, valid << 3);
         else {
           decodeF32(at, f32, <f64> valid, dtype);
           promote(f32, row, valid);
