@@ -8,6 +8,7 @@
  */
 
 import { SafetensorsError } from "../errors.ts";
+import { readSyncFully, truncated } from "./read_sync.ts";
 import { describeOsError } from "./reader.ts";
 
 /** Where a tensor's bytes lie in a file. */
@@ -21,9 +22,6 @@ export interface FileRange {
   /** Tensor name, for messages. */
   readonly tensor?: string;
 }
-
-/** Largest single read (bounded so that one call never blocks for long). */
-const READ_CHUNK = 8 << 20;
 
 /**
  * Reads a range from an open file into `into` (its length is the count read),
@@ -39,19 +37,12 @@ const READ_CHUNK = 8 << 20;
  */
 export function readRangeInto(file: Deno.FsFile, range: FileRange, into: Uint8Array): void {
   file.seekSync(range.offset, Deno.SeekMode.Start);
-  let done = 0;
-  while (done < into.byteLength) {
-    const n = file.readSync(into.subarray(done, done + READ_CHUNK));
-    if (n === null) break;
-    done += n;
-  }
-  if (done !== into.byteLength) {
+  const got = readSyncFully(file, into);
+  if (got !== into.byteLength) {
     const what = range.tensor === undefined
       ? `data at byte ${range.offset}`
       : `tensor '${range.tensor}'`;
-    throw new SafetensorsError(
-      `${range.path}: ${what} is truncated (read ${done} of ${into.byteLength} bytes; file changed?)`,
-    );
+    throw truncated(range.path, what, { got, wanted: into.byteLength });
   }
 }
 

@@ -9,6 +9,7 @@
 import { SafetensorsError } from "../errors.ts";
 import { decodeFloats, type DType, dtypeSize, type FloatArray, isFloatDType } from "./dtype.ts";
 import { numel, parseHeader, readHeaderLength, type TensorInfo } from "./header.ts";
+import { READ_CHUNK, readSyncFully, truncated } from "./read_sync.ts";
 
 /** Options for reading part of a tensor. */
 export interface ReadOptions {
@@ -34,12 +35,6 @@ export interface ReadBytesOptions extends ReadOptions {
   readonly into?: Uint8Array;
 }
 
-/**
- * Largest single read. Deno copies an async read through a buffer of the
- * requested size, so one huge read runs at a fraction of memory speed while
- * chunks of a few MiB stay in cache.
- */
-const READ_CHUNK = 2 << 20;
 /** Ranges up to this size are served from a read-ahead window. */
 const SMALL_READ = 64 << 10;
 /** Size of the read-ahead window: one read serves a run of small tensors. */
@@ -260,11 +255,7 @@ export class SafetensorsFile implements AsyncDisposable {
         const begin = tensors[i].dataOffsets[0], length = tensors[j - 1].dataOffsets[1] - begin;
         const got = this.#readDirect(file, this.dataStart + begin, data.subarray(at, at + length));
         if (got !== length) {
-          throw new SafetensorsError(
-            `${this.path}: tensor '${
-              tensors[i].name
-            }' is truncated (read ${got} of ${length} bytes; file changed?)`,
-          );
+          throw truncated(this.path, `tensor '${tensors[i].name}'`, { got, wanted: length });
         }
         for (const { name, dataOffsets: [b, e] } of tensors.slice(i, j)) {
           out.set(name, data.subarray(at + b - begin, at + e - begin));
@@ -346,9 +337,7 @@ export class SafetensorsFile implements AsyncDisposable {
       }
     }
     if (got !== into.byteLength) {
-      throw new SafetensorsError(
-        `${this.path}: tensor '${what}' is truncated (read ${got} of ${into.byteLength} bytes; file changed?)`,
-      );
+      throw truncated(this.path, `tensor '${what}'`, { got, wanted: into.byteLength });
     }
   }
 
@@ -357,15 +346,9 @@ export class SafetensorsFile implements AsyncDisposable {
     const at = this.#position;
     this.#position = -1; // unknown until the reads below succeed
     if (at !== offset) file.seekSync(offset, Deno.SeekMode.Start);
-    let done = 0;
-    while (done < into.byteLength) {
-      // Synchronous reads of bounded chunks: from the page cache they cost
-      // about a third of what async reads do (which go through a thread pool
-      // and an extra copy), and each blocks the event loop for well under 1 ms.
-      const n = file.readSync(into.subarray(done, Math.min(into.byteLength, done + READ_CHUNK)));
-      if (n === null) break;
-      done += n;
-    }
+    // Synchronous reads: from the page cache they cost about a third of what
+    // async reads do (which go through a thread pool and an extra copy).
+    const done = readSyncFully(file, into);
     this.#position = offset + done;
     return done;
   }
