@@ -130,19 +130,34 @@ Deno.test("decodeTransposedF64: layout and zero padding", async () => {
 Deno.test("gramRows, matmulF64 against plain products", async () => {
   const k = await Kernels.load();
   const next = rng(3);
-  for (const [r, n] of [[1, 2], [5, 6], [8, 1000], [33, 70]]) {
+  // Every row count around the 4 × 2 and 2 × 2 tiles, one and several column blocks.
+  const shapes = [[1, 2], [2, 4], [3, 6], [4, 8], [5, 6], [6, 10], [7, 300], [8, 1000], [33, 70]];
+  for (const [r, n] of [...shapes, [32, 640], [64, 200]]) {
     k.reset();
     const x = k.alloc(r * n * 8), g = k.alloc(r * r * 8);
     const xs = Float64Array.from({ length: r * n }, next);
     k.f64(x, r * n).set(xs);
     k.exports.gramRows(x, r, n, g);
     const gs = k.f64(g, r * r);
+    const block = k.exports.gramBlockWidth(r);
     for (let i = 0; i < r; i++) {
       for (let j = 0; j < r; j++) {
         let s = 0;
         for (let c = 0; c < n; c++) s += xs[i * n + c] * xs[j * n + c];
         assert(Math.abs(gs[i * r + j] - s) <= 1e-14 * n, `G[${i}][${j}]`);
         assertEquals(gs[i * r + j], gs[j * r + i]);
+        // The documented order, whatever tile computed the entry: per column block, even and
+        // odd columns summed apart (the two f64x2 lanes), then added to the entry.
+        let exact = 0;
+        for (let c0 = 0; c0 < n; c0 += block) {
+          let even = 0, odd = 0;
+          for (let c = c0; c < Math.min(n, c0 + block); c += 2) {
+            even += xs[i * n + c] * xs[j * n + c];
+            odd += xs[i * n + c + 1] * xs[j * n + c + 1];
+          }
+          exact += even + odd;
+        }
+        assertEquals(gs[i * r + j], exact, `G[${i}][${j}] (${r} × ${n})`);
       }
     }
   }

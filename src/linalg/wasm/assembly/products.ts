@@ -126,35 +126,83 @@ export function gramBlockWidth(n: usize): usize {
 
 /**
  * Adds X·Xᵀ over one column block to the upper triangle of g: X has n rows `pitch` bytes apart,
- * `bytes` (a multiple of 16) of each taken. 2 × 2 rows at a time; each of the four sums runs
- * over the block in order of the column pairs (one per f64x2 lane).
+ * `bytes` (a multiple of 16) of each taken. Four rows by two at a time (eight sums in registers,
+ * six loads per sixteen multiply-adds), then two by two for the rows left; every sum runs over
+ * the block in order of the column pairs (one per f64x2 lane), so each entry of g gets the same
+ * additions whichever tile computes it.
  */
 function gramBlock(x: usize, n: usize, pitch: usize, bytes: usize, g: usize): void {
-  for (let i: usize = 0; i < n; i += 2) {
-    const i1 = i + 1 < n ? i + 1 : i;
-    const xi = x + i * pitch, xi1 = x + i1 * pitch;
-    for (let j: usize = i; j < n; j += 2) {
-      const j1 = j + 1 < n ? j + 1 : j;
-      const xj = x + j * pitch, xj1 = x + j1 * pitch;
-      let a00 = f64x2.splat(0), a01 = f64x2.splat(0);
-      let a10 = f64x2.splat(0), a11 = f64x2.splat(0);
-      for (let o: usize = 0; o < bytes; o += 16) {
-        const vi = v128.load(xi + o), vi1 = v128.load(xi1 + o);
-        const vj = v128.load(xj + o), vj1 = v128.load(xj1 + o);
-        a00 = f64x2.add(a00, f64x2.mul(vi, vj));
-        a01 = f64x2.add(a01, f64x2.mul(vi, vj1));
-        a10 = f64x2.add(a10, f64x2.mul(vi1, vj));
-        a11 = f64x2.add(a11, f64x2.mul(vi1, vj1));
-      }
-      const gij = g + ((i * n + j) << 3);
-      store<f64>(gij, load<f64>(gij) + sum2(a00));
-      if (j1 != j) store<f64>(gij + 8, load<f64>(gij + 8) + sum2(a01));
-      if (i1 != i) {
-        const g1 = g + ((i1 * n + j) << 3);
-        if (j >= i1) store<f64>(g1, load<f64>(g1) + sum2(a10));
-        if (j1 != j) store<f64>(g1 + 8, load<f64>(g1 + 8) + sum2(a11));
-      }
-    }
+  let i: usize = 0;
+  for (; i + 4 <= n; i += 4) {
+    for (let j = i; j < n; j += 2) gramTile4x2(x, n, pitch, bytes, g, i, j);
+  }
+  for (; i < n; i += 2) {
+    for (let j = i; j < n; j += 2) gramTile2x2(x, n, pitch, bytes, g, i, j);
+  }
+}
+
+/** Adds `value` to g[i][j] when j ≥ i (the upper triangle) and both are below n. */
+@inline function addUpper(g: usize, n: usize, i: usize, j: usize, value: f64): void {
+  if (j >= i && j < n) {
+    const at = g + ((i * n + j) << 3);
+    store<f64>(at, load<f64>(at) + value);
+  }
+}
+
+/** Rows i…i+3 times rows j, j+1 (j + 1 may be n: then row j is used twice and the sum dropped). */
+@inline function gramTile4x2(x: usize, n: usize, pitch: usize, bytes: usize, g: usize, i: usize, j: usize): void {
+  const j1 = j + 1 < n ? j + 1 : j;
+  const x0 = x + i * pitch, x1 = x0 + pitch, x2 = x1 + pitch, x3 = x2 + pitch;
+  const y0 = x + j * pitch, y1 = x + j1 * pitch;
+  let a00 = f64x2.splat(0), a01 = f64x2.splat(0), a10 = f64x2.splat(0), a11 = f64x2.splat(0);
+  let a20 = f64x2.splat(0), a21 = f64x2.splat(0), a30 = f64x2.splat(0), a31 = f64x2.splat(0);
+  for (let o: usize = 0; o < bytes; o += 16) {
+    const u = v128.load(y0 + o), v = v128.load(y1 + o);
+    const r0 = v128.load(x0 + o), r1 = v128.load(x1 + o);
+    a00 = f64x2.add(a00, f64x2.mul(r0, u));
+    a01 = f64x2.add(a01, f64x2.mul(r0, v));
+    a10 = f64x2.add(a10, f64x2.mul(r1, u));
+    a11 = f64x2.add(a11, f64x2.mul(r1, v));
+    const r2 = v128.load(x2 + o), r3 = v128.load(x3 + o);
+    a20 = f64x2.add(a20, f64x2.mul(r2, u));
+    a21 = f64x2.add(a21, f64x2.mul(r2, v));
+    a30 = f64x2.add(a30, f64x2.mul(r3, u));
+    a31 = f64x2.add(a31, f64x2.mul(r3, v));
+  }
+  const m = j1 != j ? n : j + 1; // the dropped column, when j + 1 = n
+  addUpper(g, n, i, j, sum2(a00));
+  addUpper(g, m, i, j + 1, sum2(a01));
+  addUpper(g, n, i + 1, j, sum2(a10));
+  addUpper(g, m, i + 1, j + 1, sum2(a11));
+  addUpper(g, n, i + 2, j, sum2(a20));
+  addUpper(g, m, i + 2, j + 1, sum2(a21));
+  addUpper(g, n, i + 3, j, sum2(a30));
+  addUpper(g, m, i + 3, j + 1, sum2(a31));
+}
+
+/** Rows i, i+1 times rows j, j+1 (either pair may stop at n). */
+@inline function gramTile2x2(x: usize, n: usize, pitch: usize, bytes: usize, g: usize, i: usize, j: usize): void {
+  const i1 = i + 1 < n ? i + 1 : i;
+  const j1 = j + 1 < n ? j + 1 : j;
+  const xi = x + i * pitch, xi1 = x + i1 * pitch;
+  const xj = x + j * pitch, xj1 = x + j1 * pitch;
+  let a00 = f64x2.splat(0), a01 = f64x2.splat(0);
+  let a10 = f64x2.splat(0), a11 = f64x2.splat(0);
+  for (let o: usize = 0; o < bytes; o += 16) {
+    const vi = v128.load(xi + o), vi1 = v128.load(xi1 + o);
+    const vj = v128.load(xj + o), vj1 = v128.load(xj1 + o);
+    a00 = f64x2.add(a00, f64x2.mul(vi, vj));
+    a01 = f64x2.add(a01, f64x2.mul(vi, vj1));
+    a10 = f64x2.add(a10, f64x2.mul(vi1, vj));
+    a11 = f64x2.add(a11, f64x2.mul(vi1, vj1));
+  }
+  const gij = g + ((i * n + j) << 3);
+  store<f64>(gij, load<f64>(gij) + sum2(a00));
+  if (j1 != j) store<f64>(gij + 8, load<f64>(gij + 8) + sum2(a01));
+  if (i1 != i) {
+    const g1 = g + ((i1 * n + j) << 3);
+    if (j >= i1) store<f64>(g1, load<f64>(g1) + sum2(a10));
+    if (j1 != j) store<f64>(g1 + 8, load<f64>(g1 + 8) + sum2(a11));
   }
 }
 
