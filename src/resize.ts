@@ -287,17 +287,20 @@ async function openRun(
   options: ResizeOptions,
   { log, write }: { log: LogFn; write: boolean },
 ): Promise<Run> {
-  let cache: NormsCache | undefined;
-  if (options.normsCache !== false) {
-    cache = await NormsCache.open(options.checkpoint, { location: options.normsCache });
-    if (cache.loaded) log("INFO", `Loading ${cache.file}`);
-  }
-  const checkpoint = await BaseCheckpoint.open(options.checkpoint);
+  // The backend first: its workers start up while this thread reads the inputs.
+  const backend = options.backend ?? await selectBackend(options.device ?? "auto", { log });
+  let checkpoint: BaseCheckpoint | undefined;
   try {
-    const backend = options.backend ?? await selectBackend(options.device ?? "auto", { log });
+    let cache: NormsCache | undefined;
+    if (options.normsCache !== false) {
+      cache = await NormsCache.open(options.checkpoint, { location: options.normsCache });
+      if (cache.loaded) log("INFO", `Loading ${cache.file}`);
+    }
+    checkpoint = await BaseCheckpoint.open(options.checkpoint);
     return new Run(options, log, backend, !options.backend, checkpoint, cache, write);
   } catch (e) {
-    checkpoint.close();
+    checkpoint?.close();
+    if (!options.backend) await backend.close();
     throw e;
   }
 }

@@ -41,8 +41,9 @@ export interface CpuBackendOptions {
 }
 
 /**
- * Creates the CPU backend: loads the WASM kernels and starts the workers,
- * which get ready in the background.
+ * Creates the CPU backend and starts its workers, which load their modules
+ * and kernels in the background. This thread's own kernels are loaded on
+ * its first inline job (big runs may have none).
  *
  * @example
  * ```ts
@@ -60,16 +61,20 @@ export interface CpuBackendOptions {
  * console.log(d.sigma); // Float64Array [1]
  * ```
  */
-export async function createCpuBackend(options: CpuBackendOptions = {}): Promise<Backend> {
+export function createCpuBackend(options: CpuBackendOptions = {}): Promise<Backend> {
   const workers = options.workers ?? navigator.hardwareConcurrency ?? 1;
   if (!Number.isInteger(workers) || workers < 0) {
-    throw new BackendError(`CPU backend: workers must be a whole number ≥ 0, got ${workers}`);
+    return Promise.reject(
+      new BackendError(`CPU backend: workers must be a whole number ≥ 0, got ${workers}`),
+    );
   }
   const inlineWork = options.inlineWork ?? 1e7;
   if (!(inlineWork >= 0)) {
-    throw new BackendError(`CPU backend: inlineWork must be a number ≥ 0, got ${inlineWork}`);
+    return Promise.reject(
+      new BackendError(`CPU backend: inlineWork must be a number ≥ 0, got ${inlineWork}`),
+    );
   }
-  return new CpuBackend(await Kernels.load(), workers, inlineWork);
+  return Promise.resolve(new CpuBackend(workers, inlineWork));
 }
 
 /** Jobs per worker, at least: enough for the largest-first order to balance the workers. */
@@ -105,14 +110,13 @@ function jobsOf(work: readonly number[], workers: number): number[][] {
 class CpuBackend implements Backend {
   readonly name = "cpu";
   readonly description: string;
-  readonly #kernels: Kernels;
+  #kernels: Promise<Kernels> | undefined;
   readonly #pool: WorkerPool | undefined;
   readonly #inlineWork: number;
   #inline: Promise<unknown> = Promise.resolve();
   #closed = false;
 
-  constructor(kernels: Kernels, workers: number, inlineWork: number) {
-    this.#kernels = kernels;
+  constructor(workers: number, inlineWork: number) {
     this.#pool = workers > 0 ? new WorkerPool(workers) : undefined;
     // Workers load their modules and kernels while the caller reads its inputs.
     this.#pool?.start();
@@ -208,11 +212,12 @@ class CpuBackend implements Backend {
     const total = work.reduce((a, b) => a + b, 0);
     if (!this.#pool || total < this.#inlineWork) {
       // One arena on this thread: inline jobs run one after another.
-      const run = this.#inline.then(() => {
+      const run = this.#inline.then(async () => {
+        const kernels = await (this.#kernels ??= Kernels.load());
         const reader = new RangeReader();
         try {
           for (let i = 0; i < tasks.length; i++) {
-            finished(i, runTask({ kernels: this.#kernels, reader }, tasks[i]));
+            finished(i, runTask({ kernels, reader }, tasks[i]));
           }
         } finally {
           reader.close();
