@@ -410,11 +410,9 @@ Deno.test("symmetricEigenvectors: C·z = λ·z with orthonormal Z, repeated and 
 Deno.test("matmulF32 against a plain f32 product, every row and column tail and tile", async () => {
   const k = await Kernels.load();
   const next = rng(11);
-  const shapes = [[3, 2, 1], [4, 5, 3], [2, 7, 17], [5, 32, 21], [1, 3, 36], [9, 6, 20], [
-    7,
-    4,
-    291,
-  ]];
+  // Tiles of 12, 8 and 4 columns and their tails, row blocks of 4 and the rows left.
+  const shapes = [[3, 2, 1], [4, 5, 3], [2, 7, 17], [5, 32, 21], [1, 3, 36], [9, 6, 20]];
+  shapes.push([7, 4, 291], [4, 3, 12], [8, 32, 24], [6, 5, 44], [12, 32, 256]);
   for (const [m, kk, n] of shapes) {
     k.reset();
     const a = k.alloc(m * kk * 4), b = k.alloc(kk * n * 4), c = k.alloc(m * n * 4);

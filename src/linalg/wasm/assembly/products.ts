@@ -297,6 +297,7 @@ export function matmulF32(
     for (; i + 4 <= rows; i += 4) {
       const ai = a + i * sa, ci = c + i * sc;
       let j = j0;
+      for (; j + 12 <= j1; j += 12) block4x12(ai, sa, b + (j << 2), sb, ci + (j << 2), sc, inner);
       for (; j + 8 <= j1; j += 8) block4x8(ai, sa, b + (j << 2), sb, ci + (j << 2), sc, inner);
       for (; j + 4 <= j1; j += 4) block4x4(ai, sa, b + (j << 2), sb, ci + (j << 2), sc, inner);
       for (; j < j1; j++) {
@@ -319,6 +320,48 @@ export function matmulF32(
       for (; j < j1; j++) dotColumn(ai, b + (j << 2), sb, ci + (j << 2), inner);
     }
   }
+}
+
+/** c[r][0..12) = Σ_p a[r][p]·b[p][0..12) for four rows r. */
+@inline function block4x12(a: usize, sa: usize, b: usize, sb: usize, c: usize, sc: usize, k: usize): void {
+  let s00 = f32x4.splat(0), s01 = f32x4.splat(0), s02 = f32x4.splat(0);
+  let s10 = f32x4.splat(0), s11 = f32x4.splat(0), s12 = f32x4.splat(0);
+  let s20 = f32x4.splat(0), s21 = f32x4.splat(0), s22 = f32x4.splat(0);
+  let s30 = f32x4.splat(0), s31 = f32x4.splat(0), s32 = f32x4.splat(0);
+  const a1 = a + sa, a2 = a1 + sa, a3 = a2 + sa;
+  let bp = b;
+  for (let o: usize = 0; o < (k << 2); o += 4) {
+    const b0 = v128.load(bp), b1 = v128.load(bp, 16), b2 = v128.load(bp, 32);
+    const x0 = v128.load32_splat(a + o);
+    s00 = f32x4.add(s00, f32x4.mul(x0, b0));
+    s01 = f32x4.add(s01, f32x4.mul(x0, b1));
+    s02 = f32x4.add(s02, f32x4.mul(x0, b2));
+    const x1 = v128.load32_splat(a1 + o);
+    s10 = f32x4.add(s10, f32x4.mul(x1, b0));
+    s11 = f32x4.add(s11, f32x4.mul(x1, b1));
+    s12 = f32x4.add(s12, f32x4.mul(x1, b2));
+    const x2 = v128.load32_splat(a2 + o);
+    s20 = f32x4.add(s20, f32x4.mul(x2, b0));
+    s21 = f32x4.add(s21, f32x4.mul(x2, b1));
+    s22 = f32x4.add(s22, f32x4.mul(x2, b2));
+    const x3 = v128.load32_splat(a3 + o);
+    s30 = f32x4.add(s30, f32x4.mul(x3, b0));
+    s31 = f32x4.add(s31, f32x4.mul(x3, b1));
+    s32 = f32x4.add(s32, f32x4.mul(x3, b2));
+    bp += sb;
+  }
+  v128.store(c, s00);
+  v128.store(c, s01, 16);
+  v128.store(c, s02, 32);
+  v128.store(c + sc, s10);
+  v128.store(c + sc, s11, 16);
+  v128.store(c + sc, s12, 32);
+  v128.store(c + 2 * sc, s20);
+  v128.store(c + 2 * sc, s21, 16);
+  v128.store(c + 2 * sc, s22, 32);
+  v128.store(c + 3 * sc, s30);
+  v128.store(c + 3 * sc, s31, 16);
+  v128.store(c + 3 * sc, s32, 32);
 }
 
 /** c[r][0..8) = Σ_p a[r][p]·b[p][0..8) for four rows r. */
