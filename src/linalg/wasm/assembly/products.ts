@@ -126,19 +126,55 @@ export function gramBlockWidth(n: usize): usize {
 
 /**
  * Adds X·Xᵀ over one column block to the upper triangle of g: X has n rows `pitch` bytes apart,
- * `bytes` (a multiple of 16) of each taken. Four rows by two at a time (eight sums in registers,
- * six loads per sixteen multiply-adds), then two by two for the rows left; every sum runs over
+ * `bytes` (a multiple of 16) of each taken. Four rows at a time: the ten entries of their own
+ * upper triangle, then the rows after them two by two (eight sums in registers, six loads per
+ * sixteen multiply-adds); two by two for the rows left. Every sum runs over
  * the block in order of the column pairs (one per f64x2 lane), so each entry of g gets the same
  * additions whichever tile computes it.
  */
 function gramBlock(x: usize, n: usize, pitch: usize, bytes: usize, g: usize): void {
   let i: usize = 0;
   for (; i + 4 <= n; i += 4) {
-    for (let j = i; j < n; j += 2) gramTile4x2(x, n, pitch, bytes, g, i, j);
+    gramTriangle4(x, n, pitch, bytes, g, i);
+    for (let j = i + 4; j < n; j += 2) gramTile4x2(x, n, pitch, bytes, g, i, j);
   }
   for (; i < n; i += 2) {
     for (let j = i; j < n; j += 2) gramTile2x2(x, n, pitch, bytes, g, i, j);
   }
+}
+
+/** Adds to g the upper triangle of rows i…i+3 times themselves (ten sums in registers). */
+@inline function gramTriangle4(x: usize, n: usize, pitch: usize, bytes: usize, g: usize, i: usize): void {
+  const x0 = x + i * pitch, x1 = x0 + pitch, x2 = x1 + pitch, x3 = x2 + pitch;
+  let a00 = f64x2.splat(0), a01 = f64x2.splat(0), a02 = f64x2.splat(0), a03 = f64x2.splat(0);
+  let a11 = f64x2.splat(0), a12 = f64x2.splat(0), a13 = f64x2.splat(0);
+  let a22 = f64x2.splat(0), a23 = f64x2.splat(0), a33 = f64x2.splat(0);
+  for (let o: usize = 0; o < bytes; o += 16) {
+    const r0 = v128.load(x0 + o), r1 = v128.load(x1 + o);
+    const r2 = v128.load(x2 + o), r3 = v128.load(x3 + o);
+    a00 = f64x2.add(a00, f64x2.mul(r0, r0));
+    a01 = f64x2.add(a01, f64x2.mul(r0, r1));
+    a02 = f64x2.add(a02, f64x2.mul(r0, r2));
+    a03 = f64x2.add(a03, f64x2.mul(r0, r3));
+    a11 = f64x2.add(a11, f64x2.mul(r1, r1));
+    a12 = f64x2.add(a12, f64x2.mul(r1, r2));
+    a13 = f64x2.add(a13, f64x2.mul(r1, r3));
+    a22 = f64x2.add(a22, f64x2.mul(r2, r2));
+    a23 = f64x2.add(a23, f64x2.mul(r2, r3));
+    a33 = f64x2.add(a33, f64x2.mul(r3, r3));
+  }
+  const g0 = g + ((i * n + i) << 3), g1 = g0 + ((n + 1) << 3);
+  const g2 = g1 + ((n + 1) << 3), g3 = g2 + ((n + 1) << 3);
+  store<f64>(g0, load<f64>(g0) + sum2(a00));
+  store<f64>(g0, load<f64>(g0, 8) + sum2(a01), 8);
+  store<f64>(g0, load<f64>(g0, 16) + sum2(a02), 16);
+  store<f64>(g0, load<f64>(g0, 24) + sum2(a03), 24);
+  store<f64>(g1, load<f64>(g1) + sum2(a11));
+  store<f64>(g1, load<f64>(g1, 8) + sum2(a12), 8);
+  store<f64>(g1, load<f64>(g1, 16) + sum2(a13), 16);
+  store<f64>(g2, load<f64>(g2) + sum2(a22));
+  store<f64>(g2, load<f64>(g2, 8) + sum2(a23), 8);
+  store<f64>(g3, load<f64>(g3) + sum2(a33));
 }
 
 /** Adds `value` to g[i][j] when j ≥ i (the upper triangle) and both are below n. */
