@@ -21,7 +21,12 @@ import { type DeviceChoice, selectBackend } from "./linalg/select_backend.ts";
 import { type LogFn, type LogLevel, silent } from "./log.ts";
 import { loadLora, type LoraLayer, type LoraModel, type RawTensor } from "./lora/lora_file.ts";
 import { parseMergeSpec } from "./lora/merge_spec.ts";
-import { type PairedLayer, pairLayers, unmatchedBaseMessage } from "./lora/pairing.ts";
+import {
+  type PairedLayer,
+  type Pairing,
+  pairLayers,
+  unmatchedBaseMessage,
+} from "./lora/pairing.ts";
 import { NormsCache, normsKey } from "./norms_cache.ts";
 import {
   buildOutput,
@@ -197,13 +202,12 @@ class Run implements AsyncDisposable {
   readonly norms = new Map<string, BaseNorms>();
   /** Every input file of the run: no output may replace one. */
   readonly inputs: readonly string[];
+  #base?: { readonly checkpoint: BaseCheckpoint; readonly cache: NormsCache | undefined };
   constructor(
     readonly options: ResizeOptions,
     readonly log: LogFn,
     readonly backend: Backend,
     readonly ownsBackend: boolean,
-    readonly checkpoint: BaseCheckpoint,
-    readonly cache: NormsCache | undefined,
     /** Whether outputs are written (not a plan). */
     readonly writes: boolean,
   ) {
@@ -213,8 +217,34 @@ class Run implements AsyncDisposable {
     ];
   }
 
+  /**
+   * Opens the norms cache and the base checkpoint, once. Not at the start of
+   * the run: the first LoRA's decomposition is under way by then.
+   */
+  async openBase(): Promise<void> {
+    if (this.#base) return;
+    const { options, log } = this;
+    let cache: NormsCache | undefined;
+    if (options.normsCache !== false) {
+      cache = await NormsCache.open(options.checkpoint, { location: options.normsCache });
+      if (cache.loaded) log("INFO", `Loading ${cache.file}`);
+    }
+    this.#base = { checkpoint: await BaseCheckpoint.open(options.checkpoint), cache };
+  }
+
+  /** The base checkpoint ({@link openBase} first). */
+  get checkpoint(): BaseCheckpoint {
+    if (!this.#base) throw new Error("the base checkpoint is not open yet"); // cannot happen
+    return this.#base.checkpoint;
+  }
+
+  /** The norms cache, unless disabled ({@link openBase} first). */
+  get cache(): NormsCache | undefined {
+    return this.#base?.cache;
+  }
+
   async [Symbol.asyncDispose]() {
-    this.checkpoint.close();
+    this.#base?.checkpoint.close();
     if (this.ownsBackend) await this.backend.close();
   }
 }
@@ -267,7 +297,6 @@ async function runPipeline(options: ResizeOptions, write: boolean): Promise<Resi
   };
   const outputs: OutputSummary[] = [];
   for (const entry of options.loras) {
-    log("INFO", `Processing LoRA model: ${entry}`);
     const lora = await prepareLora(run, entry, norms);
     const plans: RecipePlan[] = [];
     for (const recipe of recipes) plans.push(await planRecipe(run, lora, recipe));
@@ -289,20 +318,7 @@ async function openRun(
 ): Promise<Run> {
   // The backend first: its workers start up while this thread reads the inputs.
   const backend = options.backend ?? await selectBackend(options.device ?? "auto", { log });
-  let checkpoint: BaseCheckpoint | undefined;
-  try {
-    let cache: NormsCache | undefined;
-    if (options.normsCache !== false) {
-      cache = await NormsCache.open(options.checkpoint, { location: options.normsCache });
-      if (cache.loaded) log("INFO", `Loading ${cache.file}`);
-    }
-    checkpoint = await BaseCheckpoint.open(options.checkpoint);
-    return new Run(options, log, backend, !options.backend, checkpoint, cache, write);
-  } catch (e) {
-    checkpoint?.close();
-    if (!options.backend) await backend.close();
-    throw e;
-  }
+  return new Run(options, log, backend, !options.backend, write);
 }
 
 /** Load, pair, decompose, drop all-zero layers. */
@@ -313,7 +329,31 @@ async function prepareLora(
 ): Promise<PreparedLora> {
   const { log, options } = run;
   const model = await loadLora(entry);
-  const pairing = pairLayers(model, run.checkpoint);
+  // Every layer's decomposition starts now, while this thread opens the base and pairs: SDXL
+  // LoRAs pair every layer, and the SVD of one that does not pair is dropped. The progress bar
+  // waits for the pairing's log lines.
+  let progress: [number, number] | undefined, shown = false;
+  const svdProgress = (d: number, t: number) => {
+    progress = [d, t];
+    if (shown) options.onProgress?.("SVD", d, t);
+  };
+  const early = new AbortController();
+  const decomposing = Promise.try(() =>
+    run.backend.decompose(model.layers.map((l) => l.factors), {
+      onProgress: svdProgress,
+      signal: early.signal,
+    })
+  );
+  decomposing.catch(() => {}); // awaited below; not unhandled if pairing fails first
+  let pairing: Pairing;
+  try {
+    await run.openBase();
+    log("INFO", `Processing LoRA model: ${entry}`);
+    pairing = pairLayers(model, run.checkpoint);
+  } catch (e) {
+    early.abort(e);
+    throw e;
+  }
   // --drop_unmapped keeps nothing but resized layers, as the original did.
   const passThrough = options.dropUnmapped ? [] : [...model.passThrough];
   if (options.dropUnmapped) {
@@ -351,13 +391,20 @@ async function prepareLora(
     ? baseNorms(run, pairing.paired, norms)
     : undefined;
   prefetch?.catch(() => {}); // awaited below; not unhandled if decompose fails first
-  const decomposing = run.backend.decompose(
-    pairing.paired.map((p) => p.layer.factors),
-    { onProgress: (d, t) => options.onProgress?.("SVD", d, t) },
-  );
+  shown = true;
+  if (progress) options.onProgress?.("SVD", ...progress);
   // This thread waits for the workers now: the time to load what writing needs.
   if (run.writes) loadHashing().catch(() => {});
-  const decompositions = await decomposing;
+  const index = new Map(model.layers.map((l, i) => [l, i]));
+  const decompositions = await decomposing.then(
+    (all) => pairing.paired.map((p) => all[index.get(p.layer)!]),
+    // A layer that does not pair may be one the backend refuses (it is copied unchanged): the
+    // paired layers alone then decide whether the run fails.
+    () =>
+      run.backend.decompose(pairing.paired.map((p) => p.layer.factors), {
+        onProgress: svdProgress,
+      }),
+  );
   await prefetch;
   const layers: PairedLayer[] = [];
   const kept: Decomposition[] = [];

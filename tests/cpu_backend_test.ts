@@ -656,3 +656,45 @@ Deno.test("bad input and a closed backend raise one-line errors", async () => {
   }
   await assertRejects(() => backend.decompose([layer]), BackendError, "closed");
 });
+
+Deno.test("an aborted call drops the jobs not started and rejects with the signal's reason", async () => {
+  const next = rng(41);
+  const layers = Array.from(
+    { length: 96 },
+    () => makeLayer({ out: 48, rank: 8, inFlat: 40 }, next).factors,
+  );
+  for (const workers of [0, 1, 2]) {
+    await using backend = await createCpuBackend({ workers, inlineWork: workers ? 0 : Infinity });
+    // Aborted before the call: nothing runs.
+    let calls = 0;
+    const reason = new Error("stop");
+    await assertRejects(
+      () =>
+        backend.decompose(layers, {
+          signal: AbortSignal.abort(reason),
+          onProgress: () => calls++,
+        }),
+      Error,
+      "stop",
+    );
+    assertEquals(calls, 0);
+    // Aborted after the first item: the call rejects before finishing every item.
+    const abort = new AbortController();
+    let done = 0;
+    await assertRejects(
+      () =>
+        backend.decompose(layers, {
+          signal: abort.signal,
+          onProgress: (d) => {
+            done = d;
+            abort.abort(reason);
+          },
+        }),
+      Error,
+      "stop",
+    );
+    assert(done < layers.length, `${workers} workers: ${done} of ${layers.length} ran`);
+    // The backend still works afterwards.
+    assertEquals((await backend.decompose(layers.slice(0, 3))).length, 3);
+  }
+});

@@ -406,3 +406,132 @@ Deno.test("progress: norms, decomposition, scoring and rebuild, each counted to 
     for (const [label, s] of seen) assertEquals(s.last, s.total, label);
   });
 });
+
+/** The tensors of a file, for building variants of it. */
+async function tensorsOf(path: string) {
+  await using src = await SafetensorsFile.open(path);
+  const tensors = await Promise.all(src.names.map(async (name) => {
+    const t = src.info(name);
+    return { name, dtype: t.dtype, shape: t.shape, data: await src.readBytes(name) };
+  }));
+  return { tensors, metadata: src.metadata };
+}
+
+/** An unpaired layer `lora_unet_<stem>` (2 × 3, rank 1) with the given alpha and down values. */
+function unpairedLayer(stem: string, alpha: number, down: number[]) {
+  const name = `lora_unet_${stem}`;
+  return [
+    { name: `${name}.alpha`, dtype: "F32" as const, shape: [], data: encodeFloats([alpha], "F32") },
+    {
+      name: `${name}.lora_down.weight`,
+      dtype: "F32" as const,
+      shape: [1, 3],
+      data: encodeFloats(down, "F32"),
+    },
+    {
+      name: `${name}.lora_up.weight`,
+      dtype: "F32" as const,
+      shape: [2, 1],
+      data: encodeFloats([1, 2], "F32"),
+    },
+  ];
+}
+
+Deno.test("layers that pair with nothing are decomposed early, and a failure among them fails nothing", async () => {
+  await withDir(async (dir) => {
+    const { tensors, metadata } = await tensorsOf(LOCON);
+    // An infinite alpha, which the backend refuses, and NaN weights: both copied unchanged.
+    const odd = [
+      ...unpairedLayer("nowhere_a", Infinity, [1, 2, 3]),
+      ...unpairedLayer("nowhere_b", 1, [NaN, 2, 3]),
+    ];
+    const input = join(dir, "odd.safetensors");
+    await writeSafetensors(input, [...tensors, ...odd], { metadata });
+    const decomposed: number[] = [];
+    const counting: Backend = {
+      ...backend,
+      name: backend.name,
+      description: backend.description,
+      decompose: (layers, opts) => {
+        decomposed.push(layers.length);
+        return backend.decompose(layers, opts);
+      },
+      rebuild: (r, o) => backend.rebuild(r, o),
+      baseNorms: (w, which, o) => backend.baseNorms(w, which, o),
+      subspaceScales: (r, o) => backend.subspaceScales(r, o),
+    };
+    const plain = await resize(options(join(dir, "plain"), {}));
+    const { outputs } = await resize(options(dir, { loras: [input], backend: counting }));
+    // Every layer first, refused; then the paired ones alone.
+    const paired = plain.outputs[0].layers.length;
+    assertEquals(decomposed, [paired + 2, paired]);
+    await using out = await SafetensorsFile.open(outputs[0].path);
+    await using ref = await SafetensorsFile.open(plain.outputs[0].path);
+    for (const t of odd) {
+      // Cast to the output's F16; these values are exact in it (∞ and NaN included).
+      const want = Array.from(new Float32Array(t.data.slice().buffer));
+      assertEquals(Array.from(await out.readFloat32(t.name)), want, t.name);
+    }
+    for (const name of ref.names) {
+      if (name.endsWith(".weight")) {
+        assertEquals(await out.readBytes(name), await ref.readBytes(name));
+      }
+    }
+  });
+});
+
+Deno.test("the first LoRA's decomposition starts before the base is read, and stops when pairing fails", async () => {
+  await withDir(async (dir) => {
+    const events: string[] = [];
+    let signal: AbortSignal | undefined;
+    const watching: Backend = {
+      ...backend,
+      name: backend.name,
+      description: backend.description,
+      decompose: (layers, opts) => {
+        events.push("decompose");
+        signal = opts?.signal;
+        return backend.decompose(layers, opts);
+      },
+      rebuild: (r, o) => backend.rebuild(r, o),
+      baseNorms: (w, which, o) => backend.baseNorms(w, which, o),
+      subspaceScales: (r, o) => backend.subspaceScales(r, o),
+    };
+    const log = (level: string, message: string) =>
+      events.push(`${level} ${message.split(" ")[0]}`);
+    await resize(options(dir, {
+      backend: watching,
+      log,
+      normsCache: join(dir, "cache"),
+      onProgress: (label) => events.push(label),
+    }));
+    events.length = 0;
+    await resize(options(join(dir, "again"), {
+      backend: watching,
+      log,
+      normsCache: join(dir, "cache"),
+      onProgress: (label) => events.push(label),
+    }));
+    const first = (prefix: string) => events.findIndex((e) => e.startsWith(prefix));
+    // The log keeps the original's order; the SVD bar appears after the pairing's lines.
+    assert(first("decompose") < first("INFO Loading"), events.join(", "));
+    assert(first("INFO Loading") < first("INFO Processing"), events.join(", "));
+    assert(first("INFO Processing") < first("INFO Mapped"), events.join(", "));
+    assert(first("INFO Mapped") < first("SVD"), events.join(", "));
+    assert(signal !== undefined && !signal.aborted);
+
+    const { tensors } = await tensorsOf(LOCON);
+    const sd15 = join(dir, "sd15.safetensors");
+    await writeSafetensors(
+      sd15,
+      [...tensors, ...unpairedLayer("down_blocks_0_x", 1, [1, 2, 3])]
+        .filter((t) => t.name.includes("down_blocks_0_x")),
+    );
+    await assertRejects(
+      () => resize(options(join(dir, "sd15"), { loras: [sd15], backend: watching })),
+      Error,
+      "matches the base checkpoint",
+    );
+    assert(signal?.aborted, "the early decomposition was aborted");
+  });
+});

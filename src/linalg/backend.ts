@@ -175,6 +175,11 @@ export type Progress = (done: number, total: number) => void;
 export interface BackendCallOptions {
   /** Called as items complete. */
   readonly onProgress?: Progress;
+  /**
+   * Aborting drops the work not started yet (the CPU backend's queued jobs, the GPU backend's
+   * next batches of a decomposition) and rejects the call with the signal's reason.
+   */
+  readonly signal?: AbortSignal;
 }
 
 /**

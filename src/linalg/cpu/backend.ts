@@ -203,6 +203,7 @@ class CpuBackend implements Backend {
     options: BackendCallOptions = {},
   ): Promise<TaskResult[]> {
     if (this.#closed) throw new BackendError("the CPU backend is closed");
+    options.signal?.throwIfAborted();
     const results: TaskResult[] = new Array(tasks.length);
     let done = 0;
     const finished = (i: number, result: TaskResult) => {
@@ -217,6 +218,7 @@ class CpuBackend implements Backend {
         const reader = new RangeReader();
         try {
           for (let i = 0; i < tasks.length; i++) {
+            options.signal?.throwIfAborted();
             finished(i, runTask({ kernels, reader }, tasks[i]));
           }
         } finally {
@@ -227,12 +229,14 @@ class CpuBackend implements Backend {
       await run;
       return results;
     }
+    // Jobs not started are dropped when one fails or the caller aborts.
     const abort = new AbortController();
+    const signal = options.signal ? AbortSignal.any([abort.signal, options.signal]) : abort.signal;
     const pool = this.#pool;
     try {
       await Promise.all(
         jobsOf(work, pool.size).map((job) =>
-          pool.run(job.map((i) => tasks[i]), abort.signal).then((rs) =>
+          pool.run(job.map((i) => tasks[i]), signal).then((rs) =>
             rs.forEach((r, j) => finished(job[j], r))
           )
         ),

@@ -93,6 +93,7 @@ export async function decomposeOnGpu(
   let done = 0;
   let inflight = batches.length > 0 ? runBatch(ctx, batches[0]) : undefined;
   for (let b = 0; b < batches.length; b++) {
+    options.signal?.throwIfAborted();
     const next = b + 1 < batches.length ? runBatch(ctx, batches[b + 1]) : undefined;
     // A failure of `next` must not go unobserved while `inflight` is awaited.
     next?.catch(() => {});
