@@ -385,8 +385,8 @@ async function prepareLora(
     );
   }
 
-  // Norms and decomposition share the backend's workers: started together,
-  // neither waits for the other's stragglers.
+  // The base norms queue behind the decomposition on the backend's workers (neither waits for
+  // the other's stragglers).
   const prefetch = norms.frobenius || norms.spectral
     ? baseNorms(run, pairing.paired, norms)
     : undefined;

@@ -67,7 +67,7 @@ Deno.test("loadAsset reads file URLs and reports a missing one as a BackendError
   );
 });
 
-Deno.test("decodeF32 / decodeTransposedF64: every F16 and BF16 bit pattern decodes exactly", async () => {
+Deno.test("decodeF32 / decodeRowF64 / decodeTransposedF64: every F16 and BF16 bit pattern decodes exactly", async () => {
   const k = await Kernels.load();
   const n = 65536 + 3; // a tail after the vector part
   const bits = Uint16Array.from({ length: n }, (_, i) => i & 0xffff);
@@ -79,19 +79,25 @@ Deno.test("decodeF32 / decodeTransposedF64: every F16 and BF16 bit pattern decod
     k.reset();
     const src = k.put(bytes), d32 = k.alloc(n * 4);
     const d64 = k.alloc(4 * ld * 8), tail = k.alloc(4 * 8);
+    const row = k.alloc(n * 8);
     k.exports.decodeF32(src, d32, n, DTYPE_CODES[dtype]);
+    k.exports.decodeRowF64(src, row, n, DTYPE_CODES[dtype]);
     k.exports.decodeTransposedF64(src, d64, rows, 4, ld, DTYPE_CODES[dtype]);
     k.exports.decodeTransposedF64(src + 65536 * 2, tail, 3, 1, 4, DTYPE_CODES[dtype]);
     const expected = decodeFloats(bytes, dtype, Float64Array);
-    const f32 = k.f32(d32, n), t = k.f64(d64, 4 * ld), t3 = k.f64(tail, 3);
+    const f32 = k.f32(d32, n), t = k.f64(d64, 4 * ld), t3 = k.f64(tail, 3), r64 = k.f64(row, n);
     const f64 = (i: number) => i < 65536 ? t[(i % 4) * ld + Math.floor(i / 4)] : t3[i - 65536];
     let bad = 0;
-    for (let i = 0; i < n; i++) if (!same(f32[i], expected[i]) || !same(f64(i), expected[i])) bad++;
+    for (let i = 0; i < n; i++) {
+      if (!same(f32[i], expected[i]) || !same(f64(i), expected[i]) || !same(r64[i], expected[i])) {
+        bad++;
+      }
+    }
     assertEquals(bad, 0, `${dtype}: ${bad} values differ`);
   }
 });
 
-Deno.test("decodeF32 / decodeTransposedF64: F32 and F64 (F64 → f32 rounds to nearest)", async () => {
+Deno.test("decodeF32 / decodeRowF64 / decodeTransposedF64: F32 and F64 (F64 → f32 rounds to nearest)", async () => {
   const k = await Kernels.load();
   const values = Float64Array.from({ length: 103 }, rng(1)).map((x) => x * 1e3 + 1 / 3);
   for (const dtype of ["F32", "F64"] as const) {
@@ -102,6 +108,14 @@ Deno.test("decodeF32 / decodeTransposedF64: F32 and F64 (F64 → f32 rounds to n
     k.exports.decodeTransposedF64(src, d64, 103, 1, 104, DTYPE_CODES[dtype]);
     assertEquals(Array.from(k.f32(d32, 103)), Array.from(decodeFloats(bytes, dtype, Float32Array)));
     assertEquals(Array.from(k.f64(d64, 103)), Array.from(decodeFloats(bytes, dtype, Float64Array)));
+    if (dtype === "F32") {
+      const row = k.alloc(103 * 8);
+      k.exports.decodeRowF64(src, row, 103, DTYPE_CODES[dtype]);
+      assertEquals(
+        Array.from(k.f64(row, 103)),
+        Array.from(decodeFloats(bytes, "F32", Float64Array)),
+      );
+    }
   }
 });
 

@@ -52,6 +52,8 @@ export interface KernelExports {
   heapBase(): number;
   /** n values of a dtype code to f32. */
   decodeF32(src: number, dst: number, n: number, dtype: number): void;
+  /** n values of a 2- or 4-byte dtype code to f64. */
+  decodeRowF64(src: number, dst: number, n: number, dtype: number): void;
   /** rows × cols to its f64 transpose, cols rows of `stride` values (padding zeroed). */
   decodeTransposedF64(
     src: number,

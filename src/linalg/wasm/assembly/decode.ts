@@ -70,8 +70,8 @@ export const HALF_CONSTANTS = memory.data<i32>([
   return i32x4.add(i32x4.shl(e, 13), rebias);
 }
 
-/** n halves (n a multiple of 8) at src to f32 at dst. */
-function decodeHalves(src: usize, dst: usize, n: usize): void {
+/** n halves (n a multiple of 8) at src to T (f32, or f64 through f32) at dst. */
+function decodeHalves<T>(src: usize, dst: usize, n: usize): void {
   const c = HALF_CONSTANTS;
   const mask = v128.load(c), minNormal = v128.load(c, 16), normals = v128.load(c, 32);
   const rebias = v128.load(c, 48), zero = i16x8.splat(0);
@@ -79,13 +79,30 @@ function decodeHalves(src: usize, dst: usize, n: usize): void {
     const v = v128.load(src + (i << 1));
     const a = v128.and(v, mask), s = v128.andnot(v, mask);
     const rare = rareHalves(a, minNormal, normals);
-    const lo = magnitudes(i32x4.extend_low_i16x8_u(a), rare, rebias);
-    const hi = magnitudes(i32x4.extend_high_i16x8_u(a), rare, rebias);
     // Interleaving zeros below the sign halves puts each sign on bit 31 of its lane.
-    const d = dst + (i << 2);
-    v128.store(d, v128.or(lo, i16x8.shuffle(zero, s, 0, 8, 1, 9, 2, 10, 3, 11)));
-    v128.store(d, v128.or(hi, i16x8.shuffle(zero, s, 4, 12, 5, 13, 6, 14, 7, 15)), 16);
+    const lo = v128.or(
+      magnitudes(i32x4.extend_low_i16x8_u(a), rare, rebias),
+      i16x8.shuffle(zero, s, 0, 8, 1, 9, 2, 10, 3, 11),
+    );
+    const hi = v128.or(
+      magnitudes(i32x4.extend_high_i16x8_u(a), rare, rebias),
+      i16x8.shuffle(zero, s, 4, 12, 5, 13, 6, 14, 7, 15),
+    );
+    const d = dst + i * sizeof<T>();
+    if (sizeof<T>() == 8) {
+      storePromoted(d, lo);
+      storePromoted(d + 32, hi);
+    } else {
+      v128.store(d, lo);
+      v128.store(d, hi, 16);
+    }
   }
+}
+
+/** Four f32 to four f64 at dst. */
+@inline function storePromoted(dst: usize, v: v128): void {
+  v128.store(dst, f64x2.promote_low_f32x4(v));
+  v128.store(dst, f64x2.promote_low_f32x4(i32x4.shuffle(v, v, 2, 3, 2, 3)), 16);
 }
 
 export function loadF32(src: usize, i: usize, dtype: i32): f32 {
@@ -100,13 +117,29 @@ export function loadF64(src: usize, i: usize, dtype: i32): f64 {
   return <f64> loadF32(src, i, dtype);
 }
 
+/**
+ * Decodes n values of a 2- or 4-byte dtype code to f64 at dst (no padding): as decodeF32 then a
+ * widening, every value exact, without the f32 pass through memory.
+ */
+export function decodeRowF64(src: usize, dst: usize, n: usize, dtype: i32): void {
+  let i: usize = 0;
+  if (dtype == F16) {
+    i = n & ~(<usize> 7);
+    decodeHalves<f64>(src, dst, i);
+  } else {
+    const vec = n & ~(<usize> 3);
+    for (; i < vec; i += 4) storePromoted(dst + (i << 3), load4(src, i, dtype));
+  }
+  for (; i < n; i++) store<f64>(dst + (i << 3), <f64> loadF32(src, i, dtype));
+}
+
 /** Decodes n values to f32 at dst (no padding). */
 export function decodeF32(src: usize, dst: usize, n: f64, dtype: i32): void {
   const count = <usize> n;
   let i: usize = 0;
   if (dtype == F16) {
     i = count & ~(<usize> 7);
-    decodeHalves(src, dst, i);
+    decodeHalves<f32>(src, dst, i);
   } else if (dtype == BF16) {
     const vec = count & ~(<usize> 3);
     for (; i < vec; i += 4) {

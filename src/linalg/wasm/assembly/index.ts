@@ -1,7 +1,7 @@
 // Entry point of the WASM kernels (AssemblyScript, SIMD). Pointers are byte offsets into the
 // exported memory, which the TypeScript side (../kernels.ts) lays out and grows.
 
-export { decodeF32, decodeTransposedF64 } from "./decode";
+export { decodeF32, decodeRowF64, decodeTransposedF64 } from "./decode";
 export {
   compactRowsF32,
   gramBlockWidth,

@@ -1,6 +1,6 @@
 // Dense products for the decomposition (Gram matrices, f64) and the rebuild (B·T, Tᵀ·A, f32).
 
-import { BF16, decodeF32, decodeTransposedF64, dtypeSize, F16, F64 } from "./decode";
+import { BF16, decodeF32, decodeRowF64, decodeTransposedF64, dtypeSize, F16, F64 } from "./decode";
 import { encodeBF16, encodeF16 } from "./encode";
 
 /** Horizontal sum of an f64x2. */
@@ -58,28 +58,13 @@ export function gramOf(
       for (let p: usize = 0; p < n; p++) {
         const at = src + (p * length + c0) * size, row = scratch + ((p * w) << 3);
         if (dtype == F64) memory.copy(row, at, valid << 3);
-        else {
-          decodeF32(at, f32, <f64> valid, dtype);
-          promote(f32, row, valid);
-        }
+        else decodeRowF64(at, row, valid, dtype);
         if (valid < w) memory.fill(row + (valid << 3), 0, (w - valid) << 3);
       }
     }
     gramBlock(scratch, n, w << 3, w << 3, g);
   }
   symmetrize(g, n);
-}
-
-/** n f32 to f64. */
-function promote(src: usize, dst: usize, n: usize): void {
-  const vec = n & ~(<usize> 3);
-  let i: usize = 0;
-  for (; i < vec; i += 4) {
-    const v = v128.load(src + (i << 2));
-    v128.store(dst + (i << 3), f64x2.promote_low_f32x4(v));
-    v128.store(dst + (i << 3), f64x2.promote_low_f32x4(i32x4.shuffle(v, v, 2, 3, 2, 3)), 16);
-  }
-  for (; i < n; i++) store<f64>(dst + (i << 3), <f64> load<f32>(src + (i << 2)));
 }
 
 /**
