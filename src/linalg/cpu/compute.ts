@@ -125,6 +125,40 @@ export function decomposeLayer(context: ItemContext, layer: LowRankFactors): Dec
 }
 
 /**
+ * The SVD of one layer's ΔW from its Gram matrices BᵀB and A·Aᵀ (r × r, f64, row-major, both
+ * triangles), computed as {@link decomposeLayer} computes it after its Gram step: for a backend
+ * that forms the Grams elsewhere (the GPU) and does the r × r work on this thread.
+ *
+ * @example
+ * ```ts
+ * import { Kernels } from "../wasm/kernels.ts";
+ * import { decompositionOfGrams } from "./compute.ts";
+ * const kernels = await Kernels.load();
+ * // B = [1, 0]ᵀ and A = [2, 0, 0]: BᵀB = [1], A·Aᵀ = [4]; ΔW = 0.5·B·A has σ = 1.
+ * const layer = { out: 2, rank: 1, inFlat: 3, scale: 0.5 };
+ * const d = decompositionOfGrams(kernels, { up: new Float64Array([1]), down: new Float64Array([4]) }, layer);
+ * console.log(d.sigma); // Float64Array [1]
+ * ```
+ */
+export function decompositionOfGrams(
+  kernels: Kernels,
+  grams: { readonly up: Float64Array; readonly down: Float64Array },
+  layer: Pick<LowRankFactors, "out" | "rank" | "inFlat" | "scale">,
+): Decomposition {
+  const r = layer.rank;
+  if (grams.up.length !== r * r || grams.down.length !== r * r) {
+    throw new BackendError(
+      `Gram matrices of ${grams.up.length} and ${grams.down.length} values for rank ${r}`,
+    );
+  }
+  kernels.reset();
+  const gramUp = kernels.alloc(r * r * 8), gramDown = kernels.alloc(r * r * 8);
+  kernels.f64(gramUp, r * r).set(grams.up);
+  kernels.f64(gramDown, r * r).set(grams.down);
+  return decomposeGrams(kernels, gramUp, gramDown, layer);
+}
+
+/**
  * {@link decompositionFromGrams} on the kernels, for Gram matrices already in kernel memory:
  * the same pivoted Cholesky factors, rank rule and transforms, but the SVD of the core M (k₁ × k₂)
  * is preconditioned differently. With A = M or Mᵀ (m × n, m ≥ n), the eigenvectors Z of AᵀA
@@ -137,7 +171,7 @@ function decomposeGrams(
   kernels: Kernels,
   gramUp: number,
   gramDown: number,
-  layer: LowRankFactors,
+  layer: Pick<LowRankFactors, "out" | "rank" | "inFlat" | "scale">,
 ): Decomposition {
   const { out, rank: r, inFlat, scale } = layer;
   const k = Math.min(out, inFlat, r);

@@ -4,10 +4,11 @@
  *
  * - `decompose`: Gram matrices on the GPU, summed near-exactly (exact limb
  *   products, three-f32 cascade), then the CPU backend's float64 r × r core
- *   (`decompositionFromGrams` in `../dense.ts`) on the host — see
- *   `decompose.ts` for why that O(r³) step stays on the host.
+ *   (`decompositionOfGrams`, WASM kernels) on the host — see `decompose.ts`
+ *   for why that O(r³) step stays on the host.
  * - `rebuild`: up = B·S_B, down = S_Aᵀ·A on the GPU, rounded once to f32.
- * - `baseNorms`: weights read from the checkpoint into GPU memory; exact
+ * - `baseNorms`: weights read from the checkpoint (synchronous chunked reads
+ *   into one reused buffer) into GPU memory; exact
  *   Frobenius norms and Lanczos spectral norms (`norms.ts`).
  * - `subspaceScales`: C = Bᵀ·W·Aᵀ on the GPU, |T_Bᵀ·C·T_A|ᵢᵢ on the host.
  *

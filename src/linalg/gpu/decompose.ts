@@ -2,8 +2,8 @@
  * `decompose` on the GPU: the Gram matrices G_B = BᵀB and G_A = A·Aᵀ of many
  * layers per submit (the O((out + in′)·r²) part), summed exactly enough to
  * match float64 (three-f32 cascade over exact limb products), then the
- * r × r core on the host in float64 with the CPU backend's own
- * {@link decompositionFromGrams}.
+ * r × r core on the host in float64 with the CPU backend's own WASM kernels
+ * ({@link decompositionOfGrams}: the same steps as after the CPU's Gram step).
  *
  * Why the core stays on the host: the eigendecompositions of the Grams and
  * the core SVD cost O(r³), nothing next to the Grams, but they square
@@ -18,7 +18,8 @@
 import { checkFactors } from "../checks.ts";
 import { BackendError } from "../../errors.ts";
 import type { BackendCallOptions, Decomposition, LowRankFactors } from "../backend.ts";
-import { decompositionFromGrams, matrix } from "../dense.ts";
+import { decompositionOfGrams } from "../cpu/compute.ts";
+import { Kernels } from "../wasm/kernels.ts";
 import {
   addProduct,
   type CrossGroup,
@@ -90,6 +91,10 @@ export async function decomposeOnGpu(
 ): Promise<Decomposition[]> {
   const results: Decomposition[] = new Array(layers.length);
   const batches = planBatches(ctx, layers);
+  const kernels = await (hostKernels ??= Kernels.load().catch((e) => {
+    hostKernels = undefined;
+    throw e;
+  }));
   let done = 0;
   let inflight = batches.length > 0 ? runBatch(ctx, batches[0]) : undefined;
   for (let b = 0; b < batches.length; b++) {
@@ -99,7 +104,7 @@ export async function decomposeOnGpu(
     next?.catch(() => {});
     const partials = await inflight!;
     for (const p of batches[b].layers) {
-      results[p.index] = coreOf(p, partials);
+      results[p.index] = coreOf(kernels, p, partials);
       options.onProgress?.(++done, layers.length);
     }
     inflight = next;
@@ -131,8 +136,8 @@ function planBatches(ctx: GpuContext, layers: readonly LowRankFactors[]): Batch[
       batch = { layers: [], packer: new Packer(), items: new Map(), partialElements: 0 };
       batches.push(batch);
     }
-    const up = batch.packer.add(layer.up.dtype, layer.up.bytes);
-    const down = batch.packer.add(layer.down.dtype, layer.down.bytes);
+    const up = batch.packer.addData(layer.up);
+    const down = batch.packer.addData(layer.down);
     const partsB: number[] = [], partsA: number[] = [];
     // G_B = BᵀB: samples are B's rows; G_A = A·Aᵀ: samples are A's columns.
     const viewB = { base: up.base, sampleStride: r, featureStride: 1, features: r };
@@ -187,7 +192,10 @@ async function runBatch(ctx: GpuContext, batch: Batch): Promise<Float32Array> {
   }
 }
 
-function coreOf(p: PlannedLayer, partials: Float32Array): Decomposition {
+/** This thread's kernels for the r × r steps, loaded on first use. */
+let hostKernels: Promise<Kernels> | undefined;
+
+function coreOf(kernels: Kernels, p: PlannedLayer, partials: Float32Array): Decomposition {
   const { layer } = p;
   const r = layer.rank;
   const gram = (parts: number[]) => {
@@ -200,11 +208,7 @@ function coreOf(p: PlannedLayer, partials: Float32Array): Decomposition {
     for (let i = 0; i < r; i++) {
       for (let j = 0; j < i; j++) g[i * r + j] = g[j * r + i];
     }
-    return matrix(r, r, g);
+    return g;
   };
-  return decompositionFromGrams(gram(p.partsB), gram(p.partsA), {
-    scale: layer.scale,
-    out: layer.out,
-    inFlat: layer.inFlat,
-  });
+  return decompositionOfGrams(kernels, { up: gram(p.partsB), down: gram(p.partsA) }, layer);
 }

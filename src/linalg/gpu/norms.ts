@@ -30,7 +30,7 @@ import { tridiagonalEigen } from "../dense.ts";
 import { dtypeSize } from "../../safetensors/dtype.ts";
 import type { GpuContext } from "./device.ts";
 import { Format } from "./pack.ts";
-import { type WeightBytes, weightName, WeightReader } from "./weights.ts";
+import { weightName, WeightReader } from "./weights.ts";
 
 /** Lanczos steps at most (the history buffer's size). */
 const MAX_STEPS = 128;
@@ -94,14 +94,8 @@ export async function baseNormsOnGpu(
   const reader = new WeightReader();
   try {
     let done = 0;
-    const load = (b: NormBatch) => Promise.all(b.weights.map((w) => reader.read(w.ref)));
-    let loading = batches.length > 0 ? load(batches[0]) : undefined;
     for (let b = 0; b < batches.length; b++) {
-      const data = await loading!;
-      // Read the next batch from disk while the GPU works on this one.
-      loading = b + 1 < batches.length ? load(batches[b + 1]) : undefined;
-      loading?.catch(() => {});
-      const norms = await runNormBatch(ctx, batches[b], data, which);
+      const norms = await runNormBatch(ctx, batches[b], reader, which);
       batches[b].weights.forEach((w, i) => {
         results[w.index] = norms[i];
         options.onProgress?.(++done, weights.length);
@@ -164,7 +158,7 @@ function align4(n: number): number {
 async function runNormBatch(
   ctx: GpuContext,
   batch: NormBatch,
-  data: WeightBytes[],
+  reader: WeightReader,
   which: NormRequest,
 ): Promise<BaseNorms[]> {
   const { weights } = batch;
@@ -194,7 +188,7 @@ async function runNormBatch(
       partialBase,
       histBase[wi],
     );
-    const dtype = data[wi].dtype;
+    const dtype = w.ref.dtype;
     const fmt = dtype === "F16" ? Format.F16 : dtype === "BF16" ? Format.BF16 : Format.F32;
     const rj: number[] = [], cj: number[] = [];
     for (const p of w.pieces) {
@@ -246,17 +240,19 @@ async function runNormBatch(
     const slots = batch.slotBytes.map((bytes, s) =>
       make(Math.max(16, bytes), GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, `weights ${s}`)
     );
-    weights.forEach((w, wi) => {
-      const rowBytes = data[wi].bytes.byteLength / Math.max(1, w.ref.rows);
+    // Each piece read into one reused buffer and copied to its slot (writeBuffer copies at once).
+    const pieceBytes = (w: PlannedWeight, p: PlannedPiece) =>
+      p.rows * w.ref.cols * (w.ref.dtype === "F16" || w.ref.dtype === "BF16" ? 2 : 4);
+    const staging = new Uint8Array(
+      weights.reduce((m, w) => w.pieces.reduce((n, p) => Math.max(n, pieceBytes(w, p)), m), 0),
+    );
+    for (const w of weights) {
       for (const p of w.pieces) {
-        const start = p.rowOffset * rowBytes;
-        ctx.write(
-          slots[p.slot],
-          p.byteOffset,
-          data[wi].bytes.subarray(start, start + p.rows * rowBytes),
-        );
+        const view = staging.subarray(0, pieceBytes(w, p));
+        reader.readRowsInto(w.ref, p.rowOffset, p.rows, view);
+        ctx.write(slots[p.slot], p.byteOffset, view);
       }
-    });
+    }
     const descBuf = make(
       desc.byteLength,
       GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,

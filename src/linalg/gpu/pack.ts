@@ -8,6 +8,8 @@
  */
 
 import type { FloatDType } from "../../safetensors/dtype.ts";
+import type { FloatData } from "../backend.ts";
+import { RangeReader } from "../cpu/compute.ts";
 
 /**
  * Element format codes, as `FMT_*` in `shaders/df32.wgsl`.
@@ -50,7 +52,7 @@ export interface Packed {
  */
 export class Packer {
   #words = 0;
-  #writes: ((into: Uint8Array) => void)[] = [];
+  #writes: ((into: Uint8Array, reader: RangeReader) => void)[] = [];
 
   /** Words reserved so far. */
   get words(): number {
@@ -76,6 +78,22 @@ export class Packer {
     return { format, base: format === Format.F32 ? word : word * 2 };
   }
 
+  /**
+   * Reserves a factor's data. Data stored in a file is read at {@link finish} straight into the
+   * packed bytes (no copy of its own in between).
+   */
+  addData(data: FloatData): Packed {
+    const source = data.source;
+    if (!source || data.dtype === "F64") return this.add(data.dtype, data.bytes);
+    const format = formatOf(data.dtype);
+    const word = this.#words;
+    this.#words += Math.ceil(source.byteLength / 4);
+    this.#writes.push((into, reader) =>
+      reader.read(source, into.subarray(word * 4, word * 4 + source.byteLength))
+    );
+    return { format, base: format === Format.F32 ? word : word * 2 };
+  }
+
   /** Reserves float64 values as df32 pairs. */
   addFloat64(values: Float64Array): Packed {
     this.#words += this.#words & 1; // pairs start on an even word
@@ -95,7 +113,12 @@ export class Packer {
   /** The packed bytes (a whole number of words, at least one). */
   finish(): Uint8Array {
     const out = new Uint8Array(Math.max(1, this.#words) * 4);
-    for (const w of this.#writes) w(out);
+    const reader = new RangeReader();
+    try {
+      for (const w of this.#writes) w(out, reader);
+    } finally {
+      reader.close();
+    }
     this.#writes = [];
     return out;
   }

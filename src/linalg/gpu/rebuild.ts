@@ -103,8 +103,8 @@ export async function rebuildOnGpu(
       return sigma > 0 ? Math.sqrt(sigma * rescale / Math.abs(scale)) : 0;
     });
     const gUp = g.map((x) => sign * x);
-    const b = batch.packer.add(factors.up.dtype, factors.up.bytes);
-    const a = batch.packer.add(factors.down.dtype, factors.down.bytes);
+    const b = batch.packer.addData(factors.up);
+    const a = batch.packer.addData(factors.down);
     const sb = batch.packer.addFloat64(scaledColumns(decomposition.upTransform, k, keep, gUp));
     const sa = batch.packer.addFloat64(scaledColumns(decomposition.downTransform, k, keep, g));
     const upBase = batch.outputs, downBase = upBase + out * kept;

@@ -166,8 +166,8 @@ async function runSubspaceBatch(
     let packed = factorCache.get(u.request);
     if (!packed) {
       packed = {
-        up: fPack.add(f.up.dtype, f.up.bytes),
-        down: fPack.add(f.down.dtype, f.down.bytes),
+        up: fPack.addData(f.up),
+        down: fPack.addData(f.down),
       };
       factorCache.set(u.request, packed);
     }

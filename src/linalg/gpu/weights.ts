@@ -7,6 +7,7 @@
 
 import { BackendError } from "../../errors.ts";
 import { dtypeSize } from "../../safetensors/dtype.ts";
+import { readSyncFully } from "../../safetensors/read_sync.ts";
 import type { BaseWeightRef } from "../backend.ts";
 
 /** A weight's bytes as the GPU takes them: F16/BF16/F32 (F64 is narrowed to F32). */
@@ -44,6 +45,7 @@ export function weightName(ref: BaseWeightRef): string {
  */
 export class WeightReader {
   #files = new Map<string, Promise<Deno.FsFile>>();
+  #sync = new Map<string, Deno.FsFile>();
   #queue: Promise<unknown> = Promise.resolve();
 
   /** Reads one weight (reads are serialised: one cursor per file). */
@@ -96,10 +98,57 @@ export class WeightReader {
     return { dtype: ref.dtype, bytes };
   }
 
+  /**
+   * Reads rows `[row0, row0 + rows)` of a weight synchronously into `into` (F64 narrowed to F32,
+   * so `into` holds rows·cols elements of 2 or 4 bytes) and returns their dtype. Synchronous
+   * reads of bounded chunks into a buffer the caller reuses: from the page cache they run at
+   * memory speed, where an async read of a whole weight into fresh memory runs at a fraction.
+   */
+  readRowsInto(ref: BaseWeightRef, row0: number, rows: number, into: Uint8Array): WeightBytes {
+    const size = dtypeSize(ref.dtype);
+    const dtype = ref.dtype === "F64" ? "F32" : ref.dtype;
+    const length = rows * ref.cols * size;
+    if (
+      !Number.isSafeInteger(ref.offset) || ref.offset < 0 || !Number.isInteger(ref.rows) ||
+      !Number.isInteger(ref.cols) || ref.rows < 0 || ref.cols < 0 || row0 < 0 ||
+      row0 + rows > ref.rows || into.byteLength !== rows * ref.cols * dtypeSize(dtype)
+    ) {
+      throw new BackendError(`${weightName(ref)}: invalid offset or shape`);
+    }
+    let file = this.#sync.get(ref.path);
+    if (!file) {
+      try {
+        file = Deno.openSync(ref.path, { read: true });
+      } catch (e) {
+        throw new BackendError(
+          `${ref.path}: cannot open (${e instanceof Error ? e.message : e})`,
+          { cause: e },
+        );
+      }
+      this.#sync.set(ref.path, file);
+    }
+    const target = ref.dtype === "F64" ? new Uint8Array(length) : into;
+    file.seekSync(ref.offset + row0 * ref.cols * size, Deno.SeekMode.Start);
+    const done = readSyncFully(file, target);
+    if (done !== length) {
+      throw new BackendError(
+        `${weightName(ref)}: file is truncated (read ${done} of ${length} bytes)`,
+      );
+    }
+    if (ref.dtype === "F64") {
+      new Float32Array(into.buffer, into.byteOffset, rows * ref.cols).set(
+        new Float64Array(target.buffer),
+      );
+    }
+    return { dtype, bytes: into };
+  }
+
   /** Closes every file. */
   async close(): Promise<void> {
     const files = [...this.#files.values()];
     this.#files.clear();
+    for (const f of this.#sync.values()) f.close();
+    this.#sync.clear();
     await this.#queue;
     for (const f of files) {
       try {
