@@ -535,3 +535,9 @@ Deno.test("the first LoRA's decomposition starts before the base is read, and st
     assert(signal?.aborted, "the early decomposition was aborted");
   });
 });
+
+// Last in this module: the shared backend's worker must not outlive it.
+Deno.test("the shared CPU backend closes, and later calls fail", async () => {
+  await backend.close();
+  await assertRejects(() => plan(options("unused", {})), Error, "closed");
+});
