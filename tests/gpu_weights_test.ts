@@ -2,7 +2,7 @@ import { BackendError } from "../src/errors.ts";
 import { WeightReader } from "../src/linalg/gpu/weights.ts";
 import { assertEquals, assertRejects } from "./assert.ts";
 
-Deno.test("WeightReader.readRowsInto: a block of rows, F64 narrowed to F32, truncation named", async () => {
+Deno.test("WeightReader: a block of rows or a whole weight, F64 narrowed to F32, truncation named", async () => {
   const dir = await Deno.makeTempDir({ prefix: "resize-lora-weights-" });
   const reader = new WeightReader();
   try {
@@ -33,6 +33,13 @@ Deno.test("WeightReader.readRowsInto: a block of rows, F64 narrowed to F32, trun
     const ref = { path, dtype: "F64" as const, offset: 28, rows: 2, cols: 2 };
     assertEquals(reader.readRowsInto(ref, 0, 2, narrow).dtype, "F32");
     assertEquals(Array.from(new Float32Array(narrow.buffer)), [Math.fround(0.1), 2, 3, Infinity]);
+    const whole = reader.read(ref);
+    assertEquals(Array.from(new Float32Array(whole.bytes.buffer)), [
+      Math.fround(0.1),
+      2,
+      3,
+      Infinity,
+    ]);
     await assertRejects(
       () => Promise.try(() => reader.readRowsInto({ ...ref, rows: 3 }, 2, 1, new Uint8Array(8))),
       BackendError,
@@ -44,7 +51,7 @@ Deno.test("WeightReader.readRowsInto: a block of rows, F64 narrowed to F32, trun
       "invalid",
     );
   } finally {
-    await reader.close();
+    reader.close();
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -103,7 +103,7 @@ export async function baseNormsOnGpu(
     }
     return results;
   } finally {
-    await reader.close();
+    reader.close();
   }
 }
 

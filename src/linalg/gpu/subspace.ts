@@ -99,7 +99,7 @@ export async function subspaceOnGpu(
       }
       const batch = units.slice(start, end);
       start = end;
-      const blocks = await Promise.all(batch.map((u) => {
+      const blocks = batch.map((u) => {
         const w = requests[u.request].weight;
         const size = dtypeSize(w.dtype);
         return reader.read({
@@ -107,7 +107,7 @@ export async function subspaceOnGpu(
           offset: w.offset + u.rows[0] * w.cols * size,
           rows: u.rows[1] - u.rows[0],
         });
-      }));
+      });
       const partials = await runSubspaceBatch(ctx, requests, batch, blocks);
       batch.forEach((u, i) => {
         const g = grams[u.request];
@@ -119,7 +119,7 @@ export async function subspaceOnGpu(
     }
     return results;
   } finally {
-    await reader.close();
+    reader.close();
   }
 }
 

@@ -33,101 +33,45 @@ export function weightName(ref: BaseWeightRef): string {
 }
 
 /**
- * Reads weights of several checkpoints; call {@link WeightReader.close} when done.
+ * Reads weights of several checkpoints, synchronously, in bounded chunks (from
+ * the page cache these run at memory speed, where an async read of a whole
+ * weight into fresh memory runs at a fraction); call
+ * {@link WeightReader.close} when done.
  *
  * @example
  * ```ts ignore
  * import { WeightReader } from "./weights.ts";
  * const reader = new WeightReader();
- * const w = await reader.read({ path: "base.safetensors", dtype: "F16", offset: 1024, rows: 4, cols: 8 });
+ * const w = reader.read({ path: "base.safetensors", dtype: "F16", offset: 1024, rows: 4, cols: 8 });
  * reader.close();
  * ```
  */
 export class WeightReader {
-  #files = new Map<string, Promise<Deno.FsFile>>();
-  #sync = new Map<string, Deno.FsFile>();
-  #queue: Promise<unknown> = Promise.resolve();
+  #files = new Map<string, Deno.FsFile>();
 
-  /** Reads one weight (reads are serialised: one cursor per file). */
-  read(ref: BaseWeightRef): Promise<WeightBytes> {
-    const run = () => this.#read(ref);
-    const p = this.#queue.then(run, run);
-    this.#queue = p.catch(() => {});
-    return p;
-  }
-
-  async #read(ref: BaseWeightRef): Promise<WeightBytes> {
-    const size = dtypeSize(ref.dtype);
-    const length = ref.rows * ref.cols * size;
-    if (
-      !Number.isSafeInteger(ref.offset) || ref.offset < 0 || !Number.isInteger(ref.rows) ||
-      !Number.isInteger(ref.cols) || ref.rows < 0 || ref.cols < 0
-    ) {
-      throw new BackendError(`${weightName(ref)}: invalid offset or shape`);
-    }
-    let file = this.#files.get(ref.path);
-    if (!file) {
-      file = Deno.open(ref.path, { read: true });
-      this.#files.set(ref.path, file);
-      file.catch(() => this.#files.delete(ref.path));
-    }
-    let handle: Deno.FsFile;
-    try {
-      handle = await file;
-    } catch (e) {
-      throw new BackendError(`${ref.path}: cannot open (${e instanceof Error ? e.message : e})`, {
-        cause: e,
-      });
-    }
-    const bytes = new Uint8Array(length);
-    await handle.seek(ref.offset, Deno.SeekMode.Start);
-    let done = 0;
-    while (done < length) {
-      const n = await handle.read(bytes.subarray(done));
-      if (n === null) {
-        throw new BackendError(
-          `${weightName(ref)}: file is truncated (read ${done} of ${length} bytes)`,
-        );
-      }
-      done += n;
-    }
-    if (ref.dtype === "F64") {
-      const f = new Float32Array(new Float64Array(bytes.buffer));
-      return { dtype: "F32", bytes: new Uint8Array(f.buffer) };
-    }
-    return { dtype: ref.dtype, bytes };
+  /** Reads a whole weight into a buffer of its own (F64 narrowed to F32). */
+  read(ref: BaseWeightRef): WeightBytes {
+    checkRef(ref);
+    return this.readRowsInto(ref, 0, ref.rows, new Uint8Array(ref.rows * ref.cols * gpuSize(ref)));
   }
 
   /**
-   * Reads rows `[row0, row0 + rows)` of a weight synchronously into `into` (F64 narrowed to F32,
-   * so `into` holds rows·cols elements of 2 or 4 bytes) and returns their dtype. Synchronous
-   * reads of bounded chunks into a buffer the caller reuses: from the page cache they run at
-   * memory speed, where an async read of a whole weight into fresh memory runs at a fraction.
+   * Reads rows `[row0, row0 + rows)` of a weight into `into` (F64 narrowed to F32, so `into`
+   * holds rows·cols elements of 2 or 4 bytes) and returns them with their dtype: for a caller
+   * that reuses one buffer.
    */
   readRowsInto(ref: BaseWeightRef, row0: number, rows: number, into: Uint8Array): WeightBytes {
-    const size = dtypeSize(ref.dtype);
-    const dtype = ref.dtype === "F64" ? "F32" : ref.dtype;
-    const length = rows * ref.cols * size;
+    checkRef(ref);
     if (
-      !Number.isSafeInteger(ref.offset) || ref.offset < 0 || !Number.isInteger(ref.rows) ||
-      !Number.isInteger(ref.cols) || ref.rows < 0 || ref.cols < 0 || row0 < 0 ||
-      row0 + rows > ref.rows || into.byteLength !== rows * ref.cols * dtypeSize(dtype)
+      !Number.isInteger(row0) || !Number.isInteger(rows) || row0 < 0 || rows < 0 ||
+      row0 + rows > ref.rows || into.byteLength !== rows * ref.cols * gpuSize(ref)
     ) {
-      throw new BackendError(`${weightName(ref)}: invalid offset or shape`);
+      throw new BackendError(`${weightName(ref)}: invalid row range ${row0}+${rows}`);
     }
-    let file = this.#sync.get(ref.path);
-    if (!file) {
-      try {
-        file = Deno.openSync(ref.path, { read: true });
-      } catch (e) {
-        throw new BackendError(
-          `${ref.path}: cannot open (${e instanceof Error ? e.message : e})`,
-          { cause: e },
-        );
-      }
-      this.#sync.set(ref.path, file);
-    }
+    const size = dtypeSize(ref.dtype);
+    const length = rows * ref.cols * size;
     const target = ref.dtype === "F64" ? new Uint8Array(length) : into;
+    const file = this.#open(ref.path);
     file.seekSync(ref.offset + row0 * ref.cols * size, Deno.SeekMode.Start);
     const done = readSyncFully(file, target);
     if (done !== length) {
@@ -140,20 +84,41 @@ export class WeightReader {
         new Float64Array(target.buffer),
       );
     }
-    return { dtype, bytes: into };
+    return { dtype: ref.dtype === "F64" ? "F32" : ref.dtype, bytes: into };
+  }
+
+  #open(path: string): Deno.FsFile {
+    let file = this.#files.get(path);
+    if (!file) {
+      try {
+        file = Deno.openSync(path, { read: true });
+      } catch (e) {
+        throw new BackendError(`${path}: cannot open (${e instanceof Error ? e.message : e})`, {
+          cause: e,
+        });
+      }
+      this.#files.set(path, file);
+    }
+    return file;
   }
 
   /** Closes every file. */
-  async close(): Promise<void> {
-    const files = [...this.#files.values()];
+  close(): void {
+    for (const f of this.#files.values()) f.close();
     this.#files.clear();
-    for (const f of this.#sync.values()) f.close();
-    this.#sync.clear();
-    await this.#queue;
-    for (const f of files) {
-      try {
-        (await f).close();
-      } catch { /* never opened */ }
-    }
+  }
+}
+
+/** Bytes per element as the GPU takes them (F64 narrowed to F32). */
+function gpuSize(ref: BaseWeightRef): number {
+  return ref.dtype === "F64" ? 4 : dtypeSize(ref.dtype);
+}
+
+function checkRef(ref: BaseWeightRef): void {
+  if (
+    !Number.isSafeInteger(ref.offset) || ref.offset < 0 || !Number.isInteger(ref.rows) ||
+    !Number.isInteger(ref.cols) || ref.rows < 0 || ref.cols < 0
+  ) {
+    throw new BackendError(`${weightName(ref)}: invalid offset or shape`);
   }
 }
