@@ -110,7 +110,6 @@ function jobsOf(work: readonly number[], workers: number): number[][] {
 class CpuBackend implements Backend {
   readonly name = "cpu";
   readonly description: string;
-  #kernels: Promise<Kernels> | undefined;
   readonly #pool: WorkerPool | undefined;
   readonly #inlineWork: number;
   #inline: Promise<unknown> = Promise.resolve();
@@ -214,7 +213,7 @@ class CpuBackend implements Backend {
     if (!this.#pool || total < this.#inlineWork) {
       // One arena on this thread: inline jobs run one after another.
       const run = this.#inline.then(async () => {
-        const kernels = await (this.#kernels ??= Kernels.load());
+        const kernels = await Kernels.shared();
         const reader = new RangeReader();
         try {
           for (let i = 0; i < tasks.length; i++) {

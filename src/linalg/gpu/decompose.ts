@@ -91,10 +91,7 @@ export async function decomposeOnGpu(
 ): Promise<Decomposition[]> {
   const results: Decomposition[] = new Array(layers.length);
   const batches = planBatches(ctx, layers);
-  const kernels = await (hostKernels ??= Kernels.load().catch((e) => {
-    hostKernels = undefined;
-    throw e;
-  }));
+  const kernels = await Kernels.shared();
   let done = 0;
   let inflight = batches.length > 0 ? runBatch(ctx, batches[0]) : undefined;
   for (let b = 0; b < batches.length; b++) {
@@ -191,9 +188,6 @@ async function runBatch(ctx: GpuContext, batch: Batch): Promise<Float32Array> {
     ctx.release(data, out);
   }
 }
-
-/** This thread's kernels for the r × r steps, loaded on first use. */
-let hostKernels: Promise<Kernels> | undefined;
 
 function coreOf(kernels: Kernels, p: PlannedLayer, partials: Float32Array): Decomposition {
   const { layer } = p;

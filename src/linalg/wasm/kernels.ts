@@ -215,6 +215,8 @@ function compileKernels(url: URL): Promise<WebAssembly.Module> {
   return compiled;
 }
 
+let sharedKernels: Promise<Kernels> | undefined;
+
 /**
  * One kernels instance and a bump allocator over its memory.
  *
@@ -253,6 +255,24 @@ export class Kernels {
     const module = await compileKernels(url);
     const instance = await WebAssembly.instantiate(module, {});
     return new Kernels(instance.exports as unknown as KernelExports);
+  }
+
+  /**
+   * This thread's shared instance, loaded on first use: for work that runs from one await to the
+   * next (every kernel call and the reading of its results are synchronous), so that callers
+   * never interleave in its arena — the CPU backend's inline jobs, the GPU backend's r × r steps.
+   *
+   * @example
+   * ```ts
+   * import { Kernels } from "./kernels.ts";
+   * console.log((await Kernels.shared()) === (await Kernels.shared())); // true
+   * ```
+   */
+  static shared(): Promise<Kernels> {
+    return sharedKernels ??= Kernels.load().catch((e) => {
+      sharedKernels = undefined;
+      throw e;
+    });
   }
 
   /** Current size of the linear memory in bytes. */
