@@ -698,3 +698,21 @@ Deno.test("an aborted call drops the jobs not started and rejects with the signa
     assertEquals((await backend.decompose(layers.slice(0, 3))).length, 3);
   }
 });
+
+Deno.test("closing a busy backend rejects its calls at once and resolves once its workers are gone", async () => {
+  const next = rng(43);
+  const layers = Array.from(
+    { length: 64 },
+    () => makeLayer({ out: 96, rank: 16, inFlat: 80 }, next).factors,
+  );
+  const backend = await createCpuBackend({ workers: 2, inlineWork: 0 });
+  let progress = 0;
+  const working = backend.decompose(layers, { onProgress: (d) => progress = d });
+  await new Promise((r) => setTimeout(r, 0));
+  const closing = backend.close();
+  await assertRejects(() => working, BackendError, "closed while working");
+  await closing;
+  assert(progress < layers.length, `${progress} of ${layers.length} done before the close`);
+  await assertRejects(() => backend.decompose(layers.slice(0, 1)), BackendError, "closed");
+  await backend.close(); // a second close is harmless
+});

@@ -188,8 +188,7 @@ class CpuBackend implements Backend {
 
   close(): Promise<void> {
     this.#closed = true;
-    this.#pool?.close();
-    return Promise.resolve();
+    return this.#pool?.close() ?? Promise.resolve();
   }
 
   [Symbol.asyncDispose](): Promise<void> {

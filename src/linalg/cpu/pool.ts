@@ -26,6 +26,8 @@ interface Slot {
   readonly worker: Worker;
   /** Posted and not yet answered, oldest first (a worker answers in order). */
   readonly jobs: Job[];
+  /** After close: called once the worker has answered every job posted to it. */
+  drained?: () => void;
 }
 
 /**
@@ -33,6 +35,9 @@ interface Slot {
  * thread is busy for a while (a module load, a GC, building an output).
  */
 const DEPTH = 4;
+
+/** The longest a closing pool waits for a worker to answer the jobs posted to it. */
+const DRAIN_MS = 10_000;
 
 interface ReplyMessage {
   readonly id: number;
@@ -47,7 +52,7 @@ interface ReplyMessage {
  * ```ts ignore
  * const pool = new WorkerPool(2);
  * const [norms] = await pool.run([{ kind: "norms", weight, which: { frobenius: true, spectral: false } }]);
- * pool.close();
+ * await pool.close();
  * ```
  */
 export class WorkerPool {
@@ -56,6 +61,7 @@ export class WorkerPool {
   #slots: Slot[] = [];
   #queue: Job[] = [];
   #closed = false;
+  #drained: Promise<void> = Promise.resolve();
   #nextId = 0;
 
   /** A pool of at most `size` workers (none is started yet). */
@@ -80,18 +86,37 @@ export class WorkerPool {
     });
   }
 
-  /** Terminates every worker; queued and running tasks are rejected. */
-  close(): void {
-    if (this.#closed) return;
+  /**
+   * Closes the pool: every job not done is rejected at once, and each worker is terminated as soon
+   * as it has answered the jobs already posted to it (at most {@link DEPTH}), or after
+   * {@link DRAIN_MS} at the latest. Stopping a worker in the middle of a job has crashed Deno at
+   * exit (a native heap corruption after the process's own work was done). Resolves when every
+   * worker is terminated.
+   */
+  close(): Promise<void> {
+    if (this.#closed) return this.#drained;
     this.#closed = true;
     const closed = new BackendError("the CPU backend was closed while working");
-    for (const slot of this.#slots) {
-      slot.worker.terminate();
-      for (const job of slot.jobs) job.reject(closed);
-    }
     for (const job of this.#queue) job.reject(closed);
-    this.#slots = [];
     this.#queue = [];
+    this.#drained = Promise.all(this.#slots.map((slot) => {
+      for (const job of slot.jobs) job.reject(closed);
+      if (slot.jobs.length === 0) return this.#retire(slot);
+      return new Promise<void>((resolve) => {
+        const timer = setTimeout(() => resolve(this.#retire(slot)), DRAIN_MS);
+        Deno.unrefTimer(timer);
+        slot.drained = () => {
+          clearTimeout(timer);
+          resolve(this.#retire(slot));
+        };
+      });
+    })).then(() => {});
+    return this.#drained;
+  }
+
+  #retire(slot: Slot): void {
+    slot.worker.terminate();
+    this.#slots = this.#slots.filter((s) => s !== slot);
   }
 
   #pump(): void {
@@ -126,14 +151,18 @@ export class WorkerPool {
       const job = slot.jobs.shift();
       if (data.error) job?.reject(reviveError(data.error));
       else job?.resolve(data.results!);
+      if (this.#closed) {
+        if (slot.jobs.length === 0) slot.drained?.();
+        return;
+      }
       this.#pump();
     };
     worker.onerror = (event) => {
       event.preventDefault();
-      worker.terminate();
-      this.#slots = this.#slots.filter((s) => s !== slot);
+      this.#retire(slot);
       const failed = new BackendError(`CPU worker failed: ${event.message}`);
       for (const job of slot.jobs.splice(0)) job.reject(failed);
+      slot.drained?.();
       this.#pump();
     };
     this.#slots.push(slot);
