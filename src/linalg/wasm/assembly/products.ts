@@ -162,15 +162,15 @@ function gramBlock(x: usize, n: usize, pitch: usize, bytes: usize, g: usize): vo
   store<f64>(g3, load<f64>(g3) + sum2(a33));
 }
 
-/** Adds `value` to g[i][j] when j ≥ i (the upper triangle) and both are below n. */
-@inline function addUpper(g: usize, n: usize, i: usize, j: usize, value: f64): void {
-  if (j >= i && j < n) {
-    const at = g + ((i * n + j) << 3);
-    store<f64>(at, load<f64>(at) + value);
-  }
+/** Adds `value` to the f64 at `at`. */
+@inline function addAt(at: usize, value: f64): void {
+  store<f64>(at, load<f64>(at) + value);
 }
 
-/** Rows i…i+3 times rows j, j+1 (j + 1 may be n: then row j is used twice and the sum dropped). */
+/**
+ * Rows i…i+3 times rows j, j+1, with j ≥ i + 4 (every entry above the diagonal); j + 1 may be n:
+ * then row j is used twice and that column's sums are dropped.
+ */
 @inline function gramTile4x2(x: usize, n: usize, pitch: usize, bytes: usize, g: usize, i: usize, j: usize): void {
   const j1 = j + 1 < n ? j + 1 : j;
   const x0 = x + i * pitch, x1 = x0 + pitch, x2 = x1 + pitch, x3 = x2 + pitch;
@@ -190,15 +190,17 @@ function gramBlock(x: usize, n: usize, pitch: usize, bytes: usize, g: usize): vo
     a30 = f64x2.add(a30, f64x2.mul(r3, u));
     a31 = f64x2.add(a31, f64x2.mul(r3, v));
   }
-  const m = j1 != j ? n : j + 1; // the dropped column, when j + 1 = n
-  addUpper(g, n, i, j, sum2(a00));
-  addUpper(g, m, i, j + 1, sum2(a01));
-  addUpper(g, n, i + 1, j, sum2(a10));
-  addUpper(g, m, i + 1, j + 1, sum2(a11));
-  addUpper(g, n, i + 2, j, sum2(a20));
-  addUpper(g, m, i + 2, j + 1, sum2(a21));
-  addUpper(g, n, i + 3, j, sum2(a30));
-  addUpper(g, m, i + 3, j + 1, sum2(a31));
+  const g0 = g + ((i * n + j) << 3), ld = n << 3;
+  addAt(g0, sum2(a00));
+  addAt(g0 + ld, sum2(a10));
+  addAt(g0 + 2 * ld, sum2(a20));
+  addAt(g0 + 3 * ld, sum2(a30));
+  if (j1 != j) {
+    addAt(g0 + 8, sum2(a01));
+    addAt(g0 + ld + 8, sum2(a11));
+    addAt(g0 + 2 * ld + 8, sum2(a21));
+    addAt(g0 + 3 * ld + 8, sum2(a31));
+  }
 }
 
 /** Rows i, i+1 times rows j, j+1 (either pair may stop at n). */
