@@ -5,6 +5,7 @@
 import { join } from "node:path";
 import { assert, assertEquals } from "./assert.ts";
 import { main } from "../cli.ts";
+import { runDeno } from "./webgpu_child.ts";
 import { VERSION } from "../src/version.ts";
 import { writeSafetensors } from "../src/safetensors/writer.ts";
 import { encodeFloats } from "../src/safetensors/dtype.ts";
@@ -236,7 +237,9 @@ Deno.test("bad inputs: one-line errors, exit 1, nothing written", async () => {
 
 Deno.test("demo: writes a synthetic base and LoRA, resizes it, and says what it did", async () => {
   await withDir(async (dir) => {
-    const r = await run(["demo", "-o", dir]);
+    // The demo picks its device ("auto"), which asks for a WebGPU adapter: in a child, whose
+    // main thread may touch WebGPU (webgpu_child.ts).
+    const r = await runDeno(["run", "-A", "cli.ts", "demo", "-o", dir]);
     assertEquals(r.code, 0, r.stderr.join("\n"));
     assert(r.stderr.some((l) => l.startsWith("INFO:root:Mapped 986 LoRA layers")), "runs as -v");
     assert(r.stdout.some((l) => l.startsWith("demo: wrote a synthetic SDXL-shaped base")));
