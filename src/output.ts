@@ -159,6 +159,14 @@ export interface OutputFactors {
   readonly down: FloatData;
 }
 
+/**
+ * One layer's output factors for {@link buildOutput}: given, or produced on
+ * demand (when the writer reaches the layer's tensors), possibly later.
+ */
+export type OutputFactorsSource =
+  | OutputFactors
+  | (() => OutputFactors | Promise<OutputFactors>);
+
 /** The bytes of factor data in `dtype` (as is when already so). */
 function encodedAs(data: FloatData, dtype: OutputDType): Uint8Array {
   if (data.dtype === dtype) return data.bytes;
@@ -170,6 +178,9 @@ function encodedAs(data: FloatData, dtype: OutputDType): Uint8Array {
  * k′ > 0, in `shape.layers` order) and the metadata, whose sd-webui hashes
  * are placeholders of their final length: {@link writeSafetensors} with
  * `sshsHashes: true` computes them from exactly these bytes while writing.
+ * Factors given as functions are asked for (once per layer) only when the
+ * writer reaches that layer, so a file can be written while later layers are
+ * still being rebuilt.
  *
  * @example
  * ```ts ignore
@@ -179,19 +190,21 @@ function encodedAs(data: FloatData, dtype: OutputDType): Uint8Array {
  */
 export function buildOutput(
   shape: OutputShape,
-  factors: readonly OutputFactors[],
+  factors: readonly OutputFactorsSource[],
 ): OutputContents {
   const { dtype } = shape;
   const tensors: TensorSource[] = [];
   let next = 0;
   for (const o of shape.layers) {
     if (o.kept === 0) continue;
-    const f = factors[next++];
+    const source = factors[next++];
+    let asked: Promise<OutputFactors> | undefined;
+    const f = () => asked ??= Promise.resolve(typeof source === "function" ? source() : source);
     const [alpha, down, up, dora] = layerSpecs(o, dtype);
     tensors.push(
       { ...alpha, data: encodeFloats([o.layer.factors.scale * o.kept], dtype) },
-      { ...down, data: encodedAs(f.down, dtype) },
-      { ...up, data: encodedAs(f.up, dtype) },
+      { ...down, data: async () => encodedAs((await f()).down, dtype) },
+      { ...up, data: async () => encodedAs((await f()).up, dtype) },
     );
     if (dora) tensors.push(castTensor(o.layer.doraScale!, dtype));
   }

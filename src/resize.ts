@@ -14,7 +14,7 @@
 
 import { dirname, join, resolve } from "node:path";
 import { OutputError, RecipeError } from "./errors.ts";
-import type { Backend, BaseNorms, Decomposition } from "./linalg/backend.ts";
+import type { Backend, BaseNorms, Decomposition, RebuildRequest } from "./linalg/backend.ts";
 import { dtypeSize } from "./safetensors/dtype.ts";
 import { loadHashing } from "./safetensors/hashes.ts";
 import { type DeviceChoice, selectBackend } from "./linalg/select_backend.ts";
@@ -629,6 +629,8 @@ async function planRecipe(run: Run, lora: PreparedLora, recipe: Recipe): Promise
  * `rescale` share one rebuild of the union of their kept dimensions: each
  * dimension's output factors (√σ·u, √σ·v) do not depend on which others are
  * kept, so every recipe takes its own columns and rows of that one result.
+ * The first output is written while the rebuild goes on: the writer takes
+ * each layer's factors as soon as the backend has them, in file order.
  */
 async function writeOutputs(
   run: Run,
@@ -643,42 +645,81 @@ async function writeOutputs(
     const union = lora.layers.map((_, i) =>
       sortedUnion(group.map((p) => p.summary.layers[i].keep))
     );
-    const rebuilt = await run.backend.rebuild(
-      lora.layers.flatMap((p, i) =>
-        union[i].length > 0
-          ? [{
-            factors: p.layer.factors,
-            decomposition: lora.decompositions[i],
-            keep: union[i],
-            rescale,
-            dtype,
-          }]
-          : []
-      ),
-      { onProgress: (d, t) => run.options.onProgress?.("Rebuild", d, t) },
-    );
-    const byLayer = new Map<number, OutputFactors>();
-    union.forEach((u, i) => u.length > 0 && byLayer.set(i, rebuilt[byLayer.size]));
-    for (const plan of group) {
-      const { path, bytes } = plan.summary;
-      const factors = lora.layers.flatMap((p, i) => {
-        const keep = plan.summary.layers[i].keep;
-        if (keep.length === 0) return [];
-        return [keptOf(byLayer.get(i)!, union[i], keep, p.layer.factors.out)];
-      });
-      const { tensors, metadata } = buildOutput(plan.shape, factors);
-      run.log("INFO", `Saving ${path}`);
-      await Deno.mkdir(plan.folder, { recursive: true }).catch((e) => {
-        throw new OutputError(`${plan.folder}: cannot create the output folder (${e.message})`);
-      });
-      const result = await writeSafetensors(path, tensors, { metadata, sshsHashes: true });
-      if (result.bytes !== bytes) {
-        throw new OutputError(`${path}: wrote ${result.bytes} bytes, planned ${bytes}`);
+    const rebuild = startRebuild(run, lora, union, { rescale, dtype });
+    try {
+      for (const plan of group) {
+        const { path, bytes } = plan.summary;
+        const factors = lora.layers.flatMap((p, i) => {
+          const keep = plan.summary.layers[i].keep;
+          if (keep.length === 0) return [];
+          return [async () => keptOf(await rebuild.layer(i), union[i], keep, p.layer.factors.out)];
+        });
+        const { tensors, metadata } = buildOutput(plan.shape, factors);
+        run.log("INFO", `Saving ${path}`);
+        await Deno.mkdir(plan.folder, { recursive: true }).catch((e) => {
+          throw new OutputError(`${plan.folder}: cannot create the output folder (${e.message})`);
+        });
+        const result = await writeSafetensors(path, tensors, { metadata, sshsHashes: true });
+        if (result.bytes !== bytes) {
+          throw new OutputError(`${path}: wrote ${result.bytes} bytes, planned ${bytes}`);
+        }
+        written.set(plan, { ...plan.summary, written: true });
       }
-      written.set(plan, { ...plan.summary, written: true });
+      await rebuild.finished;
+    } catch (e) {
+      await rebuild.stop(e);
+      throw e;
     }
   }
   return plans.map((p) => written.get(p)!);
+}
+
+/** A rebuild under way, whose layers can be awaited one by one as the backend finishes them. */
+interface RebuildStream {
+  /** The rebuilt factors of layer `i` (one with dimensions to keep). */
+  layer(i: number): Promise<OutputFactors>;
+  /** Resolves when the whole rebuild has finished; rejects as it does. */
+  readonly finished: Promise<void>;
+  /** Drops the work not started yet and resolves once the rest has settled. */
+  stop(reason: unknown): Promise<void>;
+}
+
+/** Starts rebuilding every layer of `lora` that keeps dimensions (`keeps[i]`, ascending). */
+function startRebuild(
+  run: Run,
+  lora: PreparedLora,
+  keeps: readonly (readonly number[])[],
+  how: { readonly rescale: number; readonly dtype: OutputDType },
+): RebuildStream {
+  const pending = new Map<number, PromiseWithResolvers<OutputFactors>>();
+  const requests: RebuildRequest[] = [];
+  keeps.forEach((keep, i) => {
+    if (keep.length === 0) return;
+    const factors = Promise.withResolvers<OutputFactors>();
+    factors.promise.catch(() => {}); // a write that stops early leaves the rest unasked
+    pending.set(i, factors);
+    const { factors: layer } = lora.layers[i].layer;
+    requests.push({ factors: layer, decomposition: lora.decompositions[i], keep, ...how });
+  });
+  const layerOf = [...pending.keys()];
+  const abort = new AbortController();
+  const finished = run.backend.rebuild(requests, {
+    onProgress: (d, t) => run.options.onProgress?.("Rebuild", d, t),
+    onResult: (j, factors) => pending.get(layerOf[j])!.resolve(factors),
+    signal: abort.signal,
+  }).then(() => {}, (e) => {
+    for (const f of pending.values()) f.reject(e);
+    throw e;
+  });
+  finished.catch(() => {}); // its owner awaits it after the writes
+  return {
+    layer: (i) => pending.get(i)!.promise,
+    finished,
+    stop: (reason) => {
+      abort.abort(reason);
+      return finished.catch(() => {});
+    },
+  };
 }
 
 /** The ascending union of ascending index lists. */

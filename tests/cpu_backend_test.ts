@@ -1,10 +1,12 @@
 import { BackendError, SafetensorsError } from "../src/errors.ts";
 import type {
   Backend,
+  BaseNorms,
   BaseWeightRef,
   Decomposition,
   FloatData,
   LowRankFactors,
+  RebuiltFactors,
 } from "../src/linalg/backend.ts";
 import { createCpuBackend } from "../src/linalg/cpu/backend.ts";
 import {
@@ -563,30 +565,70 @@ Deno.test("conformance: base norms of the micro SDXL match base_norms.json", asy
 
 // ------------------------------------------------------------------ workers
 
+/**
+ * Call options whose `onResult` records each item's result; `check` asserts that every item came
+ * once, before the call resolved, as the very object the call returned, and in input order when
+ * `inOrder` is set.
+ */
+function streamed<T>(what: string, inOrder = false) {
+  const got = new Map<number, T>();
+  let settled = false;
+  return {
+    options: {
+      onResult: (i: number, result: T) => {
+        assert(!settled, `${what}: item ${i} after the call resolved`);
+        assert(!got.has(i), `${what}: item ${i} twice`);
+        if (inOrder) assertEquals(i, got.size, `${what}: item ${i} out of order`);
+        got.set(i, result);
+      },
+    },
+    check(results: T[]): T[] {
+      settled = true;
+      assertEquals(got.size, results.length, what);
+      results.forEach((r, i) => assert(got.get(i) === r, `${what}: item ${i} differs`));
+      return results;
+    },
+  };
+}
+
 async function everything(
   backend: Backend,
   layers: LowRankFactors[],
   weights: BaseWeightRef[],
   bases: BaseWeightRef[],
+  oneThread: boolean,
 ) {
-  const ds = await backend.decompose(layers);
-  const scales = await backend.subspaceScales(
-    layers.map((factors, i) => ({ weight: bases[i], factors, decomposition: ds[i] })),
+  // Layers stream out in order from one thread (decompositions, rebuilds; weights go largest first).
+  const d = streamed<Decomposition>("decompose", oneThread);
+  const ds = d.check(await backend.decompose(layers, d.options));
+  const s = streamed<Float64Array>("subspaceScales");
+  const scales = s.check(
+    await backend.subspaceScales(
+      layers.map((factors, i) => ({ weight: bases[i], factors, decomposition: ds[i] })),
+      s.options,
+    ),
   );
-  const rebuilt = await backend.rebuild(
-    layers.map((factors, i) => ({
-      factors,
-      decomposition: ds[i],
-      keep: Array.from(ds[i].sigma.keys()).filter((j) => j % 2 === 0),
-      rescale: 1.25,
-      dtype: (["F16", "BF16", "F32", undefined] as const)[i % 4],
-    })),
+  const r = streamed<RebuiltFactors>("rebuild", oneThread);
+  const rebuilt = r.check(
+    await backend.rebuild(
+      layers.map((factors, i) => ({
+        factors,
+        decomposition: ds[i],
+        keep: Array.from(ds[i].sigma.keys()).filter((j) => j % 2 === 0),
+        rescale: 1.25,
+        dtype: (["F16", "BF16", "F32", undefined] as const)[i % 4],
+      })),
+      r.options,
+    ),
   );
-  const norms = await backend.baseNorms(weights, { frobenius: true, spectral: true });
+  const n = streamed<BaseNorms>("baseNorms");
+  const norms = n.check(
+    await backend.baseNorms(weights, { frobenius: true, spectral: true }, n.options),
+  );
   return { ds, scales, rebuilt, norms };
 }
 
-Deno.test("results are bit-identical on the calling thread and on 1 or 2 workers", async () => {
+Deno.test("results are bit-identical on the calling thread and on 1 or 2 workers, and stream out one by one", async () => {
   const lora = await loraLayers("microB-locon-r8c4.safetensors");
   const layers = lora.map((l) => l.factors);
   const path = new URL("micro_sdxl_base.safetensors", FIXTURES).pathname;
@@ -616,7 +658,7 @@ Deno.test("results are bit-identical on the calling thread and on 1 or 2 workers
       onProgress: (done, total) => assertEquals([done, total], [++calls, layers.length]),
     });
     assertEquals(calls, layers.length);
-    results.push(await everything(backend, layers, weights, bases));
+    results.push(await everything(backend, layers, weights, bases, workers < 2));
   }
   assertEquals(results[1], results[0]);
   assertEquals(results[2], results[0]);

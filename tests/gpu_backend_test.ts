@@ -8,6 +8,8 @@ import { BackendError } from "../src/errors.ts";
 import { collectLogs } from "../src/log.ts";
 import type {
   Backend,
+  BackendCallOptions,
+  BaseNorms,
   BaseWeightRef,
   Decomposition,
   LowRankFactors,
@@ -40,6 +42,25 @@ if (ignore) {
   console.log("gpu_backend_test: no WebGPU adapter on this machine; GPU tests are skipped");
 }
 const cases: [string, () => Promise<void>][] = [];
+
+/**
+ * Runs a backend call with an `onResult` that records each item, and asserts every item came
+ * once, before the call resolved, as the very object the call returned.
+ */
+async function streamed<T>(call: (options: BackendCallOptions<T>) => Promise<T[]>): Promise<T[]> {
+  const got = new Map<number, T>();
+  let settled = false;
+  const results = await call({
+    onResult: (i, result) => {
+      assert(!settled && !got.has(i), `item ${i} twice or late`);
+      got.set(i, result);
+    },
+  });
+  settled = true;
+  assertEquals(got.size, results.length);
+  results.forEach((r, i) => assert(got.get(i) === r, `item ${i} differs`));
+  return results;
+}
 
 /** A GPU test: ignored (not passed) without an adapter. */
 function gpuTest(name: string, fn: () => Promise<void>): void {
@@ -192,7 +213,7 @@ gpuTest("gpu decompose: SVD identity, orthonormal U and V, σ as the CPU backend
     ],
   ];
   const factors = layers.map(([, l]) => l);
-  const got = await (await gpu()).decompose(factors);
+  const got = await streamed<Decomposition>((o) => gpu().then((g) => g.decompose(factors, o)));
   const want = await (await cpu()).decompose(factors);
   layers.forEach(([what, layer], n) => {
     const d = got[n];
@@ -353,7 +374,9 @@ gpuTest("gpu base norms: conformance spectral norms (convs, q/k/v row blocks)", 
   );
   const refs = picked.map((n) => baseRef(base, n));
   assert(refs.some((r) => r.cols > r.rows * 2) && picked.some((n) => n.includes("#")));
-  const norms = await (await gpu()).baseNorms(refs, { frobenius: true, spectral: true });
+  const norms = await streamed<BaseNorms>((o) =>
+    gpu().then((g) => g.baseNorms(refs, { frobenius: true, spectral: true }, o))
+  );
   picked.forEach((n, i) => {
     assertRelClose(norms[i].frobenius!, expected[n].fro, 1e-6, `${n} fro`);
     assertRelClose(norms[i].spectral!, expected[n].spectral, 1e-4, `${n} spectral`);
@@ -469,7 +492,9 @@ gpuTest("gpu rebuild: up·down·scale is the kept part of ΔW, as on the CPU", a
     keep: n === 0 ? [0, 2, 3, 7] : n === 1 ? [] : [0, 1, 2, 3, 4],
     rescale: n === 0 ? 0.625 : 1,
   }));
-  const got = (await (await gpu()).rebuild(requests)).map(f32Factors);
+  // The layer that keeps nothing comes out too.
+  const got = (await streamed<RebuiltFactors>((o) => gpu().then((g) => g.rebuild(requests, o))))
+    .map(f32Factors);
   const want = (await (await cpu()).rebuild(requests)).map(f32Factors);
   // Asked in F16, the GPU's factors are its F32 ones rounded as encodeFloats rounds.
   const halves = await (await gpu()).rebuild(
@@ -555,7 +580,9 @@ gpuTest("gpu subspace scales: |uᵢᵀ·W·vᵢ| by brute force; shape mismatch 
       factors,
       decomposition: d[i],
     }));
-    const got = await (await gpu()).subspaceScales(requests);
+    const got = await streamed<Float64Array>((o) =>
+      gpu().then((g) => g.subspaceScales(requests, o))
+    );
     const want = await (await cpu()).subspaceScales(requests);
     layers.forEach((l, n) => {
       const w = decodeFloats(encodeFloats(weights[n], dtypes[n]), dtypes[n], Float64Array);

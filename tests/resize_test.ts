@@ -12,7 +12,7 @@ import type { Backend, BaseWeightRef } from "../src/linalg/backend.ts";
 import { SafetensorsFile } from "../src/safetensors/reader.ts";
 import { writeSafetensors } from "../src/safetensors/writer.ts";
 import { encodeFloats } from "../src/safetensors/dtype.ts";
-import { OutputError } from "../src/errors.ts";
+import { BackendError, OutputError } from "../src/errors.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
 const BASE = join(FIXTURES, "micro_sdxl_base.safetensors");
@@ -533,6 +533,68 @@ Deno.test("the first LoRA's decomposition starts before the base is read, and st
       "matches the base checkpoint",
     );
     assert(signal?.aborted, "the early decomposition was aborted");
+  });
+});
+
+/** A backend like the shared one whose rebuild is `rebuild`. */
+function withRebuild(rebuild: Backend["rebuild"]): Backend {
+  return {
+    ...backend,
+    name: backend.name,
+    description: backend.description,
+    decompose: (l, o) => backend.decompose(l, o),
+    rebuild,
+    baseNorms: (w, which, o) => backend.baseNorms(w, which, o),
+    subspaceScales: (r, o) => backend.subspaceScales(r, o),
+  };
+}
+
+/** Names in a folder (none when it does not exist). */
+function namesIn(dir: string): string[] {
+  try {
+    return [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+  } catch {
+    return [];
+  }
+}
+
+Deno.test("an output is written while its layers are rebuilt; a failing rebuild leaves no file", async () => {
+  await withDir(async (dir) => {
+    const expected = await resize(options(join(dir, "whole"), {}));
+    const wanted = await Deno.readFile(expected.outputs[0].path);
+
+    // The rebuild hands over its first layer, then waits until the output's temporary file
+    // exists: only a writer that starts before the rebuild ends lets it finish in time.
+    const streamingDir = join(dir, "streaming");
+    let waited = 0;
+    const gated = withRebuild(async (requests, o) => {
+      const all = await backend.rebuild(requests);
+      o?.onResult?.(0, all[0]);
+      while (!namesIn(streamingDir).some((n) => n.endsWith(".tmp")) && waited < 5000) {
+        await new Promise((r) => setTimeout(r, 5));
+        waited += 5;
+      }
+      all.forEach((f, i) => i > 0 && o?.onResult?.(i, f));
+      return all;
+    });
+    const streamed = await resize(options(streamingDir, { backend: gated }));
+    assert(waited < 5000, "the output was not started before the rebuild finished");
+    assertEquals(await Deno.readFile(streamed.outputs[0].path), wanted);
+
+    // A rebuild that fails after its first layer: its error, as it is, and nothing written.
+    const failingDir = join(dir, "failing");
+    const failing = withRebuild(async (requests, o) => {
+      const all = await backend.rebuild(requests);
+      o?.onResult?.(0, all[0]);
+      await new Promise((r) => setTimeout(r, 20)); // the writer is waiting for layer 1
+      throw new BackendError("rebuild: layer 1: out of memory");
+    });
+    await assertRejects(
+      () => resize(options(failingDir, { backend: failing })),
+      BackendError,
+      "rebuild: layer 1: out of memory",
+    );
+    assertEquals(namesIn(failingDir), []);
   });
 });
 

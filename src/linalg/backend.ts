@@ -171,10 +171,19 @@ export interface SubspaceRequest {
 /** Progress callback: items done so far and the total. */
 export type Progress = (done: number, total: number) => void;
 
-/** Options shared by backend calls. */
-export interface BackendCallOptions {
+/**
+ * Options shared by backend calls; `T` is the type of one item's result.
+ */
+export interface BackendCallOptions<T = unknown> {
   /** Called as items complete. */
   readonly onProgress?: Progress;
+  /**
+   * Called with each item's result as soon as it is ready (before the call's
+   * promise resolves), so a consumer can start on early items — the writer
+   * streams an output while the rest is still being rebuilt. Items complete
+   * roughly in input order, never all at the end.
+   */
+  readonly onResult?: (index: number, result: T) => void;
   /**
    * Aborting drops the work not started yet (the CPU backend's queued jobs, the GPU backend's
    * next batches of a decomposition) and rejects the call with the signal's reason.
@@ -201,23 +210,23 @@ export interface Backend extends AsyncDisposable {
   /** SVD of each layer's ΔW (see the module doc). */
   decompose(
     layers: readonly LowRankFactors[],
-    options?: BackendCallOptions,
+    options?: BackendCallOptions<Decomposition>,
   ): Promise<Decomposition[]>;
   /** Output factors for the kept dimensions of each layer. */
   rebuild(
     requests: readonly RebuildRequest[],
-    options?: BackendCallOptions,
+    options?: BackendCallOptions<RebuiltFactors>,
   ): Promise<RebuiltFactors[]>;
   /** Norms of base weights, read from the checkpoint by the backend. */
   baseNorms(
     weights: readonly BaseWeightRef[],
     which: NormRequest,
-    options?: BackendCallOptions,
+    options?: BackendCallOptions<BaseNorms>,
   ): Promise<BaseNorms[]>;
   /** |uᵢᵀ·W·vᵢ| for every dimension of each layer. */
   subspaceScales(
     requests: readonly SubspaceRequest[],
-    options?: BackendCallOptions,
+    options?: BackendCallOptions<Float64Array>,
   ): Promise<Float64Array[]>;
   /** Releases workers / GPU resources. */
   close(): Promise<void>;

@@ -58,8 +58,18 @@ export interface WriteResult {
   readonly metadata?: Readonly<Record<string, string>>;
 }
 
+/** What a tensor's data function threw: passed on unchanged, not reported as a write error. */
+class ProducerFailure {
+  constructor(readonly error: unknown) {}
+}
+
 async function bytesOf(t: TensorSource): Promise<Uint8Array> {
-  const data = typeof t.data === "function" ? await t.data() : t.data;
+  let data: Uint8Array;
+  try {
+    data = typeof t.data === "function" ? await t.data() : t.data;
+  } catch (e) {
+    throw new ProducerFailure(e);
+  }
   const expected = numel(t.shape) * dtypeSize(t.dtype);
   if (data.byteLength !== expected) {
     throw new SafetensorsError(
@@ -89,7 +99,10 @@ function writeAll(file: Deno.FsFile, bytes: Uint8Array): void {
 /**
  * Writes a safetensors file atomically (temporary file + rename).
  * Tensor data functions are called one at a time in layout order, so a
- * multi-GB file can be produced with memory for one tensor.
+ * multi-GB file can be produced with memory for one tensor, and a function
+ * that awaits its tensor's computation lets the file be written while later
+ * tensors are still being computed. An error thrown by a data function
+ * removes the temporary file and is rethrown as it is.
  *
  * @example
  * ```ts ignore
@@ -146,6 +159,7 @@ export async function writeSafetensors(
       file.close();
     } catch { /* already closed */ }
     await Deno.remove(tmp).catch(() => {});
+    if (e instanceof ProducerFailure) throw e.error;
     if (e instanceof SafetensorsError || e instanceof OutputError) throw e;
     throw new OutputError(`${path}: cannot write (${describeOsError(e)})`, { cause: e });
   }
@@ -248,8 +262,12 @@ export async function serializeSafetensors(
   const out = new Uint8Array(header.byteLength + dataBytes);
   out.set(header);
   const byName = new Map(tensors.map((t) => [t.name, t]));
-  for (const t of layout) {
-    out.set(await bytesOf(byName.get(t.name)!), header.byteLength + t.dataOffsets[0]);
+  try {
+    for (const t of layout) {
+      out.set(await bytesOf(byName.get(t.name)!), header.byteLength + t.dataOffsets[0]);
+    }
+  } catch (e) {
+    throw e instanceof ProducerFailure ? e.error : e;
   }
   return out;
 }

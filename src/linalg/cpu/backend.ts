@@ -77,24 +77,30 @@ export function createCpuBackend(options: CpuBackendOptions = {}): Promise<Backe
   return Promise.resolve(new CpuBackend(workers, inlineWork));
 }
 
-/** Jobs per worker, at least: enough for the largest-first order to balance the workers. */
+/** Jobs per worker, at least: enough for the last jobs to even out the workers' finishing times. */
 const JOBS_PER_WORKER = 24;
 /** Most tasks in one job (each answered message carries all their results). */
 const JOB_TASKS = 64;
 
+/** How {@link jobsOf} orders items. */
+type JobOrder = "largest-first" | "in-order";
+
 /**
- * Item indices grouped into jobs, largest items first: a job takes items until
- * its work reaches total / (workers · JOBS_PER_WORKER), so small items share a
- * message while a big one goes alone, and the last jobs are small ones that
- * even out the workers' finishing times.
+ * Item indices grouped into jobs: a job takes items until its work reaches
+ * total / (workers · JOBS_PER_WORKER), so small items share a message while a
+ * big one goes alone. Largest items first balances items of very different
+ * sizes (whole base weights); in input order, results arrive roughly in order
+ * (layers: a consumer of `onResult` can start on the first ones), and no
+ * layer is big enough for the order to unbalance the workers.
  */
-function jobsOf(work: readonly number[], workers: number): number[][] {
-  const order = Array.from(work.keys()).sort((a, b) => work[b] - work[a] || a - b);
+function jobsOf(work: readonly number[], workers: number, order: JobOrder): number[][] {
+  const indices = Array.from(work.keys());
+  if (order === "largest-first") indices.sort((a, b) => work[b] - work[a] || a - b);
   const total = work.reduce((a, b) => a + b, 0);
   const target = total / (workers * JOBS_PER_WORKER);
   const jobs: number[][] = [];
   let job: number[] = [], sum = 0;
-  for (const i of order) {
+  for (const i of indices) {
     job.push(i);
     sum += work[i];
     if (sum >= target || job.length >= JOB_TASKS) {
@@ -127,45 +133,48 @@ class CpuBackend implements Backend {
 
   decompose(
     layers: readonly LowRankFactors[],
-    options?: BackendCallOptions,
+    options?: BackendCallOptions<Decomposition>,
   ): Promise<Decomposition[]> {
     layers.forEach((layer, i) => checkFactors(layer, `decompose: layer ${i}`));
     return this.#run(
       layers.map((layer) => ({ kind: "decompose", layer })),
       layers.map((l) => (l.out + l.inFlat) * l.rank * l.rank),
+      "in-order",
       options,
-    ) as Promise<Decomposition[]>;
+    );
   }
 
   rebuild(
     requests: readonly RebuildRequest[],
-    options?: BackendCallOptions,
+    options?: BackendCallOptions<RebuiltFactors>,
   ): Promise<RebuiltFactors[]> {
     requests.forEach((request, i) => checkRebuild(request, `rebuild: layer ${i}`));
     return this.#run(
       requests.map((request) => ({ kind: "rebuild", request })),
       requests.map(({ factors: f, keep }) => (f.out + f.inFlat) * f.rank * keep.length),
+      "in-order",
       options,
-    ) as Promise<RebuiltFactors[]>;
+    );
   }
 
   baseNorms(
     weights: readonly BaseWeightRef[],
     which: NormRequest,
-    options?: BackendCallOptions,
+    options?: BackendCallOptions<BaseNorms>,
   ): Promise<BaseNorms[]> {
     weights.forEach((weight, i) => checkWeight(weight, `baseNorms: weight ${i}`));
     const passes = (which.frobenius ? 1 : 0) + (which.spectral ? 60 : 0);
     return this.#run(
       weights.map((weight) => ({ kind: "norms", weight, which })),
       weights.map((w) => w.rows * w.cols * passes),
+      "largest-first",
       options,
-    ) as Promise<BaseNorms[]>;
+    );
   }
 
   subspaceScales(
     requests: readonly SubspaceRequest[],
-    options?: BackendCallOptions,
+    options?: BackendCallOptions<Float64Array>,
   ): Promise<Float64Array[]> {
     requests.forEach((request, i) => {
       const where = `subspaceScales: layer ${i}`;
@@ -182,8 +191,9 @@ class CpuBackend implements Backend {
     return this.#run(
       requests.map((request) => ({ kind: "subspace", request })),
       requests.map(({ weight: w, factors: f }) => w.rows * w.cols * f.rank),
+      "largest-first",
       options,
-    ) as Promise<Float64Array[]>;
+    );
   }
 
   close(): Promise<void> {
@@ -195,17 +205,20 @@ class CpuBackend implements Backend {
     return this.close();
   }
 
-  async #run(
+  /** Runs tasks whose results are `T`s (the task kind decides). */
+  async #run<T extends TaskResult>(
     tasks: readonly Task[],
     work: readonly number[],
-    options: BackendCallOptions = {},
-  ): Promise<TaskResult[]> {
+    order: JobOrder,
+    options: BackendCallOptions<T> = {},
+  ): Promise<T[]> {
     if (this.#closed) throw new BackendError("the CPU backend is closed");
     options.signal?.throwIfAborted();
-    const results: TaskResult[] = new Array(tasks.length);
+    const results: T[] = new Array(tasks.length);
     let done = 0;
     const finished = (i: number, result: TaskResult) => {
-      results[i] = result;
+      results[i] = result as T;
+      options.onResult?.(i, result as T);
       options.onProgress?.(++done, tasks.length);
     };
     const total = work.reduce((a, b) => a + b, 0);
@@ -233,7 +246,7 @@ class CpuBackend implements Backend {
     const pool = this.#pool;
     try {
       await Promise.all(
-        jobsOf(work, pool.size).map((job) =>
+        jobsOf(work, pool.size, order).map((job) =>
           pool.run(job.map((i) => tasks[i]), signal).then((rs) =>
             rs.forEach((r, j) => finished(job[j], r))
           )

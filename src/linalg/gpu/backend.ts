@@ -86,14 +86,14 @@ class GpuBackend implements Backend {
 
   decompose(
     layers: readonly LowRankFactors[],
-    options?: BackendCallOptions,
+    options?: BackendCallOptions<Decomposition>,
   ): Promise<Decomposition[]> {
     return decomposeOnGpu(this.#ctx, layers, options);
   }
 
   rebuild(
     requests: readonly RebuildRequest[],
-    options?: BackendCallOptions,
+    options?: BackendCallOptions<RebuiltFactors>,
   ): Promise<RebuiltFactors[]> {
     return rebuildOnGpu(this.#ctx, requests, options);
   }
@@ -101,14 +101,14 @@ class GpuBackend implements Backend {
   baseNorms(
     weights: readonly BaseWeightRef[],
     which: NormRequest,
-    options?: BackendCallOptions,
+    options?: BackendCallOptions<BaseNorms>,
   ): Promise<BaseNorms[]> {
     return baseNormsOnGpu(this.#ctx, weights, which, options);
   }
 
   subspaceScales(
     requests: readonly SubspaceRequest[],
-    options?: BackendCallOptions,
+    options?: BackendCallOptions<Float64Array>,
   ): Promise<Float64Array[]> {
     return subspaceOnGpu(this.#ctx, requests, options);
   }

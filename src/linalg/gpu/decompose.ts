@@ -87,7 +87,7 @@ interface Batch {
 export async function decomposeOnGpu(
   ctx: GpuContext,
   layers: readonly LowRankFactors[],
-  options: BackendCallOptions = {},
+  options: BackendCallOptions<Decomposition> = {},
 ): Promise<Decomposition[]> {
   const results: Decomposition[] = new Array(layers.length);
   const batches = planBatches(ctx, layers);
@@ -102,6 +102,7 @@ export async function decomposeOnGpu(
     const partials = await inflight!;
     for (const p of batches[b].layers) {
       results[p.index] = coreOf(kernels, p, partials);
+      options.onResult?.(p.index, results[p.index]);
       options.onProgress?.(++done, layers.length);
     }
     inflight = next;

@@ -86,7 +86,7 @@ export async function baseNormsOnGpu(
   ctx: GpuContext,
   weights: readonly BaseWeightRef[],
   which: NormRequest,
-  options: BackendCallOptions = {},
+  options: BackendCallOptions<BaseNorms> = {},
 ): Promise<BaseNorms[]> {
   const results: BaseNorms[] = weights.map(() => ({}));
   if (!which.frobenius && !which.spectral) return results;
@@ -98,6 +98,7 @@ export async function baseNormsOnGpu(
       const norms = await runNormBatch(ctx, batches[b], reader, which);
       batches[b].weights.forEach((w, i) => {
         results[w.index] = norms[i];
+        options.onResult?.(w.index, norms[i]);
         options.onProgress?.(++done, weights.length);
       });
     }

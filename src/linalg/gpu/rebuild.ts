@@ -69,7 +69,7 @@ function scaledColumns(
 export async function rebuildOnGpu(
   ctx: GpuContext,
   requests: readonly RebuildRequest[],
-  options: BackendCallOptions = {},
+  options: BackendCallOptions<RebuiltFactors> = {},
 ): Promise<RebuiltFactors[]> {
   const results: RebuiltFactors[] = new Array(requests.length);
   const maxWords = Math.min(BATCH_BYTES, ctx.limits.storageBinding) / 4;
@@ -132,6 +132,8 @@ export async function rebuildOnGpu(
     batch.planned.push({ index, out, inFlat, kept, upBase, downBase });
   });
   let done = requests.length - batches.reduce((n, b) => n + b.planned.length, 0);
+  // Layers that keep nothing are done already.
+  results.forEach((r, index) => options.onResult?.(index, r));
   for (const b of batches) {
     const values = await runRebuildBatch(ctx, b);
     for (const p of b.planned) {
@@ -140,6 +142,7 @@ export async function rebuildOnGpu(
         up: encoded(values.subarray(p.upBase, p.upBase + p.out * p.kept), dtype),
         down: encoded(values.subarray(p.downBase, p.downBase + p.kept * p.inFlat), dtype),
       };
+      options.onResult?.(p.index, results[p.index]);
       options.onProgress?.(++done, requests.length);
     }
   }

@@ -38,7 +38,7 @@ interface Unit {
 export async function subspaceOnGpu(
   ctx: GpuContext,
   requests: readonly SubspaceRequest[],
-  options: BackendCallOptions = {},
+  options: BackendCallOptions<Float64Array> = {},
 ): Promise<Float64Array[]> {
   const cap = Math.min(BATCH_BYTES, ctx.limits.storageBinding);
   const blockCap = Math.min(BLOCK_BYTES, cap);
@@ -74,6 +74,7 @@ export async function subspaceOnGpu(
   let done = 0;
   const finish = (index: number) => {
     results[index] = scales(requests[index], grams[index]);
+    options.onResult?.(index, results[index]);
     options.onProgress?.(++done, requests.length);
   };
   requests.forEach((_, i) => remaining[i] === 0 && finish(i));
