@@ -87,7 +87,11 @@ export interface ResizeOptions {
   readonly outputFolder?: string;
   /** Output element type (default `F16`). */
   readonly outputDtype?: OutputDType;
-  /** `auto` (default), `cpu` or `gpu`; ignored when `backend` is given. */
+  /**
+   * `auto` (default), `cpu` or `gpu`; ignored when `backend` is given. `auto` and `gpu` ask for a
+   * WebGPU adapter: do that on a process's main thread only (see the README's Library section:
+   * elsewhere the process can crash at exit where wgpu opens its GL backend).
+   */
   readonly device?: DeviceChoice;
   /** A backend to use (the caller keeps ownership). */
   readonly backend?: Backend;
