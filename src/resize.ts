@@ -699,11 +699,11 @@ function startRebuild(
   const requests: RebuildRequest[] = [];
   keeps.forEach((keep, i) => {
     if (keep.length === 0) return;
-    const factors = Promise.withResolvers<OutputFactors>();
-    factors.promise.catch(() => {}); // a write that stops early leaves the rest unasked
-    pending.set(i, factors);
-    const { factors: layer } = lora.layers[i].layer;
-    requests.push({ factors: layer, decomposition: lora.decompositions[i], keep, ...how });
+    const result = Promise.withResolvers<OutputFactors>();
+    result.promise.catch(() => {}); // a write that stops early leaves the rest unasked
+    pending.set(i, result);
+    const { factors } = lora.layers[i].layer;
+    requests.push({ factors, decomposition: lora.decompositions[i], keep, ...how });
   });
   const layerOf = [...pending.keys()];
   const abort = new AbortController();
