@@ -23,6 +23,7 @@ import { decodeFloats, encodeFloats, type FloatDType } from "../src/safetensors/
 import { SafetensorsFile } from "../src/safetensors/reader.ts";
 import { writeSafetensors } from "../src/safetensors/writer.ts";
 import { assert, assertEquals, assertRejects, assertRelClose } from "./assert.ts";
+import { streamed } from "./streamed.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url);
 
@@ -565,32 +566,6 @@ Deno.test("conformance: base norms of the micro SDXL match base_norms.json", asy
 
 // ------------------------------------------------------------------ workers
 
-/**
- * Call options whose `onResult` records each item's result; `check` asserts that every item came
- * once, before the call resolved, as the very object the call returned, and in input order when
- * `inOrder` is set.
- */
-function streamed<T>(what: string, inOrder = false) {
-  const got = new Map<number, T>();
-  let settled = false;
-  return {
-    options: {
-      onResult: (i: number, result: T) => {
-        assert(!settled, `${what}: item ${i} after the call resolved`);
-        assert(!got.has(i), `${what}: item ${i} twice`);
-        if (inOrder) assertEquals(i, got.size, `${what}: item ${i} out of order`);
-        got.set(i, result);
-      },
-    },
-    check(results: T[]): T[] {
-      settled = true;
-      assertEquals(got.size, results.length, what);
-      results.forEach((r, i) => assert(got.get(i) === r, `${what}: item ${i} differs`));
-      return results;
-    },
-  };
-}
-
 async function everything(
   backend: Backend,
   layers: LowRankFactors[],
@@ -599,31 +574,35 @@ async function everything(
   oneThread: boolean,
 ) {
   // Layers stream out in order from one thread (decompositions, rebuilds; weights go largest first).
-  const d = streamed<Decomposition>("decompose", oneThread);
-  const ds = d.check(await backend.decompose(layers, d.options));
-  const s = streamed<Float64Array>("subspaceScales");
-  const scales = s.check(
-    await backend.subspaceScales(
-      layers.map((factors, i) => ({ weight: bases[i], factors, decomposition: ds[i] })),
-      s.options,
-    ),
+  const ds = await streamed<Decomposition>((o) => backend.decompose(layers, o), {
+    what: "decompose",
+    inOrder: oneThread,
+  });
+  const scales = await streamed<Float64Array>(
+    (o) =>
+      backend.subspaceScales(
+        layers.map((factors, i) => ({ weight: bases[i], factors, decomposition: ds[i] })),
+        o,
+      ),
+    { what: "subspaceScales" },
   );
-  const r = streamed<RebuiltFactors>("rebuild", oneThread);
-  const rebuilt = r.check(
-    await backend.rebuild(
-      layers.map((factors, i) => ({
-        factors,
-        decomposition: ds[i],
-        keep: Array.from(ds[i].sigma.keys()).filter((j) => j % 2 === 0),
-        rescale: 1.25,
-        dtype: (["F16", "BF16", "F32", undefined] as const)[i % 4],
-      })),
-      r.options,
-    ),
+  const rebuilt = await streamed<RebuiltFactors>(
+    (o) =>
+      backend.rebuild(
+        layers.map((factors, i) => ({
+          factors,
+          decomposition: ds[i],
+          keep: Array.from(ds[i].sigma.keys()).filter((j) => j % 2 === 0),
+          rescale: 1.25,
+          dtype: (["F16", "BF16", "F32", undefined] as const)[i % 4],
+        })),
+        o,
+      ),
+    { what: "rebuild", inOrder: oneThread },
   );
-  const n = streamed<BaseNorms>("baseNorms");
-  const norms = n.check(
-    await backend.baseNorms(weights, { frobenius: true, spectral: true }, n.options),
+  const norms = await streamed<BaseNorms>(
+    (o) => backend.baseNorms(weights, { frobenius: true, spectral: true }, o),
+    { what: "baseNorms" },
   );
   return { ds, scales, rebuilt, norms };
 }

@@ -8,7 +8,6 @@ import { BackendError } from "../src/errors.ts";
 import { collectLogs } from "../src/log.ts";
 import type {
   Backend,
-  BackendCallOptions,
   BaseNorms,
   BaseWeightRef,
   Decomposition,
@@ -25,6 +24,7 @@ import { SafetensorsFile } from "../src/safetensors/reader.ts";
 import { writeSafetensors } from "../src/safetensors/writer.ts";
 import { assert, assertEquals, assertRejects, assertRelClose } from "./assert.ts";
 import { runDeno } from "./webgpu_child.ts";
+import { streamed } from "./streamed.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url);
 
@@ -42,25 +42,6 @@ if (ignore) {
   console.log("gpu_backend_test: no WebGPU adapter on this machine; GPU tests are skipped");
 }
 const cases: [string, () => Promise<void>][] = [];
-
-/**
- * Runs a backend call with an `onResult` that records each item, and asserts every item came
- * once, before the call resolved, as the very object the call returned.
- */
-async function streamed<T>(call: (options: BackendCallOptions<T>) => Promise<T[]>): Promise<T[]> {
-  const got = new Map<number, T>();
-  let settled = false;
-  const results = await call({
-    onResult: (i, result) => {
-      assert(!settled && !got.has(i), `item ${i} twice or late`);
-      got.set(i, result);
-    },
-  });
-  settled = true;
-  assertEquals(got.size, results.length);
-  results.forEach((r, i) => assert(got.get(i) === r, `item ${i} differs`));
-  return results;
-}
 
 /** A GPU test: ignored (not passed) without an adapter. */
 function gpuTest(name: string, fn: () => Promise<void>): void {
