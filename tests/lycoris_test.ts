@@ -107,15 +107,24 @@ Deno.test("a file mixing LoRA, LoHa and LoKr layers yields each LyCORIS layer on
   });
 });
 
-Deno.test("LoHa scale is α over the rows of hada_w1_b, and 1 without α", async () => {
+Deno.test("LoHa scale is α over the rows of hada_w1_b (1 without α), and r1·r2 above min(out, in) takes the dense route", async () => {
   const tensors = [
     ...lohaTensors(LINEAR, { rank: 4, alpha: 2 }),
     ...lohaTensors(CONV, { rank: 2, alpha: null }),
+    ...lohaTensors({ ...LINEAR, name: "lora_unet_c" }, { rank: 5, alpha: 10 }),
   ];
   await withFile(tensors, async (path) => {
     const { layers } = await layersOf(path);
-    assertEquals(layers.map((l) => l.kind === "loha" && l.factors.scale), [0.5, 1]);
-    assertEquals(layers.map((l) => l.kind === "loha" && l.route), ["khatri-rao", "khatri-rao"]);
+    const loha = layers.map((l) => {
+      assert(l.kind === "loha");
+      return [l.name, l.factors.scale, l.route, l.rank, l.factors.rank];
+    });
+    assertEquals(loha, [
+      ["lora_unet_a", 0.5, "khatri-rao", 16, 16],
+      ["lora_unet_b", 1, "khatri-rao", 4, 4],
+      // 25 > min(24, 20): ΔW (24×20) times the 20×20 identity.
+      ["lora_unet_c", 2, "dense", 25, 20],
+    ]);
   });
 });
 

@@ -104,6 +104,7 @@ const LOHA = ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"] as const;
 const LOHA_TUCKER = ["hada_t1", "hada_t2"];
 const LOKR = ["lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"] as const;
 const LOKR_TUCKER = ["lokr_t2"];
+const SUFFIXES = new Set<string>([...LOHA, ...LOHA_TUCKER, ...LOKR, ...LOKR_TUCKER]);
 
 /**
  * Finds and validates a file's LoHa and LoKr layers. Only alphas are read
@@ -127,7 +128,7 @@ export async function readLycorisLayers(file: SafetensorsFile): Promise<LycorisL
     const dot = t.name.lastIndexOf(".");
     if (dot < 0) continue;
     const suffix = t.name.slice(dot + 1);
-    if (![...LOHA, ...LOHA_TUCKER, ...LOKR, ...LOKR_TUCKER].includes(suffix)) continue;
+    if (!SUFFIXES.has(suffix)) continue;
     const name = t.name.slice(0, dot);
     if (!modules.has(name)) modules.set(name, new Map());
     modules.get(name)!.set(suffix, t);
