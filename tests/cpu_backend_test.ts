@@ -9,16 +9,8 @@ import type {
   RebuiltFactors,
 } from "../src/linalg/backend.ts";
 import { createCpuBackend } from "../src/linalg/cpu/backend.ts";
-import {
-  decompositionFromGrams,
-  identity,
-  type Matrix,
-  matrix,
-  multiply,
-  qr,
-  svd,
-  transpose,
-} from "../src/linalg/dense.ts";
+import { referenceSvdFromGrams } from "./reference/gram_svd.ts";
+import { identity, type Matrix, matrix, multiply, qr, svd, transpose } from "./reference/matrix.ts";
 import { decodeFloats, encodeFloats, type FloatDType } from "../src/safetensors/dtype.ts";
 import { SafetensorsFile } from "../src/safetensors/reader.ts";
 import { writeSafetensors } from "../src/safetensors/writer.ts";
@@ -189,7 +181,7 @@ Deno.test("decompose: rank 96 with a graded spectrum and rank-deficient factors,
   cases.forEach(([what, layer], i) => {
     checkDecomposition(layer, ds[i], what);
     const { b, a } = layer, { out, rank, inFlat } = layer.factors;
-    const reference = decompositionFromGrams(
+    const reference = referenceSvdFromGrams(
       multiply(transpose(b), b),
       multiply(a, transpose(a)),
       layer.factors,
@@ -198,6 +190,34 @@ Deno.test("decompose: rank 96 with a graded spectrum and rank-deficient factors,
       assert(Math.abs(s - reference.sigma[j]) <= 1e-12 * reference.sigma[0], `${what}: σ${j}`)
     );
     assertEquals(ds[i].sigma.length, Math.min(out, rank, inFlat));
+  });
+});
+
+Deno.test("decompose: F64 factors too large for the core's float64 sums (2¹⁵⁰, 2³⁰⁰ times a layer) give that layer's σ times 2³⁰⁰, 2⁶⁰⁰", async () => {
+  // The eigensolver of the core squares MᵀM, whose entries grow as the 4th power of the factors:
+  // beyond ~1e38 that overflows float64. Scaling the factors by 2ᵉ scales ΔW, so σ, by 2²ᵉ
+  // exactly, and the transforms (U = B·T_B stays orthonormal) by 2⁻ᵉ.
+  const unit = makeLayer({ out: 9, rank: 5, inFlat: 12, scale: -0.75, dtype: "F64" }, rng(21));
+  const scaled = (e: number): LowRankFactors => {
+    const times = (m: Matrix) => floatData(m.data.map((x) => x * 2 ** e), "F64");
+    return { ...unit.factors, up: times(unit.b), down: times(unit.a) };
+  };
+  await using backend = await createCpuBackend({ workers: 0 });
+  const [d, ...big] = await backend.decompose([unit.factors, scaled(150), scaled(300)]);
+  checkDecomposition(unit, d, "unit layer");
+  [150, 300].forEach((e, i) => {
+    d.sigma.forEach((s, j) => assertRelClose(big[i].sigma[j], s * 2 ** (2 * e), 1e-12));
+    const largest = Math.max(...d.upTransform.map(Math.abs), ...d.downTransform.map(Math.abs));
+    for (
+      const [got, want] of [[big[i].upTransform, d.upTransform], [
+        big[i].downTransform,
+        d.downTransform,
+      ]]
+    ) {
+      want.forEach((t, j) =>
+        assert(Math.abs(got[j] * 2 ** e - t) <= 1e-10 * largest, `2^${e}: T[${j}]`)
+      );
+    }
   });
 });
 

@@ -1,5 +1,6 @@
+import { tridiagonalEigen } from "../src/linalg/tridiagonal.ts";
+import { referenceSvdFromGrams } from "./reference/gram_svd.ts";
 import {
-  decompositionFromGrams,
   identity,
   type Matrix,
   matrix,
@@ -8,8 +9,7 @@ import {
   svd,
   symmetricEigen,
   transpose,
-  tridiagonalEigen,
-} from "../src/linalg/dense.ts";
+} from "./reference/matrix.ts";
 import { assert, assertClose, assertEquals } from "./assert.ts";
 
 /** Deterministic uniform numbers in [−0.5, 0.5) (Park–Miller). */
@@ -146,8 +146,8 @@ function factorsOf(
   };
 }
 
-Deno.test("decompositionFromGrams: reference worked example (§5.5)", () => {
-  const d = decompositionFromGrams(matrix(1, 1, [1]), matrix(1, 1, [4]), {
+Deno.test("referenceSvdFromGrams: the worked example B = [1, 0]ᵀ, A = [2, 0, 0], scale 0.5 gives σ = 1", () => {
+  const d = referenceSvdFromGrams(matrix(1, 1, [1]), matrix(1, 1, [4]), {
     scale: 0.5,
     out: 2,
     inFlat: 3,
@@ -158,11 +158,11 @@ Deno.test("decompositionFromGrams: reference worked example (§5.5)", () => {
   assertEquals(Array.from(v.data).map(Math.abs), [1, 0, 0]);
 });
 
-Deno.test("decompositionFromGrams: SVD of scale·B·A, including r > min(out, in′) and a negative scale", () => {
+Deno.test("referenceSvdFromGrams: SVD of scale·B·A, including r > min(out, in′) and a negative scale", () => {
   const next = rng(6);
   for (const [out, inFlat, r, scale] of [[20, 13, 6, 0.5], [5, 9, 8, 2], [7, 4, 4, -1.5]]) {
     const b = random(out, r, next), a = random(r, inFlat, next);
-    const d = decompositionFromGrams(
+    const d = referenceSvdFromGrams(
       multiply(transpose(b), b),
       multiply(a, transpose(a)),
       { scale, out, inFlat },
@@ -180,8 +180,8 @@ Deno.test("decompositionFromGrams: SVD of scale·B·A, including r > min(out, in
   }
 });
 
-Deno.test("decompositionFromGrams: zero Gram matrices give k exact zeros and zero transforms", () => {
-  const d = decompositionFromGrams(matrix(3, 3), matrix(3, 3), { scale: 1, out: 2, inFlat: 5 });
+Deno.test("referenceSvdFromGrams: zero Gram matrices give k exact zeros and zero transforms", () => {
+  const d = referenceSvdFromGrams(matrix(3, 3), matrix(3, 3), { scale: 1, out: 2, inFlat: 5 });
   assertEquals(Array.from(d.sigma), [0, 0]);
   assert(d.upTransform.every((x) => x === 0) && d.downTransform.every((x) => x === 0));
   assertEquals(d.upTransform.length, 6);

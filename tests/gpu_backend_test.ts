@@ -15,7 +15,7 @@ import type {
   RebuiltFactors,
 } from "../src/linalg/backend.ts";
 import { createCpuBackend } from "../src/linalg/cpu/backend.ts";
-import { matrix, multiply, qr, svd } from "../src/linalg/dense.ts";
+import { matrix, multiply, qr, svd } from "./reference/matrix.ts";
 import { createGpuBackend } from "../src/linalg/gpu/backend.ts";
 import { requestAdapter } from "../src/linalg/gpu/device.ts";
 import { selectBackend } from "../src/linalg/select_backend.ts";

@@ -18,6 +18,7 @@ import {
   writeSyntheticBase,
   writeSyntheticLora,
 } from "../src/synthetic.ts";
+import { matrix, svd } from "./reference/matrix.ts";
 
 const FIXTURES = "tests/fixtures";
 
@@ -41,54 +42,10 @@ function asRecord(
   return Object.fromEntries(specs.map((s) => [s.name, { dtype: s.dtype, shape: [...s.shape] }]));
 }
 
-/** Singular values (descending) of a row-major m×n matrix: Gram matrix + cyclic Jacobi. */
+/** Singular values (descending) of a row-major m×n matrix, by the tests' reference SVD. */
 function singularValues(w: ArrayLike<number>, m: number, n: number): number[] {
-  const g = new Float64Array(n * n);
-  for (let r = 0; r < m; r++) {
-    for (let i = 0; i < n; i++) {
-      const x = w[r * n + i];
-      for (let j = i; j < n; j++) g[i * n + j] += x * w[r * n + j];
-    }
-  }
-  for (let i = 0; i < n; i++) for (let j = 0; j < i; j++) g[i * n + j] = g[j * n + i];
-  for (let sweep = 0; sweep < 50; sweep++) {
-    let off = 0;
-    for (let p = 0; p < n; p++) for (let q = p + 1; q < n; q++) off += g[p * n + q] ** 2;
-    if (off < 1e-26) break;
-    for (let p = 0; p < n; p++) {
-      for (let q = p + 1; q < n; q++) {
-        const apq = g[p * n + q];
-        if (Math.abs(apq) < 1e-300) continue;
-        const theta = (g[q * n + q] - g[p * n + p]) / (2 * apq);
-        const t = Math.sign(theta || 1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
-        const c = 1 / Math.sqrt(t * t + 1), s = t * c;
-        for (let k = 0; k < n; k++) { // columns p, q
-          const gkp = g[k * n + p], gkq = g[k * n + q];
-          g[k * n + p] = c * gkp - s * gkq;
-          g[k * n + q] = s * gkp + c * gkq;
-        }
-        for (let k = 0; k < n; k++) { // rows p, q
-          const gpk = g[p * n + k], gqk = g[q * n + k];
-          g[p * n + k] = c * gpk - s * gqk;
-          g[q * n + k] = s * gpk + c * gqk;
-        }
-      }
-    }
-  }
-  return Array.from({ length: n }, (_, i) => Math.sqrt(Math.max(0, g[i * n + i]))).sort((a, b) =>
-    b - a
-  );
+  return Array.from(svd(matrix(m, n, w)).s);
 }
-
-Deno.test("the Jacobi helper finds the singular values of a known matrix", () => {
-  // diag(3, 2, 1) rotated on both sides keeps singular values 3, 2, 1
-  const c = Math.cos(0.3), s = Math.sin(0.3);
-  const w = [3 * c, -3 * s, 0, 2 * s, 2 * c, 0, 0, 0, 1, 0, 0, 0];
-  const sv = singularValues(w, 4, 3);
-  for (const [got, want] of sv.map((v, i) => [v, [3, 2, 1][i]])) {
-    assert(Math.abs(got - want) < 1e-12);
-  }
-});
 
 // ------------------------------------------------------------------ shapes
 

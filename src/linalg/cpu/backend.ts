@@ -24,10 +24,10 @@ import type {
   SubspaceRequest,
 } from "../backend.ts";
 import { Kernels } from "../wasm/kernels.ts";
-import { RangeReader } from "./compute.ts";
+import { RangeReader } from "../range_reader.ts";
 import { WorkerPool } from "./pool.ts";
-import { runTask, type Task, type TaskResult } from "./tasks.ts";
-import { checkDecomposition, checkFactors, checkRebuild, checkWeight } from "../checks.ts";
+import { runTask, type Task, type TaskResult } from "./work_items.ts";
+import { checkDecomposition, checkFactors, checkRebuild, checkWeight } from "../validation.ts";
 
 /** Options of {@link createCpuBackend}. */
 export interface CpuBackendOptions {

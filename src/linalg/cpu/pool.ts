@@ -11,7 +11,13 @@
  */
 
 import { BackendError } from "../../errors.ts";
-import { type ErrorMessage, packTask, reviveError, type Task, type TaskResult } from "./tasks.ts";
+import {
+  type ErrorMessage,
+  packTask,
+  reviveError,
+  type Task,
+  type TaskResult,
+} from "./work_items.ts";
 
 const WORKER_URL = new URL("./worker.ts", import.meta.url);
 

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { tridiagonalEigen } from "../dense.ts";
+import { tridiagonalEigen } from "../tridiagonal.ts";
 import type { Kernels } from "../wasm/kernels.ts";
 
 /** A weight decoded to f32 in kernel memory. */

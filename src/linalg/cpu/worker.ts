@@ -7,8 +7,8 @@
  */
 
 import { Kernels } from "../wasm/kernels.ts";
-import { RangeReader } from "./compute.ts";
-import { errorMessage, resultTransfer, runTask, type Task, unpackTask } from "./tasks.ts";
+import { RangeReader } from "../range_reader.ts";
+import { errorMessage, resultTransfer, runTask, type Task, unpackTask } from "./work_items.ts";
 
 /** The part of the worker global scope used here. */
 interface WorkerScope {

@@ -4,7 +4,7 @@
  *
  * - `decompose`: Gram matrices on the GPU, summed near-exactly (exact limb
  *   products, three-f32 cascade), then the CPU backend's float64 r × r core
- *   (`decompositionOfGrams`, WASM kernels) on the host — see `decompose.ts`
+ *   (`svdFromGrams` in `../gram_svd.ts`, WASM kernels) on the host — see `decompose.ts`
  *   for why that O(r³) step stays on the host.
  * - `rebuild`: up = B·S_B, down = S_Aᵀ·A on the GPU, rounded once to f32.
  * - `baseNorms`: weights read from the checkpoint (synchronous chunked reads
@@ -34,7 +34,7 @@ import type {
   RebuiltFactors,
   SubspaceRequest,
 } from "../backend.ts";
-import { addProduct, OutMode, prepareCross, tripleAt } from "./cross.ts";
+import { addProduct, OutMode, prepareCross, tripleAt } from "./products.ts";
 import { decomposeOnGpu } from "./decompose.ts";
 import { GpuContext } from "./device.ts";
 import { baseNormsOnGpu } from "./norms.ts";
@@ -124,7 +124,7 @@ class GpuBackend implements Backend {
 }
 
 /**
- * Runs the cross kernel on values whose exact sum of squares needs the
+ * Runs the product kernel on values whose exact sum of squares needs the
  * low-order parts (xᵢ = 1 + i·2⁻²³): a compiler that rewrites the
  * error-free sums, or flushes them, gets it wrong by ~1e-10.
  */

@@ -3,7 +3,7 @@
  * layers per submit (the O((out + in′)·r²) part), summed exactly enough to
  * match float64 (three-f32 cascade over exact limb products), then the
  * r × r core on the host in float64 with the CPU backend's own WASM kernels
- * ({@link decompositionOfGrams}: the same steps as after the CPU's Gram step).
+ * ({@link svdFromGrams}: the same core as after the CPU's Gram step).
  *
  * Why the core stays on the host: the eigendecompositions of the Grams and
  * the core SVD cost O(r³), nothing next to the Grams, but they square
@@ -15,10 +15,10 @@
  * @module
  */
 
-import { checkFactors } from "../checks.ts";
+import { checkFactors } from "../validation.ts";
 import { BackendError } from "../../errors.ts";
 import type { BackendCallOptions, Decomposition, LowRankFactors } from "../backend.ts";
-import { decompositionOfGrams } from "../cpu/compute.ts";
+import { svdFromGrams } from "../gram_svd.ts";
 import { Kernels } from "../wasm/kernels.ts";
 import {
   addProduct,
@@ -27,7 +27,7 @@ import {
   prepareCross,
   type PreparedCross,
   tripleAt,
-} from "./cross.ts";
+} from "./products.ts";
 import type { GpuContext } from "./device.ts";
 import { type Format, Packer } from "./pack.ts";
 
@@ -205,5 +205,5 @@ function coreOf(kernels: Kernels, p: PlannedLayer, partials: Float32Array): Deco
     }
     return g;
   };
-  return decompositionOfGrams(kernels, { up: gram(p.partsB), down: gram(p.partsA) }, layer);
+  return svdFromGrams(kernels, { up: gram(p.partsB), down: gram(p.partsA) }, layer);
 }

@@ -13,7 +13,7 @@ import { type LogFn, silent } from "../../log.ts";
 import { loadAsset } from "../asset.ts";
 
 /** Kernels in `shaders/` (each is compiled with `df32.wgsl` in front). */
-export type ShaderName = "cross" | "norms";
+export type ShaderName = "products" | "norms";
 
 /** Options for {@link GpuContext.create}. */
 export interface GpuContextOptions {

@@ -26,7 +26,7 @@
 
 import { BackendError } from "../../errors.ts";
 import type { BackendCallOptions, BaseNorms, BaseWeightRef, NormRequest } from "../backend.ts";
-import { tridiagonalEigen } from "../dense.ts";
+import { tridiagonalEigen } from "../tridiagonal.ts";
 import { dtypeSize } from "../../safetensors/dtype.ts";
 import type { GpuContext } from "./device.ts";
 import { Format } from "./pack.ts";

@@ -9,7 +9,7 @@
 
 import type { FloatDType } from "../../safetensors/dtype.ts";
 import type { FloatData } from "../backend.ts";
-import { RangeReader } from "../cpu/compute.ts";
+import { RangeReader } from "../range_reader.ts";
 
 /**
  * Element format codes, as `FMT_*` in `shaders/df32.wgsl`.

@@ -18,8 +18,8 @@ import type {
   RebuiltFactors,
 } from "../backend.ts";
 import { encodeFloats } from "../../safetensors/dtype.ts";
-import { addProduct, type CrossGroup, OutMode, prepareCross } from "./cross.ts";
-import { checkRebuild } from "../checks.ts";
+import { addProduct, type CrossGroup, OutMode, prepareCross } from "./products.ts";
+import { checkRebuild } from "../validation.ts";
 import type { GpuContext } from "./device.ts";
 import { type Format, Packer } from "./pack.ts";
 

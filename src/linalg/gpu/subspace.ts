@@ -11,8 +11,8 @@
 import { BackendError } from "../../errors.ts";
 import type { BackendCallOptions, SubspaceRequest } from "../backend.ts";
 import { dtypeSize } from "../../safetensors/dtype.ts";
-import { addProduct, type CrossGroup, OutMode, prepareCross, tripleAt } from "./cross.ts";
-import { checkFactors } from "../checks.ts";
+import { addProduct, type CrossGroup, OutMode, prepareCross, tripleAt } from "./products.ts";
+import { checkFactors } from "../validation.ts";
 import { segments } from "./decompose.ts";
 import type { GpuContext } from "./device.ts";
 import { Format, type Packed, Packer } from "./pack.ts";

@@ -12,7 +12,6 @@
 import { BackendError } from "../../errors.ts";
 import type { FloatDType } from "../../safetensors/dtype.ts";
 import { loadAsset } from "../asset.ts";
-import type { RowOrthogonalizer } from "../dense.ts";
 
 /**
  * Where the kernels binary lies (beside this module).
@@ -138,8 +137,9 @@ export interface KernelExports {
     n: number,
   ): void;
   /**
-   * One-sided Jacobi on f64 rows (see `RowOrthogonalizer`) until every pair has
-   * |cos| ≤ tolerance; returns the sweeps.
+   * One-sided Jacobi on the `count` f64 rows (length `len`) of `w`, rotating
+   * the rows (length `vlen`) of `vt` along, until every pair of rows has
+   * |cos| ≤ tolerance; `norms` is scratch for `count` f64. Returns the sweeps.
    */
   orthogonalizeRows(
     w: number,
@@ -315,21 +315,6 @@ export class Kernels {
     this.u8(ptr, bytes.byteLength).set(bytes);
     return ptr;
   }
-
-  /**
-   * The kernels' one-sided Jacobi step, as a {@link RowOrthogonalizer} for
-   * `svd` / `decompositionFromGrams` (copies the rows in and out of memory
-   * allocated from the arena).
-   */
-  readonly orthogonalize: RowOrthogonalizer = (rows, count, length, vt) => {
-    const w = this.alloc(rows.byteLength), v = this.alloc(vt.byteLength);
-    const norms = this.alloc(count * 8);
-    this.f64(w, rows.length).set(rows);
-    this.f64(v, vt.length).set(vt);
-    this.exports.orthogonalizeRows(w, count, length, v, vt.length / count, norms, Number.EPSILON);
-    rows.set(this.f64(w, rows.length));
-    vt.set(this.f64(v, vt.length));
-  };
 
   /** A byte view of a region. */
   u8(ptr: number, length: number): Uint8Array {

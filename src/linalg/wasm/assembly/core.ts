@@ -1,5 +1,5 @@
-// The r × r steps of a layer's decomposition after its Gram matrices (see decomposeGrams in
-// ../../cpu/compute.ts): pivoted Cholesky of each Gram matrix, the core product, a symmetric
+// The r × r steps of a layer's decomposition after its Gram matrices (see svdFromKernelGrams in
+// ../../gram_svd.ts): pivoted Cholesky of each Gram matrix, the core product, a symmetric
 // eigensolver whose eigenvectors precondition the one-sided Jacobi SVD of the core, and the back
 // substitutions that turn its singular vectors into transforms. Matrices are row-major f64.
 
@@ -150,7 +150,7 @@ export function symmetricEigenvectors(c: usize, size: i32, zt: usize, d: usize, 
       put(zt, j * n + i, a);
     }
   }
-  // Implicit QL (as tridiagonalEigen in ../../dense.ts), rotating rows i, i + 1 of Zᵀ.
+  // Implicit QL (as tridiagonalEigen in ../../tridiagonal.ts), rotating rows i, i + 1 of Zᵀ.
   const ld = n << 3;
   for (let l: isize = 0; l < <isize> n; l++) {
     for (let iter: i32 = 0;; iter++) {

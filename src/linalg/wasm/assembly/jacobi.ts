@@ -1,5 +1,5 @@
-// One-sided Jacobi rotations for the small SVD of the decomposition core (see orthogonalizeRows
-// in ../../dense.ts, which this mirrors step for step).
+// One-sided Jacobi rotations for the small SVD of the decomposition core (../../gram_svd.ts); the
+// tests check them against the plain TypeScript version in tests/reference/matrix.ts.
 
 const MAX_SWEEPS: i32 = 64;
 
@@ -33,7 +33,7 @@ export function rotate(x: usize, y: usize, len: usize, c: f64, s: f64): void {
 
 /**
  * Rotates pairs of the `count` rows (length `len`, f64) of w until they are mutually orthogonal
- * to working precision — |cos| ≤ tolerance for every pair (ε mirrors the TypeScript step) —
+ * to working precision — |cos| ≤ tolerance for every pair (ε for the decomposition core) —
  * applying the same rotations to the rows (length `vlen`) of vt. `norms` is scratch for `count`
  * f64. Returns the number of sweeps that rotated.
  */

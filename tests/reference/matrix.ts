@@ -1,17 +1,13 @@
 /**
- * Small dense float64 matrix routines: products, Householder QR, Jacobi
- * eigendecomposition and SVD, the tridiagonal eigenproblem (for Lanczos), and
- * the low-rank core step shared by the backends: {@link decompositionFromGrams}
- * turns the two r × r Gram matrices of a LoRA layer into its
- * {@link Decomposition}.
+ * Dense float64 matrix routines for the tests: products, Householder QR,
+ * Jacobi eigendecomposition and a QR-preconditioned one-sided Jacobi SVD.
+ * They are straightforward textbook versions, independent of the WASM
+ * kernels, so the tests can check the kernels' results against them.
  *
- * Matrices are row-major {@link Matrix} values. Everything here is meant for
- * r × r sized problems (r = LoRA rank, Lanczos steps), not for weights.
+ * Matrices are row-major {@link Matrix} values, meant for small problems.
  *
  * @module
  */
-
-import type { Decomposition } from "./backend.ts";
 
 /** A dense row-major float64 matrix. */
 export interface Matrix {
@@ -28,13 +24,6 @@ const MAX_SWEEPS = 64;
 
 /**
  * Creates a matrix, copying `data` when given (zeros otherwise).
- *
- * @example
- * ```ts
- * import { matrix } from "./dense.ts";
- * const a = matrix(2, 2, [1, 2, 3, 4]);
- * console.log(a.data[2]); // 3
- * ```
  */
 export function matrix(rows: number, cols: number, data?: ArrayLike<number>): Matrix {
   const out = new Float64Array(rows * cols);
@@ -51,12 +40,6 @@ export function matrix(rows: number, cols: number, data?: ArrayLike<number>): Ma
 
 /**
  * The n × n identity.
- *
- * @example
- * ```ts
- * import { identity } from "./dense.ts";
- * console.log(identity(2).data); // Float64Array [1, 0, 0, 1]
- * ```
  */
 export function identity(n: number): Matrix {
   const a = matrix(n, n);
@@ -66,12 +49,6 @@ export function identity(n: number): Matrix {
 
 /**
  * The transpose of a matrix.
- *
- * @example
- * ```ts
- * import { matrix, transpose } from "./dense.ts";
- * console.log(transpose(matrix(1, 2, [1, 2])).rows); // 2
- * ```
  */
 export function transpose(a: Matrix): Matrix {
   const t = matrix(a.cols, a.rows);
@@ -83,13 +60,6 @@ export function transpose(a: Matrix): Matrix {
 
 /**
  * The product a · b.
- *
- * @example
- * ```ts
- * import { matrix, multiply } from "./dense.ts";
- * const c = multiply(matrix(1, 2, [1, 2]), matrix(2, 1, [3, 4]));
- * console.log(c.data[0]); // 11
- * ```
  */
 export function multiply(a: Matrix, b: Matrix): Matrix {
   if (a.cols !== b.rows) {
@@ -121,13 +91,6 @@ export interface QR {
 
 /**
  * Thin Householder QR of an m × n matrix.
- *
- * @example
- * ```ts
- * import { matrix, multiply, qr } from "./dense.ts";
- * const { q, r } = qr(matrix(3, 2, [1, 2, 3, 4, 5, 6]));
- * console.log(multiply(q, r).data.map(Math.round)); // Float64Array [1, 2, 3, 4, 5, 6]
- * ```
  */
 export function qr(a: Matrix): QR {
   const { q, r } = householder(a, false);
@@ -214,13 +177,6 @@ export interface SymmetricEigen {
  * the upper triangle is read). Rotations stop once every off-diagonal element
  * is negligible against its diagonal pair, which gives positive semi-definite
  * matrices (Gram matrices) eigenvalues with high relative accuracy.
- *
- * @example
- * ```ts
- * import { matrix, symmetricEigen } from "./dense.ts";
- * const { values } = symmetricEigen(matrix(2, 2, [2, 1, 1, 2]));
- * console.log(values.map((x) => Math.round(x * 1e12) / 1e12)); // Float64Array [3, 1]
- * ```
  */
 export function symmetricEigen(a: Matrix): SymmetricEigen {
   const n = a.rows;
@@ -323,13 +279,6 @@ export interface SvdOptions {
  * rotated until mutually orthogonal to working precision — a few sweeps,
  * since the rows of a pivoted R are nearly orthogonal already. Small singular
  * values come out with high relative accuracy.
- *
- * @example
- * ```ts
- * import { matrix, svd } from "./dense.ts";
- * const { s } = svd(matrix(2, 2, [3, 0, 0, -4]));
- * console.log(s); // Float64Array [4, 3]
- * ```
  */
 export function svd(a: Matrix, options: SvdOptions = {}): SVD {
   if (a.rows < a.cols) {
@@ -398,268 +347,6 @@ function dotRows(w: Float64Array, x: number, y: number, len: number): number {
   let s = 0;
   for (let k = 0; k < len; k++) s += w[x + k] * w[y + k];
   return s;
-}
-
-/** Eigenvalues of a symmetric tridiagonal matrix and two rows of its eigenvector matrix. */
-export interface TridiagonalEigen {
-  /** Eigenvalues, descending. */
-  readonly values: Float64Array;
-  /** First component of each eigenvector (order of `values`). */
-  readonly first: Float64Array;
-  /** Last component of each eigenvector (order of `values`); Lanczos residuals use it. */
-  readonly last: Float64Array;
-}
-
-/**
- * Eigenvalues of the symmetric tridiagonal matrix with the given diagonal
- * (length n) and off-diagonal (length n − 1), by implicit QL with Wilkinson
- * shifts. Only the first and last rows of the eigenvector matrix are
- * accumulated, so a call costs O(n²).
- *
- * @example
- * ```ts
- * import { tridiagonalEigen } from "./dense.ts";
- * const { values } = tridiagonalEigen(new Float64Array([2, 2]), new Float64Array([1]));
- * console.log(values.map((x) => Math.round(x * 1e12) / 1e12)); // Float64Array [3, 1]
- * ```
- */
-export function tridiagonalEigen(
-  diagonal: Float64Array,
-  offDiagonal: Float64Array,
-): TridiagonalEigen {
-  const n = diagonal.length;
-  if (n > 0 && offDiagonal.length < n - 1) {
-    throw new RangeError(`tridiagonalEigen: ${n} diagonal values need ${n - 1} off-diagonal ones`);
-  }
-  const d = Float64Array.from(diagonal);
-  const e = new Float64Array(n); // e[i] couples i and i + 1; e[n − 1] = 0
-  e.set(offDiagonal.subarray(0, Math.max(0, n - 1)));
-  const z0 = new Float64Array(n), z1 = new Float64Array(n); // rows 0 and n − 1 of Z
-  if (n > 0) {
-    z0[0] = 1;
-    z1[n - 1] = 1;
-  }
-  for (let l = 0; l < n; l++) {
-    for (let iter = 0;; iter++) {
-      let m = l;
-      for (; m < n - 1; m++) {
-        if (Math.abs(e[m]) <= EPS * (Math.abs(d[m]) + Math.abs(d[m + 1]))) break;
-      }
-      if (m === l) break;
-      if (iter === 100) throw new Error("tridiagonalEigen: no convergence");
-      let g = (d[l + 1] - d[l]) / (2 * e[l]);
-      let r = Math.hypot(g, 1);
-      g = d[m] - d[l] + e[l] / (g + (g >= 0 ? r : -r));
-      let s = 1, c = 1, p = 0;
-      let i = m - 1;
-      for (; i >= l; i--) {
-        const f = s * e[i], b = c * e[i];
-        r = Math.hypot(f, g);
-        e[i + 1] = r;
-        if (r === 0) {
-          d[i + 1] -= p;
-          e[m] = 0;
-          break;
-        }
-        s = f / r;
-        c = g / r;
-        g = d[i + 1] - p;
-        r = (d[i] - g) * s + 2 * c * b;
-        p = s * r;
-        d[i + 1] = g + p;
-        g = c * r - b;
-        for (const z of [z0, z1]) {
-          const zi1 = z[i + 1];
-          z[i + 1] = s * z[i] + c * zi1;
-          z[i] = c * z[i] - s * zi1;
-        }
-      }
-      if (r === 0 && i >= l) continue;
-      d[l] -= p;
-      e[l] = g;
-      e[m] = 0;
-    }
-  }
-  const order = descendingOrder(d);
-  return {
-    values: Float64Array.from(order, (i) => d[i]),
-    first: Float64Array.from(order, (i) => z0[i]),
-    last: Float64Array.from(order, (i) => z1[i]),
-  };
-}
-
-/** Shape and scale of the layer whose Gram matrices are factorised. */
-export interface GramOptions extends SvdOptions {
-  /** α / r: multiplies every singular value (its sign goes on the up transform). */
-  readonly scale: number;
-  /** Rows of ΔW (rows of B). */
-  readonly out: number;
-  /** Columns of ΔW (columns of A). */
-  readonly inFlat: number;
-}
-
-/**
- * The SVD of ΔW = scale · B · A from the Gram matrices G_B = BᵀB and
- * G_A = A·Aᵀ (both r × r, float64; only their upper triangles are read).
- *
- * Pivoted Cholesky G_B = R_Bᵀ·R_B gives B = Q_B·R_B with Q_B = B·Π·R₁₁⁻¹
- * orthonormal (R₁₁ the leading triangle of R_B in pivot order), likewise
- * Aᵀ = Q_A·R_A; the SVD of the small core M = R_B·R_Aᵀ = U_M·diag(s)·V_Mᵀ then
- * gives ΔW = (B·T_B)·diag(scale·s)·(Aᵀ·T_A)ᵀ with T_B = Π·R₁₁⁻¹·U_M and
- * T_A = Π′·R′₁₁⁻¹·V_M.
- *
- * Rank: pivoting stops once every remaining Schur-complement diagonal is
- * ≤ ε · max(n, r) · max(diag G), with n the length of the sums that formed the
- * Gram matrix (out for G_B, in′ for G_A): that is rounding noise of an exactly
- * rank-deficient factor (duplicated or zero columns, r > out). What it drops is
- * below √(ε·max(n, r)) ≈ 1e-6 of the factor's largest column norm, far under
- * F16/BF16/F32 input precision.
- *
- * Result: k = min(out, in′, r) singular values, descending; when the product
- * has a smaller numerical rank the tail is exact zeros, and the transform
- * columns of a zero singular value are zero (so U·diag(σ)·Vᵀ = ΔW still holds,
- * and those columns of U and V are zero, not unit vectors). An all-zero layer
- * gives k zeros. A negative scale gives |scale|·s with the up transform negated.
- *
- * @example
- * ```ts
- * import { decompositionFromGrams, matrix } from "./dense.ts";
- * // B = [[1], [0]], A = [[2, 0, 0]]: ΔW has the single singular value 0.5 · 2.
- * const d = decompositionFromGrams(matrix(1, 1, [1]), matrix(1, 1, [4]), {
- *   scale: 0.5,
- *   out: 2,
- *   inFlat: 3,
- * });
- * console.log(d.sigma); // Float64Array [1]
- * ```
- */
-export function decompositionFromGrams(
-  gramUp: Matrix,
-  gramDown: Matrix,
-  options: GramOptions,
-): Decomposition {
-  const r = gramUp.rows;
-  if (gramUp.cols !== r || gramDown.rows !== r || gramDown.cols !== r) {
-    throw new RangeError(
-      `Gram matrices ${gramUp.rows}×${gramUp.cols} and ${gramDown.rows}×${gramDown.cols} are not both r×r`,
-    );
-  }
-  const { scale, out, inFlat } = options;
-  const k = Math.min(out, inFlat, r);
-  const up = gramFactor(gramUp, out);
-  const down = gramFactor(gramDown, inFlat);
-  const k1 = up.kept, k2 = down.kept;
-  const sigma = new Float64Array(k);
-  const upTransform = new Float64Array(r * k);
-  const downTransform = new Float64Array(r * k);
-  if (k1 === 0 || k2 === 0) return { sigma, upTransform, downTransform };
-  // M = R_B·R_Aᵀ (k₁ × k₂), both R in the original column order.
-  const core = matrix(k1, k2);
-  for (let i = 0; i < k1; i++) {
-    for (let j = 0; j < k2; j++) core.data[i * k2 + j] = dotRowsOf(up.r, i, down.r, j, r);
-  }
-  const { u, s, v } = svd(core, options);
-  let nonzero = 0; // s is descending: zeros come last
-  while (nonzero < Math.min(k, s.length) && s[nonzero] > 0) nonzero++;
-  for (let c = 0; c < nonzero; c++) sigma[c] = Math.abs(scale) * s[c];
-  fillTransform(upTransform, k, nonzero, up, u, scale < 0 ? -1 : 1);
-  fillTransform(downTransform, k, nonzero, down, v, 1);
-  return { sigma, upTransform, downTransform };
-}
-
-/** A pivoted Cholesky factor G ≈ Rᵀ·R of a Gram matrix, truncated at its numerical rank. */
-interface GramFactor {
-  /** r. */
-  readonly rank: number;
-  /** Rows of R kept (numerical rank). */
-  readonly kept: number;
-  /** R, `kept × r` row-major, in the original column order. */
-  readonly r: Float64Array;
-  /** Pivot order: R's leading triangle is R[i][pivots[j]] (j ≥ i). */
-  readonly pivots: Int32Array;
-}
-
-/**
- * The pivot threshold of the pivoted Cholesky in {@link decompositionFromGrams}
- * for a Gram matrix with this diagonal, formed from sums of length `n`:
- * ε · max(n, r) · max(diagonal) (see there for why).
- *
- * @example
- * ```ts
- * import { pivotTolerance } from "./dense.ts";
- * console.log(pivotTolerance([4, 1], 3) === 4 * 3 * Number.EPSILON); // true
- * ```
- */
-export function pivotTolerance(diagonal: ArrayLike<number>, n: number): number {
-  return Math.max(0, ...Array.from(diagonal)) * EPS * Math.max(n, diagonal.length);
-}
-
-function gramFactor(gram: Matrix, n: number): GramFactor {
-  const r = gram.rows, g = gram.data;
-  const at = (i: number, j: number) => i <= j ? g[i * r + j] : g[j * r + i];
-  const d = Float64Array.from({ length: r }, (_, i) => at(i, i));
-  const pivots = Int32Array.from({ length: r }, (_, i) => i);
-  const factor = new Float64Array(r * r);
-  const tolerance = pivotTolerance(d, n);
-  let kept = 0;
-  for (let k = 0; k < r; k++) {
-    let best = k;
-    for (let j = k + 1; j < r; j++) if (d[pivots[j]] > d[pivots[best]]) best = j;
-    const pk = pivots[best];
-    if (!(d[pk] > tolerance)) break;
-    [pivots[k], pivots[best]] = [pk, pivots[k]];
-    const rkk = Math.sqrt(d[pk]);
-    factor[k * r + pk] = rkk;
-    for (let j = k + 1; j < r; j++) {
-      const pj = pivots[j];
-      let s = at(pk, pj);
-      for (let i = 0; i < k; i++) s -= factor[i * r + pk] * factor[i * r + pj];
-      const rkj = s / rkk;
-      factor[k * r + pj] = rkj;
-      d[pj] -= rkj * rkj;
-    }
-    kept = k + 1;
-  }
-  return { rank: r, kept, r: factor.subarray(0, kept * r), pivots };
-}
-
-function dotRowsOf(a: Float64Array, i: number, b: Float64Array, j: number, n: number): number {
-  let s = 0;
-  for (let k = 0; k < n; k++) s += a[i * n + k] * b[j * n + k];
-  return s;
-}
-
-/** Columns 0..count of T = Π·R₁₁⁻¹·W (W = U_M or V_M, kept × m) into an r × k transform. */
-function fillTransform(
-  into: Float64Array,
-  k: number,
-  count: number,
-  factor: GramFactor,
-  w: Matrix,
-  sign: number,
-): void {
-  const { rank: r, kept: n, r: rf, pivots } = factor;
-  // R₁₁[i][j] = R[i][pivots[j]] (upper triangular), gathered contiguously.
-  const t = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) {
-    for (let j = i; j < n; j++) t[i * n + j] = rf[i * r + pivots[j]];
-  }
-  // X = R₁₁⁻¹·W[:, :count] by back substitution, all columns at once (rows of X contiguous).
-  const x = new Float64Array(n * count);
-  for (let i = n - 1; i >= 0; i--) {
-    const xi = i * count;
-    for (let c = 0; c < count; c++) x[xi + c] = w.data[i * w.cols + c];
-    for (let j = i + 1; j < n; j++) {
-      const f = t[i * n + j], xj = j * count;
-      for (let c = 0; c < count; c++) x[xi + c] -= f * x[xj + c];
-    }
-    const d = t[i * n + i];
-    for (let c = 0; c < count; c++) x[xi + c] /= d;
-  }
-  for (let i = 0; i < n; i++) {
-    const row = pivots[i] * k, xi = i * count;
-    for (let c = 0; c < count; c++) into[row + c] = sign * x[xi + c];
-  }
 }
 
 function rotateRows(

@@ -20,13 +20,11 @@ import {
   StoredFloatData,
   type SubspaceRequest,
 } from "../backend.ts";
-import {
-  decomposeLayer,
-  type ItemContext,
-  rebuildLayer,
-  subspaceScales,
-  weightNorms,
-} from "./compute.ts";
+import { decomposeLayer } from "./decompose.ts";
+import type { ItemContext } from "./item_context.ts";
+import { weightNorms } from "./norms.ts";
+import { rebuildLayer } from "./rebuild.ts";
+import { subspaceScales } from "./subspace.ts";
 
 /** One work item. */
 export type Task =
@@ -137,7 +135,7 @@ function withFactorData(task: Task, map: (data: FloatData) => FloatData): Task {
  *
  * @example
  * ```ts
- * import { resultTransfer } from "./tasks.ts";
+ * import { resultTransfer } from "./work_items.ts";
  * console.log(resultTransfer(new Float64Array(2)).length); // 1
  * ```
  */
@@ -168,7 +166,7 @@ export interface ErrorMessage {
  *
  * @example
  * ```ts
- * import { errorMessage } from "./tasks.ts";
+ * import { errorMessage } from "./work_items.ts";
  * console.log(errorMessage(new RangeError("bad"))); // { name: "RangeError", message: "bad" }
  * ```
  */
@@ -183,7 +181,7 @@ export function errorMessage(e: unknown): ErrorMessage {
  *
  * @example
  * ```ts
- * import { reviveError } from "./tasks.ts";
+ * import { reviveError } from "./work_items.ts";
  * console.log(reviveError({ name: "BackendError", message: "x" }).name); // "BackendError"
  * ```
  */

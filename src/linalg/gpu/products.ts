@@ -1,5 +1,5 @@
 /**
- * Host side of `shaders/cross.wgsl`: work items for P = Xᵀ·Y over strided
+ * Host side of `shaders/products.wgsl`: work items for P = Xᵀ·Y over strided
  * views of packed data, grouped by (formats, buffers, output mode) so that
  * one dispatch per group serves every layer of a batch.
  *
@@ -26,7 +26,7 @@ export interface View {
  *
  * @example
  * ```ts
- * import { OutMode } from "./cross.ts";
+ * import { OutMode } from "./products.ts";
  * console.log(OutMode.Triple); // 0: three f32 per element
  * ```
  */
@@ -82,7 +82,7 @@ export interface ProductOptions {
  *
  * @example
  * ```ts
- * import { addProduct } from "./cross.ts";
+ * import { addProduct } from "./products.ts";
  * const items: number[] = [];
  * const b = { base: 0, sampleStride: 20, featureStride: 1, features: 20 };
  * addProduct(items, b, b, { samples: [0, 64], outBase: 0, outStride: 20, upperOnly: true });
@@ -145,7 +145,7 @@ export async function prepareCross(
   if (live.length === 0) return { record() {}, release() {} };
   const pipelines = await Promise.all(
     live.map((g) =>
-      ctx.pipeline("cross", "main", { FMT_X: g.formatX, FMT_Y: g.formatY, OUT_MODE: g.mode })
+      ctx.pipeline("products", "main", { FMT_X: g.formatX, FMT_Y: g.formatY, OUT_MODE: g.mode })
     ),
   );
   const alignWords = Math.max(ITEM_WORDS, ctx.limits.offsetAlignment / 4);
@@ -157,7 +157,7 @@ export async function prepareCross(
   }
   const all = new Uint32Array(words);
   live.forEach((g, i) => all.set(g.items, offsets[i]));
-  const itemBuffer = ctx.upload(all, GPUBufferUsage.STORAGE, "cross items");
+  const itemBuffer = ctx.upload(all, GPUBufferUsage.STORAGE, "product items");
   const bindGroups = live.map((g, i) =>
     ctx.device.createBindGroup({
       layout: pipelines[i].getBindGroupLayout(0),
@@ -174,7 +174,7 @@ export async function prepareCross(
   );
   return {
     record(encoder) {
-      const pass = encoder.beginComputePass({ label: "cross" });
+      const pass = encoder.beginComputePass({ label: "products" });
       live.forEach((g, i) => {
         pass.setPipeline(pipelines[i]);
         pass.setBindGroup(0, bindGroups[i]);
@@ -193,7 +193,7 @@ export async function prepareCross(
  *
  * @example
  * ```ts
- * import { tripleAt } from "./cross.ts";
+ * import { tripleAt } from "./products.ts";
  * console.log(tripleAt(new Float32Array([1, 2 ** -30, 0]), 0)); // 1.0000000009313226
  * ```
  */

@@ -20,7 +20,7 @@ function isCount(n: unknown): n is number {
  *
  * @example
  * ```ts
- * import { checkFactors } from "./checks.ts";
+ * import { checkFactors } from "./validation.ts";
  * const f32 = (n: number) => ({ dtype: "F32" as const, bytes: new Uint8Array(4 * n) });
  * checkFactors({ up: f32(2), down: f32(3), out: 2, rank: 1, inFlat: 3, scale: 1 }, "layer x");
  * ```
@@ -57,7 +57,7 @@ export function checkFactors(f: LowRankFactors, where: string): void {
  *
  * @example
  * ```ts
- * import { checkDecomposition } from "./checks.ts";
+ * import { checkDecomposition } from "./validation.ts";
  * const f32 = (n: number) => ({ dtype: "F32" as const, bytes: new Uint8Array(4 * n) });
  * const layer = { up: f32(2), down: f32(3), out: 2, rank: 1, inFlat: 3, scale: 1 };
  * const d = { sigma: new Float64Array(1), upTransform: new Float64Array(1), downTransform: new Float64Array(1) };
@@ -84,7 +84,7 @@ export function checkDecomposition(d: Decomposition, f: LowRankFactors, where: s
  *
  * @example
  * ```ts
- * import { checkRebuild } from "./checks.ts";
+ * import { checkRebuild } from "./validation.ts";
  * const f32 = (n: number) => ({ dtype: "F32" as const, bytes: new Uint8Array(4 * n) });
  * const factors = { up: f32(2), down: f32(3), out: 2, rank: 1, inFlat: 3, scale: 1 };
  * const decomposition = { sigma: new Float64Array(1), upTransform: new Float64Array(1), downTransform: new Float64Array(1) };
@@ -117,7 +117,7 @@ export function checkRebuild(request: RebuildRequest, where: string): void {
  *
  * @example
  * ```ts
- * import { checkWeight } from "./checks.ts";
+ * import { checkWeight } from "./validation.ts";
  * checkWeight({ path: "base.safetensors", dtype: "F16", offset: 8, rows: 4, cols: 4 }, "weight 0");
  * ```
  */
