@@ -26,7 +26,7 @@ import type {
 import { Kernels } from "../wasm/kernels.ts";
 import { RangeReader } from "../range_reader.ts";
 import { WorkerPool } from "./pool.ts";
-import { runTask, type Task, type TaskResult } from "./work_items.ts";
+import { runWorkItem, type WorkItem, type WorkResult } from "./work_items.ts";
 import { checkDecomposition, checkFactors, checkRebuild, checkWeight } from "../validation.ts";
 
 /** Options of {@link createCpuBackend}. */
@@ -206,8 +206,8 @@ class CpuBackend implements Backend {
   }
 
   /** Runs tasks whose results are `T`s (the task kind decides). */
-  async #run<T extends TaskResult>(
-    tasks: readonly Task[],
+  async #run<T extends WorkResult>(
+    tasks: readonly WorkItem[],
     work: readonly number[],
     order: JobOrder,
     options: BackendCallOptions<T> = {},
@@ -216,7 +216,7 @@ class CpuBackend implements Backend {
     options.signal?.throwIfAborted();
     const results: T[] = new Array(tasks.length);
     let done = 0;
-    const finished = (i: number, result: TaskResult) => {
+    const finished = (i: number, result: WorkResult) => {
       results[i] = result as T;
       options.onResult?.(i, result as T);
       options.onProgress?.(++done, tasks.length);
@@ -230,7 +230,7 @@ class CpuBackend implements Backend {
         try {
           for (let i = 0; i < tasks.length; i++) {
             options.signal?.throwIfAborted();
-            finished(i, runTask({ kernels, reader }, tasks[i]));
+            finished(i, runWorkItem({ kernels, reader }, tasks[i]));
           }
         } finally {
           reader.close();

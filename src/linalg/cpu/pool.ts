@@ -13,18 +13,18 @@
 import { BackendError } from "../../errors.ts";
 import {
   type ErrorMessage,
-  packTask,
+  packWorkItem,
   reviveError,
-  type Task,
-  type TaskResult,
+  type WorkItem,
+  type WorkResult,
 } from "./work_items.ts";
 
 const WORKER_URL = new URL("./worker.ts", import.meta.url);
 
 interface Job {
-  readonly tasks: readonly Task[];
+  readonly tasks: readonly WorkItem[];
   readonly signal?: AbortSignal;
-  readonly resolve: (results: TaskResult[]) => void;
+  readonly resolve: (results: WorkResult[]) => void;
   readonly reject: (error: unknown) => void;
 }
 
@@ -47,7 +47,7 @@ const DRAIN_MS = 10_000;
 
 interface ReplyMessage {
   readonly id: number;
-  readonly results?: TaskResult[];
+  readonly results?: WorkResult[];
   readonly error?: ErrorMessage;
 }
 
@@ -84,7 +84,7 @@ export class WorkerPool {
    * Queues a job (tasks run in order by one worker, results in the same order);
    * a job whose `signal` is aborted before it starts is rejected unrun.
    */
-  run(tasks: readonly Task[], signal?: AbortSignal): Promise<TaskResult[]> {
+  run(tasks: readonly WorkItem[], signal?: AbortSignal): Promise<WorkResult[]> {
     if (this.#closed) return Promise.reject(new BackendError("the CPU backend is closed"));
     return new Promise((resolve, reject) => {
       this.#queue.push({ tasks, signal, resolve, reject });
@@ -138,7 +138,7 @@ export class WorkerPool {
         continue;
       }
       try {
-        const packed = job.tasks.map(packTask);
+        const packed = job.tasks.map(packWorkItem);
         slot.worker.postMessage(
           { id: this.#nextId++, tasks: packed.map((p) => p.task) },
           packed.flatMap((p) => p.transfer),

@@ -27,24 +27,24 @@ import { rebuildLayer } from "./rebuild.ts";
 import { subspaceScales } from "./subspace.ts";
 
 /** One work item. */
-export type Task =
+export type WorkItem =
   | { readonly kind: "decompose"; readonly layer: LowRankFactors }
   | { readonly kind: "rebuild"; readonly request: RebuildRequest }
   | { readonly kind: "norms"; readonly weight: BaseWeightRef; readonly which: NormRequest }
   | { readonly kind: "subspace"; readonly request: SubspaceRequest };
 
 /** What each kind of task returns. */
-export type TaskResult = Decomposition | RebuiltFactors | BaseNorms | Float64Array;
+export type WorkResult = Decomposition | RebuiltFactors | BaseNorms | Float64Array;
 
 /**
  * Runs a task on this thread.
  *
  * @example
  * ```ts ignore
- * const norms = runTask({ kernels, reader }, { kind: "norms", weight, which });
+ * const norms = runWorkItem({ kernels, reader }, { kind: "norms", weight, which });
  * ```
  */
-export function runTask(context: ItemContext, task: Task): TaskResult {
+export function runWorkItem(context: ItemContext, task: WorkItem): WorkResult {
   switch (task.kind) {
     case "decompose":
       return decomposeLayer(context, task.layer);
@@ -58,9 +58,9 @@ export function runTask(context: ItemContext, task: Task): TaskResult {
 }
 
 /** A task as posted to a worker, with the buffers to transfer. */
-export interface PackedTask {
+export interface PackedWorkItem {
   /** The message. */
-  readonly task: Task;
+  readonly task: WorkItem;
   /** Buffers owned by the message. */
   readonly transfer: ArrayBuffer[];
 }
@@ -73,11 +73,11 @@ export interface PackedTask {
  *
  * @example
  * ```ts ignore
- * const { task: message, transfer } = packTask(task);
+ * const { task: message, transfer } = packWorkItem(task);
  * worker.postMessage({ id, task: message }, transfer);
  * ```
  */
-export function packTask(task: Task): PackedTask {
+export function packWorkItem(task: WorkItem): PackedWorkItem {
   const transfer: ArrayBuffer[] = [];
   const own = (data: FloatData): FloatData => {
     // Stored factors travel as their dtype and file range (a StoredFloatData's own fields):
@@ -98,15 +98,15 @@ export function packTask(task: Task): PackedTask {
  *
  * @example
  * ```ts ignore
- * const result = runTask(context, unpackTask(task));
+ * const result = runWorkItem(context, unpackWorkItem(task));
  * ```
  */
-export function unpackTask(task: Task): Task {
+export function unpackWorkItem(task: WorkItem): WorkItem {
   return withFactorData(task, (d) => d.source ? new StoredFloatData(d.dtype, d.source) : d);
 }
 
 /** The task with `map` applied to the data of each of its factors. */
-function withFactorData(task: Task, map: (data: FloatData) => FloatData): Task {
+function withFactorData(task: WorkItem, map: (data: FloatData) => FloatData): WorkItem {
   const factors = (f: LowRankFactors): LowRankFactors => ({
     ...f,
     up: map(f.up),
@@ -139,7 +139,7 @@ function withFactorData(task: Task, map: (data: FloatData) => FloatData): Task {
  * console.log(resultTransfer(new Float64Array(2)).length); // 1
  * ```
  */
-export function resultTransfer(result: TaskResult): ArrayBuffer[] {
+export function resultTransfer(result: WorkResult): ArrayBuffer[] {
   if (result instanceof Float64Array) return [result.buffer as ArrayBuffer];
   if ("sigma" in result) {
     return [result.sigma, result.upTransform, result.downTransform].map((a) =>

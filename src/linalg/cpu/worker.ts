@@ -8,7 +8,13 @@
 
 import { Kernels } from "../wasm/kernels.ts";
 import { RangeReader } from "../range_reader.ts";
-import { errorMessage, resultTransfer, runTask, type Task, unpackTask } from "./work_items.ts";
+import {
+  errorMessage,
+  resultTransfer,
+  runWorkItem,
+  unpackWorkItem,
+  type WorkItem,
+} from "./work_items.ts";
 
 /** The part of the worker global scope used here. */
 interface WorkerScope {
@@ -19,7 +25,7 @@ interface WorkerScope {
 /** A posted job. */
 interface JobMessage {
   readonly id: number;
-  readonly tasks: readonly Task[];
+  readonly tasks: readonly WorkItem[];
 }
 
 const scope = globalThis as unknown as WorkerScope;
@@ -32,7 +38,7 @@ scope.onmessage = ({ data: { id, tasks } }) => {
   queue = queue.then(async () => {
     try {
       const context = { kernels: await kernels, reader };
-      const results = tasks.map((task) => runTask(context, unpackTask(task)));
+      const results = tasks.map((task) => runWorkItem(context, unpackWorkItem(task)));
       scope.postMessage({ id, results }, results.flatMap(resultTransfer));
     } catch (e) {
       scope.postMessage({ id, error: errorMessage(e) });

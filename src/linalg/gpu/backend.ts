@@ -34,11 +34,12 @@ import type {
   RebuiltFactors,
   SubspaceRequest,
 } from "../backend.ts";
-import { addProduct, OutMode, prepareCross, tripleAt } from "./products.ts";
+import { withBatchBuffers } from "./batches.ts";
 import { decomposeOnGpu } from "./decompose.ts";
 import { GpuContext } from "./device.ts";
 import { baseNormsOnGpu } from "./norms.ts";
 import { Format } from "./pack.ts";
+import { OutMode, ProductItems, tripleAt } from "./products.ts";
 import { rebuildOnGpu } from "./rebuild.ts";
 import { subspaceOnGpu } from "./subspace.ts";
 
@@ -133,31 +134,20 @@ async function selfTest(ctx: GpuContext): Promise<void> {
   const x = Float32Array.from({ length: n }, (_, i) => 1 + (i + 1) * 2 ** -23);
   let exact = 0;
   for (const v of x) exact += v * v; // every partial sum fits 53 bits: exact
-  const data = ctx.upload(x, GPUBufferUsage.STORAGE, "self-test data");
-  const out = ctx.buffer(12, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC, "self-test out");
-  const items: number[] = [];
-  const view = { base: 0, sampleStride: 1, featureStride: n, features: 1 };
-  addProduct(items, view, view, { samples: [0, n], outBase: 0, outStride: 1 });
-  const prepared = await prepareCross(ctx, [{
-    formatX: Format.F32,
-    formatY: Format.F32,
-    x: data,
-    y: data,
-    out,
-    mode: OutMode.Triple,
-    items,
-  }]);
-  try {
-    await ctx.submit("self-test", prepared.record);
-    const got = tripleAt(new Float32Array(await ctx.read(out, 0, 12)), 0);
-    if (got !== exact) {
-      throw new BackendError(
-        `WebGPU adapter ${ctx.description} does not evaluate exact f32 sums ` +
-          `(self-test: ${got} instead of ${exact}); use --device cpu`,
-      );
-    }
-  } finally {
-    prepared.release();
-    ctx.release(data, out);
+  const got = await withBatchBuffers(ctx, async (gpu) => {
+    const data = gpu.upload(x, "self-test data");
+    const out = gpu.output(12, "self-test out");
+    const items = new ProductItems();
+    const view = { base: 0, sampleStride: 1, featureStride: n, features: 1 };
+    items.add(Format.F32, view, Format.F32, view, { samples: [0, n], outBase: 0, outStride: 1 });
+    const products = await gpu.products(items.groups(data, data, out, OutMode.Triple));
+    await ctx.submit("self-test", products.record);
+    return tripleAt(new Float32Array(await ctx.read(out, 0, 12)), 0);
+  });
+  if (got !== exact) {
+    throw new BackendError(
+      `WebGPU adapter ${ctx.description} does not evaluate exact f32 sums ` +
+        `(self-test: ${got} instead of ${exact}); use --device cpu`,
+    );
   }
 }

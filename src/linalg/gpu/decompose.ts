@@ -15,47 +15,20 @@
  * @module
  */
 
-import { checkFactors } from "../validation.ts";
 import { BackendError } from "../../errors.ts";
 import type { BackendCallOptions, Decomposition, LowRankFactors } from "../backend.ts";
 import { svdFromGrams } from "../gram_svd.ts";
+import { checkFactors } from "../validation.ts";
 import { Kernels } from "../wasm/kernels.ts";
-import {
-  addProduct,
-  type CrossGroup,
-  OutMode,
-  prepareCross,
-  type PreparedCross,
-  tripleAt,
-} from "./products.ts";
+import { runBatches, withBatchBuffers } from "./batches.ts";
 import type { GpuContext } from "./device.ts";
-import { type Format, Packer } from "./pack.ts";
+import { Packer } from "./pack.ts";
+import { OutMode, ProductItems, segments, tripleAt } from "./products.ts";
 
-/** Samples per segment at least (more segments = more parallel work items). */
-const MIN_SEGMENT = 2048;
-/** At most this many segments per Gram (bounds the readback). */
-const MAX_SEGMENTS = 4;
 /** Bytes of packed factors per batch at most (also capped by the binding size). */
 const BATCH_BYTES = 64 << 20;
 /** Bytes of Gram partials per batch at most. */
 const PARTIAL_BYTES = 32 << 20;
-
-/**
- * Segments of a sum over `n` samples: [start, end) pairs (at most four, of
- * at least 2048 samples each), computed by separate work items.
- *
- * @example
- * ```ts
- * import { segments } from "./decompose.ts";
- * console.log(segments(10240)); // [[0, 2560], [2560, 5120], [5120, 7680], [7680, 10240]]
- * ```
- */
-export function segments(n: number): [number, number][] {
-  const length = Math.max(MIN_SEGMENT, Math.ceil(n / MAX_SEGMENTS));
-  const out: [number, number][] = [];
-  for (let s = 0; s < n; s += length) out.push([s, Math.min(n, s + length)]);
-  return out.length > 0 ? out : [[0, 0]];
-}
 
 interface PlannedLayer {
   readonly index: number;
@@ -68,7 +41,7 @@ interface PlannedLayer {
 interface Batch {
   readonly layers: PlannedLayer[];
   readonly packer: Packer;
-  readonly items: Map<string, { fx: Format; fy: Format; items: number[] }>;
+  readonly items: ProductItems;
   partialElements: number;
 }
 
@@ -81,7 +54,6 @@ interface Batch {
  * import { decomposeOnGpu } from "./decompose.ts";
  * const ctx = await GpuContext.create();
  * const [d] = await decomposeOnGpu(ctx, [layer]);
- * console.log(d.sigma);
  * ```
  */
 export async function decomposeOnGpu(
@@ -89,25 +61,15 @@ export async function decomposeOnGpu(
   layers: readonly LowRankFactors[],
   options: BackendCallOptions<Decomposition> = {},
 ): Promise<Decomposition[]> {
-  const results: Decomposition[] = new Array(layers.length);
   const batches = planBatches(ctx, layers);
   const kernels = await Kernels.shared();
-  let done = 0;
-  let inflight = batches.length > 0 ? runBatch(ctx, batches[0]) : undefined;
-  for (let b = 0; b < batches.length; b++) {
-    options.signal?.throwIfAborted();
-    const next = b + 1 < batches.length ? runBatch(ctx, batches[b + 1]) : undefined;
-    // A failure of `next` must not go unobserved while `inflight` is awaited.
-    next?.catch(() => {});
-    const partials = await inflight!;
-    for (const p of batches[b].layers) {
-      results[p.index] = coreOf(kernels, p, partials);
-      options.onResult?.(p.index, results[p.index]);
-      options.onProgress?.(++done, layers.length);
-    }
-    inflight = next;
-  }
-  return results;
+  return runBatches(layers.length, {
+    batches,
+    run: (batch) => runBatch(ctx, batch),
+    collect: (batch, partials) =>
+      batch.layers.map((p) => [p.index, coreOf(kernels, p, partials)] as const),
+    overlap: true,
+  }, options);
 }
 
 function planBatches(ctx: GpuContext, layers: readonly LowRankFactors[]): Batch[] {
@@ -119,11 +81,10 @@ function planBatches(ctx: GpuContext, layers: readonly LowRankFactors[]): Batch[
     const what =
       `decompose: layer ${index} (${layer.out}×${layer.rank}·${layer.rank}×${layer.inFlat})`;
     checkFactors(layer, what);
-    const r = layer.rank;
     const words = Packer.wordsFor(layer.up.dtype, layer.up.bytes.byteLength) +
       Packer.wordsFor(layer.down.dtype, layer.down.bytes.byteLength) + 2;
     const segB = segments(layer.out), segA = segments(layer.inFlat);
-    const partial = (segB.length + segA.length) * r * r * 3;
+    const partial = (segB.length + segA.length) * layer.rank ** 2 * 3;
     if (words > maxWords || partial > maxPartial) {
       throw new BackendError(`${what}: too large for one GPU batch on this adapter`);
     }
@@ -131,65 +92,62 @@ function planBatches(ctx: GpuContext, layers: readonly LowRankFactors[]): Batch[
       !batch || batch.packer.words + words > maxWords ||
       batch.partialElements * 3 + partial > maxPartial
     ) {
-      batch = { layers: [], packer: new Packer(), items: new Map(), partialElements: 0 };
+      batch = { layers: [], packer: new Packer(), items: new ProductItems(), partialElements: 0 };
       batches.push(batch);
     }
-    const up = batch.packer.addData(layer.up);
-    const down = batch.packer.addData(layer.down);
-    const partsB: number[] = [], partsA: number[] = [];
-    // G_B = BᵀB: samples are B's rows; G_A = A·Aᵀ: samples are A's columns.
-    const viewB = { base: up.base, sampleStride: r, featureStride: 1, features: r };
-    const viewA = { base: down.base, sampleStride: 1, featureStride: layer.inFlat, features: r };
-    for (
-      const [view, segs, parts, format] of [
-        [viewB, segB, partsB, up.format],
-        [viewA, segA, partsA, down.format],
-      ] as const
-    ) {
-      const key = `${format}`;
-      let group = batch.items.get(key);
-      if (!group) batch.items.set(key, group = { fx: format, fy: format, items: [] });
-      for (const seg of segs) {
-        const outBase = batch.partialElements;
-        batch.partialElements += r * r;
-        parts.push(outBase);
-        addProduct(group.items, view, view, {
-          samples: seg,
-          outBase,
-          outStride: r,
-          upperOnly: true,
-        });
-      }
-    }
-    batch.layers.push({ index, layer, partsB, partsA });
+    batch.layers.push(planLayer(batch, index, layer, segB, segA));
   });
   return batches;
 }
 
-async function runBatch(ctx: GpuContext, batch: Batch): Promise<Float32Array> {
-  const data = ctx.upload(batch.packer.finish(), GPUBufferUsage.STORAGE, "factors");
-  const bytes = batch.partialElements * 3 * 4;
-  const out = ctx.buffer(bytes, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC, "grams");
-  let prepared: PreparedCross | undefined;
-  try {
-    const groups: CrossGroup[] = [...batch.items.values()].map((g) => ({
-      formatX: g.fx,
-      formatY: g.fy,
-      x: data,
-      y: data,
-      out,
-      mode: OutMode.Triple,
-      items: g.items,
-    }));
-    prepared = await prepareCross(ctx, groups);
-    await ctx.submit("Gram matrices", prepared.record);
-    return new Float32Array(await ctx.read(out, 0, bytes));
-  } finally {
-    prepared?.release();
-    ctx.release(data, out);
+/** Packs a layer's factors into the batch and adds the items of its segment Grams. */
+function planLayer(
+  batch: Batch,
+  index: number,
+  layer: LowRankFactors,
+  segB: readonly [number, number][],
+  segA: readonly [number, number][],
+): PlannedLayer {
+  const r = layer.rank;
+  const up = batch.packer.addData(layer.up);
+  const down = batch.packer.addData(layer.down);
+  const partsB: number[] = [], partsA: number[] = [];
+  // G_B = BᵀB: samples are B's rows; G_A = A·Aᵀ: samples are A's columns.
+  const viewB = { base: up.base, sampleStride: r, featureStride: 1, features: r };
+  const viewA = { base: down.base, sampleStride: 1, featureStride: layer.inFlat, features: r };
+  for (
+    const [view, segs, parts, format] of [
+      [viewB, segB, partsB, up.format],
+      [viewA, segA, partsA, down.format],
+    ] as const
+  ) {
+    for (const seg of segs) {
+      const outBase = batch.partialElements;
+      batch.partialElements += r * r;
+      parts.push(outBase);
+      batch.items.add(format, view, format, view, {
+        samples: seg,
+        outBase,
+        outStride: r,
+        upperOnly: true,
+      });
+    }
   }
+  return { index, layer, partsB, partsA };
 }
 
+function runBatch(ctx: GpuContext, batch: Batch): Promise<Float32Array> {
+  return withBatchBuffers(ctx, async (gpu) => {
+    const data = gpu.upload(batch.packer.finish(), "factors");
+    const bytes = batch.partialElements * 3 * 4;
+    const out = gpu.output(bytes, "grams");
+    const products = await gpu.products(batch.items.groups(data, data, out, OutMode.Triple));
+    await ctx.submit("Gram matrices", products.record);
+    return new Float32Array(await ctx.read(out, 0, bytes));
+  });
+}
+
+/** The layer's Grams summed from its segment partials, then the decomposition core. */
 function coreOf(kernels: Kernels, p: PlannedLayer, partials: Float32Array): Decomposition {
   const { layer } = p;
   const r = layer.rank;

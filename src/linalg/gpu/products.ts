@@ -1,13 +1,37 @@
 /**
- * Host side of `shaders/products.wgsl`: work items for P = Xᵀ·Y over strided
- * views of packed data, grouped by (formats, buffers, output mode) so that
- * one dispatch per group serves every layer of a batch.
+ * Host side of `shaders/products.wgsl`, the one kernel behind Gram matrices,
+ * subspace products and rebuilds: work items for P = Xᵀ·Y over strided views
+ * of packed data, grouped by (formats, buffers, output mode) so that one
+ * dispatch per group serves every layer of a batch.
  *
  * @module
  */
 
 import type { GpuContext } from "./device.ts";
 import type { Format } from "./pack.ts";
+
+/** Samples per segment at least (more segments = more parallel work items). */
+const MIN_SEGMENT = 2048;
+/** At most this many segments per sum (bounds the readback). */
+const MAX_SEGMENTS = 4;
+
+/**
+ * Segments of a sum over `n` samples: [start, end) pairs (at most four, of
+ * at least 2048 samples each), computed by separate work items.
+ *
+ * @example
+ * ```ts
+ * import { segments } from "./products.ts";
+ * const got = JSON.stringify(segments(10240));
+ * if (got !== "[[0,2560],[2560,5120],[5120,7680],[7680,10240]]") throw new Error(got);
+ * ```
+ */
+export function segments(n: number): [number, number][] {
+  const length = Math.max(MIN_SEGMENT, Math.ceil(n / MAX_SEGMENTS));
+  const out: [number, number][] = [];
+  for (let s = 0; s < n; s += length) out.push([s, Math.min(n, s + length)]);
+  return out.length > 0 ? out : [[0, 0]];
+}
 
 /** A strided matrix view: element (sample s, feature f) at `base + s·sampleStride + f·featureStride`. */
 export interface View {
@@ -27,7 +51,8 @@ export interface View {
  * @example
  * ```ts
  * import { OutMode } from "./products.ts";
- * console.log(OutMode.Triple); // 0: three f32 per element
+ * // Triple: three f32 per output element, summed on the host.
+ * if (OutMode.Triple !== 0) throw new Error("the shader's OUT_MODE 0 is the three-term output");
  * ```
  */
 export const OutMode = {
@@ -43,7 +68,7 @@ export const OutMode = {
 export type OutMode = typeof OutMode[keyof typeof OutMode];
 
 /** One dispatch: items sharing formats, buffers and output mode. */
-export interface CrossGroup {
+export interface ProductGroup {
   /** Format of X's data. */
   readonly formatX: Format;
   /** Format of Y's data. */
@@ -86,7 +111,8 @@ export interface ProductOptions {
  * const items: number[] = [];
  * const b = { base: 0, sampleStride: 20, featureStride: 1, features: 20 };
  * addProduct(items, b, b, { samples: [0, 64], outBase: 0, outStride: 20, upperOnly: true });
- * console.log(items.length / 16); // 3 tiles: (0,0) (0,1) (1,1)
+ * // 20 features make 2 × 2 tiles of 16; the upper triangle is (0,0) (0,1) (1,1).
+ * if (items.length / 16 !== 3) throw new Error(`${items.length / 16} tiles`);
  * ```
  */
 export function addProduct(items: number[], x: View, y: View, options: ProductOptions): void {
@@ -115,8 +141,46 @@ export function addProduct(items: number[], x: View, y: View, options: ProductOp
   }
 }
 
+/**
+ * Product items grouped by their input formats, for a batch whose X and Y
+ * data all lie in given buffers: one {@link ProductGroup} (one dispatch) per
+ * pair of formats.
+ *
+ * @example
+ * ```ts
+ * import { ProductItems } from "./products.ts";
+ * import { Format } from "./pack.ts";
+ * const items = new ProductItems();
+ * const b = { base: 0, sampleStride: 4, featureStride: 1, features: 4 };
+ * items.add(Format.F16, b, Format.F16, b, { samples: [0, 8], outBase: 0, outStride: 4 });
+ * items.add(Format.F32, b, Format.F32, b, { samples: [0, 8], outBase: 16, outStride: 4 });
+ * if (items.size !== 2) throw new Error("one group per pair of formats");
+ * ```
+ */
+export class ProductItems {
+  readonly #groups = new Map<string, { formatX: Format; formatY: Format; items: number[] }>();
+
+  /** Number of groups (dispatches). */
+  get size(): number {
+    return this.#groups.size;
+  }
+
+  /** Appends the items of Xᵀ·Y (see {@link addProduct}) to the group of these formats. */
+  add(formatX: Format, x: View, formatY: Format, y: View, options: ProductOptions): void {
+    const key = `${formatX},${formatY}`;
+    let group = this.#groups.get(key);
+    if (!group) this.#groups.set(key, group = { formatX, formatY, items: [] });
+    addProduct(group.items, x, y, options);
+  }
+
+  /** The groups, reading X from `x` and Y from `y` and writing `out` in `mode`. */
+  groups(x: GPUBuffer, y: GPUBuffer, out: GPUBuffer, mode: OutMode): ProductGroup[] {
+    return [...this.#groups.values()].map((g) => ({ ...g, x, y, out, mode }));
+  }
+}
+
 /** Commands ready to record: pipelines built, items uploaded. */
-export interface PreparedCross {
+export interface PreparedProducts {
   /** Records one compute pass with a dispatch per group. */
   record(encoder: GPUCommandEncoder): void;
   /** Releases the item buffer (after the submit). */
@@ -129,7 +193,7 @@ export interface PreparedCross {
  *
  * @example
  * ```ts ignore
- * const prepared = await prepareCross(ctx, groups);
+ * const prepared = await prepareProducts(ctx, groups);
  * try {
  *   await ctx.submit("products", prepared.record);
  * } finally {
@@ -137,10 +201,10 @@ export interface PreparedCross {
  * }
  * ```
  */
-export async function prepareCross(
+export async function prepareProducts(
   ctx: GpuContext,
-  groups: readonly CrossGroup[],
-): Promise<PreparedCross> {
+  groups: readonly ProductGroup[],
+): Promise<PreparedProducts> {
   const live = groups.filter((g) => g.items.length > 0);
   if (live.length === 0) return { record() {}, release() {} };
   const pipelines = await Promise.all(
@@ -194,7 +258,7 @@ export async function prepareCross(
  * @example
  * ```ts
  * import { tripleAt } from "./products.ts";
- * console.log(tripleAt(new Float32Array([1, 2 ** -30, 0]), 0)); // 1.0000000009313226
+ * if (tripleAt(new Float32Array([1, 2 ** -30, 0]), 0) !== 1 + 2 ** -30) throw new Error("sum");
  * ```
  */
 export function tripleAt(out: Float32Array, i: number): number {

@@ -18,10 +18,11 @@ import type {
   RebuiltFactors,
 } from "../backend.ts";
 import { encodeFloats } from "../../safetensors/dtype.ts";
-import { addProduct, type CrossGroup, OutMode, prepareCross } from "./products.ts";
 import { checkRebuild } from "../validation.ts";
+import { runBatches, withBatchBuffers } from "./batches.ts";
 import type { GpuContext } from "./device.ts";
-import { type Format, Packer } from "./pack.ts";
+import { Packer } from "./pack.ts";
+import { OutMode, ProductItems } from "./products.ts";
 
 const BATCH_BYTES = 64 << 20;
 
@@ -37,7 +38,7 @@ interface Planned {
 interface RebuildBatch {
   readonly planned: Planned[];
   readonly packer: Packer;
-  readonly groups: Map<string, { fx: Format; fy: Format; items: number[] }>;
+  readonly items: ProductItems;
   outputs: number;
 }
 
@@ -71,20 +72,18 @@ export async function rebuildOnGpu(
   requests: readonly RebuildRequest[],
   options: BackendCallOptions<RebuiltFactors> = {},
 ): Promise<RebuiltFactors[]> {
-  const results: RebuiltFactors[] = new Array(requests.length);
   const maxWords = Math.min(BATCH_BYTES, ctx.limits.storageBinding) / 4;
   const batches: RebuildBatch[] = [];
-  let batch: RebuildBatch | undefined;
+  const finished: [number, RebuiltFactors][] = [];
   requests.forEach((req, index) => {
-    const { factors, decomposition, keep, rescale } = req;
     const what = `rebuild: layer ${index}`;
     checkRebuild(req, what); // the same checks and messages as the CPU backend
-    const { out, rank: r, inFlat, scale } = factors;
-    const k = decomposition.sigma.length;
+    const { factors, keep } = req;
+    const { out, rank: r, inFlat } = factors;
     const kept = keep.length;
     if (kept === 0) {
       const none = { dtype: req.dtype ?? "F32", bytes: new Uint8Array(0) };
-      results[index] = { up: none, down: none };
+      finished.push([index, { up: none, down: none }]);
       return;
     }
     const outputs = (out + inFlat) * kept;
@@ -93,60 +92,64 @@ export async function rebuildOnGpu(
     if (words > maxWords || outputs > maxWords) {
       throw new BackendError(`${what}: too large for one GPU batch on this adapter`);
     }
+    let batch = batches.at(-1);
     if (!batch || batch.packer.words + words > maxWords || batch.outputs + outputs > maxWords) {
-      batch = { planned: [], packer: new Packer(), groups: new Map(), outputs: 0 };
+      batch = { planned: [], packer: new Packer(), items: new ProductItems(), outputs: 0 };
       batches.push(batch);
     }
-    const sign = scale < 0 ? -1 : 1;
-    const g = Float64Array.from(keep, (i) => {
-      const sigma = decomposition.sigma[i];
-      return sigma > 0 ? Math.sqrt(sigma * rescale / Math.abs(scale)) : 0;
-    });
-    const gUp = g.map((x) => sign * x);
-    const b = batch.packer.addData(factors.up);
-    const a = batch.packer.addData(factors.down);
-    const sb = batch.packer.addFloat64(scaledColumns(decomposition.upTransform, k, keep, gUp));
-    const sa = batch.packer.addFloat64(scaledColumns(decomposition.downTransform, k, keep, g));
-    const upBase = batch.outputs, downBase = upBase + out * kept;
-    batch.outputs += outputs;
-    const group = (fx: Format, fy: Format) => {
-      const key = `${fx},${fy}`;
-      let grp = batch!.groups.get(key);
-      if (!grp) batch!.groups.set(key, grp = { fx, fy, items: [] });
-      return grp.items;
-    };
-    // up[row, c] = Σ_j B[row, j]·S_B[j, c]: samples j, X = Bᵀ, Y = S_B.
-    addProduct(
-      group(b.format, sb.format),
-      { base: b.base, sampleStride: 1, featureStride: r, features: out },
-      { base: sb.base, sampleStride: kept, featureStride: 1, features: kept },
-      { samples: [0, r], outBase: upBase, outStride: kept },
-    );
-    // down[c, col] = Σ_j S_A[j, c]·A[j, col]: samples j, X = S_A, Y = A.
-    addProduct(
-      group(sa.format, a.format),
-      { base: sa.base, sampleStride: kept, featureStride: 1, features: kept },
-      { base: a.base, sampleStride: inFlat, featureStride: 1, features: inFlat },
-      { samples: [0, r], outBase: downBase, outStride: inFlat },
-    );
-    batch.planned.push({ index, out, inFlat, kept, upBase, downBase });
+    batch.planned.push(planRebuild(batch, index, req));
   });
-  let done = requests.length - batches.reduce((n, b) => n + b.planned.length, 0);
-  // Layers that keep nothing are done already.
-  results.forEach((r, index) => options.onResult?.(index, r));
-  for (const b of batches) {
-    const values = await runRebuildBatch(ctx, b);
-    for (const p of b.planned) {
-      const dtype = requests[p.index].dtype ?? "F32";
-      results[p.index] = {
-        up: encoded(values.subarray(p.upBase, p.upBase + p.out * p.kept), dtype),
-        down: encoded(values.subarray(p.downBase, p.downBase + p.kept * p.inFlat), dtype),
-      };
-      options.onResult?.(p.index, results[p.index]);
-      options.onProgress?.(++done, requests.length);
-    }
-  }
-  return results;
+  return await runBatches(requests.length, {
+    batches,
+    finished,
+    run: (batch) => runRebuildBatch(ctx, batch),
+    collect: (batch, values) =>
+      batch.planned.map((p) => {
+        const dtype = requests[p.index].dtype ?? "F32";
+        const factors = {
+          up: encoded(values.subarray(p.upBase, p.upBase + p.out * p.kept), dtype),
+          down: encoded(values.subarray(p.downBase, p.downBase + p.kept * p.inFlat), dtype),
+        };
+        return [p.index, factors] as const;
+      }),
+  }, options);
+}
+
+/** Packs a request's inputs into the batch and adds the items of its two products. */
+function planRebuild(batch: RebuildBatch, index: number, req: RebuildRequest): Planned {
+  const { factors, decomposition, keep, rescale } = req;
+  const { out, rank: r, inFlat, scale } = factors;
+  const k = decomposition.sigma.length;
+  const kept = keep.length;
+  const sign = scale < 0 ? -1 : 1;
+  const g = Float64Array.from(keep, (i) => {
+    const sigma = decomposition.sigma[i];
+    return sigma > 0 ? Math.sqrt(sigma * rescale / Math.abs(scale)) : 0;
+  });
+  const gUp = g.map((x) => sign * x);
+  const b = batch.packer.addData(factors.up);
+  const a = batch.packer.addData(factors.down);
+  const sb = batch.packer.addFloat64(scaledColumns(decomposition.upTransform, k, keep, gUp));
+  const sa = batch.packer.addFloat64(scaledColumns(decomposition.downTransform, k, keep, g));
+  const upBase = batch.outputs, downBase = upBase + out * kept;
+  batch.outputs += (out + inFlat) * kept;
+  // up[row, c] = Σ_j B[row, j]·S_B[j, c]: samples j, X = Bᵀ, Y = S_B.
+  batch.items.add(
+    b.format,
+    { base: b.base, sampleStride: 1, featureStride: r, features: out },
+    sb.format,
+    { base: sb.base, sampleStride: kept, featureStride: 1, features: kept },
+    { samples: [0, r], outBase: upBase, outStride: kept },
+  );
+  // down[c, col] = Σ_j S_A[j, c]·A[j, col]: samples j, X = S_A, Y = A.
+  batch.items.add(
+    sa.format,
+    { base: sa.base, sampleStride: kept, featureStride: 1, features: kept },
+    a.format,
+    { base: a.base, sampleStride: inFlat, featureStride: 1, features: inFlat },
+    { samples: [0, r], outBase: downBase, outStride: inFlat },
+  );
+  return { index, out, inFlat, kept, upBase, downBase };
 }
 
 /** f32 results as factor data of `dtype` (rounded as the CPU kernels round). */
@@ -157,27 +160,13 @@ function encoded(values: Float32Array, dtype: RebuildDType): FloatData {
   return { dtype, bytes };
 }
 
-async function runRebuildBatch(ctx: GpuContext, batch: RebuildBatch): Promise<Float32Array> {
-  const data = ctx.upload(batch.packer.finish(), GPUBufferUsage.STORAGE, "rebuild inputs");
-  const bytes = batch.outputs * 4;
-  const out = ctx.buffer(bytes, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC, "rebuilt");
-  let release = () => {};
-  try {
-    const groups: CrossGroup[] = [...batch.groups.values()].map((g) => ({
-      formatX: g.fx,
-      formatY: g.fy,
-      x: data,
-      y: data,
-      out,
-      mode: OutMode.F32,
-      items: g.items,
-    }));
-    const prepared = await prepareCross(ctx, groups);
-    release = prepared.release;
-    await ctx.submit("rebuild", prepared.record);
+function runRebuildBatch(ctx: GpuContext, batch: RebuildBatch): Promise<Float32Array> {
+  return withBatchBuffers(ctx, async (gpu) => {
+    const data = gpu.upload(batch.packer.finish(), "rebuild inputs");
+    const bytes = batch.outputs * 4;
+    const out = gpu.output(bytes, "rebuilt");
+    const products = await gpu.products(batch.items.groups(data, data, out, OutMode.F32));
+    await ctx.submit("rebuild", products.record);
     return new Float32Array(await ctx.read(out, 0, bytes));
-  } finally {
-    release();
-    ctx.release(data, out);
-  }
+  });
 }

@@ -11,16 +11,17 @@
 import { BackendError } from "../../errors.ts";
 import type { BackendCallOptions, SubspaceRequest } from "../backend.ts";
 import { dtypeSize } from "../../safetensors/dtype.ts";
-import { addProduct, type CrossGroup, OutMode, prepareCross, tripleAt } from "./products.ts";
 import { checkFactors } from "../validation.ts";
-import { segments } from "./decompose.ts";
+import { runBatches, withBatchBuffers } from "./batches.ts";
 import type { GpuContext } from "./device.ts";
 import { Format, type Packed, Packer } from "./pack.ts";
+import { OutMode, ProductItems, segments, tripleAt } from "./products.ts";
 import { weightName, WeightReader } from "./weights.ts";
 
 const BLOCK_BYTES = 32 << 20;
 const BATCH_BYTES = 64 << 20;
 
+/** A row block of one request's weight. */
 interface Unit {
   readonly request: number;
   readonly rows: readonly [number, number];
@@ -41,7 +42,39 @@ export async function subspaceOnGpu(
   options: BackendCallOptions<Float64Array> = {},
 ): Promise<Float64Array[]> {
   const cap = Math.min(BATCH_BYTES, ctx.limits.storageBinding);
-  const blockCap = Math.min(BLOCK_BYTES, cap);
+  const units = planUnits(requests, Math.min(BLOCK_BYTES, cap));
+  // C of each request, summed over its row blocks; a request is done after its last block.
+  const grams = requests.map((req) => new Float64Array(req.factors.rank ** 2));
+  const remaining = requests.map(() => 0);
+  for (const u of units) remaining[u.request]++;
+  const finish = (index: number) => [index, scales(requests[index], grams[index])] as const;
+  const reader = new WeightReader();
+  try {
+    return await runBatches(requests.length, {
+      batches: planSubspaceBatches(requests, units, cap),
+      finished: requests.flatMap((_, i) => remaining[i] === 0 ? [finish(i)] : []),
+      run: (batch) => runSubspaceBatch(ctx, requests, batch, reader),
+      collect: (batch, partials) =>
+        batch.flatMap((u, i) => {
+          const g = grams[u.request];
+          for (const base of partials.offsets[i]) {
+            for (let e = 0; e < g.length; e++) g[e] += tripleAt(partials.values, base + e);
+          }
+          return --remaining[u.request] === 0 ? [finish(u.request)] : [];
+        }),
+    }, options);
+  } finally {
+    reader.close();
+  }
+}
+
+/** Bytes per weight element on the GPU (F64 goes as f32). */
+function gpuElementBytes(w: SubspaceRequest["weight"]): number {
+  return w.dtype === "F64" ? 4 : dtypeSize(w.dtype);
+}
+
+/** Checks every request and cuts each weight into row blocks of at most `blockCap` bytes. */
+function planUnits(requests: readonly SubspaceRequest[], blockCap: number): Unit[] {
   const units: Unit[] = [];
   requests.forEach((req, index) => {
     const { weight: w, factors: f } = req;
@@ -58,7 +91,7 @@ export async function subspaceOnGpu(
     ) {
       throw new BackendError(`subspace: layer ${index}: transforms are not ${f.rank}×${k}`);
     }
-    const rowBytes = Math.max(1, w.cols * (w.dtype === "F64" ? 4 : dtypeSize(w.dtype)));
+    const rowBytes = Math.max(1, w.cols * gpuElementBytes(w));
     const blockRows = Math.max(1, Math.floor(blockCap / rowBytes));
     if (rowBytes > blockCap) {
       throw new BackendError(`${weightName(w)}: a row is larger than a GPU batch`);
@@ -67,61 +100,37 @@ export async function subspaceOnGpu(
       units.push({ request: index, rows: [r0, Math.min(w.rows, r0 + blockRows)] });
     }
   });
-  const grams = requests.map((req) => new Float64Array(req.factors.rank ** 2));
-  const remaining = requests.map(() => 0);
-  for (const u of units) remaining[u.request]++;
-  const results: Float64Array[] = new Array(requests.length);
-  let done = 0;
-  const finish = (index: number) => {
-    results[index] = scales(requests[index], grams[index]);
-    options.onResult?.(index, results[index]);
-    options.onProgress?.(++done, requests.length);
-  };
-  requests.forEach((_, i) => remaining[i] === 0 && finish(i));
-  const reader = new WeightReader();
-  try {
-    let start = 0;
-    while (start < units.length) {
-      // A batch: units whose W blocks, factors, Z and C partials fit the caps.
-      let end = start, wBytes = 0, fWords = 0, zWords = 0, cWords = 0;
-      while (end < units.length) {
-        const u = units[end], f = requests[u.request].factors, w = requests[u.request].weight;
-        const rows = u.rows[1] - u.rows[0];
-        const nb = rows * w.cols * (w.dtype === "F64" ? 4 : dtypeSize(w.dtype)) + 4;
-        const nf = Packer.wordsFor(f.up.dtype, f.up.bytes.byteLength) +
-          Packer.wordsFor(f.down.dtype, f.down.bytes.byteLength) + 2;
-        const nz = rows * f.rank * 2, nc = segments(rows).length * f.rank ** 2 * 3;
-        if (
-          end > start && (wBytes + nb > cap || (fWords + nf) * 4 > cap || (zWords + nz) * 4 > cap ||
-            (cWords + nc) * 4 > cap)
-        ) break;
-        wBytes += nb, fWords += nf, zWords += nz, cWords += nc;
-        end++;
-      }
-      const batch = units.slice(start, end);
-      start = end;
-      const blocks = batch.map((u) => {
-        const w = requests[u.request].weight;
-        const size = dtypeSize(w.dtype);
-        return reader.read({
-          ...w,
-          offset: w.offset + u.rows[0] * w.cols * size,
-          rows: u.rows[1] - u.rows[0],
-        });
-      });
-      const partials = await runSubspaceBatch(ctx, requests, batch, blocks);
-      batch.forEach((u, i) => {
-        const g = grams[u.request];
-        for (const base of partials.offsets[i]) {
-          for (let e = 0; e < g.length; e++) g[e] += tripleAt(partials.values, base + e);
-        }
-        if (--remaining[u.request] === 0) finish(u.request);
-      });
+  return units;
+}
+
+/** Consecutive units whose W blocks, factors, Z and C partials each fit `cap` bytes. */
+function planSubspaceBatches(
+  requests: readonly SubspaceRequest[],
+  units: readonly Unit[],
+  cap: number,
+): Unit[][] {
+  const batches: Unit[][] = [];
+  let start = 0;
+  while (start < units.length) {
+    let end = start, wBytes = 0, fWords = 0, zWords = 0, cWords = 0;
+    while (end < units.length) {
+      const u = units[end], f = requests[u.request].factors, w = requests[u.request].weight;
+      const rows = u.rows[1] - u.rows[0];
+      const nb = rows * w.cols * gpuElementBytes(w) + 4;
+      const nf = Packer.wordsFor(f.up.dtype, f.up.bytes.byteLength) +
+        Packer.wordsFor(f.down.dtype, f.down.bytes.byteLength) + 2;
+      const nz = rows * f.rank * 2, nc = segments(rows).length * f.rank ** 2 * 3;
+      if (
+        end > start && (wBytes + nb > cap || (fWords + nf) * 4 > cap || (zWords + nz) * 4 > cap ||
+          (cWords + nc) * 4 > cap)
+      ) break;
+      wBytes += nb, fWords += nf, zWords += nz, cWords += nc;
+      end++;
     }
-    return results;
-  } finally {
-    reader.close();
+    batches.push(units.slice(start, end));
+    start = end;
   }
+  return batches;
 }
 
 /** |T_B[:, i]ᵀ·C·T_A[:, i]| for i < k. */
@@ -143,21 +152,29 @@ function scales(req: SubspaceRequest, c: Float64Array): Float64Array {
   return out;
 }
 
-async function runSubspaceBatch(
-  ctx: GpuContext,
+/** A batch's packed inputs and product items (see {@link planSubspaceProducts}). */
+interface SubspaceProducts {
+  readonly weights: Packer;
+  readonly factors: Packer;
+  /** Z = W·Aᵀ items. */
+  readonly z: ProductItems;
+  /** C = Bᵀ·Z items. */
+  readonly c: ProductItems;
+  /** Elements of Z and of C's partials. */
+  readonly zElements: number;
+  readonly cElements: number;
+  /** Per unit: element offsets of its C partials (triples). */
+  readonly offsets: number[][];
+}
+
+/** Packs a batch's weight blocks and factors and lists the items of Z and C. */
+function planSubspaceProducts(
   requests: readonly SubspaceRequest[],
   units: readonly Unit[],
   blocks: readonly { dtype: "F16" | "BF16" | "F32"; bytes: Uint8Array }[],
-): Promise<{ values: Float32Array; offsets: number[][] }> {
-  const wPack = new Packer(), fPack = new Packer();
-  const zItems = new Map<string, { fx: Format; fy: Format; items: number[] }>();
-  const cItems = new Map<string, { fx: Format; fy: Format; items: number[] }>();
-  const items = (m: typeof zItems, fx: Format, fy: Format) => {
-    const key = `${fx},${fy}`;
-    let g = m.get(key);
-    if (!g) m.set(key, g = { fx, fy, items: [] });
-    return g.items;
-  };
+): SubspaceProducts {
+  const weights = new Packer(), factors = new Packer();
+  const zItems = new ProductItems(), cItems = new ProductItems();
   const factorCache = new Map<number, { up: Packed; down: Packed }>();
   let z = 0, c = 0;
   const offsets: number[][] = [];
@@ -166,19 +183,17 @@ async function runSubspaceBatch(
     const r = f.rank, cols = f.inFlat, rows = u.rows[1] - u.rows[0];
     let packed = factorCache.get(u.request);
     if (!packed) {
-      packed = {
-        up: fPack.addData(f.up),
-        down: fPack.addData(f.down),
-      };
+      packed = { up: factors.addData(f.up), down: factors.addData(f.down) };
       factorCache.set(u.request, packed);
     }
-    const w = wPack.add(blocks[i].dtype, blocks[i].bytes);
+    const w = weights.add(blocks[i].dtype, blocks[i].bytes);
     // Z = W·Aᵀ (rows × r): samples are columns; X = Wᵀ, Y = Aᵀ.
     const zBase = z;
     z += rows * r;
-    addProduct(
-      items(zItems, w.format, packed.down.format),
+    zItems.add(
+      w.format,
       { base: w.base, sampleStride: 1, featureStride: cols, features: rows },
+      packed.down.format,
       { base: packed.down.base, sampleStride: 1, featureStride: cols, features: r },
       { samples: [0, cols], outBase: zBase, outStride: r },
     );
@@ -186,9 +201,10 @@ async function runSubspaceBatch(
     const parts: number[] = [];
     for (const seg of segments(rows)) {
       parts.push(c);
-      addProduct(
-        items(cItems, packed.up.format, Format.DF32),
+      cItems.add(
+        packed.up.format,
         { base: packed.up.base + u.rows[0] * r, sampleStride: r, featureStride: 1, features: r },
+        Format.DF32,
         { base: zBase, sampleStride: r, featureStride: 1, features: r },
         { samples: seg, outBase: c, outStride: r },
       );
@@ -196,42 +212,38 @@ async function runSubspaceBatch(
     }
     offsets.push(parts);
   });
-  const buffers: GPUBuffer[] = [];
-  const releases: (() => void)[] = [];
-  try {
-    const wBuf = ctx.upload(wPack.finish(), GPUBufferUsage.STORAGE, "subspace weights");
-    buffers.push(wBuf);
-    const fBuf = ctx.upload(fPack.finish(), GPUBufferUsage.STORAGE, "subspace factors");
-    buffers.push(fBuf);
-    const zBuf = ctx.buffer(Math.max(1, z) * 8, GPUBufferUsage.STORAGE, "W·Aᵀ");
-    buffers.push(zBuf);
-    const cBytes = Math.max(1, c) * 12;
-    const cBuf = ctx.buffer(cBytes, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC, "Bᵀ·W·Aᵀ");
-    buffers.push(cBuf);
-    const group = (
-      g: { fx: Format; fy: Format; items: number[] },
-      x: GPUBuffer,
-      y: GPUBuffer,
-      out: GPUBuffer,
-      mode: OutMode,
-    ): CrossGroup => ({ formatX: g.fx, formatY: g.fy, x, y, out, mode, items: g.items });
-    const first = await prepareCross(
-      ctx,
-      [...zItems.values()].map((g) => group(g, wBuf, fBuf, zBuf, OutMode.DF32)),
-    );
-    releases.push(first.release);
-    const second = await prepareCross(
-      ctx,
-      [...cItems.values()].map((g) => group(g, fBuf, zBuf, cBuf, OutMode.Triple)),
-    );
-    releases.push(second.release);
+  return { weights, factors, z: zItems, c: cItems, zElements: z, cElements: c, offsets };
+}
+
+/** Reads a batch's weight blocks, runs Z = W·Aᵀ then C = Bᵀ·Z, and reads C's partials back. */
+function runSubspaceBatch(
+  ctx: GpuContext,
+  requests: readonly SubspaceRequest[],
+  units: readonly Unit[],
+  reader: WeightReader,
+): Promise<{ values: Float32Array; offsets: number[][] }> {
+  const blocks = units.map((u) => {
+    const w = requests[u.request].weight;
+    const size = dtypeSize(w.dtype);
+    return reader.read({
+      ...w,
+      offset: w.offset + u.rows[0] * w.cols * size,
+      rows: u.rows[1] - u.rows[0],
+    });
+  });
+  const plan = planSubspaceProducts(requests, units, blocks);
+  return withBatchBuffers(ctx, async (gpu) => {
+    const wBuf = gpu.upload(plan.weights.finish(), "subspace weights");
+    const fBuf = gpu.upload(plan.factors.finish(), "subspace factors");
+    const zBuf = gpu.buffer(Math.max(1, plan.zElements) * 8, GPUBufferUsage.STORAGE, "W·Aᵀ");
+    const cBuf = gpu.output(Math.max(1, plan.cElements) * 12, "Bᵀ·W·Aᵀ");
+    const first = await gpu.products(plan.z.groups(wBuf, fBuf, zBuf, OutMode.DF32));
+    const second = await gpu.products(plan.c.groups(fBuf, zBuf, cBuf, OutMode.Triple));
     await ctx.submit("subspace scales", (encoder) => {
       first.record(encoder);
       second.record(encoder);
     });
-    return { values: new Float32Array(await ctx.read(cBuf, 0, c * 12)), offsets };
-  } finally {
-    for (const r of releases) r();
-    ctx.release(...buffers);
-  }
+    const values = new Float32Array(await ctx.read(cBuf, 0, plan.cElements * 12));
+    return { values, offsets: plan.offsets };
+  });
 }
