@@ -17,7 +17,7 @@ import { BackendError } from "../errors.ts";
  * ```ts
  * import { loadAsset } from "./asset.ts";
  * const bytes = await loadAsset(new URL("./asset.ts", import.meta.url));
- * console.log(bytes.byteLength > 0); // true
+ * if (bytes.byteLength === 0) throw new Error("empty asset");
  * ```
  */
 export async function loadAsset(url: URL): Promise<Uint8Array<ArrayBuffer>> {

@@ -44,7 +44,7 @@ export interface FloatData {
  * const path = await Deno.makeTempFile();
  * await Deno.writeFile(path, new Uint8Array(new Float32Array([0, 1.5]).buffer));
  * const data = new StoredFloatData("F32", { path, offset: 4, byteLength: 4 });
- * console.log(new Float32Array(data.bytes.buffer)[0]); // 1.5
+ * if (new Float32Array(data.bytes.buffer)[0] !== 1.5) throw new Error("read the wrong bytes");
  * await Deno.remove(path);
  * ```
  */

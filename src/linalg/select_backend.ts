@@ -1,7 +1,8 @@
 /**
- * Chooses the compute backend for `-d auto|cpu|gpu` (decision D1): `auto`
- * uses WebGPU only on a real (non-fallback) adapter that passes the GPU
- * backend's self-test, else the CPU backend; `gpu` insists on WebGPU (any
+ * Chooses the compute backend for `-d auto|cpu|gpu`: `auto` uses WebGPU only
+ * on a real (non-fallback) adapter that passes the GPU backend's self-test,
+ * else the CPU backend (a software adapter such as llvmpipe is slower than
+ * the CPU backend's WASM kernels on the same cores); `gpu` insists on WebGPU (any
  * adapter, software ones included) and fails with a {@link BackendError}
  * when there is none; `cpu` never touches WebGPU.
  *
@@ -33,7 +34,7 @@ export interface SelectBackendOptions {
  * ```ts
  * import { selectBackend } from "./select_backend.ts";
  * await using backend = await selectBackend("cpu", { workers: 0 });
- * console.log(backend.name); // "cpu"
+ * if (backend.name !== "cpu") throw new Error(backend.name);
  * ```
  */
 export async function selectBackend(

@@ -58,7 +58,8 @@ export interface CpuBackendOptions {
  *   inFlat: 3,
  *   scale: 0.5,
  * }]);
- * console.log(d.sigma); // Float64Array [1]
+ * // ΔW = 0.5·[1, 0]ᵀ·[2, 0, 0] has the single singular value 1.
+ * if (d.sigma.length !== 1 || d.sigma[0] !== 1) throw new Error(`σ = ${d.sigma}`);
  * ```
  */
 export function createCpuBackend(options: CpuBackendOptions = {}): Promise<Backend> {

@@ -37,7 +37,8 @@ import { type ItemContext, loadFactor } from "./item_context.ts";
  * const { up, down } = rebuildLayer(context, { factors, decomposition, keep: [0], rescale: 1 });
  * const [u] = new Float32Array(up.bytes.buffer, up.bytes.byteOffset, 1);
  * const [d] = new Float32Array(down.bytes.buffer, down.bytes.byteOffset, 1);
- * console.log(Math.abs(u * d * 0.5)); // 1 (ΔW[0][0])
+ * // Keeping the only dimension rebuilds ΔW[0][0] = 0.5·1·2 = 1 (up·down times the scale).
+ * if (Math.abs(u * d * 0.5 - 1) > 1e-6) throw new Error(`ΔW[0][0] = ${u * d * 0.5}`);
  * ```
  */
 export function rebuildLayer(context: ItemContext, request: RebuildRequest): RebuiltFactors {

@@ -56,7 +56,7 @@ export interface SpectralResult {
  * const ptr = k.alloc(4 * 4);
  * k.f32(ptr, 4).set([3, 0, 0, 2]); // diag(3, 2)
  * const { norm } = spectralNorm(k, { ptr, rows: 2, cols: 2 });
- * console.log(norm.toFixed(4)); // "3.0000"
+ * if (Math.abs(norm - 3) > 3e-4) throw new Error(`σ_max = ${norm}`);
  * ```
  */
 export function spectralNorm(

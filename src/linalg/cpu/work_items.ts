@@ -136,7 +136,9 @@ function withFactorData(task: WorkItem, map: (data: FloatData) => FloatData): Wo
  * @example
  * ```ts
  * import { resultTransfer } from "./work_items.ts";
- * console.log(resultTransfer(new Float64Array(2)).length); // 1
+ * const scales = new Float64Array(2);
+ * const [buffer] = resultTransfer(scales);
+ * if (buffer !== scales.buffer) throw new Error("transfers the scales' buffer");
  * ```
  */
 export function resultTransfer(result: WorkResult): ArrayBuffer[] {
@@ -167,7 +169,8 @@ export interface ErrorMessage {
  * @example
  * ```ts
  * import { errorMessage } from "./work_items.ts";
- * console.log(errorMessage(new RangeError("bad"))); // { name: "RangeError", message: "bad" }
+ * const { name, message } = errorMessage(new RangeError("bad"));
+ * if (name !== "RangeError" || message !== "bad") throw new Error(`${name}: ${message}`);
  * ```
  */
 export function errorMessage(e: unknown): ErrorMessage {
@@ -182,7 +185,10 @@ export function errorMessage(e: unknown): ErrorMessage {
  * @example
  * ```ts
  * import { reviveError } from "./work_items.ts";
- * console.log(reviveError({ name: "BackendError", message: "x" }).name); // "BackendError"
+ * import { BackendError } from "../../errors.ts";
+ * if (!(reviveError({ name: "BackendError", message: "x" }) instanceof BackendError)) {
+ *   throw new Error("a BackendError comes back as one");
+ * }
  * ```
  */
 export function reviveError(e: ErrorMessage): ResizeLoraError {

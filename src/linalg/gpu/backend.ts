@@ -60,7 +60,7 @@ export interface GpuBackendOptions {
  * ```ts ignore
  * import { createGpuBackend } from "./backend.ts";
  * await using gpu = await createGpuBackend();
- * console.log(gpu.description);
+ * if (gpu.name !== "webgpu") throw new Error(gpu.description);
  * ```
  */
 export async function createGpuBackend(options: GpuBackendOptions = {}): Promise<Backend> {

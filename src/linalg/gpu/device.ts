@@ -44,7 +44,8 @@ const SHADER_ROOT = "../../../shaders/";
  * ```ts ignore
  * import { describeAdapter } from "./device.ts";
  * const adapter = await navigator.gpu.requestAdapter();
- * if (adapter) console.log(describeAdapter(adapter)); // "llvmpipe (…) (vendor 65541, fallback)"
+ * // e.g. "llvmpipe (…) (vendor 65541, fallback)"
+ * const description = adapter ? describeAdapter(adapter) : "no adapter";
  * ```
  */
 export function describeAdapter(adapter: GPUAdapter): string {
@@ -62,7 +63,8 @@ export function describeAdapter(adapter: GPUAdapter): string {
  * import { GpuContext } from "./device.ts";
  * const ctx = await GpuContext.create();
  * const buf = ctx.upload(new Uint32Array([1, 2, 3]), GPUBufferUsage.STORAGE);
- * console.log(new Uint32Array(await ctx.read(buf, 0, 12))); // Uint32Array [1, 2, 3]
+ * const back = new Uint32Array(await ctx.read(buf, 0, 12));
+ * if (back.join() !== "1,2,3") throw new Error(`read back ${back}`);
  * ctx.destroy();
  * ```
  */
@@ -353,7 +355,8 @@ export class GpuContext {
  * @example
  * ```ts ignore
  * import { requestAdapter } from "./device.ts";
- * console.log((await requestAdapter())?.info.description ?? "no adapter");
+ * const adapter = await requestAdapter();
+ * const description = adapter?.info.description ?? "no adapter";
  * ```
  */
 export async function requestAdapter(): Promise<GPUAdapter | null> {

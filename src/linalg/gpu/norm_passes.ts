@@ -44,8 +44,11 @@ export interface PlannedWeight {
 
 /** Work items of one dispatch of each pass. */
 export interface DispatchCounts {
+  /** Row jobs (row pass). */
   readonly rows: number;
+  /** Column jobs (column pass). */
   readonly cols: number;
+  /** Weights (start vectors, Lanczos step). */
   readonly weights: number;
 }
 
@@ -72,6 +75,7 @@ export class NormDescriptor {
   readonly #offColJobs: number;
   readonly #offActive: number;
 
+  /** Lays out the batch of these weights; `activate` then writes the job lists. */
   constructor(weights: readonly PlannedWeight[]) {
     const pieceWords: number[] = [], weightWords: number[] = [];
     let vecs = 0, piece = 0;

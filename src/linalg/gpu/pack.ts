@@ -17,7 +17,7 @@ import { RangeReader } from "../range_reader.ts";
  * @example
  * ```ts
  * import { Format } from "./pack.ts";
- * console.log(Format.BF16); // 1
+ * if (Format.BF16 !== 1) throw new Error("FMT_BF16 is 1 in df32.wgsl");
  * ```
  */
 export const Format = { F16: 0, BF16: 1, F32: 2, DF32: 3 } as const;
@@ -47,7 +47,9 @@ export interface Packed {
  * const p = new Packer();
  * const a = p.add("F16", new Uint8Array(6)); // 3 halves -> 2 words
  * const b = p.addFloat64(new Float64Array([1 / 3]));
- * console.log(a.base, b.base, p.finish().byteLength); // 0 1 16
+ * // One F64 value goes as a df32 pair (2 words) at df32 element 1 = word 2; 4 words in all.
+ * const bytes = p.finish().byteLength;
+ * if (a.base !== 0 || b.base !== 1 || bytes !== 16) throw new Error(`${a.base} ${b.base} ${bytes}`);
  * ```
  */
 export class Packer {

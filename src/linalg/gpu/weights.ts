@@ -24,8 +24,8 @@ export interface WeightBytes {
  * @example
  * ```ts
  * import { weightName } from "./weights.ts";
- * console.log(weightName({ path: "b.safetensors", dtype: "F16", offset: 80, rows: 2, cols: 3 }));
- * // "b.safetensors: base weight at byte 80 (2×3 F16)"
+ * const name = weightName({ path: "b.safetensors", dtype: "F16", offset: 80, rows: 2, cols: 3 });
+ * if (name !== "b.safetensors: base weight at byte 80 (2×3 F16)") throw new Error(name);
  * ```
  */
 export function weightName(ref: BaseWeightRef): string {
