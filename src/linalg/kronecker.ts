@@ -220,7 +220,7 @@ export function combineKronecker(
  * @example
  * ```ts ignore
  * const [d] = await decomposeKronecker(backend, [kroneckerLayer(w1, w2, scale)]);
- * console.log(d.sigma);
+ * const largest = d.sigma[0]; // the layer's largest singular value
  * ```
  */
 export async function decomposeKronecker(
