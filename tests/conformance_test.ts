@@ -5,7 +5,8 @@
  * `port_notes.expected_differences` says a correct port differs, and letting
  * `borderline` dims flip), threshold within 1e-4, file name, tensor names,
  * shapes and dtypes, alphas exactly, per-layer `delta_fro` within 1e-3
- * relative, data-section size, metadata kept, hashes self-consistent.
+ * relative, data-section size, metadata kept, hashes self-consistent. On the CPU backend, every
+ * output, stdout and the log are also byte-identical to a recorded run (see the end of the file).
  */
 import { createHash } from "node:crypto";
 import { join } from "node:path";
@@ -13,6 +14,7 @@ import { assert, assertEquals, assertRelClose } from "./assert.ts";
 import { main } from "../cli.ts";
 import { hasWebGpuAdapter, runDeno } from "./webgpu_child.ts";
 import { SafetensorsFile } from "../src/safetensors/reader.ts";
+import { commandLines, record, type RecordedRun } from "../tools/record_conformance_outputs.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
 
@@ -256,4 +258,20 @@ function checkLog(expected: string[], got: string[]) {
       assert(got.includes(line), `log line missing: ${line}`);
     }
   }
+}
+
+// Same bytes and log lines as recorded: `tests/fixtures/conformance_outputs.json` holds the sha256
+// of every file the CPU backend wrote, of stdout and of the log, for each case's command line, a
+// dry run with an HTML report and `inspect --json`, as produced by
+// `deno run -A tools/record_conformance_outputs.ts` on commit d9c1fd8 (before the pipeline was
+// split into stages). A change that moves one byte of an output or one log line fails here.
+const recorded: Record<string, RecordedRun[]> = JSON.parse(
+  await Deno.readTextFile(join(FIXTURES, "conformance_outputs.json")),
+);
+for (const c of cases) {
+  Deno.test(`conformance ${c.id} writes and logs exactly the recorded bytes (cpu)`, async () => {
+    const runs = commandLines(c.argv, c.recipes);
+    assertEquals(runs, recorded[c.id].map((r) => r.argv));
+    for (const [i, argv] of runs.entries()) assertEquals(await record(argv), recorded[c.id][i]);
+  });
 }
