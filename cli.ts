@@ -217,7 +217,8 @@ async function inspectCommand(values: Values, args: string[], out: Console): Pro
   if (args.length < 1 || args.length > 2) {
     throw new UsageError("usage: resize-lora inspect LORA [CHECKPOINT] [-r RECIPE] [--json]");
   }
-  const { inspect, formatInspectTable } = await import("./src/report/inspect.ts");
+  const { inspect } = await import("./src/inspect.ts");
+  const { formatInspectTable } = await import("./src/report/inspect.ts");
   const result = await inspect({
     lora: args[0],
     checkpoint: args[1],

@@ -28,7 +28,7 @@
 export {
   type CurvePoint,
   DEFAULT_RECIPES,
-  type LayerPlan,
+  type LayerSummary,
   type OutputSummary,
   plan,
   type ProgressFn,
@@ -36,6 +36,7 @@ export {
   type ResizeOptions,
   type ResizeResult,
 } from "./src/resize.ts";
+export { inspect, type InspectOptions } from "./src/inspect.ts";
 export { type OutputDType } from "./src/output.ts";
 export {
   outputFileName,
@@ -103,11 +104,9 @@ export {
 export {
   effectiveRank,
   formatInspectTable,
-  inspect,
   type InspectBlock,
   type InspectLayer,
   type InspectLayerRecipe,
-  type InspectOptions,
   type InspectRecipe,
   type InspectResult,
 } from "./src/report/inspect.ts";

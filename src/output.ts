@@ -9,7 +9,13 @@
  * @module
  */
 
-import { decodeFloats, type DType, encodeFloats, isFloatDType } from "./safetensors/dtype.ts";
+import {
+  decodeFloats,
+  type DType,
+  dtypeSize,
+  encodeFloats,
+  isFloatDType,
+} from "./safetensors/dtype.ts";
 import { SSHS_PLACEHOLDERS } from "./safetensors/hashes.ts";
 import type { TensorSource } from "./safetensors/writer.ts";
 import { safetensorsFileSize } from "./safetensors/writer.ts";
@@ -112,6 +118,12 @@ export interface OutputShape {
   readonly resizeParams: string;
 }
 
+/**
+ * The layout of an output that keeps `kept[i]` dimensions of layer i, with the threshold
+ * `threshold` written into its metadata: how selection prices candidate outputs.
+ */
+export type OutputShapeFn = (kept: ArrayLike<number>, threshold: number) => OutputShape;
+
 /** The output metadata, with hashes still to be filled in. */
 function metadataOf(shape: OutputShape): Record<string, string> {
   return {
@@ -210,4 +222,70 @@ export function buildOutput(
   }
   for (const t of shape.passThrough) tensors.push(castTensor(t, dtype));
   return { tensors, metadata: metadataOf(shape) };
+}
+
+/**
+ * The ascending union of ascending index lists: the dimensions one rebuild builds for several
+ * recipes.
+ *
+ * @example
+ * ```ts
+ * import { sortedUnion } from "./output.ts";
+ * const union = sortedUnion([[0, 2], [1, 2], [5]]);
+ * if (union.join() !== "0,1,2,5") throw new Error(`got ${union}`);
+ * ```
+ */
+export function sortedUnion(lists: readonly (readonly number[])[]): number[] {
+  return lists.length === 1 ? [...lists[0]] : [...new Set(lists.flat())].sort((a, b) => a - b);
+}
+
+/**
+ * The output factors of the `keep` dimensions out of factors built for `built` (a superset,
+ * ascending): columns of up (out × |built|), rows of down (|built| × in′). Each dimension's
+ * factors (√σ·u, √σ·v) do not depend on which others are kept, so recipes that share a rescale
+ * share one rebuild and take their own columns and rows of it.
+ *
+ * @example
+ * ```ts
+ * import { extractKeptFactors } from "./output.ts";
+ * // out = 2, in′ = 1, built for dimensions 0, 1, 2; keep 0 and 2. F32 elements 1…6 (up), 7…9.
+ * const f32 = (...v: number[]) => ({ dtype: "F32" as const, bytes: new Uint8Array(new Float32Array(v).buffer) });
+ * const kept = extractKeptFactors(
+ *   { up: f32(1, 2, 3, 4, 5, 6), down: f32(7, 8, 9) },
+ *   { built: [0, 1, 2], keep: [0, 2], out: 2 },
+ * );
+ * const values = (d: { bytes: Uint8Array }) => [...new Float32Array(d.bytes.slice().buffer)].join();
+ * if (values(kept.up) !== "1,3,4,6" || values(kept.down) !== "7,9") throw new Error("wrong columns");
+ * ```
+ */
+export function extractKeptFactors(
+  factors: OutputFactors,
+  { built, keep, out }: {
+    readonly built: readonly number[];
+    readonly keep: readonly number[];
+    readonly out: number;
+  },
+): OutputFactors {
+  if (keep.length === built.length) return factors;
+  const at = new Map(built.map((u, j) => [u, j]));
+  const positions = keep.map((k) => at.get(k)!);
+  const n = built.length, k = keep.length;
+  const { up, down } = factors;
+  // Whole elements at a time (every output dtype is 2 or 4 bytes wide).
+  const elements = (b: Uint8Array) => {
+    const size = dtypeSize(up.dtype), aligned = b.byteOffset % size === 0 ? b : b.slice();
+    return size === 2
+      ? new Uint16Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 2)
+      : new Uint32Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 4);
+  };
+  const from = elements(up.bytes);
+  const upBytes = new Uint8Array(out * k * dtypeSize(up.dtype));
+  const to = elements(upBytes);
+  for (let r = 0; r < out; r++) {
+    for (let c = 0; c < k; c++) to[r * k + c] = from[r * n + positions[c]];
+  }
+  const row = down.bytes.byteLength / n;
+  const downBytes = new Uint8Array(k * row);
+  positions.forEach((j, c) => downBytes.set(down.bytes.subarray(j * row, (j + 1) * row), c * row));
+  return { up: { dtype: up.dtype, bytes: upBytes }, down: { dtype: down.dtype, bytes: downBytes } };
 }

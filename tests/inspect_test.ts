@@ -1,11 +1,7 @@
 import { Ajv } from "ajv";
 import { assert, assertClose, assertEquals } from "./assert.ts";
-import {
-  effectiveRank,
-  formatInspectTable,
-  inspect,
-  type InspectResult,
-} from "../src/report/inspect.ts";
+import { effectiveRank, formatInspectTable, type InspectResult } from "../src/report/inspect.ts";
+import { inspect } from "../src/inspect.ts";
 import { selectBackend } from "../src/linalg/select_backend.ts";
 import { encodeFloats } from "../src/safetensors/dtype.ts";
 import { type TensorSource, writeSafetensors } from "../src/safetensors/writer.ts";

@@ -5,7 +5,7 @@ import { formatCount, formatPercent, formatTable } from "../src/report/table.ts"
 import { escapeHtml, externalReferences, renderReport } from "../src/report/html.ts";
 import { pyJsonDumps } from "../src/recipe/pyformat.ts";
 import { loraNamesForBaseKey } from "../src/sdxl/key_map.ts";
-import type { CurvePoint, LayerPlan, OutputSummary } from "../src/resize.ts";
+import type { CurvePoint, LayerSummary, OutputSummary } from "../src/summary.ts";
 import { plan, resize } from "../src/resize.ts";
 import { selectBackend } from "../src/linalg/select_backend.ts";
 
@@ -127,7 +127,7 @@ Deno.test("compareBlocks and groupByBlock: model order, items kept in order", ()
 });
 
 /** A layer plan from σ and a kept count (the largest σ kept); scores are log10(σ). */
-function layerPlan(name: string, sigma: number[], kept: number, extra: Partial<LayerPlan> = {}) {
+function layerPlan(name: string, sigma: number[], kept: number, extra: Partial<LayerSummary> = {}) {
   return {
     name,
     base: `${name}.weight`,
@@ -185,7 +185,7 @@ Deno.test("formatTable and number formats", () => {
   assertEquals(formatPercent(null), "–");
 });
 
-function fakeOutput(recipe: string, layers: LayerPlan[], extra: Partial<OutputSummary> = {}) {
+function fakeOutput(recipe: string, layers: LayerSummary[], extra: Partial<OutputSummary> = {}) {
   const rankBefore = layers.reduce((n, l) => n + l.dims, 0);
   const rankAfter = layers.reduce((n, l) => n + l.kept, 0);
   return {

@@ -15,7 +15,7 @@
  */
 
 import type { TopLevelSpec } from "vega-lite";
-import type { LayerPlan, OutputSummary } from "../resize.ts";
+import type { LayerSummary, OutputSummary } from "../summary.ts";
 import { compareBlocks, groupByBlock } from "./blocks.ts";
 import { formatThreshold, summarizePlan } from "./plan.ts";
 import { formatBytes, formatCount, formatMiB, formatPercent } from "./table.ts";
@@ -485,17 +485,17 @@ const MAX_DOTS = 32;
 
 /** The spectra of up to `perBlock` layers per block: largest, median, smallest energy. */
 function spectraData(
-  layers: readonly LayerPlan[],
+  layers: readonly LayerSummary[],
   output: OutputSummary,
   perBlock: number,
 ): Spectra {
   const normalised = layers.length > 0 &&
     layers.every((l) => l.baseFrobenius !== undefined && l.baseFrobenius > 0);
-  const scaleOf = (l: LayerPlan) => normalised ? l.baseFrobenius! : 1;
+  const scaleOf = (l: LayerSummary) => normalised ? l.baseFrobenius! : 1;
   const keptOf = new Map(output.layers.map((l) => [l.name, new Set(l.keep)]));
   const points: SpectrumPoint[] = [];
   for (const { block, items } of groupByBlock(layers)) {
-    const size = (l: LayerPlan) => energy(l) / scaleOf(l) ** 2;
+    const size = (l: LayerSummary) => energy(l) / scaleOf(l) ** 2;
     const bySize = [...items].sort((a, b) => size(b) - size(a));
     for (const [role, layer] of pickSpread(bySize, perBlock)) {
       const kept = keptOf.get(layer.name);
@@ -537,7 +537,7 @@ function roleName(role: number, n: number): string {
   return `#${role + 1} of ${n}`;
 }
 
-function energy(layer: LayerPlan): number {
+function energy(layer: LayerSummary): number {
   let e = 0;
   for (const s of layer.sigma) e += s * s;
   return e;

@@ -12,46 +12,13 @@
  * @module
  */
 
-import type { Backend } from "../linalg/backend.ts";
-import { type DeviceChoice, selectBackend } from "../linalg/select_backend.ts";
-import { type LogFn, type LogLevel, silent } from "../log.ts";
-import { loadLora, type LoraLayer } from "../lora/lora_file.ts";
-import type { OutputDType } from "../output.ts";
-import type { SizeAccounting } from "../recipe/select.ts";
-import { DEFAULT_RECIPES, type LayerPlan, plan, type ProgressFn } from "../resize.ts";
+import type { LoraLayer, LoraModel } from "../lora/lora_file.ts";
+import { type LayerSummary, type OutputSummary, ZERO_LAYER_SIGMA } from "../summary.ts";
 import { type BlockLabel, blockOf, groupByBlock } from "./blocks.ts";
 import { type Column, formatCount, formatNumber, formatPercent, formatTable } from "./table.ts";
 
 /** A singular value counts towards the effective rank when above this fraction of σ₁. */
 export const EFFECTIVE_RANK_FRACTION = 0.01;
-
-/** Options of {@link inspect}. */
-export interface InspectOptions {
-  /** The LoRA: a path, or a merge spec `"a.safetensors:0.7,b.safetensors:0.3"`. */
-  readonly lora: string;
-  /** Base checkpoint: adds base norms, and the scores and kept ranks of `recipes`. */
-  readonly checkpoint?: string;
-  /** Recipes to plan when a checkpoint is given (default: the original's default recipe). */
-  readonly recipes?: string;
-  /** `auto` (default), `cpu` or `gpu`; ignored when `backend` is given. */
-  readonly device?: DeviceChoice;
-  /** A backend to use (the caller keeps ownership). */
-  readonly backend?: Backend;
-  /** Norms cache location, or `false` to disable it (as in `plan`). */
-  readonly normsCache?: string | false;
-  /** Output element type the planned sizes assume (default `F16`). */
-  readonly outputDtype?: OutputDType;
-  /** Size-mode accounting of the planned recipes (default `file`). */
-  readonly sizeAccounting?: SizeAccounting;
-  /** Plan sizes as if `--drop_unmapped` were given. */
-  readonly dropUnmapped?: boolean;
-  /** Log receiver (default: silent). DEBUG records are passed on only with `logLevel: "DEBUG"`. */
-  readonly log?: LogFn;
-  /** Lowest level the caller shows. */
-  readonly logLevel?: LogLevel;
-  /** Progress receiver. */
-  readonly onProgress?: ProgressFn;
-}
 
 /** One planned recipe of an inspection (with a checkpoint). */
 export interface InspectRecipe {
@@ -163,9 +130,6 @@ export interface InspectResult {
   readonly layers: InspectLayer[];
 }
 
-/** Below this σ₁ a layer is all-zero (as in the pipeline). */
-const ZERO_LAYER_SIGMA = 1e-6;
-
 const finite = (x: number | undefined): number | null =>
   x !== undefined && Number.isFinite(x) ? x : null;
 
@@ -189,92 +153,65 @@ export function effectiveRank(
   return n;
 }
 
-/**
- * Inspects a LoRA: per layer its kind, shape, stored rank and alpha, singular
- * values, effective rank and share of the total energy; per block the totals;
- * with a checkpoint, base norms and what each recipe keeps.
- *
- * @example
- * ```ts ignore
- * import { formatInspectTable, inspect } from "./inspect.ts";
- * const result = await inspect({ lora: "my_lora.safetensors" });
- * console.log(formatInspectTable(result));
- * const withBase = await inspect({ lora: "my_lora.safetensors", checkpoint: "sdxl.safetensors" });
- * console.log(JSON.stringify(withBase));
- * ```
- */
-export async function inspect(options: InspectOptions): Promise<InspectResult> {
-  const log = options.log ?? silent;
-  const model = await loadLora(options.lora);
-  const backend = options.backend ?? await selectBackend(options.device ?? "auto", { log });
-  try {
-    const planned = options.checkpoint === undefined ? [] : (await plan({
-      checkpoint: options.checkpoint,
-      loras: [options.lora],
-      recipes: options.recipes ?? DEFAULT_RECIPES,
-      backend,
-      normsCache: options.normsCache,
-      outputDtype: options.outputDtype,
-      sizeAccounting: options.sizeAccounting,
-      dropUnmapped: options.dropUnmapped,
-      layerNorms: true,
-      logLevel: options.logLevel,
-      log,
-      onProgress: options.onProgress,
-    })).outputs;
-    // The plan decomposed every paired layer already: only the others (no base weight, all
-    // zeroes, or no checkpoint at all) are decomposed here.
-    const known = new Map(planned[0]?.layers.map((l) => [l.name, l.sigma]));
-    const missing = model.layers.filter((l) => !known.has(l.name));
-    const decompositions = await backend.decompose(
-      missing.map((l) => l.factors),
-      { onProgress: (d, t) => options.onProgress?.("SVD", d, t) },
-    );
-    missing.forEach((l, i) => known.set(l.name, decompositions[i].sigma));
-    const sigmas = model.layers.map((l) => known.get(l.name)!);
+/** What an inspection is made of. */
+export interface InspectionInput {
+  /** The LoRA as loaded. */
+  readonly model: LoraModel;
+  /** Singular values of each of its layers, in the model's order. */
+  readonly sigmas: readonly Float64Array[];
+  /** The checkpoint, when recipes were selected against one. */
+  readonly checkpoint?: string;
+  /** What each recipe would write (empty without a checkpoint). */
+  readonly outputs: readonly OutputSummary[];
+}
 
-    const energies = sigmas.map((s) => s.reduce((a, x) => a + x * x, 0));
-    const totalEnergy = energies.reduce((a, b) => a + b, 0);
-    const plans = planned.map((o) => new Map(o.layers.map((l) => [l.name, l])));
-    const layers = model.layers.map((layer, i) =>
-      layerRow(layer, sigmas[i], energies[i], totalEnergy, plans.map((p) => p.get(layer.name)))
-    );
-    return {
-      lora: model.entry,
-      name: model.name,
-      checkpoint: options.checkpoint ?? null,
-      layerCount: layers.length,
-      zeroLayers: layers.filter((l) => !(l.sigma1 >= ZERO_LAYER_SIGMA)).length,
-      totalRank: sum(layers, (l) => l.rank),
-      effectiveRank: sum(layers, (l) => l.effectiveRank),
-      parameters: sum(layers, (l) => l.parameters),
-      passThroughTensors: model.passThrough.length,
-      recipes: planned.map((o) => ({
-        recipe: o.recipe,
-        path: o.path,
-        bytes: o.bytes,
-        threshold: finite(o.threshold),
-        rankBefore: o.rankBefore,
-        rankAfter: o.rankAfter,
-        relativeError: o.relativeError,
-      })),
-      blocks: groupByBlock(layers).map(({ block, items }) => ({
-        block,
-        layers: items.length,
-        rank: sum(items, (l) => l.rank),
-        effectiveRank: sum(items, (l) => l.effectiveRank),
-        // From the energies, so that one block holding everything is exactly 1.
-        energyShare: totalEnergy > 0
-          ? Math.min(1, sum(items, (l) => l.frobenius ** 2) / totalEnergy)
-          : 0,
-        parameters: sum(items, (l) => l.parameters),
-        kept: planned.map((_, r) => sum(items, (l) => l.recipes[r].kept ?? 0)),
-      })),
-      layers,
-    };
-  } finally {
-    if (!options.backend) await backend.close();
-  }
+/**
+ * The inspection of a LoRA: per layer its kind, shape, stored rank and alpha, singular values,
+ * effective rank and share of the total energy; per block the totals; with recipes, base norms
+ * and what each recipe keeps.
+ */
+export function inspectionOf(
+  { model, sigmas, checkpoint, outputs }: InspectionInput,
+): InspectResult {
+  const energies = sigmas.map((s) => s.reduce((a, x) => a + x * x, 0));
+  const totalEnergy = energies.reduce((a, b) => a + b, 0);
+  const byName = outputs.map((o) => new Map(o.layers.map((l) => [l.name, l])));
+  const layers = model.layers.map((layer, i) =>
+    layerRow(layer, sigmas[i], energies[i], totalEnergy, byName.map((p) => p.get(layer.name)))
+  );
+  return {
+    lora: model.entry,
+    name: model.name,
+    checkpoint: checkpoint ?? null,
+    layerCount: layers.length,
+    zeroLayers: layers.filter((l) => !(l.sigma1 >= ZERO_LAYER_SIGMA)).length,
+    totalRank: sum(layers, (l) => l.rank),
+    effectiveRank: sum(layers, (l) => l.effectiveRank),
+    parameters: sum(layers, (l) => l.parameters),
+    passThroughTensors: model.passThrough.length,
+    recipes: outputs.map((o) => ({
+      recipe: o.recipe,
+      path: o.path,
+      bytes: o.bytes,
+      threshold: finite(o.threshold),
+      rankBefore: o.rankBefore,
+      rankAfter: o.rankAfter,
+      relativeError: o.relativeError,
+    })),
+    blocks: groupByBlock(layers).map(({ block, items }) => ({
+      block,
+      layers: items.length,
+      rank: sum(items, (l) => l.rank),
+      effectiveRank: sum(items, (l) => l.effectiveRank),
+      // From the energies, so that one block holding everything is exactly 1.
+      energyShare: totalEnergy > 0
+        ? Math.min(1, sum(items, (l) => l.frobenius ** 2) / totalEnergy)
+        : 0,
+      parameters: sum(items, (l) => l.parameters),
+      kept: outputs.map((_, r) => sum(items, (l) => l.recipes[r].kept ?? 0)),
+    })),
+    layers,
+  };
 }
 
 function layerRow(
@@ -282,11 +219,11 @@ function layerRow(
   sigma: Float64Array,
   energy: number,
   totalEnergy: number,
-  plans: readonly (LayerPlan | undefined)[],
+  plans: readonly (LayerSummary | undefined)[],
 ): InspectLayer {
   const { out, rank, inFlat } = layer.factors;
   const known = plans.find((p) => p !== undefined);
-  const norm = (pick: (p: LayerPlan) => number | undefined) =>
+  const norm = (pick: (p: LayerSummary) => number | undefined) =>
     finite(plans.map((p) => p && pick(p)).find((x) => x !== undefined));
   return {
     name: layer.name,

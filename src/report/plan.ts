@@ -8,12 +8,12 @@
  * @module
  */
 
-import type { LayerPlan, OutputSummary } from "../resize.ts";
+import type { LayerSummary, OutputSummary } from "../summary.ts";
 import { type BlockLabel, groupByBlock } from "./blocks.ts";
 import { formatBytes, formatCount, formatPercent, formatTable } from "./table.ts";
 
 /** Energy of a layer plan's σ: total and the part its selection drops. */
-function layerEnergy(layer: Pick<LayerPlan, "sigma" | "keep">): [number, number] {
+function layerEnergy(layer: Pick<LayerSummary, "sigma" | "keep">): [number, number] {
   let total = 0;
   for (const s of layer.sigma) total += s * s;
   let kept = 0;
@@ -59,7 +59,7 @@ export interface PlanSummary {
  * ```
  */
 export function summarizePlan(
-  layers: readonly Pick<LayerPlan, "name" | "sigma" | "kept" | "keep">[],
+  layers: readonly Pick<LayerSummary, "name" | "sigma" | "kept" | "keep">[],
 ): PlanSummary {
   let total = 0;
   let dropped = 0;

@@ -1,0 +1,150 @@
+/**
+ * The options of `resize()` and `plan()`, and their defaults, resolved once
+ * ({@link resolveOptions}) so that no stage spells a default out again.
+ *
+ * @module
+ */
+
+import type { Backend } from "../linalg/backend.ts";
+import type { DeviceChoice } from "../linalg/select_backend.ts";
+import { type LogFn, type LogLevel, silent } from "../log.ts";
+import type { OutputDType } from "../output.ts";
+import { parseRecipes, type Recipe } from "../recipe/recipe.ts";
+import { type RecipeNeeds, recipeNeeds } from "../recipe/score.ts";
+import type { SizeAccounting } from "../recipe/select.ts";
+
+/** The original tool's default recipe. */
+export const DEFAULT_RECIPES = "fro_ckpt=1,thr=-3.5";
+
+/** The output element type when none is asked for (the original's). */
+export const DEFAULT_OUTPUT_DTYPE: OutputDType = "F16";
+
+/**
+ * Progress of a long step: a label (`Norms`, `SVD`, `Scoring <recipe>`, `Rebuild`), items done,
+ * total.
+ */
+export type ProgressFn = (label: string, done: number, total: number) => void;
+
+/** Options of `resize()` and `plan()`. */
+export interface ResizeOptions {
+  /** Base checkpoint (single-file SGM SDXL safetensors). */
+  readonly checkpoint: string;
+  /** LoRA entries: paths, or merge specs `"a.safetensors:0.7,b.safetensors:0.3"`. */
+  readonly loras: readonly string[];
+  /** Recipes separated by `:` (default {@link DEFAULT_RECIPES}). */
+  readonly recipes?: string;
+  /** Output folder (default: each LoRA's folder); created when missing. */
+  readonly outputFolder?: string;
+  /** Output element type (default `F16`). */
+  readonly outputDtype?: OutputDType;
+  /**
+   * `auto` (default), `cpu` or `gpu`; ignored when `backend` is given. `auto` and `gpu` ask for a
+   * WebGPU adapter: do that on a process's main thread only (see the README's Library section:
+   * elsewhere the process can crash at exit where wgpu opens its GL backend).
+   */
+  readonly device?: DeviceChoice;
+  /** A backend to use (the caller keeps ownership). */
+  readonly backend?: Backend;
+  /** Norms cache location (folder or `.json` file), or `false` to disable it. */
+  readonly normsCache?: string | false;
+  /**
+   * What `size=` bounds: the whole output `file` (default), or the up/down weights alone as the
+   * `original` tool counted them (docs/design.md, "Size targets bound the whole file").
+   */
+  readonly sizeAccounting?: SizeAccounting;
+  /**
+   * Drop tensors that are not part of a resized layer instead of copying them
+   * (docs/design.md, "Tensors that are not resized are kept").
+   */
+  readonly dropUnmapped?: boolean;
+  /** Log receiver (default: silent). */
+  readonly log?: LogFn;
+  /** Lowest level the caller shows; `DEBUG` enables the per-layer report (needs Frobenius norms). */
+  readonly logLevel?: LogLevel;
+  /** Progress receiver. */
+  readonly onProgress?: ProgressFn;
+  /** Also compute each output's size ↔ error curve (for reports). */
+  readonly curve?: boolean;
+  /** Fetch every layer's base Frobenius norm even when no recipe needs it (for reports). */
+  readonly layerNorms?: boolean;
+}
+
+/** {@link ResizeOptions} with every default filled in and the recipes parsed. */
+export interface ResolvedOptions {
+  /** Base checkpoint. */
+  readonly checkpoint: string;
+  /** LoRA entries, as given. */
+  readonly loras: readonly string[];
+  /** The parsed recipes, in order. */
+  readonly recipes: readonly Recipe[];
+  /** What each recipe needs from the base (same order as `recipes`). */
+  readonly needs: readonly RecipeNeeds[];
+  /** What any recipe needs: the base norms fetched for each LoRA before scoring. */
+  readonly anyNeeds: RecipeNeeds;
+  /** Output folder, or undefined for each LoRA's own folder. */
+  readonly outputFolder: string | undefined;
+  /** Output element type. */
+  readonly outputDtype: OutputDType;
+  /** Device to ask for when no backend is given. */
+  readonly device: DeviceChoice;
+  /** The caller's backend, if any. */
+  readonly backend: Backend | undefined;
+  /** Norms cache location (undefined: the default one), or `false`. */
+  readonly normsCache: string | false | undefined;
+  /** Size-mode accounting. */
+  readonly sizeAccounting: SizeAccounting;
+  /** Drop what is not resized. */
+  readonly dropUnmapped: boolean;
+  /** Log receiver. */
+  readonly log: LogFn;
+  /** Whether the per-layer DEBUG report is shown. */
+  readonly debug: boolean;
+  /** Progress receiver (a no-op when none was given). */
+  readonly onProgress: ProgressFn;
+  /** Whether outputs carry their size ↔ error curve. */
+  readonly curve: boolean;
+}
+
+/**
+ * Fills in the defaults of `options` and parses its recipes (a `RecipeError` names the recipe
+ * that does not parse).
+ *
+ * @example
+ * ```ts
+ * import { resolveOptions } from "./options.ts";
+ * const resolved = resolveOptions({ checkpoint: "base.safetensors", loras: ["a.safetensors"] });
+ * if (resolved.outputDtype !== "F16" || resolved.recipes[0].text !== "fro_ckpt=1,thr=-3.5") {
+ *   throw new Error("unexpected defaults");
+ * }
+ * if (!resolved.anyNeeds.frobenius || resolved.anyNeeds.spectral) throw new Error("needs");
+ * ```
+ */
+export function resolveOptions(options: ResizeOptions): ResolvedOptions {
+  const recipes = parseRecipes(options.recipes ?? DEFAULT_RECIPES);
+  const debug = options.logLevel === "DEBUG";
+  // The DEBUG layer report and reports add every layer's Frobenius norm.
+  const layerReport = debug || options.layerNorms === true;
+  const needs = recipes.map((r) => recipeNeeds(r, { layerReport }));
+  return {
+    checkpoint: options.checkpoint,
+    loras: options.loras,
+    recipes,
+    needs,
+    anyNeeds: {
+      frobenius: needs.some((n) => n.frobenius),
+      spectral: needs.some((n) => n.spectral),
+      subspace: needs.some((n) => n.subspace),
+    },
+    outputFolder: options.outputFolder,
+    outputDtype: options.outputDtype ?? DEFAULT_OUTPUT_DTYPE,
+    device: options.device ?? "auto",
+    backend: options.backend,
+    normsCache: options.normsCache,
+    sizeAccounting: options.sizeAccounting ?? "file",
+    dropUnmapped: options.dropUnmapped ?? false,
+    log: options.log ?? silent,
+    debug,
+    onProgress: options.onProgress ?? (() => {}),
+    curve: options.curve ?? false,
+  };
+}

@@ -1,0 +1,67 @@
+/**
+ * The first stages for one LoRA, in order: load → decompose → pair with the base → base norms.
+ * The decomposition runs in the background from the moment the file is read; the pairing and
+ * the base norms queue up behind it, and all-zero layers are set aside once it is done.
+ *
+ * @module
+ */
+
+import type { Decomposition } from "../linalg/backend.ts";
+import { loadLora, type LoraModel, type RawTensor } from "../lora/lora_file.ts";
+import type { PairedLayer } from "../lora/pairing.ts";
+import { loadHashing } from "../safetensors/hashes.ts";
+import { startDecomposition } from "./decompose.ts";
+import { pairWithBase } from "./pair_with_base.ts";
+import { ZERO_LAYER_SIGMA } from "../summary.ts";
+import type { Session } from "./session.ts";
+
+/** A LoRA after pairing and decomposition, shared by all recipes. */
+export interface PreparedLora {
+  /** The file (or merge) as loaded. */
+  readonly model: LoraModel;
+  /** Paired non-zero layers, name order: the layers that are resized. */
+  readonly layers: readonly PairedLayer[];
+  /** Their decompositions (same order). */
+  readonly decompositions: readonly Decomposition[];
+  /** Every layer's decomposition in the model's order, where all of them were computed. */
+  readonly allDecompositions: readonly (Decomposition | undefined)[];
+  /** Tensors copied unchanged. */
+  readonly passThrough: readonly RawTensor[];
+  /** Per-dimension subspace scales of `layers`, once a recipe has needed them. */
+  subspace?: Float64Array[];
+}
+
+/** Loads one LoRA entry and runs it through decomposition, pairing and base norms. */
+export async function prepareLora(session: Session, entry: string): Promise<PreparedLora> {
+  const { options } = session;
+  const model = await loadLora(entry);
+  const decomposition = startDecomposition(session, model);
+  const { paired, passThrough } = await decomposition.alongside(() => pairWithBase(session, model));
+  // The base norms queue behind the decomposition on the backend's workers (neither waits for
+  // the other's stragglers).
+  const { frobenius, spectral } = options.anyNeeds;
+  const norms = frobenius || spectral
+    ? session.norms.fetch(paired, { frobenius, spectral })
+    : undefined;
+  norms?.catch(() => {}); // awaited below; not unhandled if the decomposition fails first
+  decomposition.showProgress();
+  // This thread waits for the workers now: the time to load what writing needs.
+  if (session.writes) loadHashing().catch(() => {});
+  const decomposed = await decomposition.of(paired);
+  await norms;
+  const layers: PairedLayer[] = [];
+  const decompositions: Decomposition[] = [];
+  paired.forEach((p, i) => {
+    const d = decomposed.paired[i];
+    if (!(d.sigma.length > 0 && d.sigma[0] >= ZERO_LAYER_SIGMA)) {
+      // kohya trains no TE1 layer 11 (SDXL uses the penultimate CLIP-L layer).
+      if (!p.layer.name.includes("text_model_encoder_layers_11")) {
+        options.log("WARNING", `LoRA layer ${p.layer.name} is all zeroes! dim=${d.sigma.length}`);
+      }
+      return;
+    }
+    layers.push(p);
+    decompositions.push(d);
+  });
+  return { model, layers, decompositions, allDecompositions: decomposed.all, passThrough };
+}

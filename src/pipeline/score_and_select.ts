@@ -1,0 +1,181 @@
+/**
+ * Scoring and selection stage: per recipe, each dimension of each resized layer gets a score,
+ * the recipe's threshold or size target picks the dimensions to keep, and the result is
+ * summarised (exact output size, ranks, error) before anything is built.
+ *
+ * @module
+ */
+
+import type { BaseNorms } from "../linalg/backend.ts";
+import { join } from "node:path";
+import { outputFileSize, type OutputShape, type OutputShapeFn } from "../output.ts";
+import { outputFileName, type Recipe, resizeParamsJson } from "../recipe/recipe.ts";
+import {
+  formatLayerDebugLine,
+  formatQuantilesLine,
+  type RecipeNeeds,
+  scoreLayer,
+  scoreQuantiles,
+  truncationError,
+} from "../recipe/score.ts";
+import type { LayerSummary, OutputSummary } from "../summary.ts";
+import type { PreparedLora } from "./prepare_lora.ts";
+import { selectDimensions } from "./select_dimensions.ts";
+import type { Session } from "./session.ts";
+import { tradeOffCurve } from "./trade_off_curve.ts";
+
+/** A scored and selected recipe: everything about its output but the factor values. */
+export interface RecipeSelection {
+  /** The recipe. */
+  readonly recipe: Recipe;
+  /** What the output holds (its path, size, ranks, error, per-layer kept dimensions). */
+  readonly summary: OutputSummary;
+  /** The output file's layout. */
+  readonly shape: OutputShape;
+  /** The folder the output goes to. */
+  readonly folder: string;
+}
+
+/** Scores and selects every recipe of the run for `lora`, in order. */
+export async function selectRecipes(
+  session: Session,
+  lora: PreparedLora,
+): Promise<RecipeSelection[]> {
+  const selections: RecipeSelection[] = [];
+  const { recipes, needs } = session.options;
+  for (const [r, recipe] of recipes.entries()) {
+    selections.push(await selectRecipe(session, lora, recipe, needs[r]));
+  }
+  return selections;
+}
+
+/** Scores and selects one recipe (base norms fetched as it needs them); nothing is written. */
+async function selectRecipe(
+  session: Session,
+  lora: PreparedLora,
+  recipe: Recipe,
+  needs: RecipeNeeds,
+): Promise<RecipeSelection> {
+  const { options } = session;
+  const norms: BaseNorms[] = needs.frobenius || needs.spectral
+    ? await session.norms.fetch(lora.layers, needs)
+    : lora.layers.map(() => ({}));
+  const subspace = needs.subspace ? await subspaceScales(session, lora) : undefined;
+  const scores = lora.layers.map((p, i) => {
+    options.onProgress(`Scoring ${recipe.text}`, i + 1, lora.layers.length);
+    return scoreLayer(recipe, {
+      sigma: lora.decompositions[i].sigma,
+      out: p.layer.factors.out,
+      inFlat: p.layer.factors.inFlat,
+      froCkpt: norms[i].frobenius,
+      spnCkpt: norms[i].spectral,
+      subspace: subspace?.[i],
+      name: p.layer.name,
+    });
+  });
+
+  const shapeFor: OutputShapeFn = (kept, threshold) => ({
+    layers: lora.layers.map((p, i) => ({ layer: p.layer, kept: kept[i] })),
+    passThrough: lora.passThrough,
+    dtype: options.outputDtype,
+    inputMetadata: lora.model.metadata,
+    resizeParams: resizeParamsJson(recipe, threshold),
+  });
+  const selection = selectDimensions(session, lora, recipe, scores, shapeFor);
+  const { threshold } = selection;
+  const shape = shapeFor(selection.keep.map((k) => k.length), threshold);
+  const folder = options.outputFolder ?? lora.model.folder;
+  const layers = layerSummaries(session, lora, recipe, { scores, keep: selection.keep, norms });
+  options.log("INFO", formatQuantilesLine(scoreQuantiles(scores)));
+
+  const summary: OutputSummary = {
+    lora: lora.model.entry,
+    recipe: recipe.text,
+    path: join(folder, outputFileName(lora.model.name, recipe, threshold)),
+    bytes: outputFileSize(shape),
+    written: false,
+    threshold,
+    rankBefore: layers.reduce((n, l) => n + l.dims, 0),
+    rankAfter: layers.reduce((n, l) => n + l.kept, 0),
+    relativeError: relativeError(lora, recipe, selection.keep),
+    layers,
+    cut: selection.cut,
+    curve: options.curve ? tradeOffCurve(lora, recipe, scores, shapeFor) : undefined,
+  };
+  return { recipe, summary, shape, folder };
+}
+
+/** The per-layer summaries of a selection, and the DEBUG line of each layer. */
+function layerSummaries(
+  session: Session,
+  lora: PreparedLora,
+  recipe: Recipe,
+  { scores, keep, norms }: {
+    scores: readonly Float64Array[];
+    keep: readonly (readonly number[])[];
+    norms: readonly BaseNorms[];
+  },
+): LayerSummary[] {
+  const { log, debug } = session.options;
+  return lora.layers.map((p, i) => {
+    const sigma = lora.decompositions[i].sigma;
+    if (debug) {
+      const e = truncationError(sigma, keep[i], {
+        rescale: recipe.rescale,
+        froCkpt: norms[i].frobenius ?? NaN,
+      });
+      log(
+        "DEBUG",
+        formatLayerDebugLine(p.layer.name, { ...e, dims: sigma.length, kept: keep[i].length }),
+      );
+    }
+    const known = session.norms.get(p.base);
+    return {
+      name: p.layer.name,
+      base: p.base.label,
+      kind: p.layer.inShape.length > 1 ? "conv" as const : "linear" as const,
+      out: p.layer.factors.out,
+      inShape: p.layer.inShape,
+      rank: p.layer.factors.rank,
+      alpha: p.layer.alpha,
+      baseFrobenius: known?.frobenius,
+      baseSpectral: known?.spectral,
+      dims: sigma.length,
+      kept: keep[i].length,
+      keep: keep[i],
+      sigma,
+      scores: scores[i],
+    };
+  });
+}
+
+/** ‖ΔW_out − rescale·ΔW_in‖_F / ‖rescale·ΔW_in‖_F over all resized layers. */
+function relativeError(
+  lora: PreparedLora,
+  recipe: Recipe,
+  keep: readonly (readonly number[])[],
+): number {
+  let dropped2 = 0;
+  let total2 = 0;
+  lora.decompositions.forEach(({ sigma }, i) => {
+    const kept = new Set(keep[i]);
+    sigma.forEach((s, j) => {
+      const v = s * recipe.rescale;
+      total2 += v * v;
+      if (!kept.has(j)) dropped2 += v * v;
+    });
+  });
+  return total2 > 0 ? Math.sqrt(dropped2 / total2) : 0;
+}
+
+/** |uᵢᵀ·W·vᵢ| of every dimension of every resized layer, computed once per LoRA. */
+async function subspaceScales(session: Session, lora: PreparedLora): Promise<Float64Array[]> {
+  lora.subspace ??= await session.backend.subspaceScales(
+    lora.layers.map((p, i) => ({
+      weight: session.checkpoint.weightRef(p.base),
+      factors: p.layer.factors,
+      decomposition: lora.decompositions[i],
+    })),
+  );
+  return lora.subspace;
+}

@@ -1,0 +1,92 @@
+/**
+ * The resources of one `resize()` or `plan()` call: the resolved options, the backend, and —
+ * opened once, after the first LoRA's decomposition has started — the base checkpoint and its
+ * norms.
+ *
+ * @module
+ */
+
+import type { Backend } from "../linalg/backend.ts";
+import { selectBackend } from "../linalg/select_backend.ts";
+import { parseMergeSpec } from "../lora/merge_spec.ts";
+import { NormsCache } from "../norms_cache.ts";
+import { BaseCheckpoint } from "../sdxl/checkpoint.ts";
+import { NormsStore } from "./norms_store.ts";
+import type { ResolvedOptions } from "./options.ts";
+
+/** What {@link Session.open} is asked for besides the options. */
+export interface SessionOptions {
+  /** Whether outputs will be written (not a dry run). */
+  readonly writes: boolean;
+}
+
+/** Resources of one run; disposing of it closes the checkpoint and a backend it opened. */
+export class Session implements AsyncDisposable {
+  /** Every input file of the run: no output may replace one. */
+  readonly inputs: readonly string[];
+  #base?: { readonly checkpoint: BaseCheckpoint; readonly norms: NormsStore };
+
+  private constructor(
+    /** The options, defaults filled in. */
+    readonly options: ResolvedOptions,
+    /** The backend that decomposes, computes norms and rebuilds. */
+    readonly backend: Backend,
+    readonly ownsBackend: boolean,
+    /** Whether outputs are written (not a dry run). */
+    readonly writes: boolean,
+  ) {
+    this.inputs = [
+      options.checkpoint,
+      ...options.loras.flatMap((e) => parseMergeSpec(e)?.map((m) => m.path) ?? [e]),
+    ];
+  }
+
+  /** Starts a run: the backend first, so that its workers start up while this thread reads. */
+  static async open(options: ResolvedOptions, { writes }: SessionOptions): Promise<Session> {
+    const backend = options.backend ?? await selectBackend(options.device, { log: options.log });
+    return new Session(options, backend, !options.backend, writes);
+  }
+
+  /**
+   * Opens the norms cache and the base checkpoint, once. Not at the start of the run: the first
+   * LoRA's decomposition is under way by then.
+   */
+  async openBase(): Promise<void> {
+    if (this.#base) return;
+    const { options } = this;
+    let cache: NormsCache | undefined;
+    if (options.normsCache !== false) {
+      cache = await NormsCache.open(options.checkpoint, { location: options.normsCache });
+      if (cache.loaded) options.log("INFO", `Loading ${cache.file}`);
+    }
+    const checkpoint = await BaseCheckpoint.open(options.checkpoint);
+    const norms = new NormsStore({
+      checkpoint,
+      cache,
+      backend: this.backend,
+      log: options.log,
+      onProgress: options.onProgress,
+    });
+    this.#base = { checkpoint, norms };
+  }
+
+  /** The base checkpoint ({@link openBase} first). */
+  get checkpoint(): BaseCheckpoint {
+    return this.#opened().checkpoint;
+  }
+
+  /** The base norms ({@link openBase} first). */
+  get norms(): NormsStore {
+    return this.#opened().norms;
+  }
+
+  #opened() {
+    if (!this.#base) throw new Error("the base checkpoint is not open yet"); // cannot happen
+    return this.#base;
+  }
+
+  async [Symbol.asyncDispose]() {
+    this.#base?.checkpoint.close();
+    if (this.ownsBackend) await this.backend.close();
+  }
+}

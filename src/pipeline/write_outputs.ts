@@ -1,0 +1,158 @@
+/**
+ * Build-and-write stage: the selected outputs of one LoRA are rebuilt and written. Recipes with
+ * the same `rescale` share one rebuild of the union of their kept dimensions (each takes its own
+ * columns and rows of it), and a file is written while the rebuild goes on: the writer takes each
+ * layer's factors as soon as the backend has them, in file order.
+ *
+ * @module
+ */
+
+import { dirname, join, resolve } from "node:path";
+import { OutputError } from "../errors.ts";
+import type { RebuildRequest } from "../linalg/backend.ts";
+import {
+  buildOutput,
+  extractKeptFactors,
+  type OutputDType,
+  type OutputFactors,
+  sortedUnion,
+} from "../output.ts";
+import { writeSafetensors } from "../safetensors/writer.ts";
+import type { OutputSummary } from "../summary.ts";
+import type { PreparedLora } from "./prepare_lora.ts";
+import type { RecipeSelection } from "./score_and_select.ts";
+import type { Session } from "./session.ts";
+
+/** Builds and writes the selected outputs of one LoRA; returns their summaries, in order. */
+export async function writeOutputs(
+  session: Session,
+  lora: PreparedLora,
+  selections: readonly RecipeSelection[],
+): Promise<OutputSummary[]> {
+  for (const s of selections) await checkOutputPath(session, lora, s.summary.path);
+  const written = new Map<RecipeSelection, OutputSummary>();
+  for (const rescale of new Set(selections.map((s) => s.recipe.rescale))) {
+    const group = selections.filter((s) => s.recipe.rescale === rescale);
+    const union = lora.layers.map((_, i) =>
+      sortedUnion(group.map((s) => s.summary.layers[i].keep))
+    );
+    const rebuild = startRebuild(session, lora, union, {
+      rescale,
+      dtype: session.options.outputDtype,
+    });
+    try {
+      for (const selection of group) {
+        await writeOutput(
+          session,
+          lora,
+          selection,
+          (i, keep) => async () =>
+            extractKeptFactors(await rebuild.layer(i), {
+              built: union[i],
+              keep,
+              out: lora.layers[i].layer.factors.out,
+            }),
+        );
+        written.set(selection, { ...selection.summary, written: true });
+      }
+      await rebuild.finished;
+    } catch (e) {
+      await rebuild.stop(e);
+      throw e;
+    }
+  }
+  return selections.map((s) => written.get(s)!);
+}
+
+/** Writes one output, asking `factorsOf` for each layer's factors as the writer reaches it. */
+async function writeOutput(
+  session: Session,
+  lora: PreparedLora,
+  { summary, shape, folder }: RecipeSelection,
+  factorsOf: (layer: number, keep: readonly number[]) => () => Promise<OutputFactors>,
+): Promise<void> {
+  const { path, bytes } = summary;
+  const factors = lora.layers.flatMap((_, i) => {
+    const keep = summary.layers[i].keep;
+    return keep.length === 0 ? [] : [factorsOf(i, keep)];
+  });
+  const { tensors, metadata } = buildOutput(shape, factors);
+  session.options.log("INFO", `Saving ${path}`);
+  await Deno.mkdir(folder, { recursive: true }).catch((e) => {
+    throw new OutputError(`${folder}: cannot create the output folder (${e.message})`);
+  });
+  const result = await writeSafetensors(path, tensors, { metadata, sshsHashes: true });
+  if (result.bytes !== bytes) {
+    throw new OutputError(`${path}: wrote ${result.bytes} bytes, planned ${bytes}`);
+  }
+}
+
+/** A rebuild under way, whose layers can be awaited one by one as the backend finishes them. */
+interface RebuildStream {
+  /** The rebuilt factors of layer `i` (one with dimensions to keep). */
+  layer(i: number): Promise<OutputFactors>;
+  /** Resolves when the whole rebuild has finished; rejects as it does. */
+  readonly finished: Promise<void>;
+  /** Drops the work not started yet and resolves once the rest has settled. */
+  stop(reason: unknown): Promise<void>;
+}
+
+/** Starts rebuilding every layer of `lora` that keeps dimensions (`keeps[i]`, ascending). */
+function startRebuild(
+  session: Session,
+  lora: PreparedLora,
+  keeps: readonly (readonly number[])[],
+  how: { readonly rescale: number; readonly dtype: OutputDType },
+): RebuildStream {
+  const pending = new Map<number, PromiseWithResolvers<OutputFactors>>();
+  const requests: RebuildRequest[] = [];
+  keeps.forEach((keep, i) => {
+    if (keep.length === 0) return;
+    const result = Promise.withResolvers<OutputFactors>();
+    result.promise.catch(() => {}); // a write that stops early leaves the rest unasked
+    pending.set(i, result);
+    const { factors } = lora.layers[i].layer;
+    requests.push({ factors, decomposition: lora.decompositions[i], keep, ...how });
+  });
+  const layerOf = [...pending.keys()];
+  const abort = new AbortController();
+  const finished = session.backend.rebuild(requests, {
+    onProgress: (d, t) => session.options.onProgress("Rebuild", d, t),
+    onResult: (j, factors) => pending.get(layerOf[j])!.resolve(factors),
+    signal: abort.signal,
+  }).then(() => {}, (e) => {
+    for (const f of pending.values()) f.reject(e);
+    throw e;
+  });
+  finished.catch(() => {}); // its owner awaits it after the writes
+  return {
+    layer: (i) => pending.get(i)!.promise,
+    finished,
+    stop: (reason) => {
+      abort.abort(reason);
+      return finished.catch(() => {});
+    },
+  };
+}
+
+/** Throws when `path` is (or links to) one of the run's inputs: inputs are never overwritten. */
+async function checkOutputPath(session: Session, lora: PreparedLora, path: string): Promise<void> {
+  const out = await realPathOrResolve(path);
+  for (const input of new Set([...session.inputs, ...lora.model.paths])) {
+    if (out === await realPathOrResolve(input)) {
+      throw new OutputError(`${path}: the output would overwrite the input ${input}`);
+    }
+  }
+}
+
+async function realPathOrResolve(path: string): Promise<string> {
+  try {
+    return await Deno.realPath(path);
+  } catch {
+    try {
+      return join(await Deno.realPath(dirname(path)), path.split(/[\\/]/).pop()!);
+    } catch {
+      return resolve(path);
+    }
+  }
+}

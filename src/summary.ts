@@ -1,0 +1,94 @@
+/**
+ * What a resize produces, as plain data: one {@link OutputSummary} per (LoRA, recipe) pair, with
+ * a {@link LayerSummary} per resized layer and, on request, the size ↔ error curve of the
+ * recipe's scoring. The pipeline (`src/pipeline/`) fills these in; the reports (`src/report/`)
+ * and the command line read them, so neither depends on the other.
+ *
+ * @module
+ */
+
+import type { SizeCut } from "./recipe/select.ts";
+
+/**
+ * A layer whose largest singular value is below this (absolute) is all zeroes: the original
+ * skips such layers with a warning, and so does this tool; `inspect` counts them.
+ */
+export const ZERO_LAYER_SIGMA = 1e-6;
+
+/** One achievable point of the size ↔ error trade-off of a recipe's scoring. */
+export interface CurvePoint {
+  /** Number of kept dimensions (a prefix of the score ranking). */
+  readonly rank: number;
+  /** Score of the last kept dimension (+∞ for the empty selection). */
+  readonly threshold: number;
+  /** Exact output file size in bytes. */
+  readonly bytes: number;
+  /** Relative Frobenius error of the truncated LoRA (0 … 1). */
+  readonly relativeError: number;
+}
+
+/** What a recipe does to one resized layer. */
+export interface LayerSummary {
+  /** Layer name. */
+  readonly name: string;
+  /** The base weight (or q/k/v block) it modifies, as the original labels it. */
+  readonly base: string;
+  /** `linear`, or `conv` for a LoCon kernel (4-D down weight). */
+  readonly kind: "linear" | "conv";
+  /** Rows of ΔW. */
+  readonly out: number;
+  /** The down weight's trailing dims (`[in]` or `[in, kh, kw]`). */
+  readonly inShape: readonly number[];
+  /** Stored rank r. */
+  readonly rank: number;
+  /** Stored alpha. */
+  readonly alpha: number;
+  /** Frobenius norm of the base weight, when known. */
+  readonly baseFrobenius?: number;
+  /** Spectral norm of the base weight, when known. */
+  readonly baseSpectral?: number;
+  /** Number of singular values k. */
+  readonly dims: number;
+  /** Kept dimensions k′. */
+  readonly kept: number;
+  /** Indices (into `sigma`) of the kept dimensions, ascending. */
+  readonly keep: readonly number[];
+  /** Scaled singular values (α/r included, rescale not). */
+  readonly sigma: Float64Array;
+  /** Scores of the recipe. */
+  readonly scores: Float64Array;
+}
+
+/** What one (LoRA, recipe) pair produces (or would produce, in a dry run). */
+export interface OutputSummary {
+  /** The LoRA entry as given. */
+  readonly lora: string;
+  /** The recipe text. */
+  readonly recipe: string;
+  /** Output path. */
+  readonly path: string;
+  /** Exact file size in bytes. */
+  readonly bytes: number;
+  /** Whether the file was written (false in a dry run). */
+  readonly written: boolean;
+  /** The threshold used (user's, or computed in size mode). */
+  readonly threshold: number;
+  /** Total rank of the resized layers before (Σ k over non-zero layers). */
+  readonly rankBefore: number;
+  /** Total rank after (Σ k′). */
+  readonly rankAfter: number;
+  /** ‖ΔW_out − rescale·ΔW_in‖_F / ‖rescale·ΔW_in‖_F over all resized layers. */
+  readonly relativeError: number;
+  /** Per resized layer (non-zero paired layers, name order). */
+  readonly layers: readonly LayerSummary[];
+  /** The size-mode cut, when the target cut the ranking. */
+  readonly cut?: SizeCut;
+  /** Size ↔ error curve (when `curve` was asked for), from the empty to the full selection. */
+  readonly curve?: readonly CurvePoint[];
+}
+
+/** The result of `resize()` and `plan()`. */
+export interface ResizeResult {
+  /** One summary per (LoRA, recipe), in order. */
+  readonly outputs: OutputSummary[];
+}
