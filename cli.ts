@@ -254,8 +254,8 @@ async function resizeCommand(values: Values, args: string[], out: Console): Prom
   const dryRun = pick<boolean>(values, "dry_run") ?? false;
   const result = dryRun ? await plan(options) : await resize(options);
   if (dryRun) {
-    const { formatPlan } = await import("./src/report/plan.ts");
-    console.log(formatPlan(result.outputs));
+    const { formatDryRun } = await import("./src/report/dry_run.ts");
+    console.log(formatDryRun(result.outputs));
   } else {
     for (const o of result.outputs) console.log(summaryLine(o));
   }

@@ -1,7 +1,7 @@
 /**
- * resize-lora: compress SDXL LoRA / LoCon adapters by pruning the dimensions
- * of their SVD, scoring each dimension against the base model it was trained
- * on — a Deno re-creation of `elias-gaeros/resize_lora`.
+ * resize-lora: compress SDXL LoRA / LoCon adapters by pruning the dimensions of their SVD,
+ * scoring each dimension against the base model it was trained on — a Deno re-creation of
+ * `elias-gaeros/resize_lora`.
  *
  * Run it (the module starts the CLI when it is the main module):
  *
@@ -9,73 +9,52 @@
  * deno run -A jsr:@x/resize-lora sd_xl_base_1.0.safetensors my_lora.safetensors -o out -v
  * ```
  *
- * Or call the pipeline:
+ * Or call the pipeline: {@link resize} writes one file per (LoRA, recipe) pair, {@link plan}
+ * says what each would be without writing, {@link inspect} shows what a LoRA holds, and
+ * {@link renderReport} draws a plan's trade-offs on one HTML page.
  *
- * ```ts ignore
- * import { resize } from "jsr:@x/resize-lora";
- * const { outputs } = await resize({
- *   checkpoint: "sd_xl_base_1.0.safetensors",
- *   loras: ["my_lora.safetensors"],
- *   recipes: "fro_ckpt=1,thr=-3.5:spn_lora=1,size=32",
- *   outputFolder: "out",
- * });
- * for (const o of outputs) console.log(o.path, o.bytes, `${o.rankBefore} → ${o.rankAfter}`);
+ * @example
+ * ```ts
+ * import { plan, resize } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ *
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const options = { checkpoint: base, loras: [lora], device: "cpu", normsCache: false } as const;
+ * const planned = await plan(options);
+ * const { outputs } = await resize(options);
+ * if (outputs[0].bytes !== planned.outputs[0].bytes) throw new Error("plan and resize differ");
+ * if ((await Deno.stat(outputs[0].path)).size !== outputs[0].bytes) throw new Error("size");
+ * await Deno.remove(dir, { recursive: true });
  * ```
+ *
+ * Lower layers have their own entry points: `@x/resize-lora/safetensors` (a validating reader and
+ * an atomic writer), `@x/resize-lora/backend` (the compute backend interface),
+ * `@x/resize-lora/recipe` (the recipe language and output names), `@x/resize-lora/report` (text
+ * tables and block summaries) and `@x/resize-lora/testing` (synthetic SDXL files).
  *
  * @module
  */
 
 export {
-  type CurvePoint,
   DEFAULT_RECIPES,
-  type LayerSummary,
-  type OutputSummary,
   plan,
   type ProgressFn,
   resize,
   type ResizeOptions,
-  type ResizeResult,
 } from "./src/resize.ts";
+export type { CurvePoint, LayerSummary, OutputSummary, ResizeResult } from "./src/summary.ts";
 export { inspect, type InspectOptions } from "./src/inspect.ts";
-export { type OutputDType } from "./src/output.ts";
-export {
-  outputFileName,
-  parseRecipe,
-  parseRecipes,
-  type Recipe,
-  resizeParamsJson,
-  type ScoreKey,
-  type ScoreWeights,
-} from "./src/recipe/recipe.ts";
-export { type SizeAccounting, type SizeCut } from "./src/recipe/select.ts";
-export { fmt, parsePythonFloat, pyRepr } from "./src/recipe/pyfloat.ts";
-export { type BaseKeyNames, loraNamesForBaseKey, type NameKind } from "./src/sdxl/key_map.ts";
-export { BaseCheckpoint, type BaseEntry, type BaseMatch } from "./src/sdxl/checkpoint.ts";
-export {
-  loadLora,
-  type LoadLoraOptions,
-  type LoraLayer,
-  type LoraModel,
-  type PassThroughSummary,
-  type RawTensor,
-} from "./src/lora/lora_file.ts";
-export { type MergePrecision } from "./src/lora/merge.ts";
-export { type PairedLayer, type Pairing, pairLayers } from "./src/lora/pairing.ts";
 export type {
-  Backend,
-  BackendCallOptions,
-  BaseNorms,
-  BaseWeightRef,
-  Decomposition,
-  FloatData,
-  LowRankFactors,
-  NormRequest,
-  Progress,
-  RebuildDType,
-  RebuildRequest,
-  RebuiltFactors,
-  SubspaceRequest,
-} from "./src/linalg/backend.ts";
+  InspectBlock,
+  InspectLayer,
+  InspectLayerRecipe,
+  InspectRecipe,
+  InspectResult,
+} from "./src/report/inspect.ts";
+export { renderReport, type ReportData } from "./src/report/html.ts";
+export type { OutputDType } from "./src/output.ts";
+export type { SizeAccounting, SizeCut } from "./src/recipe/select.ts";
 export {
   type DeviceChoice,
   selectBackend,
@@ -83,37 +62,7 @@ export {
 } from "./src/linalg/select_backend.ts";
 export { type CpuBackendOptions, createCpuBackend } from "./src/linalg/cpu/backend.ts";
 export { createGpuBackend, type GpuBackendOptions } from "./src/linalg/gpu/backend.ts";
-export { fingerprintFile, NormsCache, type NormsCacheOptions } from "./src/norms_cache.ts";
-export * from "./src/safetensors/mod.ts";
-export {
-  type BaseSpecOptions,
-  type DemoFiles,
-  type DemoOptions,
-  type LoraLayerOptions,
-  type LoraLayerSpec,
-  type LoraModuleGroup,
-  sdxlBaseSpecs,
-  sdxlLoraLayers,
-  type SyntheticBaseOptions,
-  type SyntheticDType,
-  type SyntheticLoraOptions,
-  writeDemoFiles,
-  writeSyntheticBase,
-  writeSyntheticLora,
-} from "./src/synthetic.ts";
-export {
-  effectiveRank,
-  formatInspectTable,
-  type InspectBlock,
-  type InspectLayer,
-  type InspectLayerRecipe,
-  type InspectRecipe,
-  type InspectResult,
-} from "./src/report/inspect.ts";
-export { type BlockPlan, formatPlan, type PlanSummary, summarizePlan } from "./src/report/plan.ts";
-export { renderReport, type ReportData } from "./src/report/html.ts";
-export { type BlockLabel, blockOf } from "./src/report/blocks.ts";
-export { type LogFn, type LogLevel } from "./src/log.ts";
+export type { LogFn, LogLevel } from "./src/log.ts";
 export {
   BackendError,
   LoraError,
@@ -124,8 +73,6 @@ export {
   SafetensorsError,
   UsageError,
 } from "./src/errors.ts";
-export { VERSION } from "./src/version.ts";
-export { main } from "./cli.ts";
 
 if (import.meta.main) {
   const { main } = await import("./cli.ts");

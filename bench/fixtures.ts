@@ -17,7 +17,7 @@ import {
   SYNTHETIC_VERSION,
   writeSyntheticBase,
   writeSyntheticLora,
-} from "../src/synthetic.ts";
+} from "../src/testing/mod.ts";
 
 /** Folder of the cached fixtures (`<repo>/.bench/`). */
 export const BENCH_DIR: string = fileURLToPath(new URL("../.bench/", import.meta.url));

@@ -14,7 +14,7 @@ import type { BaseWeightRef, LowRankFactors } from "../src/linalg/backend.ts";
 import { createCpuBackend } from "../src/linalg/cpu/backend.ts";
 import type { FloatDType } from "../src/safetensors/dtype.ts";
 import { SafetensorsFile } from "../src/safetensors/reader.ts";
-import { sdxlLoraLayers } from "../src/synthetic.ts";
+import { sdxlLoraLayers } from "../src/testing/mod.ts";
 import { ensureBenchFixtures } from "./fixtures.ts";
 
 const { values } = parseArgs({

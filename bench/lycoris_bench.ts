@@ -15,7 +15,7 @@ import { createCpuBackend } from "../src/linalg/cpu/backend.ts";
 import { hadamardLowRank } from "../src/linalg/khatri_rao.ts";
 import type { FactorMatrix } from "../src/linalg/factor_matrix.ts";
 import { encodeFloats } from "../src/safetensors/dtype.ts";
-import { syntheticMatrix } from "../src/synthetic.ts";
+import { syntheticMatrix } from "../src/testing/mod.ts";
 
 const { values } = parseArgs({
   args: Deno.args,

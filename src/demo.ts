@@ -9,7 +9,7 @@
 import { join } from "node:path";
 import type { LogFn, LogLevel } from "./log.ts";
 import { DEFAULT_RECIPES, type ProgressFn, resize, type ResizeResult } from "./resize.ts";
-import { writeDemoFiles } from "./synthetic.ts";
+import { writeDemoFiles } from "./testing/mod.ts";
 
 /** Options of {@link runDemo}. */
 export interface DemoRunOptions {

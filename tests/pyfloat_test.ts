@@ -1,7 +1,7 @@
 // Python number syntax and formatting. Expected strings are Python 3.11's
 // output for the same calls (float(), repr(), '%' formatting, json.dumps).
 import { assert, assertEquals, assertStrictEquals } from "./assert.ts";
-import { fmt, parsePythonFloat, pyFormatFixed, pyRepr } from "../src/recipe/pyfloat.ts";
+import { fileNameNumber, parsePythonFloat, pyFormatFixed, pyRepr } from "../src/recipe/pyfloat.ts";
 import { pyJsonDumps, pyPercentFormat } from "../src/recipe/pyformat.ts";
 
 /** A deterministic stream of arbitrary doubles (all bit patterns, NaNs skipped). */
@@ -197,7 +197,7 @@ Deno.test("pyFormatFixed agrees with exact rational rounding on dyadic values", 
   assert(ties > 500, `only ${ties} exact ties exercised`);
 });
 
-Deno.test("fmt gives the reference's file-name numbers (§2.3)", () => {
+Deno.test("fileNameNumber gives the reference's file-name numbers (§2.3)", () => {
   const cases: [number, string][] = [
     [1.0, "1"],
     [0.75, "0.75"],
@@ -222,7 +222,7 @@ Deno.test("fmt gives the reference's file-name numbers (§2.3)", () => {
     [100, "100"],
     [0.625, "0.62"],
   ];
-  for (const [x, text] of cases) assertStrictEquals(fmt(x), text, String(x));
+  for (const [x, text] of cases) assertStrictEquals(fileNameNumber(x), text, String(x));
 });
 
 Deno.test("pyPercentFormat matches Python's % operator", () => {

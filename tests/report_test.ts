@@ -1,6 +1,6 @@
 import { assert, assertClose, assertEquals } from "./assert.ts";
 import { blockOf, compareBlocks, groupByBlock } from "../src/report/blocks.ts";
-import { formatPlan, summarizePlan } from "../src/report/plan.ts";
+import { formatDryRun, summarizeByBlock } from "../src/report/dry_run.ts";
 import { formatCount, formatPercent, formatTable } from "../src/report/table.ts";
 import { escapeHtml, externalReferences, renderReport } from "../src/report/html.ts";
 import { pyJsonDumps } from "../src/recipe/pyformat.ts";
@@ -148,13 +148,13 @@ function layerPlan(name: string, sigma: number[], kept: number, extra: Partial<L
   };
 }
 
-Deno.test("summarizePlan: per-block ranks, energy shares and errors by hand", () => {
+Deno.test("summarizeByBlock: per-block ranks, energy shares and errors by hand", () => {
   const layers = [
     layerPlan("lora_te1_a", [4, 3], 1), // block TE1: energy 25, drops 9
     layerPlan("lora_unet_input_blocks_4_1_x", [2, 1, 1], 3), // IN04: energy 6, drops 0
     layerPlan("lora_unet_input_blocks_4_1_y", [3, 1], 0), // IN04: energy 10, drops 10
   ];
-  const s = summarizePlan(layers);
+  const s = summarizeByBlock(layers);
   assertEquals(s.blocks.map((b) => [b.block, b.layers, b.rankBefore, b.rankAfter]), [
     ["TE1", 1, 2, 1],
     ["IN04", 2, 5, 3],
@@ -167,8 +167,8 @@ Deno.test("summarizePlan: per-block ranks, energy shares and errors by hand", ()
   // The kept dimensions are the plan's `keep`, not the largest σ: keeping the
   // smaller σ drops 16 of 25.
   const swapped = layerPlan("lora_te1_a", [4, 3], 1, { keep: [1] });
-  assertClose(summarizePlan([swapped]).relativeError, 4 / 5, 1e-15);
-  assertEquals(summarizePlan([]), { blocks: [], relativeError: 0 });
+  assertClose(summarizeByBlock([swapped]).relativeError, 4 / 5, 1e-15);
+  assertEquals(summarizeByBlock([]), { blocks: [], relativeError: 0 });
 });
 
 Deno.test("formatTable and number formats", () => {
@@ -197,18 +197,18 @@ function fakeOutput(recipe: string, layers: LayerSummary[], extra: Partial<Outpu
     threshold: -1.5,
     rankBefore,
     rankAfter,
-    relativeError: summarizePlan(layers).relativeError,
+    relativeError: summarizeByBlock(layers).relativeError,
     layers,
     ...extra,
   } satisfies OutputSummary;
 }
 
-Deno.test("formatPlan: file size, ranks, error and a row per block", () => {
+Deno.test("formatDryRun: file size, ranks, error and a row per block", () => {
   const layers = [
     layerPlan("lora_te1_a", [4, 3], 1),
     layerPlan("lora_unet_middle_block_1_proj_in", [2, 1, 1], 3),
   ];
-  const text = formatPlan([
+  const text = formatDryRun([
     fakeOutput("fro_ckpt=1,thr=-1.5", layers),
     fakeOutput("spn_lora=1,size=0.1", layers, {
       threshold: -Infinity,
@@ -366,7 +366,7 @@ Deno.test("plan on the conformance base: dry-run sizes, curves and block errors 
       assertEquals((await Deno.stat(w.path)).size, p.bytes, p.recipe);
 
       // The per-block view rebuilds the pipeline's own selection.
-      const summary = summarizePlan(p.layers);
+      const summary = summarizeByBlock(p.layers);
       assertClose(summary.relativeError, p.relativeError, 1e-12, p.recipe);
       assertEquals(summary.blocks.reduce((n, b) => n + b.rankAfter, 0), p.rankAfter);
 
@@ -390,7 +390,7 @@ Deno.test("plan on the conformance base: dry-run sizes, curves and block errors 
     const last = all.curve!.at(-1)!;
     assertEquals(last.bytes, await sizeWithThreshold(all.path, last.threshold));
 
-    const text = formatPlan(planned);
+    const text = formatDryRun(planned);
     for (const p of planned) assert(text.includes(formatCount(p.bytes) + " B"), p.recipe);
   } finally {
     await Deno.remove(out, { recursive: true });

@@ -17,7 +17,7 @@ import {
   writeDemoFiles,
   writeSyntheticBase,
   writeSyntheticLora,
-} from "../src/synthetic.ts";
+} from "../src/testing/mod.ts";
 import { matrix, svd } from "./reference/matrix.ts";
 
 const FIXTURES = "tests/fixtures";

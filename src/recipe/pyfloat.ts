@@ -11,7 +11,7 @@
  * - {@link parsePythonFloat}: `float(text)`;
  * - {@link pyRepr}: `repr(x)` for a float (shortest round-trip digits);
  * - {@link pyFormatFixed}: `'%.Nf' % x` (exact binary value, ties to even);
- * - {@link fmt}: the file-name number format of the original tool.
+ * - {@link fileNameNumber}: the file-name number format of the original tool.
  *
  * @module
  */
@@ -211,13 +211,13 @@ export function pyFormatFixed(x: number, digits: number): string {
  *
  * @example
  * ```ts
- * import { fmt } from "./pyfloat.ts";
- * console.log(fmt(1)); // "1"
- * console.log(fmt(0.125)); // "0.12"
- * console.log(fmt(-0.001)); // "-0"
- * console.log(fmt(-Infinity)); // "-inf"
+ * import { fileNameNumber } from "./pyfloat.ts";
+ * console.log(fileNameNumber(1)); // "1"
+ * console.log(fileNameNumber(0.125)); // "0.12"
+ * console.log(fileNameNumber(-0.001)); // "-0"
+ * console.log(fileNameNumber(-Infinity)); // "-inf"
  * ```
  */
-export function fmt(x: number): string {
+export function fileNameNumber(x: number): string {
   return pyFormatFixed(x, 2).replace(/0+$/, "").replace(/\.$/, "");
 }

@@ -18,7 +18,7 @@
  */
 
 import { RecipeError } from "../errors.ts";
-import { fmt, parsePythonFloat } from "./pyfloat.ts";
+import { fileNameNumber, parsePythonFloat } from "./pyfloat.ts";
 import { pyJsonDumps } from "./pyformat.ts";
 
 /** Normalised score weights (they sum to 1), keyed by the recipe's names. */
@@ -193,7 +193,7 @@ const NAME_ORDER: readonly ScoreKey[] = [...SCORE_KEYS].sort();
  * The output file name the original tool gives a (LoRA, recipe) pair:
  * `<lora>_<weights>[_scale<r>][_size<S>]_th<t>.safetensors`, with each
  * non-zero weight as its key without underscores followed by its value,
- * in alphabetical key order, and numbers written by {@link fmt}.
+ * in alphabetical key order, and numbers written by {@link fileNameNumber}.
  *
  * @param loraName the LoRA file name without its extension (or a merge's name)
  * @param recipe the recipe
@@ -209,10 +209,10 @@ const NAME_ORDER: readonly ScoreKey[] = [...SCORE_KEYS].sort();
 export function outputFileName(loraName: string, recipe: Recipe, thresholdUsed: number): string {
   const tokens = NAME_ORDER
     .filter((key) => recipe.weights[key] !== 0)
-    .map((key) => `${key.replaceAll("_", "")}${fmt(recipe.weights[key])}`);
-  if (recipe.rescale !== 1) tokens.push(`scale${fmt(recipe.rescale)}`);
-  if (recipe.sizeMiB !== undefined) tokens.push(`size${fmt(recipe.sizeMiB)}`);
-  return `${loraName}_${tokens.join("_")}_th${fmt(thresholdUsed)}.safetensors`;
+    .map((key) => `${key.replaceAll("_", "")}${fileNameNumber(recipe.weights[key])}`);
+  if (recipe.rescale !== 1) tokens.push(`scale${fileNameNumber(recipe.rescale)}`);
+  if (recipe.sizeMiB !== undefined) tokens.push(`size${fileNameNumber(recipe.sizeMiB)}`);
+  return `${loraName}_${tokens.join("_")}_th${fileNameNumber(thresholdUsed)}.safetensors`;
 }
 
 /**

@@ -17,7 +17,7 @@
 import type { TopLevelSpec } from "vega-lite";
 import type { LayerSummary, OutputSummary } from "../summary.ts";
 import { compareBlocks, groupByBlock } from "./blocks.ts";
-import { formatThreshold, summarizePlan } from "./plan.ts";
+import { formatThreshold, summarizeByBlock } from "./dry_run.ts";
 import { formatBytes, formatCount, formatMiB, formatPercent } from "./table.ts";
 
 /** What {@link renderReport} shows. */
@@ -255,7 +255,7 @@ function recipeTable(recipes: readonly Labelled[]): string {
 }
 
 function blockTable(recipes: readonly Labelled[]): string {
-  const summaries = recipes.map((r) => summarizePlan(r.output.layers));
+  const summaries = recipes.map((r) => summarizeByBlock(r.output.layers));
   const head = recipes.map((r) =>
     `<th><span class="swatch" style="background:${r.color}"></span>${r.id} rank</th><th>${r.id} error</th>`
   ).join("");
@@ -365,7 +365,7 @@ function blockShareSpec(
   colorScale: { domain: string[]; range: string[] },
 ): Spec {
   const values = recipes.flatMap((r) =>
-    summarizePlan(r.output.layers).blocks.map((b) => ({
+    summarizeByBlock(r.output.layers).blocks.map((b) => ({
       recipe: r.label,
       block: b.block,
       share: b.rankBefore > 0 ? (100 * b.rankAfter) / b.rankBefore : 0,

@@ -22,7 +22,7 @@ function layerEnergy(layer: Pick<LayerSummary, "sigma" | "keep">): [number, numb
 }
 
 /** One block of a plan. */
-export interface BlockPlan {
+export interface BlockSummary {
   /** Block label (see `blocks.ts`). */
   readonly block: BlockLabel;
   /** Resized layers in the block. */
@@ -38,9 +38,9 @@ export interface BlockPlan {
 }
 
 /** The per-block view of one output. */
-export interface PlanSummary {
+export interface BlockBreakdown {
   /** Blocks in model order. */
-  readonly blocks: readonly BlockPlan[];
+  readonly blocks: readonly BlockSummary[];
   /** Relative Frobenius error over all layers (equals the output's `relativeError`). */
   readonly relativeError: number;
 }
@@ -50,17 +50,17 @@ export interface PlanSummary {
  *
  * @example
  * ```ts
- * import { summarizePlan } from "./plan.ts";
+ * import { summarizeByBlock } from "./dry_run.ts";
  * const layer = (name: string, sigma: number[], keep: number[]) => ({
  *   name, sigma: new Float64Array(sigma), kept: keep.length, keep,
  * });
- * const s = summarizePlan([layer("lora_te1_a", [3, 4], [1]), layer("lora_unet_out_2", [1], [0])]);
+ * const s = summarizeByBlock([layer("lora_te1_a", [3, 4], [1]), layer("lora_unet_out_2", [1], [0])]);
  * console.log(s.blocks.map((b) => [b.block, b.rankAfter, b.relativeError])); // [["TE1", 1, 0.6], ["BASE", 1, 0]]
  * ```
  */
-export function summarizePlan(
+export function summarizeByBlock(
   layers: readonly Pick<LayerSummary, "name" | "sigma" | "kept" | "keep">[],
-): PlanSummary {
+): BlockBreakdown {
   let total = 0;
   let dropped = 0;
   const groups = groupByBlock(layers).map(({ block, items }) => {
@@ -96,7 +96,7 @@ function ratio(dropped: number, total: number): number {
  *
  * @example
  * ```ts
- * import { formatThreshold } from "./plan.ts";
+ * import { formatThreshold } from "./dry_run.ts";
  * console.log(formatThreshold(-0.67747021), formatThreshold(-Infinity)); // "-0.6774702" "−∞"
  * ```
  */
@@ -114,17 +114,17 @@ export function formatThreshold(threshold: number): string {
  * @example
  * ```ts ignore
  * import { plan } from "../resize.ts";
- * import { formatPlan } from "./plan.ts";
+ * import { formatDryRun } from "./dry_run.ts";
  * const { outputs } = await plan({ checkpoint: "base.safetensors", loras: ["a.safetensors"] });
- * console.log(formatPlan(outputs));
+ * console.log(formatDryRun(outputs));
  * ```
  */
-export function formatPlan(outputs: readonly OutputSummary[]): string {
+export function formatDryRun(outputs: readonly OutputSummary[]): string {
   return outputs.map(formatOutput).join("\n\n");
 }
 
 function formatOutput(output: OutputSummary): string {
-  const summary = summarizePlan(output.layers);
+  const summary = summarizeByBlock(output.layers);
   const kept = (after: number, before: number) =>
     before > 0 ? ` (${formatPercent(after / before)})` : "";
   const lines = [
