@@ -106,6 +106,7 @@ function choice<T extends string>(
       `argument ${option}: invalid choice: '${value}' (choose from ${
         Object.keys(choices).map((c) => `'${c}'`).join(", ")
       })`,
+      { key: option },
     );
   }
   return choices[value];
@@ -173,7 +174,9 @@ async function writeTextAtomic(path: string, text: string): Promise<void> {
     await Deno.rename(tmp, path);
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});
-    throw new OutputError(`${path}: cannot write the report (${(e as Error).message})`);
+    throw new OutputError(`${path}: cannot write the report (${(e as Error).message})`, {
+      file: path,
+    });
   }
 }
 

@@ -65,6 +65,7 @@ export { createGpuBackend, type GpuBackendOptions } from "./src/linalg/gpu/backe
 export type { LogFn, LogLevel } from "./src/log.ts";
 export {
   BackendError,
+  type ErrorDetails,
   LoraError,
   MappingError,
   OutputError,

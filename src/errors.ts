@@ -1,31 +1,56 @@
 /**
- * Error classes, one per domain. Every message is one line that names the file
- * and, where there is one, the tensor or key; `cli.ts` prints it as
- * `error: <message>` and maps the class to an exit code.
+ * Error classes, one per domain. Every message is one line that names the file and, where there
+ * is one, the tensor or key; the same facts are fields ({@link ResizeLoraError.file},
+ * {@link ResizeLoraError.tensor}, {@link ResizeLoraError.key}) for callers that act on them.
+ * `cli.ts` prints the message as `error: <message>` and maps the class to an exit code.
  *
  * @module
  */
+
+/** What an error is about, besides its message (and, as for any error, its cause). */
+export interface ErrorDetails extends ErrorOptions {
+  /** The file the error is about (an input, an output, a cache file). */
+  readonly file?: string;
+  /** The tensor of `file` the error is about. */
+  readonly tensor?: string;
+  /**
+   * The key the error is about: a LoRA layer name, a base weight key, a recipe key, a metadata
+   * key, an option.
+   */
+  readonly key?: string;
+}
 
 /**
  * Base class of every error resize-lora raises on purpose.
  *
  * @example
  * ```ts
- * import { ResizeLoraError } from "./errors.ts";
- * try {
- *   throw new ResizeLoraError("something went wrong");
- * } catch (e) {
- *   if (e instanceof ResizeLoraError) console.error(`error: ${e.message}`);
- * }
+ * import { ResizeLoraError } from "@x/resize-lora";
+ * const e = new ResizeLoraError("a.safetensors: tensor 'x': truncated", {
+ *   file: "a.safetensors",
+ *   tensor: "x",
+ * });
+ * if (e.file !== "a.safetensors" || e.tensor !== "x" || e.key !== undefined) throw e;
+ * if (e.name !== "ResizeLoraError" || e.exitCode !== 1) throw e;
  * ```
  */
 export class ResizeLoraError extends Error {
   /** Exit status the CLI uses for this error (1 = runtime/input, 2 = usage). */
   readonly exitCode: number = 1;
-  /** Creates the error with a one-line message. */
-  constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
+  /** The file the error is about, when there is one. */
+  readonly file?: string;
+  /** The tensor of {@link file} the error is about, when there is one. */
+  readonly tensor?: string;
+  /** The layer name, weight key, recipe key or option the error is about, when there is one. */
+  readonly key?: string;
+
+  /** Creates the error with a one-line message and what it is about. */
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(message, "cause" in details ? { cause: details.cause } : undefined);
     this.name = new.target.name;
+    if (details.file !== undefined) this.file = details.file;
+    if (details.tensor !== undefined) this.tensor = details.tensor;
+    if (details.key !== undefined) this.key = details.key;
   }
 }
 
@@ -34,9 +59,13 @@ export class ResizeLoraError extends Error {
  *
  * @example
  * ```ts
- * import { SafetensorsError } from "./errors.ts";
- * const e = new SafetensorsError("a.safetensors: tensor 'x': unknown dtype 'Q4'");
- * console.log(e.message);
+ * import { ResizeLoraError, SafetensorsError } from "@x/resize-lora";
+ * const e = new SafetensorsError("a.safetensors: tensor 'x': unknown dtype 'Q4'", {
+ *   file: "a.safetensors",
+ *   tensor: "x",
+ * });
+ * if (!(e instanceof ResizeLoraError) || e.name !== "SafetensorsError") throw e;
+ * if (e.tensor !== "x") throw e;
  * ```
  */
 export class SafetensorsError extends ResizeLoraError {}
@@ -46,9 +75,12 @@ export class SafetensorsError extends ResizeLoraError {}
  *
  * @example
  * ```ts
- * import { MappingError } from "./errors.ts";
- * const e = new MappingError("no layer of a.safetensors matches the base checkpoint b.safetensors");
- * console.log(e.name);
+ * import { MappingError } from "@x/resize-lora";
+ * const e = new MappingError("a.safetensors: layer 'lora_unet_x' has shape (4, 8), base (4, 6)", {
+ *   file: "a.safetensors",
+ *   key: "lora_unet_x",
+ * });
+ * if (e.key !== "lora_unet_x" || e.exitCode !== 1) throw e;
  * ```
  */
 export class MappingError extends ResizeLoraError {}
@@ -58,21 +90,24 @@ export class MappingError extends ResizeLoraError {}
  *
  * @example
  * ```ts
- * import { LoraError } from "./errors.ts";
- * const e = new LoraError("a.safetensors: layer 'x': up 4×8 does not chain with down 4×16");
- * console.log(e.message);
+ * import { LoraError } from "@x/resize-lora";
+ * const e = new LoraError("a.safetensors: layer 'x': up 4×8 does not chain with down 4×16", {
+ *   file: "a.safetensors",
+ *   key: "x",
+ * });
+ * if (e.file !== "a.safetensors" || e.key !== "x") throw e;
  * ```
  */
 export class LoraError extends ResizeLoraError {}
 
 /**
- * A score recipe cannot be parsed (messages as the original tool's).
+ * A score recipe cannot be parsed or applied (messages as the original tool's).
  *
  * @example
  * ```ts
- * import { RecipeError } from "./errors.ts";
- * const e = new RecipeError("Unknown key foo in recipe foo=1");
- * console.log(e.exitCode); // 1
+ * import { RecipeError } from "@x/resize-lora";
+ * const e = new RecipeError("Unknown key foo in recipe foo=1", { key: "foo" });
+ * if (e.key !== "foo" || e.exitCode !== 1) throw e;
  * ```
  */
 export class RecipeError extends ResizeLoraError {}
@@ -82,8 +117,9 @@ export class RecipeError extends ResizeLoraError {}
  *
  * @example
  * ```ts
- * import { UsageError } from "./errors.ts";
- * console.log(new UsageError("unknown option --foo").exitCode); // 2
+ * import { UsageError } from "@x/resize-lora";
+ * const e = new UsageError("unrecognized option '--foo'", { key: "--foo" });
+ * if (e.exitCode !== 2 || e.key !== "--foo") throw e;
  * ```
  */
 export class UsageError extends ResizeLoraError {
@@ -96,9 +132,9 @@ export class UsageError extends ResizeLoraError {
  *
  * @example
  * ```ts
- * import { BackendError } from "./errors.ts";
+ * import { BackendError, ResizeLoraError } from "@x/resize-lora";
  * const e = new BackendError("--device gpu: no WebGPU adapter is available");
- * console.log(e.message);
+ * if (!(e instanceof ResizeLoraError) || e.file !== undefined) throw e;
  * ```
  */
 export class BackendError extends ResizeLoraError {}
@@ -108,9 +144,11 @@ export class BackendError extends ResizeLoraError {}
  *
  * @example
  * ```ts
- * import { OutputError } from "./errors.ts";
- * const e = new OutputError("out.safetensors: the output path is one of the inputs");
- * console.log(e.message);
+ * import { OutputError } from "@x/resize-lora";
+ * const e = new OutputError("out.safetensors: the output would overwrite the input a.safetensors", {
+ *   file: "out.safetensors",
+ * });
+ * if (e.file !== "out.safetensors" || e.name !== "OutputError") throw e;
  * ```
  */
 export class OutputError extends ResizeLoraError {}

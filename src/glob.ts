@@ -46,6 +46,6 @@ export async function expandGlob(arg: string): Promise<string[]> {
       }
     }
   } catch { /* missing folder: no match */ }
-  if (matches.length === 0) throw new UsageError(`no file matches ${arg}`);
+  if (matches.length === 0) throw new UsageError(`no file matches ${arg}`, { file: arg });
   return matches.sort();
 }

@@ -216,6 +216,7 @@ export class NormsCache {
     } catch (e) {
       await Deno.remove(tmp).catch(() => {});
       throw new OutputError(`${this.file}: cannot write the norms cache (${describeOsError(e)})`, {
+        file: this.file,
         cause: e,
       });
     }

@@ -13,19 +13,39 @@ export const assertStrictEquals: <T>(actual: unknown, expected: T, msg?: string)
 export const assert_: (value: unknown, msg?: string) => asserts value = assert.ok;
 export { assert_ as assert };
 
-/** Asserts that `fn` throws (or rejects with) an error whose message matches `pattern`. */
+/** What an error is about: the fields of resize-lora's error classes. */
+export interface ErrorFields {
+  readonly file?: string;
+  readonly tensor?: string;
+  readonly key?: string;
+}
+
+/**
+ * Asserts that `fn` throws (or rejects with) an error of `errorClass` whose message matches
+ * `expected` (a pattern), or whose fields equal `expected` (an object: each field given, and the
+ * message one line).
+ */
 export async function assertRejects(
   fn: () => unknown,
   errorClass: abstract new (...args: never[]) => Error,
-  pattern?: RegExp | string,
+  expected?: RegExp | string | ErrorFields,
 ): Promise<Error> {
   try {
     await fn();
   } catch (e) {
     assert.ok(e instanceof errorClass, `expected ${errorClass.name}, got ${e}`);
-    if (pattern !== undefined) {
-      const re = typeof pattern === "string" ? new RegExp(escape(pattern)) : pattern;
+    if (typeof expected === "string" || expected instanceof RegExp) {
+      const re = typeof expected === "string" ? new RegExp(escape(expected)) : expected;
       assert.match((e as Error).message, re);
+    } else if (expected !== undefined) {
+      const fields = e as ErrorFields;
+      for (const name of ["file", "tensor", "key"] as const) {
+        if (name in expected) assert.strictEqual(fields[name], expected[name], `error ${name}`);
+      }
+      assert.ok(
+        !(e as Error).message.includes("\n"),
+        `a one-line message: ${(e as Error).message}`,
+      );
     }
     return e as Error;
   }

@@ -166,7 +166,7 @@ Deno.test("a fused projection whose rows do not split in 3 is an error when used
     } shape=\\(61, 4\\) is not divisible in 3 chunks`,
   );
   await assertRejects(() => ckpt.readWeight(q), MappingError, message);
-  await assertRejects(() => ckpt.weightRef(q), MappingError, message);
+  await assertRejects(() => ckpt.weightRef(q), MappingError, { file: path, tensor: key });
   // Other weights are unaffected.
   assertEquals((await ckpt.readWeight(ckpt.lookup("out_2")!)).length, 4 * 18);
 });
@@ -180,19 +180,22 @@ Deno.test("a base weight that is not a float tensor cannot be read", async () =>
     SafetensorsError,
     /out\.2\.weight' has dtype I8/,
   );
-  await assertRejects(() => ckpt.readWeight(entry), SafetensorsError, /base\.safetensors/);
+  await assertRejects(() => ckpt.readWeight(entry), SafetensorsError, {
+    file: path,
+    tensor: U + "out.2.weight",
+  });
 });
 
 Deno.test("open errors name the file", async () => {
   await assertRejects(
     () => BaseCheckpoint.open("tests/fixtures/no_such_base.safetensors"),
     SafetensorsError,
-    /no_such_base\.safetensors: cannot open/,
+    { file: "tests/fixtures/no_such_base.safetensors" },
   );
   await assertRejects(
     () => BaseCheckpoint.open("tests/fixtures/manifest.json"),
     SafetensorsError,
-    /manifest\.json: not a safetensors file/,
+    { file: "tests/fixtures/manifest.json" },
   );
 });
 

@@ -233,18 +233,15 @@ Deno.test("summarizePassThrough counts tensors per module kind", () => {
 });
 
 Deno.test("errors name the file (and layer)", async () => {
-  await assertRejects(
+  const missing = await assertRejects(
     () => loadLora(`${TMP}/missing.safetensors`),
     SafetensorsError,
-    /missing\.safetensors: cannot open \(no such file\)/,
+    { file: `${TMP}/missing.safetensors` },
   );
+  assert(missing.message.endsWith("cannot open (no such file)"), missing.message);
   const text = `${TMP}/notes.safetensors`;
   await Deno.writeTextFile(text, "this is not a safetensors file at all");
-  await assertRejects(
-    () => loadLora(text),
-    SafetensorsError,
-    /notes\.safetensors: not a safetensors file/,
-  );
+  await assertRejects(() => loadLora(text), SafetensorsError, { file: text });
 
   // A file without any down/up pair is refused before its data is read.
   await assertRejects(
@@ -275,30 +272,25 @@ Deno.test("errors name the file (and layer)", async () => {
     f32("lora_unet_x.lora_down.weight", [2, 5, 3, 3]),
     f32("lora_unet_x.lora_up.weight", [4, 2, 3, 3]),
   ]);
-  await assertRejects(
-    () => loadLora(wideUp),
-    LoraError,
-    /wide_up\.safetensors: layer 'lora_unet_x'.*\[4, 2, 3, 3\]/,
-  );
+  await assertRejects(() => loadLora(wideUp), LoraError, { file: wideUp, key: "lora_unet_x" });
   const ints = await write("ints.safetensors", [
     { name: "lora_unet_x.lora_down.weight", dtype: "I8", shape: [2, 5], data: new Uint8Array(10) },
     f32("lora_unet_x.lora_up.weight", [4, 2]),
   ]);
-  await assertRejects(
-    () => loadLora(ints),
-    LoraError,
-    /ints\.safetensors: layer 'lora_unet_x'.*dtype I8/,
-  );
+  const e = await assertRejects(() => loadLora(ints), LoraError, {
+    file: ints,
+    key: "lora_unet_x",
+  });
+  assert(e.message.includes("dtype I8"), e.message);
   const badAlpha = await write("bad_alpha.safetensors", [
     f32("lora_unet_x.lora_down.weight", [2, 5]),
     f32("lora_unet_x.lora_up.weight", [4, 2]),
     f32("lora_unet_x.alpha", [2]),
   ]);
-  await assertRejects(
-    () => loadLora(badAlpha),
-    SafetensorsError,
-    /bad_alpha\.safetensors: tensor 'lora_unet_x\.alpha'/,
-  );
+  await assertRejects(() => loadLora(badAlpha), SafetensorsError, {
+    file: badAlpha,
+    tensor: "lora_unet_x.alpha",
+  });
 });
 
 Deno.test("a plain path with a colon that is not followed by a number is a path", async () => {

@@ -146,6 +146,7 @@ export async function readLoraFile(path: string): Promise<LoraModel> {
     const kinds = Object.entries(byKind).map(([kind, n]) => ` ${kind}: ${n},`).join("");
     throw new LoraError(
       `${path}: no LoRA layer ('<name>.lora_down.weight' with '<name>.lora_up.weight') among its ${file.tensors.length} tensors;${kinds} is it a LoRA file?`,
+      { file: path },
     );
   }
   // A layer's factors stay in the file: the compute backend reads each where it is used (a CPU
@@ -240,7 +241,7 @@ function buildLayer(
   const down = raw.get(name + DOWN)!;
   const up = raw.get(name + UP)!;
   const fail = (why: string): never => {
-    throw new LoraError(`${path}: layer '${name}': ${why}`);
+    throw new LoraError(`${path}: layer '${name}': ${why}`, { file: path, key: name });
   };
   const upData = floatData(up, fail);
   const downData = floatData(down, fail);

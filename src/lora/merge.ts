@@ -90,6 +90,7 @@ export function mergeLoras(members: readonly MergeInput[], options: MergeOptions
       if (owner !== undefined) {
         throw new LoraError(
           `${entry}: tensor '${t.name}' of ${model.entry} belongs to layer '${owner}', which is merged as a LoRA layer, but is not part of one (cannot merge it)`,
+          { file: model.entry, tensor: t.name, key: owner },
         );
       }
       if (passThrough.has(t.name)) {
@@ -125,6 +126,7 @@ function checkMergeable(entry: string, name: string, holders: readonly Holder[])
     if (layer.doraScale) {
       throw new LoraError(
         `${entry}: layer '${name}' of ${member.model.entry} has a dora_scale; DoRA layers cannot be merged`,
+        { file: member.model.entry, key: name },
       );
     }
     const same = layer.factors.out === first.layer.factors.out &&
@@ -134,6 +136,7 @@ function checkMergeable(entry: string, name: string, holders: readonly Holder[])
         `${entry}: layer '${name}' is ${describe(first.layer)} in ${first.member.model.entry} but ${
           describe(layer)
         } in ${member.model.entry}`,
+        { file: member.model.entry, key: name },
       );
     }
   }
@@ -154,6 +157,7 @@ function mergeLayer(
     if (!Number.isFinite(c)) {
       throw new LoraError(
         `${member.model.entry}: layer '${name}': alpha ${layer.alpha} with weight ${member.weight} is not a finite scale`,
+        { file: member.model.entry, key: name },
       );
     }
     return c > 0 ? [{ layer, c, sign: Math.sign(signed) }] : [];

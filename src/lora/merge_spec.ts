@@ -44,9 +44,11 @@ export function parseMergeSpec(entry: string): MergeMember[] | undefined {
     const split = splitMember(text);
     weighted ||= split.weight !== undefined;
     const where = `merge spec '${entry}': member ${i + 1}`;
-    if (split.path === "") throw new LoraError(`${where} has an empty path`);
+    if (split.path === "") throw new LoraError(`${where} has an empty path`, { key: entry });
     if (split.weight !== undefined && !Number.isFinite(split.weight)) {
-      throw new LoraError(`${where} ('${text}') has a weight that is not a finite number`);
+      throw new LoraError(`${where} ('${text}') has a weight that is not a finite number`, {
+        key: entry,
+      });
     }
     members.push({ path: split.path, weight: split.weight ?? 1 });
   });

@@ -69,6 +69,7 @@ export function pairLayers(model: LoraModel, checkpoint: BaseCheckpoint): Pairin
   if (paired.length === 0) {
     throw new MappingError(
       `no layer of ${model.entry} matches the base checkpoint ${checkpoint.path} (is it an SDXL LoRA?)`,
+      { file: model.entry },
     );
   }
   const unmatchedBase = checkpoint.entries().filter((e) => !used.has(e));
@@ -92,6 +93,7 @@ function checkShape(model: LoraModel, layer: LoraLayer, base: BaseEntry, ckptPat
         shapeText([layer.factors.rank, ...layer.inShape])
       }) ` +
       `but its base weight ${what} in ${ckptPath} has shape ${shapeText([base.rows, ...baseIn])}`,
+    { file: model.entry, key: layer.name, tensor: base.key },
   );
 }
 

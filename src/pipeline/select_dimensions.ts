@@ -57,6 +57,7 @@ export function selectDimensions(
     if (!s.fits) {
       throw new RecipeError(
         `${lora.model.entry}: recipe ${recipe.text}: even an output without any resized layer (${s.fileBytes} bytes) is larger than size=${recipe.sizeMiB} MiB`,
+        { file: lora.model.entry, key: "size" },
       );
     }
     // Report the real size, measured with the real threshold text.

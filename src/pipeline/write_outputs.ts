@@ -79,11 +79,13 @@ async function writeOutput(
   const { tensors, metadata } = buildOutput(shape, factors);
   session.options.log("INFO", `Saving ${path}`);
   await Deno.mkdir(folder, { recursive: true }).catch((e) => {
-    throw new OutputError(`${folder}: cannot create the output folder (${e.message})`);
+    throw new OutputError(`${folder}: cannot create the output folder (${e.message})`, {
+      file: folder,
+    });
   });
   const result = await writeSafetensors(path, tensors, { metadata, sshsHashes: true });
   if (result.bytes !== bytes) {
-    throw new OutputError(`${path}: wrote ${result.bytes} bytes, planned ${bytes}`);
+    throw new OutputError(`${path}: wrote ${result.bytes} bytes, planned ${bytes}`, { file: path });
   }
 }
 
@@ -140,7 +142,9 @@ async function checkOutputPath(session: Session, lora: PreparedLora, path: strin
   const out = await realPathOrResolve(path);
   for (const input of new Set([...session.inputs, ...lora.model.paths])) {
     if (out === await realPathOrResolve(input)) {
-      throw new OutputError(`${path}: the output would overwrite the input ${input}`);
+      throw new OutputError(`${path}: the output would overwrite the input ${input}`, {
+        file: path,
+      });
     }
   }
 }

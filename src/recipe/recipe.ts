@@ -102,7 +102,7 @@ export function parseRecipe(text: string): Recipe {
     if (valueText !== "") {
       const parsed = parsePythonFloat(valueText);
       if (parsed === undefined) {
-        throw new RecipeError(`Could not parse ${key}=${valueText} in recipe ${text}`);
+        throw new RecipeError(`Could not parse ${key}=${valueText} in recipe ${text}`, { key });
       }
       value = parsed;
     }
@@ -111,7 +111,7 @@ export function parseRecipe(text: string): Recipe {
       continue;
     }
     if (valueText === "") {
-      throw new RecipeError(`Empty value not accepted for key ${key} in recipe ${text}`);
+      throw new RecipeError(`Empty value not accepted for key ${key} in recipe ${text}`, { key });
     }
     const setting = { value, text: valueText };
     switch (key) {
@@ -125,7 +125,7 @@ export function parseRecipe(text: string): Recipe {
         rescale = setting;
         break;
       default:
-        throw new RecipeError(`Unknown key ${key} in recipe ${text}`);
+        throw new RecipeError(`Unknown key ${key} in recipe ${text}`, { key });
     }
   }
 
@@ -144,15 +144,19 @@ export function parseRecipe(text: string): Recipe {
   if (rescale !== undefined && !(Number.isFinite(rescale.value) && rescale.value > 0)) {
     throw new RecipeError(
       `Invalid rescale=${rescale.text} in recipe ${text}: rescale must be finite and > 0`,
+      { key: "rescale" },
     );
   }
   if (size !== undefined && !(Number.isFinite(size.value) && size.value >= 0)) {
     throw new RecipeError(
       `Invalid size=${size.text} in recipe ${text}: size must be finite and >= 0`,
+      { key: "size" },
     );
   }
   if (thr !== undefined && Number.isNaN(thr.value)) {
-    throw new RecipeError(`Invalid thr=${thr.text} in recipe ${text}: thr must be a number`);
+    throw new RecipeError(`Invalid thr=${thr.text} in recipe ${text}: thr must be a number`, {
+      key: "thr",
+    });
   }
 
   const warnings: string[] = [];

@@ -65,7 +65,10 @@ export function readFileRange(range: FileRange): Uint8Array {
   try {
     file = Deno.openSync(range.path, { read: true });
   } catch (e) {
-    throw new SafetensorsError(`${range.path}: cannot open (${describeOsError(e)})`, { cause: e });
+    throw new SafetensorsError(`${range.path}: cannot open (${describeOsError(e)})`, {
+      file: range.path,
+      cause: e,
+    });
   }
   try {
     readRangeInto(file, range, into);

@@ -83,6 +83,7 @@ export function readHeaderLength(
   if (fileSize < 8 || prefix.byteLength < 8) {
     throw new SafetensorsError(
       `${file}: not a safetensors file (only ${fileSize} bytes, shorter than the 8-byte header length)`,
+      { file },
     );
   }
   const n = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(
@@ -92,11 +93,13 @@ export function readHeaderLength(
   if (n > BigInt(MAX_HEADER_BYTES)) {
     throw new SafetensorsError(
       `${file}: not a safetensors file (header length ${n} is above the ${MAX_HEADER_BYTES}-byte limit)`,
+      { file },
     );
   }
   if (n > BigInt(fileSize - 8)) {
     throw new SafetensorsError(
       `${file}: not a safetensors file (header length ${n} runs past the end of the ${fileSize}-byte file)`,
+      { file },
     );
   }
   return Number(n);
@@ -123,7 +126,7 @@ export function parseHeader(
 ): SafetensorsHeader {
   const { file } = source;
   const fail = (msg: string): never => {
-    throw new SafetensorsError(oneLine(`${file}: ${msg}`));
+    throw new SafetensorsError(oneLine(`${file}: ${msg}`), { file });
   };
   let text: string;
   try {
@@ -387,7 +390,7 @@ export function layoutTensors(specs: readonly TensorSpec[]): TensorInfo[] {
   const names = new Set<string>();
   for (const s of specs) {
     if (names.has(s.name)) {
-      throw new SafetensorsError(`duplicate tensor name '${s.name}'`);
+      throw new SafetensorsError(`duplicate tensor name '${s.name}'`, { tensor: s.name });
     }
     if (s.name === "__metadata__") {
       throw new SafetensorsError(`'__metadata__' is not a valid tensor name`);

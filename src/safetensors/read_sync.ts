@@ -52,5 +52,6 @@ export function truncated(
 ): SafetensorsError {
   return new SafetensorsError(
     `${path}: ${what} is truncated (read ${got} of ${wanted} bytes; file changed?)`,
+    { file: path },
   );
 }

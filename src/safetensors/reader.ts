@@ -126,13 +126,14 @@ export class SafetensorsFile implements AsyncDisposable {
       file = await Deno.open(path, { read: true });
     } catch (e) {
       throw new SafetensorsError(`${path}: cannot open (${describeOsError(e)})`, {
+        file: path,
         cause: e,
       });
     }
     try {
       const stat = await file.stat();
       if (!stat.isFile) {
-        throw new SafetensorsError(`${path}: not a regular file`);
+        throw new SafetensorsError(`${path}: not a regular file`, { file: path });
       }
       const size = stat.size;
       const prefix = new Uint8Array(8);
@@ -141,7 +142,7 @@ export class SafetensorsFile implements AsyncDisposable {
       const n = readHeaderLength(prefix.subarray(0, got), source);
       const json = new Uint8Array(n);
       if (await readFully(file, 8, json) !== n) {
-        throw new SafetensorsError(`${path}: header is truncated`);
+        throw new SafetensorsError(`${path}: header is truncated`, { file: path });
       }
       return new SafetensorsFile(path, size, file, parseHeader(json, source));
     } catch (e) {
@@ -168,7 +169,12 @@ export class SafetensorsFile implements AsyncDisposable {
   /** The entry of a tensor; throws a {@link SafetensorsError} naming file and tensor. */
   info(name: string): TensorInfo {
     const t = this.#byName.get(name);
-    if (!t) throw new SafetensorsError(`${this.path}: no tensor '${name}'`);
+    if (!t) {
+      throw new SafetensorsError(`${this.path}: no tensor '${name}'`, {
+        file: this.path,
+        tensor: name,
+      });
+    }
     return t;
   }
 
@@ -194,6 +200,7 @@ export class SafetensorsFile implements AsyncDisposable {
         `${this.path}: tensor '${name}' of shape ${
           JSON.stringify(t.shape)
         } has no rows [${r0}, ${r1})`,
+        { file: this.path, tensor: name },
       );
     }
     const rowBytes = numel(t.shape.slice(1)) * dtypeSize(t.dtype);
@@ -315,7 +322,9 @@ export class SafetensorsFile implements AsyncDisposable {
   #exclusive<T>(job: (file: Deno.FsFile) => T): Promise<T> {
     return new Promise((resolve) => {
       const file = this.#file;
-      if (!file) throw new SafetensorsError(`${this.path}: file is closed`);
+      if (!file) {
+        throw new SafetensorsError(`${this.path}: file is closed`, { file: this.path });
+      }
       resolve(job(file));
     });
   }
@@ -382,6 +391,7 @@ export class SafetensorsFile implements AsyncDisposable {
     if (numel(t.shape) !== 1) {
       throw new SafetensorsError(
         `${this.path}: tensor '${name}' has shape ${JSON.stringify(t.shape)}, expected one element`,
+        { file: this.path, tensor: name },
       );
     }
     const b = await this.readBytes(name);
@@ -394,6 +404,7 @@ export class SafetensorsFile implements AsyncDisposable {
     if (!isFloatDType(t.dtype)) {
       throw new SafetensorsError(
         `${this.path}: tensor '${name}' has dtype ${t.dtype}, expected a float type`,
+        { file: this.path, tensor: name },
       );
     }
     return t.dtype;

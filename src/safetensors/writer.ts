@@ -76,6 +76,7 @@ async function bytesOf(t: TensorSource): Promise<Uint8Array> {
       `tensor '${t.name}': ${data.byteLength} bytes given, shape ${
         JSON.stringify(t.shape)
       } of ${t.dtype} needs ${expected}`,
+      { tensor: t.name },
     );
   }
   return data;
@@ -135,7 +136,10 @@ export async function writeSafetensors(
   try {
     file = await Deno.open(tmp, { write: true, createNew: true });
   } catch (e) {
-    throw new OutputError(`${path}: cannot write (${describeOsError(e)})`, { cause: e });
+    throw new OutputError(`${path}: cannot write (${describeOsError(e)})`, {
+      file: path,
+      cause: e,
+    });
   }
   try {
     let metadata = options.metadata;
@@ -161,7 +165,10 @@ export async function writeSafetensors(
     await Deno.remove(tmp).catch(() => {});
     if (e instanceof ProducerFailure) throw e.error;
     if (e instanceof SafetensorsError || e instanceof OutputError) throw e;
-    throw new OutputError(`${path}: cannot write (${describeOsError(e)})`, { cause: e });
+    throw new OutputError(`${path}: cannot write (${describeOsError(e)})`, {
+      file: path,
+      cause: e,
+    });
   }
 }
 

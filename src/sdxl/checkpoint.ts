@@ -142,6 +142,7 @@ export class BaseCheckpoint implements AsyncDisposable {
         `${this.path}: ${entry.key} shape=${
           pythonTuple(entry.shape)
         } is not divisible in ${entry.chunk.count} chunks`,
+        { file: this.path, tensor: entry.key },
       );
     }
   }
@@ -185,6 +186,7 @@ export class BaseCheckpoint implements AsyncDisposable {
     if (!isFloatDType(entry.dtype)) {
       throw new SafetensorsError(
         `${this.path}: tensor '${entry.key}' has dtype ${entry.dtype}, expected a float type`,
+        { file: this.path, tensor: entry.key },
       );
     }
     return entry.dtype;
