@@ -5,7 +5,7 @@
  * @module
  */
 
-import { type DType, dtypeSize } from "../safetensors/dtype.ts";
+import { dtypeSize } from "../safetensors/dtype.ts";
 import { numel, type TensorSpec } from "../safetensors/header.ts";
 import {
   type TensorSource,
