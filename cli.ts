@@ -1,6 +1,6 @@
 #!/usr/bin/env -S deno run -A
 /**
- * The `resize-lora` command line (decisions D1, D10).
+ * The `resize-lora` command line (docs/design.md, "Command line" and "Logs and progress").
  *
  * ```
  * resize-lora CHECKPOINT LORA... [-o DIR] [-t 16|32|bf16] [-d auto|cpu|gpu] [-r RECIPES] [-v|-vv]

@@ -1,5 +1,6 @@
 /**
- * Persistent cache of base-model norms (decision D7).
+ * Persistent cache of base-model norms (docs/design.md, "Base norms: exact, deterministic and
+ * cached").
  *
  * One JSON file per checkpoint, named by a content fingerprint of the file
  * (size + header bytes + a hash of sampled data blocks), so a checkpoint

@@ -1,6 +1,6 @@
 /**
  * The output LoRA file of one (LoRA, recipe) pair: its tensors, metadata and
- * exact size (reference-behaviour §5.5, §7; decisions D5, D8).
+ * exact size (docs/design.md, "The output file" and "Tensors that are not resized are kept").
  *
  * The size of a candidate selection is computed from names, shapes and
  * metadata alone, so size-mode selection and `--dry_run` know the exact file

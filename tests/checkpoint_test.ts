@@ -112,7 +112,7 @@ Deno.test("entries(): every mapped weight and q/k/v block, sorted by label, with
   assertEquals(ckpt.lookup(U + "input_blocks.4.1.norm.weight"), undefined);
 });
 
-Deno.test("TE2 in_proj chunks: q = rows [0, n), k = [n, 2n), v = [2n, 3n) (D3)", async () => {
+Deno.test("TE2 in_proj chunks: q = rows [0, n), k = [n, 2n), v = [2n, 3n)", async () => {
   await using ckpt = await BaseCheckpoint.open(BASE);
   await using file = await SafetensorsFile.open(BASE);
   const info = file.info(IN_PROJ_5);

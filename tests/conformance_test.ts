@@ -154,7 +154,8 @@ async function checkOutput(
   assertEquals(params.target_size, wantParams.target_size);
   assertEquals(params.rescale, wantParams.rescale);
 
-  // Metadata: every input key verbatim, except the keys D8 updates.
+  // Metadata: every input key verbatim, except the keys an output updates (docs/design.md,
+  // "The output file").
   for (const [k, v] of Object.entries(inputMetadata)) {
     if (k === "ss_network_dim" || k === "ss_network_alpha" || k.startsWith("sshs_")) continue;
     assertEquals(f.metadata[k], v, `metadata ${k}`);
@@ -251,7 +252,8 @@ function checkLog(expected: string[], got: string[]) {
       const q = (s: string) => [...s.matchAll(/:(-?\d+\.\d+)/g)].map((m) => Number(m[1]));
       const mine = got.find((l) => l.includes("Score quantiles"));
       assert(mine, "no quantiles line");
-      // The port scores the TE2 q/k blocks against their own rows (D3), which
+      // The port scores the TE2 q/k blocks against their own rows (docs/design.md, "Text
+      // encoder 2's fused attention is q, k, v"), which
       // moves a quantile of a base-norm recipe by up to a few 1e-3.
       q(line).forEach((v, i) => assert(Math.abs(q(mine!)[i] - v) <= 5e-3, `${mine} vs ${line}`));
     } else {

@@ -16,7 +16,7 @@ function names(key: string) {
   return loraNamesForBaseKey(key, entry.shape);
 }
 
-/** Reference §4.2 table, one real key per rule: [key, standard, short alias, direct]. */
+/** One real key per naming rule: [key, standard, short alias, direct]. */
 const UNET_CASES: [string, string, string | undefined, string][] = [
   ["input_blocks.0.0.weight", "lora_unet_input_blocks_0_0", "down_0", "input_blocks_0_0"],
   [
@@ -116,7 +116,7 @@ const UNET_CASES: [string, string, string | undefined, string][] = [
   ["out.2.weight", "lora_unet_out_2", undefined, "out_2"],
 ];
 
-Deno.test("UNet keys: standard kohya name, short alias, direct name (§4.2 table)", () => {
+Deno.test("UNet keys: standard kohya name, short alias, direct name, one key per rule", () => {
   for (const [path, standard, short, direct] of UNET_CASES) {
     const n = names(U + path);
     assert(n, path);
@@ -181,7 +181,7 @@ Deno.test("TE2 keys: OpenCLIP names → kohya's Hugging Face names", () => {
   }
 });
 
-Deno.test("TE2 fused in_proj_weight splits into q, k, v (D3: chunks 0, 1, 2), with no alias", () => {
+Deno.test("TE2 fused in_proj_weight splits into q, k, v (chunks 0, 1, 2), with no alias", () => {
   const n = names(TE2 + "5.attn.in_proj_weight");
   const stem = "lora_te2_text_model_encoder_layers_5_self_attn";
   const parts = [`${stem}_q_proj`, `${stem}_k_proj`, `${stem}_v_proj`];

@@ -182,7 +182,7 @@ Deno.test("pass-through: LoHa, LoKr, IA3, diffs, Tucker LoCon, lone halves and t
   ];
   const path = await write("mixed.safetensors", tensors);
   const lora = await readLoraFile(path);
-  assertEquals(lora.metadata, {}); // no __metadata__ (D5)
+  assertEquals(lora.metadata, {}); // no __metadata__: empty metadata
   assertEquals(lora.layers.map((l) => l.name), ["lora_unet_a", "lora_unet_b"]);
   const [a, b] = lora.layers;
   assertEquals([a.alpha, a.factors.rank, a.factors.scale], [2, 2, 1]);

@@ -6,7 +6,7 @@ import { mergedName, parseMergeSpec } from "../src/lora/merge_spec.ts";
 import { decodeFloats } from "../src/safetensors/dtype.ts";
 import { type TensorSource, writeSafetensors } from "../src/safetensors/writer.ts";
 
-// ---- member syntax (D4) ----
+// ---- member syntax (docs/design.md, "Weighted merges") ----
 
 Deno.test("merge spec: split at the last ':' only before a number", () => {
   assertEquals(parseMergeSpec("a.safetensors"), undefined);
@@ -73,7 +73,7 @@ Deno.test("merge spec errors", () => {
   }
 });
 
-Deno.test("merged names (§6.3)", () => {
+Deno.test("merged names follow the original's naming", () => {
   const name = (spec: string) => mergedName(parseMergeSpec(spec)!);
   assertEquals(
     name("style_lora.safetensors:0.6,char_lora.safetensors:0.4"),

@@ -197,7 +197,7 @@ Deno.test("pyFormatFixed agrees with exact rational rounding on dyadic values", 
   assert(ties > 500, `only ${ties} exact ties exercised`);
 });
 
-Deno.test("fileNameNumber gives the reference's file-name numbers (§2.3)", () => {
+Deno.test("fileNameNumber gives the original's file-name numbers", () => {
   const cases: [number, string][] = [
     [1.0, "1"],
     [0.75, "0.75"],

@@ -1,5 +1,5 @@
-// The recipe language (reference §2, decision D2), file names (§2.3) and
-// resize_params (§7.2), checked against the spec's examples and the original
+// The recipe language (docs/design.md, "Recipes are checked before they run"), file names and
+// resize_params, checked against worked examples and the original
 // tool's recorded outputs.
 import { assert, assertEquals, assertRejects, assertStrictEquals } from "./assert.ts";
 import { RecipeError } from "../src/errors.ts";
@@ -74,14 +74,14 @@ Deno.test("errors: the original's messages, in its evaluation order", () => {
     ["fro_ckpt=0,thr=1", "At least one score type must be specified"],
     ["fro_ckpt=1", "Either 'size' or 'thr' must be specified in the recipe"],
     ["fro_ckpt=1,rescale=2", "Either 'size' or 'thr' must be specified in the recipe"],
-    // The original's own errors come before the D2 checks.
+    // The original's own errors come before the checks it did not make.
     ["rescale=0", "At least one score type must be specified"],
     ["fro_ckpt=1,size=-1,foo=2", "Unknown key foo in recipe fro_ckpt=1,size=-1,foo=2"],
   ];
   for (const [text, message] of cases) assertStrictEquals(messageOf(text), message, text);
 });
 
-Deno.test("errors: D2 rejects unusable rescale, size and thr values", () => {
+Deno.test("errors: unusable rescale, size and thr values are rejected at parse time", () => {
   const rejected: [string, RegExp][] = [
     ["fro_ckpt,thr=1,rescale=0", /^Invalid rescale=0 in recipe fro_ckpt,thr=1,rescale=0: /],
     ["fro_ckpt,thr=1,rescale=-0.5", /^Invalid rescale=-0\.5 in recipe .*finite and > 0$/],
@@ -124,7 +124,7 @@ Deno.test("parseRecipes splits on ':' and parses each", async () => {
   );
 });
 
-Deno.test("outputFileName: the examples of §2.3", () => {
+Deno.test("outputFileName: the original's names for worked examples", () => {
   const name = (recipe: string, t: number) => outputFileName("my_lora", parseRecipe(recipe), t);
   assertStrictEquals(name("fro_ckpt=1,thr=-3.5", -3.5), "my_lora_frockpt1_th-3.5.safetensors");
   assertStrictEquals(
@@ -166,7 +166,7 @@ Deno.test("outputFileName: alphabetical tokens, zero weights and rescale 1 omitt
   );
 });
 
-Deno.test("resizeParamsJson: the §7.2 default example, byte for byte", () => {
+Deno.test("resizeParamsJson: the original's text for the default recipe, byte for byte", () => {
   assertStrictEquals(
     resizeParamsJson(parseRecipe("fro_ckpt=1,thr=-3.5"), -3.5),
     '{"recipe_str": "fro_ckpt=1,thr=-3.5", "weights": {"spn_lora": 0.0, "spn_ckpt": 0.0, ' +

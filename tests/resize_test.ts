@@ -1,6 +1,6 @@
 /**
  * The pipeline as a library: merges, pass-through, size targets, determinism,
- * metadata, output dtypes and the norms cache (D4–D9).
+ * metadata, output dtypes and the norms cache (docs/design.md).
  */
 import { join } from "node:path";
 import { createHash } from "node:crypto";
@@ -171,7 +171,7 @@ Deno.test("size= (file accounting) never exceeds the target, and one more dim wo
   });
 });
 
-Deno.test("the same inputs give the same bytes; metadata is updated as D8 says", async () => {
+Deno.test("the same inputs give the same bytes; ss_network_dim and alpha are updated as kohya does", async () => {
   await withDir(async (dir) => {
     const a = await resize(options(join(dir, "a"), { loras: [DORA] }));
     const b = await resize(options(join(dir, "b"), { loras: [DORA] }));

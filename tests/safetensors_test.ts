@@ -297,7 +297,7 @@ Deno.test("BF16 encoding rounds to nearest, ties to even (hand-computed bit patt
 
 // ---------------------------------------------------------------- byte layout
 
-Deno.test("writer lays bytes out as the reference writer (§7.3)", async () => {
+Deno.test("writer lays bytes out as the safetensors Python package does", async () => {
   const tensors: TensorSource[] = [
     { name: "b", dtype: "F16", shape: [2], data: new Uint8Array([0x00, 0x3c, 0x00, 0xc0]) },
     { name: "\u{1F600}", dtype: "BOOL", shape: [1], data: new Uint8Array([0]) },

@@ -1,5 +1,5 @@
-// Scores (reference §5.2), the per-layer DEBUG values and the quantile line
-// (§8): hand-computed cases, then the original tool's recorded log lines.
+// Scores, the per-layer DEBUG values and the quantile line: hand-computed cases, then the
+// original tool's recorded log lines.
 import { assert, assertClose, assertEquals, assertStrictEquals } from "./assert.ts";
 import { parseRecipe } from "../src/recipe/recipe.ts";
 import {
@@ -24,7 +24,7 @@ const LAYER: LayerScoreInput = {
   subspace: new Float64Array([0.5, -0.25]),
 };
 
-/** Asserts scores equal log10(ratioᵢ), the closed form of §5.2. */
+/** Asserts scores equal log10(ratioᵢ), the closed form of a score. */
 function assertScores(recipe: string, ratios: number[], layer = LAYER): void {
   const scores = scoreLayer(parseRecipe(recipe), layer);
   assertStrictEquals(scores.length, ratios.length, recipe);
@@ -129,7 +129,7 @@ Deno.test("truncationError: dropped energy relative to the layer and the base", 
   assertClose(none.rleCkpt, 100 * 5 / 30, 1e-12);
 });
 
-Deno.test("formatLayerDebugLine: the §8 example", () => {
+Deno.test("formatLayerDebugLine: the original's DEBUG line for a known layer", () => {
   assertStrictEquals(
     formatLayerDebugLine("lora_te1_text_model_encoder_layers_0_self_attn_out_proj", {
       dims: 32,
@@ -183,7 +183,7 @@ interface FixtureLayer extends LayerScoreInput {
 
 /**
  * The layers of an input LoRA in processing order (sorted names), zero layers
- * (σ₀ < 1e-6, reference §3.6) left out. `inputs.json` holds the singular
+ * (σ₀ < 1e-6, skipped as the original skips them) left out. `inputs.json` holds the singular
  * values of alpha/rank·up@down, i.e. already alpha-scaled. With
  * `originalChunks`, TE2 q/k layers take the base rows the original used
  * (k, q, v order; see the conformance README).
@@ -225,7 +225,8 @@ Deno.test("conformance M01: the recorded per-layer DEBUG lines", () => {
 });
 
 Deno.test("conformance M01: the Score quantiles line (with the original's TE2 rows)", () => {
-  // The original scored TE2 q/k against each other's rows (D3), which moves two
+  // The original scored TE2 q/k against each other's rows (docs/design.md, "Text encoder 2's
+  // fused attention is q, k, v"), which moves two
   // quantiles in the third decimal; with its rows the line is reproduced exactly.
   const m01 = readCase("M01_default_vv.json");
   const recipe = parseRecipe("fro_ckpt=1,thr=-3.5");

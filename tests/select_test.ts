@@ -1,4 +1,4 @@
-// Selection (reference §5.3–§5.4, decision D6): hand-computed examples, a
+// Selection (docs/design.md, "Size targets bound the whole file"): hand-computed examples, a
 // non-monotone file-size model, and the ranks the original tool wrote.
 import { assert, assertClose, assertEquals, assertStrictEquals } from "./assert.ts";
 import { parseRecipe, parseRecipes, type Recipe } from "../src/recipe/recipe.ts";
@@ -37,7 +37,7 @@ Deno.test("rankDimensions: descending, ties in layer then dimension order, NaN l
   assertEquals(Array.from(infinite.dim), [1, 0, 0]);
 });
 
-/** The worked example of §5.4: L1 4×6, σ = [2, 0.5]; L2 3×3, σ = [1]; `params=1`; F16. */
+/** A worked example of the original's size mode: L1 4×6, σ = [2, 0.5]; L2 3×3, σ = [1]; `params=1`; F16. */
 function workedExample() {
   const recipe = parseRecipe("params=1,size=1");
   const shapes = [
@@ -47,7 +47,7 @@ function workedExample() {
   return shapes.map((s) => ({ ...s, scores: scoreLayer(recipe, s) }));
 }
 
-Deno.test("original size mode: the §5.4 worked example", () => {
+Deno.test("original size mode: a worked example by hand", () => {
   const layers = workedExample();
   assertClose(layers[0].scores[0], -0.69897, 1e-5);
   assertClose(layers[0].scores[1], -1.30103, 1e-5);
@@ -256,7 +256,7 @@ const BASE_NORMS = readCase("base_norms.json");
 
 /**
  * An input LoRA's layers in processing order (sorted names) without its zero
- * layers (σ₀ < 1e-6, §3.6). `sv` in inputs.json are the singular values of
+ * layers (σ₀ < 1e-6, skipped). `sv` in inputs.json are the singular values of
  * alpha/rank·up@down (alpha-scaled); norms are the exact ones, correct rows.
  */
 function fixtureLayers(lora: string) {
@@ -342,7 +342,7 @@ Deno.test("conformance M08 (spn_lora=1,size=0.4, original accounting): ranks, th
 
 Deno.test("conformance M01 (fro_ckpt=1,thr=-3.5): ranks with exact norms and q,k,v rows", () => {
   const { out, exact, layers } = replay("M01_default_vv.json", parseRecipe("fro_ckpt=1,thr=-3.5"));
-  // Five TE2 q/k layers get the port's rank, not the original's (D3).
+  // Five TE2 q/k layers get the port's rank, not the original's (their rows are q, k, v).
   assertStrictEquals(Object.keys(out.port_notes.expected_differences).length, 5);
   assert(exact >= layers.length - out.port_notes.borderline!.length);
 });

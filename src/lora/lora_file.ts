@@ -1,6 +1,6 @@
 /**
  * Reading LoRA files: layer discovery, exact factors, and the pass-through set
- * (reference-behaviour §3, decision D5).
+ * (docs/design.md, "Tensors that are not resized are kept").
  *
  * A layer is a `<name>.lora_down.weight` / `<name>.lora_up.weight` pair, with
  * an optional `<name>.alpha` (missing → alpha = rank) and `<name>.dora_scale`.
@@ -72,7 +72,7 @@ export interface PassThroughSummary {
 
 /** A loaded LoRA (one file, or the merge of several). */
 export interface LoraModel {
-  /** File stem, or the merged name (reference §6.3). */
+  /** File stem, or the merged name (see `mergedName`). */
   readonly name: string;
   /** The entry as typed (a path or a merge spec). */
   readonly entry: string;
@@ -102,7 +102,7 @@ const MID = ".lora_mid.weight";
 
 /**
  * Loads a LoRA entry: a plain `.safetensors` path, or a merge spec
- * `"a.safetensors:0.7,b.safetensors:-0.3"` (decision D4; a single weighted
+ * `"a.safetensors:0.7,b.safetensors:-0.3"` (docs/design.md, "Weighted merges"; a single weighted
  * member `a.safetensors:0.5` is a one-member merge).
  *
  * @example

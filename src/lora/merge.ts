@@ -1,6 +1,6 @@
 /**
- * Merging several LoRAs into one before resizing (decision D4, the intended
- * semantics of reference-behaviour §6.2).
+ * Merging several LoRAs into one before resizing: what the original tool describes but crashes
+ * on (docs/design.md, "Weighted merges").
  *
  * For a layer, let the contributing members be those that have it with a
  * non-zero weight wᵢ, and cᵢ = |wᵢ|·αᵢ/rᵢ their per-rank scales. The merged

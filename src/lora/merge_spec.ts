@@ -1,6 +1,6 @@
 /**
- * Merge specifications (`"a.safetensors:0.7,b.safetensors:-0.3"`, decision D4)
- * and the name of a merged LoRA (reference-behaviour §6.3).
+ * Merge specifications (`"a.safetensors:0.7,b.safetensors:-0.3"`, docs/design.md, "Weighted
+ * merges") and the name of a merged LoRA (the original's naming of its outputs).
  *
  * A member is `path[:weight]`. It is split at its **last** `:` only when what
  * follows is empty or a Python `float()` number, so Windows paths

@@ -1,7 +1,7 @@
 /**
  * Pairing each layer of a LoRA with the base weight it modifies
- * (reference-behaviour §3.3, decision D5), with the shape check the original
- * lacks.
+ * by its name, with the shape check the original lacks (docs/design.md, "Tensors that are not
+ * resized are kept").
  *
  * @module
  */

@@ -1,6 +1,7 @@
 /**
  * Classifying the tensors a LoRA file holds besides its resizable layers
- * (decision D5), for the one warning that reports them.
+ * (docs/design.md, "Tensors that are not resized are kept"), for the one warning that reports
+ * them.
  *
  * @module
  */

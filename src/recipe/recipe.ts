@@ -139,7 +139,8 @@ export function parseRecipe(text: string): Recipe {
   if (size === undefined && thr === undefined) {
     throw new RecipeError("Either 'size' or 'thr' must be specified in the recipe");
   }
-  // Checks the original did not make (decision D2), after its own, so that a
+  // Checks the original did not make (docs/design.md, "Recipes are checked before they run"),
+  // after its own, so that a
   // recipe it rejected still gets its message.
   if (rescale !== undefined && !(Number.isFinite(rescale.value) && rescale.value > 0)) {
     throw new RecipeError(

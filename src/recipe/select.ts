@@ -4,9 +4,10 @@
  * - Threshold mode: keep dimension i iff scoreᵢ ≥ t (inclusive, float64).
  * - Size mode ranks every dimension of every layer by score, descending, ties
  *   in layer order (a stable sort; layers come in processing order), then:
- *   - `file` accounting (the default, decision D6): keep the longest prefix of
+ *   - `file` accounting (the default; docs/design.md, "Size targets bound the whole file"):
+ *     keep the longest prefix of
  *     the ranking whose whole output file fits in S MiB;
- *   - `original` accounting (reference §5.4): keep the shortest prefix whose
+ *   - `original` accounting (the original tool's): keep the shortest prefix whose
  *     up/down weight bytes reach S MiB, plus every dimension tied with its
  *     last score.
  *
@@ -117,7 +118,7 @@ function keepPrefix(ranking: Ranking, layerSizes: readonly number[], count: numb
   });
 }
 
-/** How size mode counts bytes: the whole output file (D6) or the original's weights-only sum. */
+/** How size mode counts bytes: the whole output file, or the original's weights-only sum. */
 export type SizeAccounting = "file" | "original";
 
 /** Where a size target cut the ranking: the values of the `Total rank` log line. */
@@ -161,7 +162,7 @@ export interface OriginalSizeOptions {
 }
 
 /**
- * The original's size mode (reference §5.4): a dimension costs
+ * The original's size mode: a dimension costs
  * `elementSize·(out + in′)` bytes; with the ranking's running cost `cum`,
  * if the target S·2^20 is below the total, t = the score at the first index
  * where `cum ≥ target` and every dimension with score ≥ t is kept (so the
@@ -248,7 +249,8 @@ export interface FileSizeSelection extends SizeSelection {
 }
 
 /**
- * Size mode with `file` accounting (decision D6): keeps the longest prefix
+ * Size mode with `file` accounting (docs/design.md, "Size targets bound the whole file"): keeps
+ * the longest prefix
  * of the ranking whose output file is at most S·2^20 bytes.
  *
  * `fileSize` is called O(log n) times (a binary search over the prefix

@@ -1,6 +1,6 @@
 /**
  * The sd-webui-additional-networks hashes kohya tools store in metadata
- * (`sshs_model_hash`, `sshs_legacy_hash`; reference-behaviour §7.3).
+ * (`sshs_model_hash`, `sshs_legacy_hash`), as kohya's `train_util` computes them.
  *
  * Both are defined on the serialisation of the same tensors with only the
  * `ss_*` metadata keys; they are computed here without building that buffer.

@@ -1,6 +1,6 @@
 /**
- * The safetensors header: parsing with full validation, and the reference
- * writer's layout and encoding (reference-behaviour §7.3).
+ * The safetensors header: parsing with full validation, and the layout and encoding of the
+ * `safetensors` Python package's writer (so outputs are byte-identical to the original's).
  *
  * Nothing in a header is trusted before it is checked: every field's type,
  * every offset against the data section, and every key for duplicates.

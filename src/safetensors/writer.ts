@@ -1,6 +1,6 @@
 /**
- * Atomic, streaming safetensors writer with the reference byte layout
- * (reference-behaviour §7.3): tensors are written to a temporary file in the
+ * Atomic, streaming safetensors writer with the byte layout of the `safetensors` Python package
+ * (docs/design.md, "The output file"): tensors are written to a temporary file in the
  * target folder, which is renamed over the target only when complete.
  *
  * @module

@@ -1,6 +1,6 @@
 /**
- * An SDXL base checkpoint indexed by LoRA layer name (reference-behaviour
- * §4.3–§4.4). Opening reads the header only; a weight (or one q/k/v row block
+ * An SDXL base checkpoint indexed by LoRA layer name, under each of the names a LoRA may give a
+ * weight. Opening reads the header only; a weight (or one q/k/v row block
  * of CLIP-G's fused projection) is read by offset when asked for.
  *
  * @module

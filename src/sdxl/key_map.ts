@@ -1,6 +1,6 @@
 /**
  * SDXL base-checkpoint keys → the LoRA layer names that modify them
- * (reference-behaviour §4.2), from a key and its shape alone.
+ * (the names kohya's training scripts give them), from a key and its shape alone.
  *
  * Three families of names exist for one base weight: the standard kohya name
  * (`lora_unet_…`, `lora_te1_…`, `lora_te2_…`), a lossy short alias that some
@@ -8,7 +8,7 @@
  * and, for the UNet, the bare LDM path with underscores. CLIP-G's fused
  * `attn.in_proj_weight` is split into q, k and v row blocks, each with its own
  * name. Unlike the original tool, the blocks are numbered in PyTorch's row
- * order q = 0, k = 1, v = 2 (decision D3).
+ * order q = 0, k = 1, v = 2 (docs/design.md, "Text encoder 2's fused attention is q, k, v").
  *
  * @module
  */
@@ -47,7 +47,7 @@ export interface BaseKeyNames {
 
 const LORA_TE1_PREFIX = "lora_te1_text_model_encoder_layers_";
 const LORA_TE2_PREFIX = "lora_te2_text_model_encoder_layers_";
-/** Row-block order of a fused attention projection (D3: PyTorch stores q, k, v). */
+/** Row-block order of a fused attention projection (PyTorch stores q, k, v). */
 const QKV = ["q", "k", "v"] as const;
 
 /**
