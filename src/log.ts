@@ -29,9 +29,10 @@ export const silent: LogFn = () => {};
  * @example
  * ```ts
  * import { collectLogs } from "./log.ts";
+ * import assert from "node:assert/strict";
  * const { log, records } = collectLogs();
  * log("WARNING", "careful");
- * console.log(records); // [["WARNING", "careful"]]
+ * assert.deepEqual(records, [["WARNING", "careful"]]);
  * ```
  */
 export function collectLogs(): { log: LogFn; records: [LogLevel, string][] } {

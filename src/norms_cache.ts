@@ -84,7 +84,8 @@ export async function fingerprintFile(path: string): Promise<string> {
  * @example
  * ```ts
  * import { defaultCacheDir } from "./norms_cache.ts";
- * console.log(defaultCacheDir().endsWith("resize-lora")); // true
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(defaultCacheDir().endsWith("resize-lora"), true);
  * ```
  */
 export function defaultCacheDir(): string {
@@ -247,7 +248,8 @@ async function readCacheFile(file: string): Promise<CacheFile | undefined> {
  * @example
  * ```ts
  * import { normsKey } from "./norms_cache.ts";
- * console.log(normsKey({ key: "a.in_proj_weight", chunk: { index: 1, count: 3 } })); // "a.in_proj_weight#1"
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(normsKey({ key: "a.in_proj_weight", chunk: { index: 1, count: 3 } }), "a.in_proj_weight#1");
  * ```
  */
 export function normsKey(entry: Pick<BaseEntry, "key" | "chunk">): string {

@@ -295,7 +295,8 @@ function floatData(t: RawTensor, fail: (why: string) => never): FloatData {
  * @example
  * ```ts
  * import { shapeText } from "./lora_file.ts";
- * console.log(shapeText([640, 8, 1, 1])); // "[640, 8, 1, 1]"
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(shapeText([640, 8, 1, 1]), "[640, 8, 1, 1]");
  * ```
  */
 export function shapeText(shape: readonly number[]): string {

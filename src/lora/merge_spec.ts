@@ -29,10 +29,13 @@ export interface MergeMember {
  * @example
  * ```ts
  * import { parseMergeSpec } from "./merge_spec.ts";
- * console.log(parseMergeSpec("a.safetensors:0.7,b.safetensors"));
- * // [{ path: "a.safetensors", weight: 0.7 }, { path: "b.safetensors", weight: 1 }]
- * console.log(parseMergeSpec("C:\\x\\a.safetensors:-0.5")); // [{ path: "C:\\x\\a.safetensors", weight: -0.5 }]
- * console.log(parseMergeSpec("C:\\x\\a.safetensors")); // undefined
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(parseMergeSpec("a.safetensors:0.7,b.safetensors"), [
+ *   { path: "a.safetensors", weight: 0.7 },
+ *   { path: "b.safetensors", weight: 1 },
+ * ]);
+ * assert.deepEqual(parseMergeSpec("C:\\x\\a.safetensors:-0.5"), [{ path: "C:\\x\\a.safetensors", weight: -0.5 }]);
+ * assert.deepEqual(parseMergeSpec("C:\\x\\a.safetensors"), undefined);
  * ```
  */
 export function parseMergeSpec(entry: string): MergeMember[] | undefined {
@@ -72,15 +75,18 @@ function splitMember(text: string): { path: string; weight?: number } {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { mergedName } from "./merge_spec.ts";
- * console.log(mergedName([
+ * const weighted = mergedName([
  *   { path: "style_lora.safetensors", weight: 0.6 },
  *   { path: "char_lora.safetensors", weight: 0.4 },
- * ])); // "style(0.60)+char(0.40)"
- * console.log(mergedName([
+ * ]);
+ * assert.equal(weighted, "style(0.60)+char(0.40)");
+ * const plain = mergedName([
  *   { path: "char_a.safetensors", weight: 1 },
  *   { path: "char_b.safetensors", weight: 1 },
- * ])); // "char"
+ * ]);
+ * assert.equal(plain, "char");
  * ```
  */
 export function mergedName(members: readonly MergeMember[]): string {

@@ -38,9 +38,10 @@ function moduleKind(suffixes: readonly string[]): string {
  * @example
  * ```ts
  * import { summarizePassThrough } from "./pass_through.ts";
+ * import assert from "node:assert/strict";
  * const t = (name: string) => ({ name, dtype: "F16" as const, shape: [1], bytes: new Uint8Array(2) });
  * const s = summarizePassThrough([t("x.hada_w1_a"), t("x.alpha"), t("emb")]);
- * console.log(s.byKind); // { LoHa: 2, other: 1 }
+ * assert.deepEqual(s.byKind, { LoHa: 2, other: 1 });
  * ```
  */
 export function summarizePassThrough(

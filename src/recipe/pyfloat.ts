@@ -73,9 +73,10 @@ const ASCII_SPACE = /^[ \t\n\v\f\r]+|[ \t\n\v\f\r]+$/g;
  * @example
  * ```ts
  * import { parsePythonFloat } from "./pyfloat.ts";
- * console.log(parsePythonFloat(" 1_000.5 ")); // 1000.5
- * console.log(parsePythonFloat("-Infinity")); // -Infinity
- * console.log(parsePythonFloat("0x10")); // undefined
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(parsePythonFloat(" 1_000.5 "), 1000.5);
+ * assert.deepEqual(parsePythonFloat("-Infinity"), -Infinity);
+ * assert.deepEqual(parsePythonFloat("0x10"), undefined);
  * ```
  */
 export function parsePythonFloat(text: string): number | undefined {
@@ -128,10 +129,11 @@ function shortestDigits(x: number): { digits: string; exponent: number } {
  * @example
  * ```ts
  * import { pyRepr } from "./pyfloat.ts";
- * console.log(pyRepr(1)); // "1.0"
- * console.log(pyRepr(1e-5)); // "1e-05"
- * console.log(pyRepr(1e16)); // "1e+16"
- * console.log(pyRepr(-0)); // "-0.0"
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(pyRepr(1), "1.0");
+ * assert.deepEqual(pyRepr(1e-5), "1e-05");
+ * assert.deepEqual(pyRepr(1e16), "1e+16");
+ * assert.deepEqual(pyRepr(-0), "-0.0");
  * ```
  */
 export function pyRepr(x: number): string {
@@ -174,9 +176,10 @@ function exactBinary(x: number): { mantissa: bigint; exponent: number } {
  * @example
  * ```ts
  * import { pyFormatFixed } from "./pyfloat.ts";
- * console.log(pyFormatFixed(0.125, 2)); // "0.12" (an exact tie, to even)
- * console.log(pyFormatFixed(2.675, 2)); // "2.67" (2.675 is 2.67499999… in binary)
- * console.log(pyFormatFixed(-0.001, 2)); // "-0.00"
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(pyFormatFixed(0.125, 2), "0.12"); // an exact tie, to even
+ * assert.deepEqual(pyFormatFixed(2.675, 2), "2.67"); // 2.675 is 2.67499999… in binary
+ * assert.deepEqual(pyFormatFixed(-0.001, 2), "-0.00");
  * ```
  */
 export function pyFormatFixed(x: number, digits: number): string {
@@ -212,10 +215,11 @@ export function pyFormatFixed(x: number, digits: number): string {
  * @example
  * ```ts
  * import { fileNameNumber } from "./pyfloat.ts";
- * console.log(fileNameNumber(1)); // "1"
- * console.log(fileNameNumber(0.125)); // "0.12"
- * console.log(fileNameNumber(-0.001)); // "-0"
- * console.log(fileNameNumber(-Infinity)); // "-inf"
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(fileNameNumber(1), "1");
+ * assert.deepEqual(fileNameNumber(0.125), "0.12");
+ * assert.deepEqual(fileNameNumber(-0.001), "-0");
+ * assert.deepEqual(fileNameNumber(-Infinity), "-inf");
  * ```
  */
 export function fileNameNumber(x: number): string {

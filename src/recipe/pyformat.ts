@@ -25,7 +25,8 @@ const CONVERSION = /%([-+ 0#]*)(\d+)?(?:\.(\d+))?([difFs%])/g;
  * @example
  * ```ts
  * import { pyPercentFormat } from "./pyformat.ts";
- * console.log(pyPercentFormat("dim:%3d->%-3d %6.2f%%", [32, 5, 3.192])); // "dim: 32->5     3.19%"
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(pyPercentFormat("dim:%3d->%-3d %6.2f%%", [32, 5, 3.192]), "dim: 32->5     3.19%");
  * ```
  */
 export function pyPercentFormat(format: string, args: readonly PyFormatArg[]): string {
@@ -123,9 +124,10 @@ export type PyJson =
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { pyJsonDumps } from "./pyformat.ts";
- * console.log(pyJsonDumps({ size: null, thr: -3.5, rescale: 1, n: 3n, name: "é" }));
- * // {"size": null, "thr": -3.5, "rescale": 1.0, "n": 3, "name": "\u00e9"}
+ * const text = pyJsonDumps({ size: null, thr: -3.5, rescale: 1, n: 3n, name: "é" });
+ * assert.equal(text, '{"size": null, "thr": -3.5, "rescale": 1.0, "n": 3, "name": "\\u00e9"}');
  * ```
  */
 export function pyJsonDumps(value: PyJson): string {

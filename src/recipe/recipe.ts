@@ -75,9 +75,14 @@ export interface Recipe {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseRecipe } from "./recipe.ts";
  * const recipe = parseRecipe("fro_ckpt=3,spn_lora,thr=-1");
- * console.log(recipe.weights.fro_ckpt, recipe.weights.spn_lora, recipe.threshold); // 0.75 0.25 -1
+ * assert.deepEqual([recipe.weights.fro_ckpt, recipe.weights.spn_lora, recipe.threshold], [
+ *   0.75,
+ *   0.25,
+ *   -1,
+ * ]);
  * ```
  */
 export function parseRecipe(text: string): Recipe {
@@ -183,8 +188,9 @@ export function parseRecipe(text: string): Recipe {
  * @example
  * ```ts
  * import { parseRecipes } from "./recipe.ts";
+ * import assert from "node:assert/strict";
  * const recipes = parseRecipes("fro_ckpt=1,thr=-3.5:spn_lora=1,size=32");
- * console.log(recipes.map((r) => r.sizeMiB ?? r.threshold)); // [-3.5, 32]
+ * assert.deepEqual(recipes.map((r) => r.sizeMiB ?? r.threshold), [-3.5, 32]);
  * ```
  */
 export function parseRecipes(text: string): Recipe[] {
@@ -207,8 +213,9 @@ const NAME_ORDER: readonly ScoreKey[] = [...SCORE_KEYS].sort();
  * @example
  * ```ts
  * import { outputFileName, parseRecipe } from "./recipe.ts";
+ * import assert from "node:assert/strict";
  * const recipe = parseRecipe("spn_ckpt=1,size=32");
- * console.log(outputFileName("my_lora", recipe, -2.871)); // my_lora_spnckpt1_size32_th-2.87.safetensors
+ * assert.deepEqual(outputFileName("my_lora", recipe, -2.871), "my_lora_spnckpt1_size32_th-2.87.safetensors");
  * ```
  */
 export function outputFileName(loraName: string, recipe: Recipe, thresholdUsed: number): string {
@@ -226,10 +233,11 @@ export function outputFileName(loraName: string, recipe: Recipe, thresholdUsed: 
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseRecipe, resizeParamsJson } from "./recipe.ts";
- * console.log(resizeParamsJson(parseRecipe("fro_ckpt=1,thr=-3.5"), -3.5));
- * // {"recipe_str": "fro_ckpt=1,thr=-3.5", "weights": {"spn_lora": 0.0, …}, "target_size": null,
- * //  "threshold": -3.5, "rescale": 1.0}
+ * const text = resizeParamsJson(parseRecipe("fro_ckpt=1,thr=-3.5"), -3.5);
+ * assert.ok(text.startsWith('{"recipe_str": "fro_ckpt=1,thr=-3.5", "weights": {"spn_lora": 0.0, '));
+ * assert.ok(text.endsWith('"target_size": null, "threshold": -3.5, "rescale": 1.0}'));
  * ```
  */
 export function resizeParamsJson(recipe: Recipe, thresholdUsed: number): string {

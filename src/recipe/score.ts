@@ -67,10 +67,14 @@ const weighted = (w: number): boolean => Math.abs(w) > WEIGHT_EPSILON;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseRecipe } from "./recipe.ts";
  * import { recipeNeeds } from "./score.ts";
- * console.log(recipeNeeds(parseRecipe("fro_ckpt=1,thr=-3.5")));
- * // { frobenius: true, spectral: false, subspace: false }
+ * assert.deepEqual(recipeNeeds(parseRecipe("fro_ckpt=1,thr=-3.5")), {
+ *   frobenius: true,
+ *   spectral: false,
+ *   subspace: false,
+ * });
  * ```
  */
 export function recipeNeeds(recipe: ScoreRecipe, options: RecipeNeedsOptions = {}): RecipeNeeds {
@@ -118,10 +122,11 @@ function required<T>(value: T | undefined, what: string, layer: LayerScoreInput)
  * @example
  * ```ts
  * import { parseRecipe } from "./recipe.ts";
+ * import assert from "node:assert/strict";
  * import { scoreLayer } from "./score.ts";
  * const recipe = parseRecipe("fro_ckpt=1,thr=-3.5");
  * const scores = scoreLayer(recipe, { sigma: new Float64Array([1, 0.01]), out: 4, inFlat: 4, froCkpt: 10 });
- * console.log(Array.from(scores)); // [-1, -3]
+ * assert.deepEqual(Array.from(scores), [-1, -3]);
  * ```
  */
 export function scoreLayer(recipe: ScoreRecipe, layer: LayerScoreInput): Float64Array {
@@ -182,9 +187,10 @@ export interface TruncationErrorOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { truncationError } from "./score.ts";
  * const e = truncationError(new Float64Array([4, 3]), [0], { rescale: 1, froCkpt: 30 });
- * console.log(e.rleLora, e.rleCkpt); // 60 10
+ * assert.deepEqual([e.rleLora, e.rleCkpt], [60, 10]);
  * ```
  */
 export function truncationError(
@@ -214,8 +220,9 @@ export interface LayerDebugValues extends TruncationError {
  * @example
  * ```ts
  * import { formatLayerDebugLine } from "./score.ts";
+ * import assert from "node:assert/strict";
  * const line = formatLayerDebugLine("lora_te1_x", { dims: 32, kept: 5, rleLora: 3.19, rleCkpt: 0.03 });
- * console.log(line); // "dim: 32->5   rle_lora:  3.19% rle_ckpt:  0.03% lora_te1_x"
+ * assert.deepEqual(line, "dim: 32->5   rle_lora:  3.19% rle_ckpt:  0.03% lora_te1_x");
  * ```
  */
 export function formatLayerDebugLine(name: string, values: LayerDebugValues): string {
@@ -239,9 +246,11 @@ export const SCORE_QUANTILE_FRACTIONS: readonly number[] = [0.01, 0.1, 0.25, 0.5
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { scoreQuantiles } from "./score.ts";
- * console.log(scoreQuantiles([new Float64Array([0, 1]), new Float64Array([3, 2])], [0.5, 0.9]));
- * // [1.5, 2.7]
+ * const q = scoreQuantiles([new Float64Array([0, 1]), new Float64Array([3, 2])], [0.5, 0.9]);
+ * assert.equal(q[0], 1.5);
+ * assert.ok(Math.abs(q[1] - 2.7) < 1e-12);
  * ```
  */
 export function scoreQuantiles(
@@ -276,9 +285,13 @@ export function scoreQuantiles(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { formatQuantilesLine } from "./score.ts";
- * console.log(formatQuantilesLine([-4.1264, -3.3361, -2.8259, -2.3081, -1.8622, -1.4891, -0.9921]));
- * // Score quantiles: 0.01:-4.126 0.10:-3.336 0.25:-2.826 0.50:-2.308 0.75:-1.862 0.90:-1.489 0.99:-0.992
+ * const line = formatQuantilesLine([-4.1264, -3.3361, -2.8259, -2.3081, -1.8622, -1.4891, -0.9921]);
+ * assert.equal(
+ *   line,
+ *   "Score quantiles: 0.01:-4.126 0.10:-3.336 0.25:-2.826 0.50:-2.308 0.75:-1.862 0.90:-1.489 0.99:-0.992",
+ * );
  * ```
  */
 export function formatQuantilesLine(quantiles: readonly number[]): string {

@@ -39,8 +39,9 @@ export interface Selection {
  * @example
  * ```ts
  * import { selectByThreshold } from "./select.ts";
+ * import assert from "node:assert/strict";
  * const { keep } = selectByThreshold([new Float64Array([-1, -2, -3])], -2);
- * console.log(keep); // [[0, 1]]
+ * assert.deepEqual(keep, [[0, 1]]);
  * ```
  */
 export function selectByThreshold(scores: readonly Float64Array[], threshold: number): Selection {
@@ -68,9 +69,11 @@ export interface Ranking {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { rankDimensions } from "./select.ts";
  * const r = rankDimensions([new Float64Array([-0.7, -1.3]), new Float64Array([-0.8])]);
- * console.log(Array.from(r.layer), Array.from(r.dim)); // [0, 1, 0] [0, 0, 1]
+ * assert.deepEqual(Array.from(r.layer), [0, 1, 0]);
+ * assert.deepEqual(Array.from(r.dim), [0, 0, 1]);
  * ```
  */
 export function rankDimensions(scores: readonly Float64Array[]): Ranking {
@@ -171,13 +174,15 @@ export interface OriginalSizeOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { selectBySizeOriginal } from "./select.ts";
  * const layers = [
  *   { scores: new Float64Array([-0.699, -1.301]), out: 4, inFlat: 6 }, // 20 bytes per dim
  *   { scores: new Float64Array([-0.778]), out: 3, inFlat: 3 }, // 12 bytes
  * ];
  * const s = selectBySizeOriginal(layers, { targetMiB: 32 / 2 ** 20, elementSize: 2 });
- * console.log(s.keep, s.threshold); // [[0], [0]] -0.778
+ * assert.deepEqual(s.keep, [[0], [0]]);
+ * assert.equal(s.threshold, -0.778);
  * ```
  */
 export function selectBySizeOriginal(
@@ -261,12 +266,13 @@ export interface FileSizeSelection extends SizeSelection {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { selectBySizeFile } from "./select.ts";
  * const scores = [new Float64Array([-0.7, -1.3]), new Float64Array([-0.8])];
  * // A fake file: 100 bytes of header, 20 bytes per dimension.
  * const fileSize = (kept: Uint32Array) => 100 + 20 * kept.reduce((a, b) => a + b, 0);
  * const s = selectBySizeFile(scores, { targetMiB: 145 / 2 ** 20, fileSize });
- * console.log(s.keep, s.threshold, s.fileBytes); // [[0], [0]] -0.8 140
+ * assert.deepEqual([s.keep, s.threshold, s.fileBytes], [[[0], [0]], -0.8, 140]);
  * ```
  */
 export function selectBySizeFile(
@@ -393,11 +399,14 @@ function lastAtMost(size: (p: number) => number, limit: number, lo: number, hi: 
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { formatTotalRankLine } from "./select.ts";
  * const cut = { accounting: "original", totalRank: 2, threshold: -0.778, targetMiB: 0.4,
  *   realBytes: 419440, nextBytes: 419460 } as const;
- * console.log(formatTotalRankLine(cut));
- * // Total rank: 2. threshold -0.78: target:0.400M <= real:0.400M < next:0.400M
+ * assert.equal(
+ *   formatTotalRankLine(cut),
+ *   "Total rank: 2. threshold -0.78: target:0.400M <= real:0.400M < next:0.400M",
+ * );
  * ```
  */
 export function formatTotalRankLine(cut: SizeCut): string {

@@ -67,11 +67,12 @@ const RULES: readonly [RegExp, (m: RegExpMatchArray) => BlockLabel][] = [
  * @example
  * ```ts
  * import { blockOf } from "./blocks.ts";
- * console.log(blockOf("lora_unet_input_blocks_4_1_proj_in")); // "IN04"
- * console.log(blockOf("lora_unet_middle_block_1_proj_out")); // "MID"
- * console.log(blockOf("up_2_skip")); // "OUT02"
- * console.log(blockOf("lora_te2_text_model_encoder_layers_5_mlp_fc1")); // "TE2"
- * console.log(blockOf("lora_unet_time_embed_0")); // "BASE"
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(blockOf("lora_unet_input_blocks_4_1_proj_in"), "IN04");
+ * assert.deepEqual(blockOf("lora_unet_middle_block_1_proj_out"), "MID");
+ * assert.deepEqual(blockOf("up_2_skip"), "OUT02");
+ * assert.deepEqual(blockOf("lora_te2_text_model_encoder_layers_5_mlp_fc1"), "TE2");
+ * assert.deepEqual(blockOf("lora_unet_time_embed_0"), "BASE");
  * ```
  */
 export function blockOf(layerName: string): BlockLabel {
@@ -97,9 +98,10 @@ function blockRank(label: BlockLabel): [number, number] {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { compareBlocks } from "./blocks.ts";
- * console.log(["OUT01", "MID", "IN10", "IN02", "TE2"].sort(compareBlocks));
- * // ["TE2", "IN02", "IN10", "MID", "OUT01"]
+ * const sorted = ["OUT01", "MID", "IN10", "IN02", "TE2"].sort(compareBlocks);
+ * assert.deepEqual(sorted, ["TE2", "IN02", "IN10", "MID", "OUT01"]);
  * ```
  */
 export function compareBlocks(a: BlockLabel, b: BlockLabel): number {
@@ -115,8 +117,9 @@ export function compareBlocks(a: BlockLabel, b: BlockLabel): number {
  * @example
  * ```ts
  * import { groupByBlock } from "./blocks.ts";
+ * import assert from "node:assert/strict";
  * const groups = groupByBlock([{ name: "lora_unet_out_2" }, { name: "lora_te1_x" }]);
- * console.log(groups.map((g) => g.block)); // ["TE1", "BASE"]
+ * assert.deepEqual(groups.map((g) => g.block), ["TE1", "BASE"]);
  * ```
  */
 export function groupByBlock<T extends { readonly name: string }>(

@@ -51,11 +51,12 @@ export interface BlockBreakdown {
  * @example
  * ```ts
  * import { summarizeByBlock } from "./dry_run.ts";
+ * import assert from "node:assert/strict";
  * const layer = (name: string, sigma: number[], keep: number[]) => ({
  *   name, sigma: new Float64Array(sigma), kept: keep.length, keep,
  * });
  * const s = summarizeByBlock([layer("lora_te1_a", [3, 4], [1]), layer("lora_unet_out_2", [1], [0])]);
- * console.log(s.blocks.map((b) => [b.block, b.rankAfter, b.relativeError])); // [["TE1", 1, 0.6], ["BASE", 1, 0]]
+ * assert.deepEqual(s.blocks.map((b) => [b.block, b.rankAfter, b.relativeError]), [["TE1", 1, 0.6], ["BASE", 1, 0]]);
  * ```
  */
 export function summarizeByBlock(
@@ -97,7 +98,9 @@ function ratio(dropped: number, total: number): number {
  * @example
  * ```ts
  * import { formatThreshold } from "./dry_run.ts";
- * console.log(formatThreshold(-0.67747021), formatThreshold(-Infinity)); // "-0.6774702" "−∞"
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(formatThreshold(-0.67747021), "-0.6774702");
+ * assert.deepEqual(formatThreshold(-Infinity), "−∞");
  * ```
  */
 export function formatThreshold(threshold: number): string {

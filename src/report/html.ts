@@ -642,8 +642,9 @@ function basename(path: string): string {
  * @example
  * ```ts
  * import { externalReferences } from "./html.ts";
- * console.log(externalReferences(`<p><a href="#x">x</a></p>`)); // []
- * console.log(externalReferences(`<img src="https://e.com/a.png">`).length); // 2
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(externalReferences(`<p><a href="#x">x</a></p>`), []);
+ * assert.deepEqual(externalReferences(`<img src="https://e.com/a.png">`).length, 2);
  * ```
  */
 export function externalReferences(html: string): string[] {
@@ -666,7 +667,8 @@ export function externalReferences(html: string): string[] {
  * @example
  * ```ts
  * import { escapeHtml } from "./html.ts";
- * console.log(escapeHtml(`<a href="x">&</a>`)); // "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(escapeHtml(`<a href="x">&</a>`), "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;");
  * ```
  */
 export function escapeHtml(text: string): string {

@@ -139,7 +139,8 @@ const finite = (x: number | undefined): number | null =>
  * @example
  * ```ts
  * import { effectiveRank } from "./inspect.ts";
- * console.log(effectiveRank(new Float64Array([2, 0.5, 0.03, 0.01]))); // 3
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(effectiveRank(new Float64Array([2, 0.5, 0.03, 0.01])), 3);
  * ```
  */
 export function effectiveRank(

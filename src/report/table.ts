@@ -19,15 +19,13 @@ export interface Column {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { formatTable } from "./table.ts";
  * const text = formatTable(
  *   [{ title: "block" }, { title: "rank", align: "right" }],
  *   [["TE1", "96"], ["IN04", "1280"]],
  * );
- * console.log(text);
- * // block  rank
- * // TE1      96
- * // IN04   1280
+ * assert.equal(text, ["block  rank", "TE1      96", "IN04   1280"].join("\n"));
  * ```
  */
 export function formatTable(
@@ -56,7 +54,8 @@ export function formatTable(
  * @example
  * ```ts
  * import { formatCount } from "./table.ts";
- * console.log(formatCount(1234567)); // "1,234,567"
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(formatCount(1234567), "1,234,567");
  * ```
  */
 export function formatCount(n: number): string {
@@ -69,7 +68,8 @@ export function formatCount(n: number): string {
  * @example
  * ```ts
  * import { formatBytes } from "./table.ts";
- * console.log(formatBytes(3 * 2 ** 20)); // "3,145,728 B (3.000 MiB)"
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(formatBytes(3 * 2 ** 20), "3,145,728 B (3.000 MiB)");
  * ```
  */
 export function formatBytes(bytes: number): string {
@@ -82,7 +82,8 @@ export function formatBytes(bytes: number): string {
  * @example
  * ```ts
  * import { formatMiB } from "./table.ts";
- * console.log(formatMiB(1536 * 1024)); // "1.500"
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(formatMiB(1536 * 1024), "1.500");
  * ```
  */
 export function formatMiB(bytes: number): string {
@@ -97,7 +98,10 @@ export function formatMiB(bytes: number): string {
  * @example
  * ```ts
  * import { formatPercent } from "./table.ts";
- * console.log(formatPercent(0.12345), formatPercent(0.0000312), formatPercent(0)); // "12.35 %" "0.00312 %" "0 %"
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(formatPercent(0.12345), "12.35 %");
+ * assert.deepEqual(formatPercent(0.0000312), "0.00312 %");
+ * assert.deepEqual(formatPercent(0), "0 %");
  * ```
  */
 export function formatPercent(fraction: number | null | undefined): string {
@@ -114,7 +118,10 @@ export function formatPercent(fraction: number | null | undefined): string {
  * @example
  * ```ts
  * import { formatNumber } from "./table.ts";
- * console.log(formatNumber(0.012345), formatNumber(1.5e-7), formatNumber(-Infinity)); // "0.01235" "1.500e-7" "−∞"
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(formatNumber(0.012345), "0.01235");
+ * assert.deepEqual(formatNumber(1.5e-7), "1.500e-7");
+ * assert.deepEqual(formatNumber(-Infinity), "−∞");
  * ```
  */
 export function formatNumber(x: number | null | undefined): string {

@@ -55,7 +55,8 @@ const SIZES: Record<DType, number> = {
  * @example
  * ```ts
  * import { dtypeSize } from "./dtype.ts";
- * console.log(dtypeSize("BF16")); // 2
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(dtypeSize("BF16"), 2);
  * ```
  */
 export function dtypeSize(dtype: DType): number {
@@ -67,8 +68,10 @@ export function dtypeSize(dtype: DType): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { isDType } from "./dtype.ts";
- * console.log(isDType("F16"), isDType("Q4")); // true false
+ * assert.ok(isDType("F16"));
+ * assert.ok(!isDType("Q4"));
  * ```
  */
 export function isDType(name: unknown): name is DType {
@@ -80,8 +83,10 @@ export function isDType(name: unknown): name is DType {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { isFloatDType } from "./dtype.ts";
- * console.log(isFloatDType("BF16"), isFloatDType("I64")); // true false
+ * assert.ok(isFloatDType("BF16"));
+ * assert.ok(!isFloatDType("I64"));
  * ```
  */
 export function isFloatDType(dtype: DType): dtype is FloatDType {
@@ -96,7 +101,8 @@ export function isFloatDType(dtype: DType): dtype is FloatDType {
  * @example
  * ```ts
  * import { dtypeRank } from "./dtype.ts";
- * console.log(dtypeRank("F32") > dtypeRank("F16")); // true
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(dtypeRank("F32") > dtypeRank("F16"), true);
  * ```
  */
 export function dtypeRank(dtype: DType): number {
@@ -116,8 +122,9 @@ function aligned(bytes: Uint8Array, alignment: number): Uint8Array {
  * @example
  * ```ts
  * import { decodeFloats } from "./dtype.ts";
+ * import assert from "node:assert/strict";
  * const bytes = new Uint8Array(new Float16Array([1.5, -2]).buffer);
- * console.log(decodeFloats(bytes, "F16", Float32Array)); // Float32Array [1.5, -2]
+ * assert.deepEqual(decodeFloats(bytes, "F16", Float32Array), new Float32Array([1.5, -2]));
  * ```
  */
 export function decodeFloats<T extends FloatArray>(
@@ -162,8 +169,9 @@ export function decodeFloats<T extends FloatArray>(
  * @example
  * ```ts
  * import { encodeFloats } from "./dtype.ts";
+ * import assert from "node:assert/strict";
  * const bytes = encodeFloats(new Float32Array([1, 2 / 3]), "F16");
- * console.log(new Float16Array(bytes.buffer)[1]); // 0.66650390625
+ * assert.deepEqual(new Float16Array(bytes.buffer)[1], 0.66650390625);
  * ```
  */
 export function encodeFloats(

@@ -52,9 +52,10 @@ export function readRangeInto(file: Deno.FsFile, range: FileRange, into: Uint8Ar
  * @example
  * ```ts
  * import { readFileRange } from "./file_range.ts";
+ * import assert from "node:assert/strict";
  * const path = await Deno.makeTempFile();
  * await Deno.writeFile(path, new Uint8Array([1, 2, 3, 4]));
- * console.log(readFileRange({ path, offset: 1, byteLength: 2 })); // Uint8Array(2) [ 2, 3 ]
+ * assert.deepEqual(readFileRange({ path, offset: 1, byteLength: 2 }), new Uint8Array([2, 3]));
  * await Deno.remove(path);
  * ```
  */
@@ -85,10 +86,11 @@ export function readFileRange(range: FileRange): Uint8Array {
  * @example
  * ```ts
  * import { StoredBytes } from "./file_range.ts";
+ * import assert from "node:assert/strict";
  * const path = await Deno.makeTempFile();
  * await Deno.writeFile(path, new Uint8Array([5, 6, 7]));
  * const stored = new StoredBytes({ path, offset: 2, byteLength: 1 });
- * console.log(stored.bytes); // Uint8Array(1) [ 7 ]
+ * assert.deepEqual(stored.bytes, new Uint8Array([7]));
  * await Deno.remove(path);
  * ```
  */

@@ -26,7 +26,8 @@ export interface SshsHashes {
  * @example
  * ```ts
  * import { SSHS_PLACEHOLDERS } from "./hashes.ts";
- * console.log(SSHS_PLACEHOLDERS.sshs_legacy_hash); // "00000000"
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(SSHS_PLACEHOLDERS.sshs_legacy_hash, "00000000");
  * ```
  */
 export const SSHS_PLACEHOLDERS: SshsHashes = {
@@ -65,11 +66,12 @@ export function loadHashing(): Promise<void> {
  * @example
  * ```ts
  * import { layoutTensors } from "./header.ts";
+ * import assert from "node:assert/strict";
  * import { SshsHasher } from "./hashes.ts";
  * const layout = layoutTensors([{ name: "x", dtype: "U8", shape: [2] }]);
  * const hasher = await SshsHasher.create(layout, {});
  * hasher.update(new Uint8Array([7, 8]));
- * console.log(hasher.digest().sshs_model_hash.length); // 64
+ * assert.deepEqual(hasher.digest().sshs_model_hash.length, 64);
  * ```
  */
 export class SshsHasher {
@@ -128,12 +130,14 @@ export class SshsHasher {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { sshsHashes } from "./hashes.ts";
  * const h = await sshsHashes(
  *   [{ name: "x", dtype: "U8", shape: [1], data: new Uint8Array([7]) }],
  *   {},
  * );
- * console.log(h.sshs_model_hash.length, h.sshs_legacy_hash); // 64 "e3b0c442"
+ * assert.equal(h.sshs_model_hash.length, 64);
+ * assert.equal(h.sshs_legacy_hash, "e3b0c442");
  * ```
  */
 export async function sshsHashes(

@@ -53,8 +53,10 @@ export interface HeaderSource {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { numel } from "./header.ts";
- * console.log(numel([3, 4, 1, 1]), numel([])); // 12 1
+ * assert.equal(numel([3, 4, 1, 1]), 12);
+ * assert.equal(numel([]), 1);
  * ```
  */
 export function numel(shape: readonly number[]): number {
@@ -70,9 +72,10 @@ export function numel(shape: readonly number[]): number {
  * @example
  * ```ts
  * import { readHeaderLength } from "./header.ts";
+ * import assert from "node:assert/strict";
  * const prefix = new Uint8Array(8);
  * new DataView(prefix.buffer).setBigUint64(0, 16n, true);
- * console.log(readHeaderLength(prefix, { file: "a.safetensors", fileSize: 24 })); // 16
+ * assert.deepEqual(readHeaderLength(prefix, { file: "a.safetensors", fileSize: 24 }), 16);
  * ```
  */
 export function readHeaderLength(
@@ -113,11 +116,12 @@ const utf8 = new TextDecoder("utf-8", { fatal: true });
  * @example
  * ```ts
  * import { parseHeader } from "./header.ts";
+ * import assert from "node:assert/strict";
  * const json = new TextEncoder().encode(
  *   '{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}',
  * );
  * const h = parseHeader(json, { file: "a.safetensors", fileSize: 8 + json.length + 8 });
- * console.log(h.tensors[0].name); // "x"
+ * assert.deepEqual(h.tensors[0].name, "x");
  * ```
  */
 export function parseHeader(
@@ -379,11 +383,12 @@ function compareBytes(x: Uint8Array, y: Uint8Array): number {
  * @example
  * ```ts
  * import { layoutTensors } from "./header.ts";
+ * import assert from "node:assert/strict";
  * const layout = layoutTensors([
  *   { name: "b", dtype: "F16", shape: [2] },
  *   { name: "a", dtype: "F32", shape: [] },
  * ]);
- * console.log(layout.map((t) => [t.name, t.dataOffsets])); // [["a",[0,4]],["b",[4,8]]]
+ * assert.deepEqual(layout.map((t) => [t.name, t.dataOffsets]), [["a",[0,4]],["b",[4,8]]]);
  * ```
  */
 export function layoutTensors(specs: readonly TensorSpec[]): TensorInfo[] {
@@ -420,8 +425,9 @@ export function layoutTensors(specs: readonly TensorSpec[]): TensorInfo[] {
  * @example
  * ```ts
  * import { encodeHeader, layoutTensors } from "./header.ts";
+ * import assert from "node:assert/strict";
  * const bytes = encodeHeader(layoutTensors([{ name: "x", dtype: "F16", shape: [1] }]), {});
- * console.log(bytes.length % 8); // 0
+ * assert.deepEqual(bytes.length % 8, 0);
  * ```
  */
 export function encodeHeader(
@@ -454,8 +460,9 @@ export function encodeHeader(
  * @example
  * ```ts
  * import { encodeHeader, encodedHeaderLength, layoutTensors } from "./header.ts";
+ * import assert from "node:assert/strict";
  * const layout = layoutTensors([{ name: "x", dtype: "F16", shape: [1, 2] }]);
- * console.log(encodedHeaderLength(layout, { a: "é" }) === encodeHeader(layout, { a: "é" }).length); // true
+ * assert.deepEqual(encodedHeaderLength(layout, { a: "é" }) === encodeHeader(layout, { a: "é" }).length, true);
  * ```
  */
 export function encodedHeaderLength(

@@ -462,7 +462,8 @@ function scalarFrom(v: DataView, dtype: DType, where: string): number {
  * @example
  * ```ts
  * import { describeOsError } from "./reader.ts";
- * console.log(describeOsError(new Deno.errors.NotFound("x"))); // "no such file"
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(describeOsError(new Deno.errors.NotFound("x")), "no such file");
  * ```
  */
 export function describeOsError(e: unknown): string {

@@ -249,10 +249,11 @@ async function writeAllAsync(file: Deno.FsFile, bytes: Uint8Array): Promise<void
  * @example
  * ```ts
  * import { serializeSafetensors } from "./writer.ts";
+ * import assert from "node:assert/strict";
  * const buf = await serializeSafetensors([
  *   { name: "x", dtype: "U8", shape: [3], data: new Uint8Array([1, 2, 3]) },
  * ]);
- * console.log(buf.length % 8); // 3 (8-byte prefix + padded header + 3 data bytes)
+ * assert.deepEqual(buf.length % 8, 3); // 8-byte prefix + padded header + 3 data bytes
  * ```
  */
 export async function serializeSafetensors(
@@ -285,8 +286,10 @@ export async function serializeSafetensors(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { safetensorsFileSize } from "./writer.ts";
- * console.log(safetensorsFileSize([{ name: "x", dtype: "F32", shape: [4] }], {}));
+ * // The 8-byte length, the header JSON padded to a multiple of 8 bytes (80), 16 data bytes.
+ * assert.equal(safetensorsFileSize([{ name: "x", dtype: "F32", shape: [4] }], {}), 8 + 80 + 16);
  * ```
  */
 export function safetensorsFileSize(

@@ -263,8 +263,10 @@ function compareText(a: string, b: string): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { pythonTuple } from "./checkpoint.ts";
- * console.log(pythonTuple([5, 4, 3, 3]), pythonTuple([7])); // (5, 4, 3, 3) (7,)
+ * assert.equal(pythonTuple([5, 4, 3, 3]), "(5, 4, 3, 3)");
+ * assert.equal(pythonTuple([7]), "(7,)");
  * ```
  */
 export function pythonTuple(values: readonly number[]): string {
@@ -278,8 +280,10 @@ export function pythonTuple(values: readonly number[]): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { pythonRepr } from "./checkpoint.ts";
- * console.log(pythonRepr("a.weight"), pythonRepr("it's")); // 'a.weight' "it's"
+ * assert.equal(pythonRepr("a.weight"), "'a.weight'");
+ * assert.equal(pythonRepr("it's"), `"it's"`);
  * ```
  */
 export function pythonRepr(text: string): string {

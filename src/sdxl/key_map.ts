@@ -58,13 +58,14 @@ const QKV = ["q", "k", "v"] as const;
  * @example
  * ```ts
  * import { loraNamesForBaseKey } from "./key_map.ts";
+ * import assert from "node:assert/strict";
  * const n = loraNamesForBaseKey("model.diffusion_model.input_blocks.4.1.proj_in.weight", [640, 640]);
- * console.log(n?.all); // ["lora_unet_input_blocks_4_1_proj_in", "down_4", "input_blocks_4_1_proj_in"]
+ * assert.deepEqual(n?.all, ["lora_unet_input_blocks_4_1_proj_in", "down_4", "input_blocks_4_1_proj_in"]);
  * const qkv = loraNamesForBaseKey(
  *   "conditioner.embedders.1.model.transformer.resblocks.5.attn.in_proj_weight",
  *   [3840, 1280],
  * );
- * console.log(qkv?.chunks?.[0]); // "lora_te2_text_model_encoder_layers_5_self_attn_q_proj"
+ * assert.deepEqual(qkv?.chunks?.[0], "lora_te2_text_model_encoder_layers_5_self_attn_q_proj");
  * ```
  */
 export function loraNamesForBaseKey(

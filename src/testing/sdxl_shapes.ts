@@ -58,8 +58,9 @@ const RES_BLOCKS = 2;
  * @example
  * ```ts
  * import { sdxlWidths } from "./mod.ts";
- * console.log(sdxlWidths(1).unetChannels); // [320, 640, 1280]
- * console.log(sdxlWidths(1 / 64).clipG.width); // 20
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(sdxlWidths(1).unetChannels, [320, 640, 1280]);
+ * assert.deepEqual(sdxlWidths(1 / 64).clipG.width, 20);
  * ```
  */
 export function sdxlWidths(scale = 1): SdxlWidths {
@@ -104,8 +105,9 @@ export const SDXL_PREFIXES = {
  * @example
  * ```ts
  * import { sdxlBaseSpecs } from "./mod.ts";
+ * import assert from "node:assert/strict";
  * const specs = sdxlBaseSpecs();
- * console.log(specs.length); // 2515
+ * assert.deepEqual(specs.length, 2515);
  * ```
  */
 export function sdxlBaseSpecs(options: BaseSpecOptions = {}): TensorSpec[] {

@@ -44,8 +44,9 @@ export interface MatrixOptions {
  * @example
  * ```ts
  * import { syntheticMatrix } from "./mod.ts";
+ * import assert from "node:assert/strict";
  * const w = syntheticMatrix(64, 32, { seed: 1 });
- * console.log(w.length); // 2048
+ * assert.deepEqual(w.length, 2048);
  * ```
  */
 export function syntheticMatrix(
@@ -131,8 +132,9 @@ const QKV_GAINS = [1, 0.7, 0.45];
  * @example
  * ```ts
  * import { syntheticBaseTensor } from "./mod.ts";
+ * import assert from "node:assert/strict";
  * const b = syntheticBaseTensor({ name: "x.weight", dtype: "F16", shape: [8, 4] }, { seed: 3 });
- * console.log(b.length); // 64
+ * assert.deepEqual(b.length, 64);
  * ```
  */
 export function syntheticBaseTensor(

@@ -145,8 +145,9 @@ export interface LoraLayerOptions {
  * @example
  * ```ts
  * import { sdxlLoraLayers } from "./mod.ts";
+ * import assert from "node:assert/strict";
  * const layers = sdxlLoraLayers();
- * console.log(layers.length); // 986
+ * assert.deepEqual(layers.length, 986);
  * ```
  */
 export function sdxlLoraLayers(options: LoraLayerOptions = {}): LoraLayerSpec[] {
