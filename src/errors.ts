@@ -7,7 +7,20 @@
  * @module
  */
 
-/** What an error is about, besides its message (and, as for any error, its cause). */
+/**
+ * What an error is about, besides its message (and, as for any error, its cause).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { type ErrorDetails, plan, SafetensorsError } from "@x/resize-lora";
+ * const missing = "no_such_lora.safetensors";
+ * const details: ErrorDetails = await plan({ checkpoint: "base.safetensors", loras: [missing] })
+ *   .then(() => ({}), (e) => e);
+ * assert.ok(details instanceof SafetensorsError);
+ * assert.equal(details.file, missing);
+ * ```
+ */
 export interface ErrorDetails extends ErrorOptions {
   /** The file the error is about (an input, an output, a cache file). */
   readonly file?: string;

@@ -19,7 +19,28 @@ import type { SizeAccounting } from "./recipe/select.ts";
 import { inspectionOf, type InspectResult } from "./report/inspect.ts";
 import { openSession, planLora } from "./resize.ts";
 
-/** Options of {@link inspect}. */
+/**
+ * Options of {@link inspect}.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { inspect, type InspectOptions } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const options: InspectOptions = {
+ *   lora,
+ *   checkpoint: base,
+ *   recipes: "fro_ckpt=1,thr=-3.5:spn_lora=1,thr=-1",
+ *   device: "cpu",
+ *   normsCache: false,
+ * };
+ * const result = await inspect(options);
+ * assert.deepEqual(result.recipes.map((r) => r.recipe), ["fro_ckpt=1,thr=-3.5", "spn_lora=1,thr=-1"]);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
 export interface InspectOptions {
   /** The LoRA: a path, or a merge spec `"a.safetensors:0.7,b.safetensors:0.3"`. */
   readonly lora: string;
@@ -53,9 +74,17 @@ export interface InspectOptions {
  * what each recipe keeps.
  *
  * @example
- * ```ts ignore
- * import { inspect } from "./inspect.ts";
- * const result = await inspect({ lora: "my_lora.safetensors", checkpoint: "sdxl.safetensors" });
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { inspect, plan } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const result = await inspect({ lora, checkpoint: base, device: "cpu", normsCache: false });
+ * const { outputs } = await plan({ checkpoint: base, loras: [lora], device: "cpu", normsCache: false });
+ * assert.equal(result.recipes[0].bytes, outputs[0].bytes); // what plan() says
+ * assert.equal(result.layers.length, 986); // and every layer, resized or not
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export async function inspect(options: InspectOptions): Promise<InspectResult> {

@@ -6,10 +6,36 @@
  * @module
  */
 
-/** Log levels, as Python's logging names them. */
+/**
+ * Log levels, as Python's logging names them.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import type { LogLevel } from "@x/resize-lora";
+ * const shown: LogLevel[] = ["WARNING", "ERROR"]; // what the CLI shows without -v
+ * assert.ok(!shown.includes("INFO"));
+ * ```
+ */
 export type LogLevel = "DEBUG" | "INFO" | "WARNING" | "ERROR";
 
-/** Receives one log record. */
+/**
+ * Receives one log record.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { type LogFn, plan } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const lines: string[] = [];
+ * const log: LogFn = (level, message) => lines.push(`${level}:root:${message}`);
+ * await plan({ checkpoint: base, loras: [lora], log, device: "cpu", normsCache: false });
+ * assert.ok(lines.includes(`INFO:root:Processing LoRA model: ${lora}`));
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
 export type LogFn = (level: LogLevel, message: string) => void;
 
 /**

@@ -24,7 +24,23 @@ import type { FloatData } from "./linalg/backend.ts";
 import type { LoraLayer, RawTensor } from "./lora/lora_file.ts";
 import { pyRepr } from "./recipe/pyfloat.ts";
 
-/** Output element types (`-t 16|32|bf16`). */
+/**
+ * Output element types (`-t 16|32|bf16`).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { type OutputDType, plan } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const size = async (outputDtype: OutputDType) =>
+ *   (await plan({ checkpoint: base, loras: [lora], outputDtype, device: "cpu", normsCache: false }))
+ *     .outputs[0].bytes;
+ * assert.ok(await size("F32") > await size("F16")); // 4 bytes per element instead of 2
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
 export type OutputDType = "F16" | "F32" | "BF16";
 
 /** Bytes per element of an output dtype. */

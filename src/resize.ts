@@ -26,14 +26,26 @@ export type { CurvePoint, LayerSummary, OutputSummary, ResizeResult } from "./su
  * Resizes every LoRA with every recipe and writes one file per pair.
  *
  * @example
- * ```ts ignore
- * import { resize } from "./resize.ts";
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { resize } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
  * const { outputs } = await resize({
- *   checkpoint: "sd_xl_base_1.0.safetensors",
- *   loras: ["my_lora.safetensors"],
- *   recipes: "fro_ckpt=1,thr=-3.5:spn_lora=1,size=32",
- *   outputFolder: "out",
+ *   checkpoint: base,
+ *   loras: [lora],
+ *   recipes: "fro_ckpt=1,thr=-3.5:spn_lora=1,size=0.05",
+ *   outputFolder: `${dir}/out`,
+ *   device: "cpu",
+ *   normsCache: false,
  * });
+ * for (const o of outputs) {
+ *   assert.ok(o.written && o.rankAfter < o.rankBefore);
+ *   assert.equal((await Deno.stat(o.path)).size, o.bytes);
+ * }
+ * assert.ok(outputs[1].bytes <= 0.05 * 2 ** 20);
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export async function resize(options: ResizeOptions): Promise<ResizeResult> {
@@ -52,9 +64,22 @@ export async function resize(options: ResizeOptions): Promise<ResizeResult> {
  * recipe) pair, nothing written. Base norms already in the norms cache are not read again.
  *
  * @example
- * ```ts ignore
- * import { plan } from "./resize.ts";
- * const { outputs } = await plan({ checkpoint: "base.safetensors", loras: ["a.safetensors"] });
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { plan } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const { outputs: [output] } = await plan({
+ *   checkpoint: base,
+ *   loras: [lora],
+ *   device: "cpu",
+ *   normsCache: false,
+ * });
+ * assert.ok(!output.written);
+ * await assert.rejects(Deno.stat(output.path), Deno.errors.NotFound);
+ * assert.ok(output.relativeError > 0 && output.relativeError < 1);
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export async function plan(options: ResizeOptions): Promise<ResizeResult> {

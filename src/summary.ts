@@ -15,7 +15,30 @@ import type { SizeCut } from "./recipe/select.ts";
  */
 export const ZERO_LAYER_SIGMA = 1e-6;
 
-/** One achievable point of the size ↔ error trade-off of a recipe's scoring. */
+/**
+ * One achievable point of the size ↔ error trade-off of a recipe's scoring.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { type CurvePoint, plan } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const { outputs } = await plan({
+ *   checkpoint: base,
+ *   loras: [lora],
+ *   curve: true,
+ *   device: "cpu",
+ *   normsCache: false,
+ * });
+ * const curve: readonly CurvePoint[] = outputs[0].curve!;
+ * assert.deepEqual([curve[0].rank, curve[0].relativeError], [0, 1]); // nothing kept
+ * assert.deepEqual([curve.at(-1)!.rank, curve.at(-1)!.relativeError], [outputs[0].rankBefore, 0]);
+ * assert.ok(curve.every((p, i) => i === 0 || p.bytes >= curve[i - 1].bytes));
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
 export interface CurvePoint {
   /** Number of kept dimensions (a prefix of the score ranking). */
   readonly rank: number;
@@ -27,7 +50,30 @@ export interface CurvePoint {
   readonly relativeError: number;
 }
 
-/** What a recipe does to one resized layer. */
+/**
+ * What a recipe does to one resized layer.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { type LayerSummary, plan } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const { outputs } = await plan({
+ *   checkpoint: base,
+ *   loras: [lora],
+ *   device: "cpu",
+ *   normsCache: false,
+ * });
+ * const layer: LayerSummary = outputs[0].layers[0];
+ * assert.equal(layer.keep.length, layer.kept);
+ * // The default recipe keeps the dimensions scoring at least −3.5.
+ * assert.ok(layer.keep.every((i) => layer.scores[i] >= -3.5));
+ * assert.ok(layer.baseFrobenius! > 0);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
 export interface LayerSummary {
   /** Layer name. */
   readonly name: string;
@@ -59,7 +105,28 @@ export interface LayerSummary {
   readonly scores: Float64Array;
 }
 
-/** What one (LoRA, recipe) pair produces (or would produce, in a dry run). */
+/**
+ * What one (LoRA, recipe) pair produces (or would produce, in a dry run).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { type OutputSummary, plan } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const { outputs } = await plan({
+ *   checkpoint: base,
+ *   loras: [lora],
+ *   device: "cpu",
+ *   normsCache: false,
+ * });
+ * const output: OutputSummary = outputs[0];
+ * assert.equal(output.rankAfter, output.layers.reduce((n, l) => n + l.kept, 0));
+ * assert.ok(output.path.endsWith("_frockpt1_th-3.5.safetensors"));
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
 export interface OutputSummary {
   /** The LoRA entry as given. */
   readonly lora: string;
@@ -87,7 +154,33 @@ export interface OutputSummary {
   readonly curve?: readonly CurvePoint[];
 }
 
-/** The result of `resize()` and `plan()`. */
+/**
+ * The result of `resize()` and `plan()`.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { plan, type ResizeResult } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const result: ResizeResult = await plan({
+ *   checkpoint: base,
+ *   loras: [lora, lora],
+ *   recipes: "fro_ckpt=1,thr=-3.5:params=1,thr=-2",
+ *   device: "cpu",
+ *   normsCache: false,
+ * });
+ * // One output per (LoRA, recipe), LoRA by LoRA.
+ * assert.deepEqual(result.outputs.map((o) => o.recipe), [
+ *   "fro_ckpt=1,thr=-3.5",
+ *   "params=1,thr=-2",
+ *   "fro_ckpt=1,thr=-3.5",
+ *   "params=1,thr=-2",
+ * ]);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
 export interface ResizeResult {
   /** One summary per (LoRA, recipe), in order. */
   readonly outputs: OutputSummary[];

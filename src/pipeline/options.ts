@@ -13,7 +13,19 @@ import { parseRecipes, type Recipe } from "../recipe/recipe.ts";
 import { type RecipeNeeds, recipeNeeds } from "../recipe/score.ts";
 import type { SizeAccounting } from "../recipe/select.ts";
 
-/** The original tool's default recipe. */
+/**
+ * The original tool's default recipe: score each dimension against the base weight's Frobenius
+ * norm and keep those with log10 score ≥ −3.5.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { DEFAULT_RECIPES } from "@x/resize-lora";
+ * import { outputFileName, parseRecipe } from "@x/resize-lora/recipe";
+ * const recipe = parseRecipe(DEFAULT_RECIPES);
+ * assert.equal(outputFileName("my_lora", recipe, -3.5), "my_lora_frockpt1_th-3.5.safetensors");
+ * ```
+ */
 export const DEFAULT_RECIPES = "fro_ckpt=1,thr=-3.5";
 
 /** The output element type when none is asked for (the original's). */
@@ -22,10 +34,49 @@ export const DEFAULT_OUTPUT_DTYPE: OutputDType = "F16";
 /**
  * Progress of a long step: a label (`Norms`, `SVD`, `Scoring <recipe>`, `Rebuild`), items done,
  * total.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { plan, type ProgressFn } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const last = new Map<string, [number, number]>();
+ * const onProgress: ProgressFn = (label, done, total) => last.set(label, [done, total]);
+ * await plan({ checkpoint: base, loras: [lora], onProgress, device: "cpu", normsCache: false });
+ * const [done, total] = last.get("SVD")!;
+ * assert.ok(total > 0 && done === total);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
  */
 export type ProgressFn = (label: string, done: number, total: number) => void;
 
-/** Options of `resize()` and `plan()`. */
+/**
+ * Options of `resize()` and `plan()`.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { resize, type ResizeOptions } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const options: ResizeOptions = {
+ *   checkpoint: base,
+ *   loras: [lora],
+ *   recipes: "fro_ckpt=1,thr=-3.5:spn_lora=1,thr=-1",
+ *   outputFolder: `${dir}/out`,
+ *   outputDtype: "BF16",
+ *   device: "cpu",
+ *   normsCache: false,
+ * };
+ * const { outputs } = await resize(options);
+ * assert.equal(outputs.length, 2); // one file per recipe
+ * assert.ok(outputs.every((o) => o.path.startsWith(`${dir}/out/`)));
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
 export interface ResizeOptions {
   /** Base checkpoint (single-file SGM SDXL safetensors). */
   readonly checkpoint: string;

@@ -121,10 +121,56 @@ function keepPrefix(ranking: Ranking, layerSizes: readonly number[], count: numb
   });
 }
 
-/** How size mode counts bytes: the whole output file, or the original's weights-only sum. */
+/**
+ * How size mode counts bytes: the whole output file, or the original's weights-only sum.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { plan, type SizeAccounting } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const bytes = async (sizeAccounting: SizeAccounting) =>
+ *   (await plan({
+ *     checkpoint: base,
+ *     loras: [lora],
+ *     recipes: "fro_ckpt=1,size=0.05",
+ *     sizeAccounting,
+ *     device: "cpu",
+ *     normsCache: false,
+ *   })).outputs[0].bytes;
+ * assert.ok(await bytes("file") <= 0.05 * 2 ** 20); // the whole file fits
+ * assert.ok(await bytes("original") > 0.05 * 2 ** 20); // only the weights were counted
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
 export type SizeAccounting = "file" | "original";
 
-/** Where a size target cut the ranking: the values of the `Total rank` log line. */
+/**
+ * Where a size target cut the ranking: the values of the `Total rank` log line.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { plan } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const { outputs: [output] } = await plan({
+ *   checkpoint: base,
+ *   loras: [lora],
+ *   recipes: "fro_ckpt=1,size=0.05",
+ *   device: "cpu",
+ *   normsCache: false,
+ * });
+ * const cut = output.cut!;
+ * assert.equal(cut.totalRank, output.rankAfter);
+ * assert.ok(cut.realBytes <= 0.05 * 2 ** 20 && cut.nextBytes > 0.05 * 2 ** 20);
+ * assert.equal(cut.realBytes, output.bytes);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
 export interface SizeCut {
   /** The accounting that produced it. */
   readonly accounting: SizeAccounting;

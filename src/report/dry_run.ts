@@ -115,11 +115,18 @@ export function formatThreshold(threshold: number): string {
  * per-block table.
  *
  * @example
- * ```ts ignore
- * import { plan } from "../resize.ts";
- * import { formatDryRun } from "./dry_run.ts";
- * const { outputs } = await plan({ checkpoint: "base.safetensors", loras: ["a.safetensors"] });
- * console.log(formatDryRun(outputs));
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { plan } from "@x/resize-lora";
+ * import { formatDryRun } from "@x/resize-lora/report";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const { outputs } = await plan({ checkpoint: base, loras: [lora], device: "cpu", normsCache: false });
+ * const text = formatDryRun(outputs);
+ * assert.ok(text.startsWith(`${lora} · fro_ckpt=1,thr=-3.5\n`));
+ * assert.ok(text.includes(`  file size  ${outputs[0].bytes.toLocaleString("en-US")} B`));
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export function formatDryRun(outputs: readonly OutputSummary[]): string {

@@ -20,7 +20,23 @@ import { compareBlocks, groupByBlock } from "./blocks.ts";
 import { formatThreshold, summarizeByBlock } from "./dry_run.ts";
 import { formatBytes, formatCount, formatMiB, formatPercent } from "./table.ts";
 
-/** What {@link renderReport} shows. */
+/**
+ * What {@link renderReport} shows.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { plan, renderReport, type ReportData } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const { outputs } = await plan({ checkpoint: base, loras: [lora], device: "cpu", normsCache: false });
+ * const data: ReportData = { outputs, title: "My LoRA", footer: "made in a doc example" };
+ * const html = await renderReport(data);
+ * assert.ok(html.includes("<title>My LoRA</title>") && html.includes("made in a doc example"));
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
 export interface ReportData {
   /**
    * Outputs of `plan()` or `resize()`, any LoRAs and recipes; run with
@@ -70,17 +86,25 @@ type Spec = TopLevelSpec;
  * Renders the report to one self-contained HTML document.
  *
  * @example
- * ```ts ignore
- * import { plan } from "../resize.ts";
- * import { renderReport } from "./html.ts";
- * const checkpoint = "sd_xl_base_1.0.safetensors";
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { plan, renderReport } from "@x/resize-lora";
+ * import { externalReferences } from "@x/resize-lora/report";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
  * const { outputs } = await plan({
- *   checkpoint,
- *   loras: ["my_lora.safetensors"],
- *   recipes: "fro_ckpt=1,thr=-3.5:spn_lora=1,size=32",
+ *   checkpoint: base,
+ *   loras: [lora],
+ *   recipes: "fro_ckpt=1,thr=-3.5:spn_lora=1,size=0.05",
  *   curve: true,
+ *   device: "cpu",
+ *   normsCache: false,
  * });
- * await Deno.writeTextFile("report.html", await renderReport({ outputs, checkpoint }));
+ * const html = await renderReport({ outputs, checkpoint: base });
+ * assert.ok(html.includes("<svg")); // charts drawn on the spot
+ * assert.deepEqual(externalReferences(html), []); // nothing fetched from the network
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export async function renderReport(data: ReportData): Promise<string> {

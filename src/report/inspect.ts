@@ -20,7 +20,24 @@ import { type Column, formatCount, formatNumber, formatPercent, formatTable } fr
 /** A singular value counts towards the effective rank when above this fraction of σ₁. */
 export const EFFECTIVE_RANK_FRACTION = 0.01;
 
-/** One planned recipe of an inspection (with a checkpoint). */
+/**
+ * One planned recipe of an inspection (with a checkpoint).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { inspect, type InspectRecipe } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const result = await inspect({ lora, checkpoint: base, device: "cpu", normsCache: false });
+ * const recipe: InspectRecipe = result.recipes[0];
+ * assert.equal(recipe.recipe, "fro_ckpt=1,thr=-3.5");
+ * assert.equal(recipe.threshold, -3.5);
+ * assert.ok(recipe.rankAfter < recipe.rankBefore);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
 export interface InspectRecipe {
   /** The recipe text. */
   readonly recipe: string;
@@ -38,7 +55,26 @@ export interface InspectRecipe {
   readonly relativeError: number;
 }
 
-/** What one recipe does to one layer. */
+/**
+ * What one recipe does to one layer.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { inspect, type InspectLayerRecipe } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const result = await inspect({ lora, checkpoint: base, device: "cpu", normsCache: false });
+ * // CLIP-L's last layer is trained by nothing (all zeroes): no recipe resizes it.
+ * const zero = result.layers.find((l) => l.name.includes("te1_text_model_encoder_layers_11"))!;
+ * const untouched: InspectLayerRecipe = zero.recipes[0];
+ * assert.deepEqual(untouched, { kept: null, scores: [] });
+ * const resized: InspectLayerRecipe = result.layers[0].recipes[0];
+ * assert.equal(resized.scores.length, result.layers[0].sigma.length);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
 export interface InspectLayerRecipe {
   /** Kept dimensions k′; null when the recipe does not resize the layer (unpaired or all-zero). */
   readonly kept: number | null;
@@ -46,7 +82,24 @@ export interface InspectLayerRecipe {
   readonly scores: (number | null)[];
 }
 
-/** One LoRA layer. */
+/**
+ * One LoRA layer.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { inspect, type InspectLayer } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const result = await inspect({ lora, checkpoint: base, device: "cpu", normsCache: false });
+ * const layer: InspectLayer = result.layers[0];
+ * assert.equal(layer.parameters, layer.rank * (layer.out + layer.inShape.reduce((a, b) => a * b)));
+ * assert.equal(layer.sigma1, layer.sigma[0]);
+ * assert.ok(layer.effectiveRank <= layer.rank);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
 export interface InspectLayer {
   /** Layer name. */
   readonly name: string;
@@ -84,7 +137,23 @@ export interface InspectLayer {
   readonly recipes: InspectLayerRecipe[];
 }
 
-/** Totals of one block. */
+/**
+ * Totals of one block.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { inspect, type InspectBlock } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const result = await inspect({ lora, checkpoint: base, device: "cpu", normsCache: false });
+ * const blocks: InspectBlock[] = result.blocks;
+ * assert.equal(blocks.reduce((n, b) => n + b.layers, 0), result.layerCount);
+ * assert.equal(blocks.reduce((n, b) => n + b.kept[0], 0), result.recipes[0].rankAfter);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
 export interface InspectBlock {
   /** Block label. */
   readonly block: BlockLabel;
@@ -102,7 +171,23 @@ export interface InspectBlock {
   readonly kept: number[];
 }
 
-/** The result of {@link inspect}: JSON-ready, no NaN or ±∞. */
+/**
+ * The result of `inspect()`: JSON-ready, no NaN or ±∞.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { inspect, type InspectResult } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const result: InspectResult = await inspect({ lora, device: "cpu" });
+ * assert.equal(result.checkpoint, null);
+ * assert.equal(result.layerCount, 986);
+ * assert.deepEqual(JSON.parse(JSON.stringify(result)), result); // plain JSON data
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
 export interface InspectResult {
   /** The LoRA entry as given. */
   readonly lora: string;
@@ -260,9 +345,17 @@ function sum<T>(items: readonly T[], value: (item: T) => number): number {
  * the planned recipes), block totals, then one row per layer.
  *
  * @example
- * ```ts ignore
- * import { formatInspectTable, inspect } from "./inspect.ts";
- * console.log(formatInspectTable(await inspect({ lora: "my_lora.safetensors" })));
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { inspect } from "@x/resize-lora";
+ * import { formatInspectTable } from "@x/resize-lora/report";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const table = formatInspectTable(await inspect({ lora, device: "cpu" }));
+ * assert.ok(table.startsWith(`LoRA        ${lora}\n`));
+ * assert.match(table, /\ntotal +986 /);
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export function formatInspectTable(result: InspectResult): string {
