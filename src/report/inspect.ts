@@ -359,7 +359,17 @@ function sum<T>(items: readonly T[], value: (item: T) => number): number {
  * ```
  */
 export function formatInspectTable(result: InspectResult): string {
-  const keptTitles = result.recipes.map((_, r) => `kept r${r + 1}`);
+  return [
+    ...inspectHeader(result),
+    "",
+    blocksTable(result),
+    "",
+    layersTable(result),
+  ].join("\n");
+}
+
+/** The lines above the tables: file, layers, ranks, parameters, and one line per recipe. */
+function inspectHeader(result: InspectResult): string[] {
   const header = [
     `LoRA        ${result.lora}`,
     `checkpoint  ${result.checkpoint ?? "(none: no base norms, scores or kept ranks)"}`,
@@ -384,6 +394,13 @@ export function formatInspectTable(result: InspectResult): string {
     );
   });
 
+  return header;
+}
+
+const keptTitles = (result: InspectResult) => result.recipes.map((_, r) => `kept r${r + 1}`);
+
+/** Block totals, and a total row. */
+function blocksTable(result: InspectResult): string {
   const blockColumns: Column[] = [
     { title: "block" },
     { title: "layers", align: "right" },
@@ -391,7 +408,7 @@ export function formatInspectTable(result: InspectResult): string {
     { title: "eff. rank", align: "right" },
     { title: "energy", align: "right" },
     { title: "parameters", align: "right" },
-    ...keptTitles.map((title) => ({ title, align: "right" as const })),
+    ...keptTitles(result).map((title) => ({ title, align: "right" as const })),
   ];
   const blockRows = result.blocks.map((b) => [
     b.block,
@@ -412,6 +429,11 @@ export function formatInspectTable(result: InspectResult): string {
     ...result.recipes.map((r) => formatCount(r.rankAfter)),
   ]);
 
+  return formatTable(blockColumns, blockRows);
+}
+
+/** One row per layer. */
+function layersTable(result: InspectResult): string {
   const layerColumns: Column[] = [
     { title: "layer" },
     { title: "block" },
@@ -423,7 +445,7 @@ export function formatInspectTable(result: InspectResult): string {
     { title: "energy", align: "right" },
     { title: "σ₁", align: "right" },
     ...(result.checkpoint === null ? [] : [{ title: "σ₁/‖W‖_F", align: "right" as const }]),
-    ...keptTitles.map((title) => ({ title, align: "right" as const })),
+    ...keptTitles(result).map((title) => ({ title, align: "right" as const })),
   ];
   const layerRows = result.layers.map((l) => [
     l.name,
@@ -440,11 +462,5 @@ export function formatInspectTable(result: InspectResult): string {
       : [formatNumber(l.baseFrobenius ? l.sigma1 / l.baseFrobenius : null)]),
     ...l.recipes.map((r) => r.kept === null ? "–" : String(r.kept)),
   ]);
-  return [
-    ...header,
-    "",
-    formatTable(blockColumns, blockRows),
-    "",
-    formatTable(layerColumns, layerRows),
-  ].join("\n");
+  return formatTable(layerColumns, layerRows);
 }

@@ -83,27 +83,17 @@ export function readHeaderLength(
   source: HeaderSource,
 ): number {
   const { file, fileSize } = source;
+  const notSafetensors = (why: string) =>
+    new SafetensorsError(`${file}: not a safetensors file (${why})`, { file });
   if (fileSize < 8 || prefix.byteLength < 8) {
-    throw new SafetensorsError(
-      `${file}: not a safetensors file (only ${fileSize} bytes, shorter than the 8-byte header length)`,
-      { file },
-    );
+    throw notSafetensors(`only ${fileSize} bytes, shorter than the 8-byte header length`);
   }
-  const n = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(
-    0,
-    true,
-  );
+  const n = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(0, true);
   if (n > BigInt(MAX_HEADER_BYTES)) {
-    throw new SafetensorsError(
-      `${file}: not a safetensors file (header length ${n} is above the ${MAX_HEADER_BYTES}-byte limit)`,
-      { file },
-    );
+    throw notSafetensors(`header length ${n} is above the ${MAX_HEADER_BYTES}-byte limit`);
   }
   if (n > BigInt(fileSize - 8)) {
-    throw new SafetensorsError(
-      `${file}: not a safetensors file (header length ${n} runs past the end of the ${fileSize}-byte file)`,
-      { file },
-    );
+    throw notSafetensors(`header length ${n} runs past the end of the ${fileSize}-byte file`);
   }
   return Number(n);
 }
