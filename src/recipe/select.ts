@@ -5,8 +5,7 @@
  * - Size mode ranks every dimension of every layer by score, descending, ties
  *   in layer order (a stable sort; layers come in processing order), then:
  *   - `file` accounting (the default; docs/design.md, "Size targets bound the whole file"):
- *     keep the longest prefix of
- *     the ranking whose whole output file fits in S MiB;
+ *     keep the longest prefix of the ranking whose whole output file fits in S MiB;
  *   - `original` accounting (the original tool's): keep the shortest prefix whose
  *     up/down weight bytes reach S MiB, plus every dimension tied with its
  *     last score.
@@ -301,14 +300,13 @@ export interface FileSizeSelection extends SizeSelection {
 
 /**
  * Size mode with `file` accounting (docs/design.md, "Size targets bound the whole file"): keeps
- * the longest prefix
- * of the ranking whose output file is at most S·2^20 bytes.
+ * the longest prefix of the ranking whose output file is at most S·2^20 bytes.
  *
- * `fileSize` is called O(log n) times (a binary search over the prefix
- * length), or a handful of times when `dimensionBytes` guides the search. The file size grows with the prefix but not strictly monotonically
- * (header text such as `ss_network_dim` can shrink by a few bytes), so the
- * search only ever accepts a prefix it has measured to fit: the result
- * always fits, and the prefix one longer does not.
+ * `fileSize` is called O(log n) times (a binary search over the prefix length), or a handful of
+ * times when `dimensionBytes` guides the search. The file size grows with the prefix but not
+ * strictly monotonically (header text such as `ss_network_dim` can shrink by a few bytes), so the
+ * search only ever accepts a prefix it has measured to fit: the result always fits, and the
+ * prefix one longer does not.
  *
  * @example
  * ```ts
@@ -369,15 +367,7 @@ export function selectBySizeFile(
   for (let step = 0; hi - lo > 1; step++) {
     let p = lo + ((hi - lo) >>> 1);
     if (guide && step < GUIDED_STEPS) {
-      const { data, layers } = guide;
-      const restLo = loBytes - data[lo], restHi = hiBytes - data[hi];
-      const added = layers[hi] - layers[lo];
-      const estimate = (q: number) =>
-        data[q] + restLo +
-        (added > 0
-          ? (restHi - restLo) * (layers[q] - layers[lo]) / added
-          : (restHi - restLo) * (q - lo) / (hi - lo));
-      const guess = lastAtMost(estimate, target, lo, hi) + (step % 2);
+      const guess = guessPrefix(guide, { lo, loBytes, hi, hiBytes }, target) + (step % 2);
       if (guess > lo && guess < hi) p = guess;
     }
     const bytes = sizeOf(p);
@@ -408,6 +398,26 @@ export function selectBySizeFile(
 
 /** Guided measurements before a size search falls back to bisection. */
 const GUIDED_STEPS = 8;
+
+/**
+ * The last prefix between `lo` and `hi` estimated to fit in `target` bytes: its data bytes plus
+ * the rest of the file interpolated between the two measured ends by the layers present (by the
+ * prefix length when no layer is added).
+ */
+function guessPrefix(
+  { data, layers }: { data: Float64Array; layers: Uint32Array },
+  { lo, loBytes, hi, hiBytes }: { lo: number; loBytes: number; hi: number; hiBytes: number },
+  target: number,
+): number {
+  const restLo = loBytes - data[lo], restHi = hiBytes - data[hi];
+  const added = layers[hi] - layers[lo];
+  const estimate = (q: number) =>
+    data[q] + restLo +
+    (added > 0
+      ? (restHi - restLo) * (layers[q] - layers[lo]) / added
+      : (restHi - restLo) * (q - lo) / (hi - lo));
+  return lastAtMost(estimate, target, lo, hi);
+}
 
 /**
  * For each prefix length p of the ranking: data[p], the bytes its dimensions
