@@ -90,7 +90,8 @@ const OPTIONS = {
 
 type Values = Record<string, string | boolean | boolean[] | undefined>;
 
-function pick<T extends string | boolean>(values: Values, name: string): T | undefined {
+/** The value of option `name` as given, under its snake_case or its kebab-case spelling. */
+function optionValue<T extends string | boolean>(values: Values, name: string): T | undefined {
   const v = values[name] ?? values[name.replaceAll("_", "-")];
   return v as T | undefined;
 }
@@ -145,25 +146,25 @@ class Console {
 
 /** Options shared by the main command and `inspect`. */
 function common(values: Values) {
-  const noCache = pick<boolean>(values, "no_norms_cache");
+  const noCache = optionValue<boolean>(values, "no_norms_cache");
   return {
-    outputDtype: choice<OutputDType>(pick(values, "output_dtype"), "-t/--output_dtype", {
+    outputDtype: choice<OutputDType>(optionValue(values, "output_dtype"), "-t/--output_dtype", {
       "16": "F16",
       "32": "F32",
       "bf16": "BF16",
     }),
-    device: choice<DeviceChoice>(pick(values, "device"), "-d/--device", {
+    device: choice<DeviceChoice>(optionValue(values, "device"), "-d/--device", {
       auto: "auto",
       cpu: "cpu",
       gpu: "gpu",
     }),
     sizeAccounting: choice<SizeAccounting>(
-      pick(values, "size_accounting"),
+      optionValue(values, "size_accounting"),
       "--size_accounting",
       { file: "file", original: "original" },
     ),
-    dropUnmapped: pick<boolean>(values, "drop_unmapped") ?? false,
-    normsCache: noCache ? false as const : pick<string>(values, "norms_cache"),
+    dropUnmapped: optionValue<boolean>(values, "drop_unmapped") ?? false,
+    normsCache: noCache ? false as const : optionValue<string>(values, "norms_cache"),
   };
 }
 
@@ -199,7 +200,7 @@ async function demo(values: Values, verbosity: number, out: Console): Promise<nu
   let hidden = 0;
   const { runDemo } = await import("./src/demo.ts");
   const result = await runDemo({
-    folder: pick<string>(values, "output_folder"),
+    folder: optionValue<string>(values, "output_folder"),
     log: (lvl, msg) =>
       verbosity < 2 && msg.startsWith("No LoRA layer found") ? hidden++ : shown.log(lvl, msg),
     logLevel: level,
@@ -225,7 +226,7 @@ async function inspectCommand(values: Values, args: string[], out: Console): Pro
   const result = await inspect({
     lora: args[0],
     checkpoint: args[1],
-    recipes: pick<string>(values, "score_recipes"),
+    recipes: optionValue<string>(values, "score_recipes"),
     ...common(values),
     log: out.log,
     logLevel: out.level,
@@ -246,15 +247,15 @@ async function resizeCommand(values: Values, args: string[], out: Console): Prom
   const options = {
     checkpoint,
     loras,
-    recipes: pick<string>(values, "score_recipes"),
-    outputFolder: pick<string>(values, "output_folder"),
+    recipes: optionValue<string>(values, "score_recipes"),
+    outputFolder: optionValue<string>(values, "output_folder"),
     ...common(values),
     log: out.log,
     logLevel: out.level,
     onProgress: out.progress,
     curve: report !== undefined,
   };
-  const dryRun = pick<boolean>(values, "dry_run") ?? false;
+  const dryRun = optionValue<boolean>(values, "dry_run") ?? false;
   const result = dryRun ? await plan(options) : await resize(options);
   if (dryRun) {
     const { formatDryRun } = await import("./src/report/dry_run.ts");

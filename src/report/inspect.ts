@@ -305,12 +305,12 @@ function layerRow(
   sigma: Float64Array,
   energy: number,
   totalEnergy: number,
-  plans: readonly (LayerSummary | undefined)[],
+  summaries: readonly (LayerSummary | undefined)[],
 ): InspectLayer {
   const { out, rank, inFlat } = layer.factors;
-  const known = plans.find((p) => p !== undefined);
-  const norm = (pick: (p: LayerSummary) => number | undefined) =>
-    finite(plans.map((p) => p && pick(p)).find((x) => x !== undefined));
+  const known = summaries.find((p) => p !== undefined);
+  const norm = (normOf: (s: LayerSummary) => number | undefined) =>
+    finite(summaries.map((s) => s && normOf(s)).find((x) => x !== undefined));
   return {
     name: layer.name,
     block: blockOf(layer.name),
@@ -328,8 +328,8 @@ function layerRow(
     base: known?.base ?? null,
     baseFrobenius: norm((p) => p.baseFrobenius),
     baseSpectral: norm((p) => p.baseSpectral),
-    recipes: plans.map((p) =>
-      p ? { kept: p.kept, scores: [...p.scores].map((s) => finite(s)) } : { kept: null, scores: [] }
+    recipes: summaries.map((s) =>
+      s ? { kept: s.kept, scores: [...s.scores].map((x) => finite(x)) } : { kept: null, scores: [] }
     ),
   };
 }
