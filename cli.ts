@@ -282,8 +282,9 @@ async function resizeCommand(values: Values, args: string[], out: Console): Prom
  *
  * @example
  * ```ts ignore
- * import { main } from "./cli.ts";
- * Deno.exit(await main(["base.safetensors", "lora.safetensors", "-v"]));
+ * import { main } from "@x/resize-lora/cli";
+ * const status = await main(["base.safetensors", "lora.safetensors", "-v"]); // prints its log
+ * if (status !== 0) throw new Error(`resize-lora exited with ${status}`);
  * ```
  */
 export async function main(args: readonly string[]): Promise<number> {

@@ -34,9 +34,11 @@ export interface DemoResult extends ResizeResult {
  *
  * @example
  * ```ts ignore
+ * import assert from "node:assert/strict";
  * import { runDemo } from "./demo.ts";
- * const { description, outputs } = await runDemo();
- * console.log(description, outputs[0].path);
+ * const { description, outputs } = await runDemo(); // about 30 MB of files, a few seconds
+ * assert.ok(description.startsWith("demo: wrote a synthetic SDXL-shaped base checkpoint"));
+ * assert.ok(outputs[0].written);
  * ```
  */
 export async function runDemo(options: DemoRunOptions = {}): Promise<DemoResult> {

@@ -24,9 +24,17 @@ function globToRegExp(pattern: string): RegExp {
  * that component in its folder. No match is a {@link UsageError}.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import assert from "node:assert/strict";
  * import { expandGlob } from "./glob.ts";
- * console.log(await expandGlob("loras/*.safetensors")); // ["loras/a.safetensors", …]
+ * const dir = await Deno.makeTempDir();
+ * for (const name of ["b.safetensors", "a.safetensors", "notes.txt"]) {
+ *   await Deno.writeTextFile(`${dir}/${name}`, "");
+ * }
+ * assert.deepEqual(await expandGlob(`${dir}/*.safetensors`), [
+ *   `${dir}/a.safetensors`,
+ *   `${dir}/b.safetensors`,
+ * ]);
  * ```
  */
 export async function expandGlob(arg: string): Promise<string[]> {

@@ -30,9 +30,15 @@ const FORMAT = "resize-lora-norms/1";
  * file size.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { writeSyntheticBase } from "@x/resize-lora/testing";
+ * const base = `${await Deno.makeTempDir()}/base.safetensors`;
+ * await writeSyntheticBase(base, { scale: 1 / 64 });
  * import { fingerprintFile } from "./norms_cache.ts";
- * console.log(await fingerprintFile("sd_xl_base_1.0.safetensors")); // "3f1c…" (64 hex digits)
+ * const fingerprint = await fingerprintFile(base);
+ * assert.match(fingerprint, /^[0-9a-f]{64}$/);
+ * assert.equal(await fingerprintFile(base), fingerprint); // the content decides, not the time
  * ```
  */
 export async function fingerprintFile(path: string): Promise<string> {
@@ -126,11 +132,19 @@ interface CacheFile {
  * Norms of one checkpoint's base weights, persisted across runs.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { writeSyntheticBase } from "@x/resize-lora/testing";
+ * const base = `${await Deno.makeTempDir()}/base.safetensors`;
+ * await writeSyntheticBase(base, { scale: 1 / 64 });
  * import { NormsCache } from "./norms_cache.ts";
- * const cache = await NormsCache.open("base.safetensors");
- * cache.get("model.diffusion_model.out.2.weight")?.frobenius;
+ * const location = `${base}.norms.json`;
+ * const cache = await NormsCache.open(base, { location });
+ * assert.equal(cache.get("model.diffusion_model.out.2.weight"), undefined);
  * await cache.update({ "model.diffusion_model.out.2.weight": { frobenius: 3.5 } });
+ * const reopened = await NormsCache.open(base, { location });
+ * assert.ok(reopened.loaded);
+ * assert.equal(reopened.get("model.diffusion_model.out.2.weight")?.frobenius, 3.5);
  * ```
  */
 export class NormsCache {

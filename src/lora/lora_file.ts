@@ -106,12 +106,17 @@ const MID = ".lora_mid.weight";
  * member `a.safetensors:0.5` is a one-member merge).
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { writeSyntheticLora } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
  * import { loadLora } from "./lora_file.ts";
- * const lora = await loadLora("my_lora.safetensors");
- * console.log(lora.name, lora.layers.length, lora.passThroughSummary);
- * const merged = await loadLora("style.safetensors:0.6,char.safetensors:0.4");
- * console.log(merged.name); // "style(0.60)+char(0.40)"
+ * await writeSyntheticLora(`${dir}/style.safetensors`, { scale: 1 / 64, rank: 4 });
+ * await writeSyntheticLora(`${dir}/char.safetensors`, { scale: 1 / 64, rank: 4 });
+ * const lora = await loadLora(`${dir}/style.safetensors`);
+ * assert.deepEqual([lora.name, lora.layers.length], ["style", 986]);
+ * const merged = await loadLora(`${dir}/style.safetensors:0.6,${dir}/char.safetensors:0.4`);
+ * assert.equal(merged.name, "style(0.60)+char(0.40)");
  * ```
  */
 export async function loadLora(entry: string, options: LoadLoraOptions = {}): Promise<LoraModel> {
@@ -130,11 +135,19 @@ export async function loadLora(entry: string, options: LoadLoraOptions = {}): Pr
  * in file order).
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { writeSyntheticLora } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * import { LOCON_GROUPS } from "@x/resize-lora/testing";
  * import { readLoraFile } from "./lora_file.ts";
- * const lora = await readLoraFile("tests/fixtures/microB-locon-r8c4.safetensors");
+ * const path = `${dir}/locon.safetensors`;
+ * await writeSyntheticLora(path, { scale: 1 / 64, rank: 8, convRank: 4, include: LOCON_GROUPS });
+ * const lora = await readLoraFile(path);
  * const conv = lora.layers.find((l) => l.inShape.length === 3)!;
- * console.log(conv.factors.inFlat, conv.upShape); // in·3·3, [out, 4, 1, 1]
+ * const [inChannels, kh, kw] = conv.inShape;
+ * assert.equal(conv.factors.inFlat, inChannels * kh * kw);
+ * assert.deepEqual(conv.upShape, [conv.factors.out, 4, 1, 1]);
  * ```
  */
 export async function readLoraFile(path: string): Promise<LoraModel> {

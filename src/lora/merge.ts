@@ -51,13 +51,19 @@ export interface MergeOptions {
  * unweighted.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { writeSyntheticLora } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
  * import { readLoraFile } from "./lora_file.ts";
  * import { mergeLoras } from "./merge.ts";
- * const a = await readLoraFile("style.safetensors");
- * const b = await readLoraFile("char.safetensors");
+ * await writeSyntheticLora(`${dir}/style.safetensors`, { scale: 1 / 64, rank: 4, seed: 1 });
+ * await writeSyntheticLora(`${dir}/char.safetensors`, { scale: 1 / 64, rank: 2, seed: 2 });
+ * const a = await readLoraFile(`${dir}/style.safetensors`);
+ * const b = await readLoraFile(`${dir}/char.safetensors`);
  * const m = mergeLoras([{ model: a, weight: 0.6 }, { model: b, weight: -0.4 }]);
- * console.log(m.name, m.layers[0].factors.rank); // "style(0.60)+char(-0.40)", rₐ + r_b
+ * assert.equal(m.name, "style(0.60)+char(-0.40)");
+ * assert.equal(m.layers[0].factors.rank, 4 + 2); // the ranks are concatenated
  * ```
  */
 export function mergeLoras(members: readonly MergeInput[], options: MergeOptions = {}): LoraModel {

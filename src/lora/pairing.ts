@@ -42,13 +42,16 @@ export interface Pairing {
  * with its base weight, or when a fused q/k/v weight does not split evenly.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
  * import { BaseCheckpoint } from "../sdxl/checkpoint.ts";
  * import { loadLora } from "./lora_file.ts";
  * import { pairLayers } from "./pairing.ts";
- * await using ckpt = await BaseCheckpoint.open("sd_xl_base_1.0.safetensors");
- * const { paired, unmapped } = pairLayers(await loadLora("my_lora.safetensors"), ckpt);
- * console.log(`${paired.length} paired, ${unmapped.length} unmapped`);
+ * const { base, lora } = await writeDemoFiles(await Deno.makeTempDir(), { scale: 1 / 64, rank: 4 });
+ * await using ckpt = await BaseCheckpoint.open(base);
+ * const { paired, unmapped } = pairLayers(await loadLora(lora), ckpt);
+ * assert.deepEqual([paired.length, unmapped.length], [986, 0]);
  * ```
  */
 export function pairLayers(model: LoraModel, checkpoint: BaseCheckpoint): Pairing {

@@ -61,11 +61,18 @@ async function readFully(
  * An open safetensors file.
  *
  * @example
- * ```ts ignore
- * import { SafetensorsFile } from "./reader.ts";
- * await using f = await SafetensorsFile.open("model.safetensors");
- * for (const t of f.tensors) console.log(t.name, t.dtype, t.shape);
- * const w = await f.readFloat32("x.weight", { rows: [0, 16] });
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { SafetensorsFile, writeSafetensors } from "@x/resize-lora/safetensors";
+ * const path = `${await Deno.makeTempDir()}/model.safetensors`;
+ * const values = new Float32Array(32 * 4).map((_, i) => i);
+ * await writeSafetensors(path, [
+ *   { name: "x.weight", dtype: "F32", shape: [32, 4], data: new Uint8Array(values.buffer) },
+ * ]);
+ * await using f = await SafetensorsFile.open(path);
+ * assert.deepEqual(f.tensors.map((t) => [t.name, t.dtype, t.shape]), [["x.weight", "F32", [32, 4]]]);
+ * const w = await f.readFloat32("x.weight", { rows: [0, 16] }); // only those rows are read
+ * assert.deepEqual(w, values.subarray(0, 16 * 4));
  * ```
  */
 export class SafetensorsFile implements AsyncDisposable {
@@ -113,10 +120,13 @@ export class SafetensorsFile implements AsyncDisposable {
    * Opens a file and reads and validates its header.
    *
    * @example
-   * ```ts ignore
-   * import { SafetensorsFile } from "./reader.ts";
-   * const f = await SafetensorsFile.open("lora.safetensors");
-   * console.log(f.metadata["ss_network_dim"]);
+   * ```ts
+   * import assert from "node:assert/strict";
+   * import { SafetensorsFile, writeSafetensors } from "@x/resize-lora/safetensors";
+   * const path = `${await Deno.makeTempDir()}/lora.safetensors`;
+   * await writeSafetensors(path, [], { metadata: { ss_network_dim: "32" } });
+   * const f = await SafetensorsFile.open(path);
+   * assert.equal(f.metadata["ss_network_dim"], "32");
    * f.close();
    * ```
    */
@@ -244,7 +254,7 @@ export class SafetensorsFile implements AsyncDisposable {
    * @example
    * ```ts ignore
    * const bytes = await f.readTensors(["a.alpha", "b.alpha"]);
-   * console.log(bytes.get("a.alpha"));
+   * const alpha = bytes.get("a.alpha"); // the raw bytes of the tensor
    * ```
    */
   readTensors(names: readonly string[]): Promise<Map<string, Uint8Array>> {

@@ -49,12 +49,18 @@ export interface BaseMatch {
  * so `down_4` means the last `input_blocks.4.*` weight.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { writeSyntheticBase } from "@x/resize-lora/testing";
+ * const base = `${await Deno.makeTempDir()}/base.safetensors`;
+ * await writeSyntheticBase(base, { scale: 1 / 64 });
  * import { BaseCheckpoint } from "./checkpoint.ts";
- * await using ckpt = await BaseCheckpoint.open("sd_xl_base_1.0.safetensors");
+ * await using ckpt = await BaseCheckpoint.open(base);
  * const entry = ckpt.lookup("lora_te2_text_model_encoder_layers_5_self_attn_q_proj")!;
- * console.log(entry.label, entry.rows, entry.cols); // ('conditioner…in_proj_weight', 0, 3) 1280 1280
- * const w = await ckpt.readWeight(entry); // only those 1280 rows are read
+ * assert.equal(entry.chunk?.index, 0); // the q rows of CLIP-G's fused projection
+ * assert.deepEqual([entry.rows, entry.cols], [20, 20]); // a third of its 60 rows
+ * const w = await ckpt.readWeight(entry); // only those rows are read
+ * assert.equal(w.length, 20 * 20);
  * ```
  */
 export class BaseCheckpoint implements AsyncDisposable {
@@ -75,10 +81,14 @@ export class BaseCheckpoint implements AsyncDisposable {
    * Opens a checkpoint (header only) and builds its name map.
    *
    * @example
-   * ```ts ignore
+   * ```ts
+   * import assert from "node:assert/strict";
+   * import { writeSyntheticBase } from "@x/resize-lora/testing";
+   * const base = `${await Deno.makeTempDir()}/base.safetensors`;
+   * await writeSyntheticBase(base, { scale: 1 / 64 });
    * import { BaseCheckpoint } from "./checkpoint.ts";
-   * const ckpt = await BaseCheckpoint.open("model.safetensors");
-   * console.log(ckpt.entries().length);
+   * const ckpt = await BaseCheckpoint.open(base);
+   * assert.ok(ckpt.entries().length > 0);
    * ckpt.close();
    * ```
    */
@@ -97,7 +107,10 @@ export class BaseCheckpoint implements AsyncDisposable {
    *
    * @example
    * ```ts ignore
-   * console.log(ckpt.lookup("lora_unet_input_blocks_4_1_proj_in")?.key);
+   * assert.equal(
+   *   ckpt.lookup("lora_unet_input_blocks_4_1_proj_in")?.key,
+   *   "model.diffusion_model.input_blocks.4.1.proj_in.weight",
+   * );
    * ```
    */
   lookup(layerName: string): BaseEntry | undefined {
@@ -109,7 +122,7 @@ export class BaseCheckpoint implements AsyncDisposable {
    *
    * @example
    * ```ts ignore
-   * if (ckpt.match("down_4")?.kind === "short") console.log("lossy alias");
+   * const warnAboutAlias = ckpt.match("down_4")?.kind === "short"; // a lossy short alias
    * ```
    */
   match(layerName: string): BaseMatch | undefined {
@@ -121,7 +134,7 @@ export class BaseCheckpoint implements AsyncDisposable {
    *
    * @example
    * ```ts ignore
-   * for (const e of ckpt.entries()) console.log(e.label, e.firstAlias);
+   * const labels = ckpt.entries().map((e) => e.label); // in the original's log order
    * ```
    */
   entries(): BaseEntry[] {

@@ -33,10 +33,12 @@ export interface DemoFiles {
  * missing) in a few seconds, for `deno task demo`.
  *
  * @example
- * ```ts ignore
- * import { writeDemoFiles } from "./mod.ts";
- * const { base, lora } = await writeDemoFiles("/tmp/demo");
- * console.log(base, lora);
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * assert.deepEqual([base, lora], [`${dir}/demo_sdxl_base.safetensors`, `${dir}/demo_lora_r4.safetensors`]);
  * ```
  */
 export async function writeDemoFiles(dir: string, options: DemoOptions = {}): Promise<DemoFiles> {

@@ -193,9 +193,12 @@ export interface SyntheticBaseOptions extends BaseSpecOptions {
  * 6.9 GB).
  *
  * @example
- * ```ts ignore
- * import { writeSyntheticBase } from "./mod.ts";
- * await writeSyntheticBase("/tmp/micro_base.safetensors", { scale: 1 / 64, seed: 7 });
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { writeSyntheticBase } from "@x/resize-lora/testing";
+ * const path = `${await Deno.makeTempDir()}/micro_base.safetensors`;
+ * const { bytes } = await writeSyntheticBase(path, { scale: 1 / 64, seed: 7 });
+ * assert.equal((await Deno.stat(path)).size, bytes);
  * ```
  */
 export function writeSyntheticBase(

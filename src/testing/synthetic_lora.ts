@@ -264,12 +264,15 @@ const TE1_LAST = "lora_te1_text_model_encoder_layers_11_";
  * `.lora_up.weight` (`out×r`, or `out×r×1×1`).
  *
  * @example
- * ```ts ignore
- * import { LOCON_GROUPS, writeSyntheticLora } from "./mod.ts";
- * await writeSyntheticLora("/tmp/lora.safetensors", { scale: 1 / 16, rank: 16 });
- * await writeSyntheticLora("/tmp/locon.safetensors", {
- *   scale: 1 / 16, rank: 8, alpha: 4, convRank: 4, convAlpha: 1, include: LOCON_GROUPS,
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { LOCON_GROUPS, writeSyntheticLora } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const lora = await writeSyntheticLora(`${dir}/lora.safetensors`, { scale: 1 / 64, rank: 16 });
+ * const locon = await writeSyntheticLora(`${dir}/locon.safetensors`, {
+ *   scale: 1 / 64, rank: 8, alpha: 4, convRank: 4, convAlpha: 1, include: LOCON_GROUPS,
  * });
+ * assert.ok(lora.bytes > locon.bytes);
  * ```
  */
 export function writeSyntheticLora(
