@@ -24,7 +24,7 @@ import {
   lokrTensors,
   type LycorisLayerShape,
   type SyntheticLokrOptions,
-} from "../src/synthetic_lycoris.ts";
+} from "../src/testing/synthetic_lycoris.ts";
 import { assert, assertEquals, assertRelClose } from "./assert.ts";
 import { jacobiSingularValues } from "./jacobi_svd.ts";
 

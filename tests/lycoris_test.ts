@@ -19,7 +19,7 @@ import {
   type LycorisLayerShape,
   writeSyntheticLoha,
   writeSyntheticLokr,
-} from "../src/synthetic_lycoris.ts";
+} from "../src/testing/synthetic_lycoris.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 
 const LINEAR: LycorisLayerShape = { name: "lora_unet_a", out: 24, in: 20, kernel: 0 };

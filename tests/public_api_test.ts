@@ -4,15 +4,17 @@
  */
 import { assert, assertEquals } from "./assert.ts";
 
-/** Symbols documented in src/linalg/, whose examples the linalg modules own. */
-const LINALG = new Set([
-  "selectBackend",
+/**
+ * Symbols documented in src/linalg/ that have no asserting example yet (the option types have
+ * none; createGpuBackend's cannot run under `deno test`, see the README's Library section).
+ * Shrink this list as they get one.
+ */
+const PENDING = new Set([
   "DeviceChoice",
   "SelectBackendOptions",
-  "createCpuBackend",
   "CpuBackendOptions",
-  "createGpuBackend",
   "GpuBackendOptions",
+  "createGpuBackend",
 ]);
 
 interface DocSymbol {
@@ -41,11 +43,10 @@ Deno.test("mod.ts exports at most 40 symbols, each with an example that asserts"
     assert(symbols.some((s) => s.name === name), `${name} is exported`);
   }
   assert(!symbols.some((s) => s.name === "main"), "the CLI's main is not part of the library");
-  for (const symbol of symbols) {
+  for (const symbol of symbols.filter((s) => !PENDING.has(s.name))) {
     const examples = symbol.declarations.flatMap((d) =>
       d.jsDoc?.tags?.filter((t) => t.kind === "example").map((t) => t.doc ?? "") ?? []
     );
-    if (LINALG.has(symbol.name)) continue;
     assert(examples.length > 0, `${symbol.name} has an example`);
     for (const example of examples) {
       assert(/```ts\n/.test(example), `${symbol.name}: the example runs (not ignored)`);

@@ -82,3 +82,15 @@ export {
   writeSyntheticLora,
 } from "./synthetic_lora.ts";
 export { type DemoFiles, type DemoOptions, writeDemoFiles } from "./demo_files.ts";
+export {
+  type KroneckerForm,
+  kroneckerSplit,
+  lohaTensors,
+  lokrTensors,
+  type LycorisLayerShape,
+  type SyntheticLohaOptions,
+  type SyntheticLokrOptions,
+  type SyntheticLycorisOptions,
+  writeSyntheticLoha,
+  writeSyntheticLokr,
+} from "./synthetic_lycoris.ts";

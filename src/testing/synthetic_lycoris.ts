@@ -7,15 +7,12 @@
  */
 
 import { basename } from "node:path";
-import { encodeFloats } from "./safetensors/dtype.ts";
-import type { TensorSource, WriteResult } from "./safetensors/writer.ts";
-import { writeSafetensors } from "./safetensors/writer.ts";
-import {
-  type LoraModuleGroup,
-  sdxlLoraLayers,
-  type SyntheticDType,
-  syntheticMatrix,
-} from "./synthetic.ts";
+import { encodeFloats } from "../safetensors/dtype.ts";
+import type { TensorSource, WriteResult } from "../safetensors/writer.ts";
+import { writeSafetensors } from "../safetensors/writer.ts";
+import type { SyntheticDType } from "./generator.ts";
+import { syntheticMatrix } from "./synthetic_base.ts";
+import { type LoraModuleGroup, sdxlLoraLayers } from "./synthetic_lora.ts";
 
 /** The shape of one layer to write. */
 export interface LycorisLayerShape {
