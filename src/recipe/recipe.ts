@@ -95,9 +95,9 @@ export function parseRecipe(text: string): Recipe {
     params: 0,
   };
   // Selection settings keep their value text too, for the messages below.
-  let size: { value: number; text: string } | undefined;
-  let thr: { value: number; text: string } | undefined;
-  let rescale: { value: number; text: string } | undefined;
+  let size: Setting | undefined;
+  let thr: Setting | undefined;
+  let rescale: Setting | undefined;
 
   for (const part of text.split(",")) {
     const eq = part.indexOf("=");
@@ -144,9 +144,38 @@ export function parseRecipe(text: string): Recipe {
   if (size === undefined && thr === undefined) {
     throw new RecipeError("Either 'size' or 'thr' must be specified in the recipe");
   }
-  // Checks the original did not make (docs/design.md, "Recipes are checked before they run"),
-  // after its own, so that a
-  // recipe it rejected still gets its message.
+  // After the original's own checks, so that a recipe it rejected still gets its message.
+  checkSettings(text, { size, thr, rescale });
+
+  const warnings: string[] = [];
+  if (size !== undefined && thr !== undefined) {
+    warnings.push(
+      `Recipe ${text} gives both size and thr: size=${size.text} wins, thr=${thr.text} is ignored`,
+    );
+  }
+  return {
+    text,
+    weights,
+    ...(size !== undefined ? { sizeMiB: size.value } : { threshold: thr!.value }),
+    rescale: rescale?.value ?? 1,
+    warnings,
+  };
+}
+
+/** A selection setting's value and the text it was parsed from (for messages). */
+interface Setting {
+  readonly value: number;
+  readonly text: string;
+}
+
+/**
+ * Checks the original did not make (docs/design.md, "Recipes are checked before they run"):
+ * rescale finite and > 0, size finite and ≥ 0, thr a number.
+ */
+function checkSettings(
+  text: string,
+  { size, thr, rescale }: { size?: Setting; thr?: Setting; rescale?: Setting },
+): void {
   if (rescale !== undefined && !(Number.isFinite(rescale.value) && rescale.value > 0)) {
     throw new RecipeError(
       `Invalid rescale=${rescale.text} in recipe ${text}: rescale must be finite and > 0`,
@@ -164,20 +193,6 @@ export function parseRecipe(text: string): Recipe {
       key: "thr",
     });
   }
-
-  const warnings: string[] = [];
-  if (size !== undefined && thr !== undefined) {
-    warnings.push(
-      `Recipe ${text} gives both size and thr: size=${size.text} wins, thr=${thr.text} is ignored`,
-    );
-  }
-  return {
-    text,
-    weights,
-    ...(size !== undefined ? { sizeMiB: size.value } : { threshold: thr!.value }),
-    rescale: rescale?.value ?? 1,
-    warnings,
-  };
 }
 
 /**
