@@ -3,6 +3,7 @@ import { assert, assertClose, assertEquals } from "./assert.ts";
 import { effectiveRank, formatInspectTable, type InspectResult } from "../src/report/inspect.ts";
 import { inspect } from "../src/inspect.ts";
 import { selectBackend } from "../src/linalg/select_backend.ts";
+import type { Backend } from "../src/linalg/backend.ts";
 import { encodeFloats } from "../src/safetensors/dtype.ts";
 import { type TensorSource, writeSafetensors } from "../src/safetensors/writer.ts";
 
@@ -252,6 +253,32 @@ Deno.test("inspect with a checkpoint reuses the plan's spectra: the same σ as w
       alone.layers.map((l) => [l.name, l.sigma]),
     );
   }
+});
+
+Deno.test("inspect with a checkpoint decomposes each layer once: the plan's work is shared", async () => {
+  await using cpu = await selectBackend("cpu");
+  const decomposed: number[] = [];
+  const counting: Backend = {
+    ...cpu,
+    name: cpu.name,
+    description: cpu.description,
+    decompose: (factors, options) => {
+      decomposed.push(factors.length);
+      return cpu.decompose(factors, options);
+    },
+    rebuild: (requests, options) => cpu.rebuild(requests, options),
+    baseNorms: (weights, which, options) => cpu.baseNorms(weights, which, options),
+    subspaceScales: (requests, options) => cpu.subspaceScales(requests, options),
+    close: () => Promise.resolve(),
+  };
+  const result = await inspect({
+    lora: HAND,
+    checkpoint: BASE,
+    normsCache: false,
+    backend: counting,
+  });
+  // Every layer of the file, once, while the base is opened; nothing is left to decompose after.
+  assertEquals(decomposed, [result.layerCount, 0]);
 });
 
 Deno.test("inspect: a bad path fails with the file named", async () => {
