@@ -15,8 +15,11 @@
  * import assert from "node:assert/strict";
  * import { type ErrorDetails, plan, SafetensorsError } from "@x/resize-lora";
  * const missing = "no_such_lora.safetensors";
- * const details: ErrorDetails = await plan({ checkpoint: "base.safetensors", loras: [missing] })
- *   .then(() => ({}), (e) => e);
+ * const details: ErrorDetails = await plan({
+ *   checkpoint: "base.safetensors",
+ *   loras: [missing],
+ *   device: "cpu",
+ * }).then(() => ({}), (e) => e);
  * assert.ok(details instanceof SafetensorsError);
  * assert.equal(details.file, missing);
  * ```
