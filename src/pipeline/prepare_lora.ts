@@ -33,13 +33,15 @@ export interface PreparedLora {
 
 /** Loads one LoRA entry and runs it through decomposition, pairing and base norms. */
 export async function prepareLora(session: Session, entry: string): Promise<PreparedLora> {
-  const { options } = session;
+  // 1. Load.
   const model = await loadLora(entry);
+  // 2. Decompose every layer, in the background from now on.
   const decomposition = startDecomposition(session, model);
+  // 3. Pair with the base meanwhile (a failure aborts the decomposition).
   const { paired, passThrough } = await decomposition.alongside(() => pairWithBase(session, model));
-  // The base norms queue behind the decomposition on the backend's workers (neither waits for
-  // the other's stragglers).
-  const { frobenius, spectral } = options.anyNeeds;
+  // 4. Base norms, queued behind the decomposition on the backend's workers (neither waits for
+  //    the other's stragglers).
+  const { frobenius, spectral } = session.options.anyNeeds;
   const norms = frobenius || spectral
     ? session.norms.fetch(paired, { frobenius, spectral })
     : undefined;
@@ -49,19 +51,36 @@ export async function prepareLora(session: Session, entry: string): Promise<Prep
   if (session.writes) loadHashing().catch(() => {});
   const decomposed = await decomposition.of(paired);
   await norms;
+  return {
+    model,
+    ...setAsideZeroLayers(session, paired, decomposed.paired),
+    allDecompositions: decomposed.all,
+    passThrough,
+  };
+}
+
+/** The paired layers that are not all zeroes, and their decompositions; a warning for others. */
+function setAsideZeroLayers(
+  session: Session,
+  paired: readonly PairedLayer[],
+  decomposed: readonly Decomposition[],
+): { layers: PairedLayer[]; decompositions: Decomposition[] } {
   const layers: PairedLayer[] = [];
   const decompositions: Decomposition[] = [];
   paired.forEach((p, i) => {
-    const d = decomposed.paired[i];
+    const d = decomposed[i];
     if (!(d.sigma.length > 0 && d.sigma[0] >= ZERO_LAYER_SIGMA)) {
       // kohya trains no TE1 layer 11 (SDXL uses the penultimate CLIP-L layer).
       if (!p.layer.name.includes("text_model_encoder_layers_11")) {
-        options.log("WARNING", `LoRA layer ${p.layer.name} is all zeroes! dim=${d.sigma.length}`);
+        session.options.log(
+          "WARNING",
+          `LoRA layer ${p.layer.name} is all zeroes! dim=${d.sigma.length}`,
+        );
       }
       return;
     }
     layers.push(p);
     decompositions.push(d);
   });
-  return { model, layers, decompositions, allDecompositions: decomposed.all, passThrough };
+  return { layers, decompositions };
 }
