@@ -13,9 +13,17 @@
  * @module
  */
 
+import { dirname } from "node:path";
 import { parseArgs } from "node:util";
 import { OutputError, ResizeLoraError, UsageError } from "./src/errors.ts";
 import { expandGlob } from "./src/glob.ts";
+import { oneLine } from "./src/one_line.ts";
+import {
+  releaseTemp,
+  removeLiveTempFilesSync,
+  removeOrphanTempFiles,
+  tempPathFor,
+} from "./src/temp_files.ts";
 import type { LogLevel } from "./src/log.ts";
 import { DEFAULT_RECIPES, type OutputSummary, plan, resize } from "./src/resize.ts";
 import type { OutputDType } from "./src/output.ts";
@@ -123,7 +131,7 @@ class Console {
   log = (level: LogLevel, message: string): void => {
     if (RANK[level] < RANK[this.level]) return;
     this.#clear();
-    console.error(`${level}:root:${message}`);
+    console.error(`${level}:root:${oneLine(message)}`);
   };
   progress = (label: string, done: number, total: number): void => {
     if (!this.tty) return;
@@ -169,16 +177,25 @@ function common(values: Values) {
 }
 
 async function writeTextAtomic(path: string, text: string): Promise<void> {
-  const tmp = `${path}.${Deno.pid}.tmp`;
+  const tmp = tempPathFor(path);
   try {
-    await Deno.writeTextFile(tmp, text);
+    await Deno.mkdir(dirname(path), { recursive: true });
+    await removeOrphanTempFiles(dirname(path));
+    await Deno.writeTextFile(tmp, text, { createNew: true });
     await Deno.rename(tmp, path);
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});
     throw new OutputError(`${path}: cannot write the report (${(e as Error).message})`, {
       file: path,
     });
+  } finally {
+    releaseTemp(tmp);
   }
+}
+
+/** Each line of a table escaped (names quoted from files may hold control characters). */
+function escapeLines(text: string): string {
+  return text.split("\n").map(oneLine).join("\n");
 }
 
 function mib(bytes: number): string {
@@ -232,7 +249,9 @@ async function inspectCommand(values: Values, args: string[], out: Console): Pro
     logLevel: out.level,
     onProgress: out.progress,
   });
-  console.log(values.json ? JSON.stringify(result, null, 2) : formatInspectTable(result));
+  console.log(
+    values.json ? JSON.stringify(result, null, 2) : escapeLines(formatInspectTable(result)),
+  );
   return 0;
 }
 
@@ -254,14 +273,15 @@ async function resizeCommand(values: Values, args: string[], out: Console): Prom
     logLevel: out.level,
     onProgress: out.progress,
     curve: report !== undefined,
+    alsoWrites: report === undefined ? [] : [{ path: report, source: "the report" }],
   };
   const dryRun = optionValue<boolean>(values, "dry_run") ?? false;
   const result = dryRun ? await plan(options) : await resize(options);
   if (dryRun) {
     const { formatDryRun } = await import("./src/report/dry_run.ts");
-    console.log(formatDryRun(result.outputs));
+    console.log(escapeLines(formatDryRun(result.outputs)));
   } else {
-    for (const o of result.outputs) console.log(summaryLine(o));
+    for (const o of result.outputs) console.log(oneLine(summaryLine(o)));
   }
   if (report !== undefined) {
     const { renderReport } = await import("./src/report/html.ts");
@@ -336,6 +356,39 @@ export async function main(args: readonly string[]): Promise<number> {
   }
 }
 
+/** Exit statuses of a run stopped by a signal (128 + the signal's number, as shells report). */
+const SIGNAL_EXITS = [["SIGINT", 130], ["SIGTERM", 143]] as const;
+
+/**
+ * On SIGINT or SIGTERM: removes the temporary files of the writes under way (no partial output
+ * is left, and no output was renamed into place half-written) and exits with 130 or 143. Returns
+ * a function that removes the handlers.
+ *
+ * @example
+ * ```ts ignore
+ * import { exitCleanlyOnSignals, main } from "@x/resize-lora/cli";
+ * exitCleanlyOnSignals();
+ * Deno.exit(await main(Deno.args));
+ * ```
+ */
+export function exitCleanlyOnSignals(): () => void {
+  const installed: [Deno.Signal, () => void][] = [];
+  for (const [signal, code] of SIGNAL_EXITS) {
+    const handler = () => {
+      removeLiveTempFilesSync();
+      Deno.exit(code);
+    };
+    try {
+      Deno.addSignalListener(signal, handler);
+      installed.push([signal, handler]);
+    } catch { /* not supported here (SIGTERM on Windows) */ }
+  }
+  return () => {
+    for (const [signal, handler] of installed) Deno.removeSignalListener(signal, handler);
+  };
+}
+
 if (import.meta.main) {
+  exitCleanlyOnSignals();
   Deno.exit(await main(Deno.args));
 }

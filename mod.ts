@@ -76,6 +76,7 @@ export {
 } from "./src/errors.ts";
 
 if (import.meta.main) {
-  const { main } = await import("./cli.ts");
+  const { exitCleanlyOnSignals, main } = await import("./cli.ts");
+  exitCleanlyOnSignals();
   Deno.exit(await main(Deno.args));
 }

@@ -2,10 +2,14 @@
  * Error classes, one per domain. Every message is one line that names the file and, where there
  * is one, the tensor or key; the same facts are fields ({@link ResizeLoraError.file},
  * {@link ResizeLoraError.tensor}, {@link ResizeLoraError.key}) for callers that act on them.
- * `cli.ts` prints the message as `error: <message>` and maps the class to an exit code.
+ * `cli.ts` prints the message as `error: <message>` and maps the class to an exit code. Control
+ * characters in a message (quoted from a file: tensor names, keys) are escaped here, so no message
+ * can span lines or drive the terminal.
  *
  * @module
  */
+
+import { oneLine } from "./one_line.ts";
 
 /**
  * What an error is about, besides its message (and, as for any error, its cause).
@@ -62,7 +66,7 @@ export class ResizeLoraError extends Error {
 
   /** Creates the error with a one-line message and what it is about. */
   constructor(message: string, details: ErrorDetails = {}) {
-    super(message, "cause" in details ? { cause: details.cause } : undefined);
+    super(oneLine(message), "cause" in details ? { cause: details.cause } : undefined);
     this.name = new.target.name;
     if (details.file !== undefined) this.file = details.file;
     if (details.tensor !== undefined) this.tensor = details.tensor;

@@ -21,7 +21,9 @@ function globToRegExp(pattern: string): RegExp {
 /**
  * Expands one argument: returned as is unless it contains `*` or `?` in its
  * last path component and names no existing file; then the sorted matches of
- * that component in its folder. No match is a {@link UsageError}.
+ * that component in its folder (a match is a file path, even when it holds
+ * `,` or `:`). No match is a {@link UsageError}, unless the argument may be a
+ * merge spec (it holds `,` or `:`): it is then returned as is.
  *
  * @example
  * ```ts
@@ -39,7 +41,7 @@ function globToRegExp(pattern: string): RegExp {
  */
 export async function expandGlob(arg: string): Promise<string[]> {
   const base = arg.split(/[\\/]/).pop() ?? "";
-  if (!/[*?]/.test(base) || arg.includes(",")) return [arg];
+  if (!/[*?]/.test(base)) return [arg];
   try {
     await Deno.stat(arg);
     return [arg];
@@ -54,6 +56,8 @@ export async function expandGlob(arg: string): Promise<string[]> {
       }
     }
   } catch { /* missing folder: no match */ }
+  // A merge spec may hold a pattern-like member; files matched win (a name may hold ',').
+  if (matches.length === 0 && /[,:]/.test(arg)) return [arg];
   if (matches.length === 0) throw new UsageError(`no file matches ${arg}`, { file: arg });
   return matches.sort();
 }

@@ -9,11 +9,20 @@
  * row block). Every update is written atomically (temp file + rename) and
  * merged with what is on disk, so an interrupted run keeps what it computed.
  *
+ * A cache never breaks a run. Values that are not finite norms ≥ 0 are
+ * ignored (and recomputed); a damaged file of ours is reported in
+ * {@link NormsCache.warnings} and rewritten on the next update; a `.json`
+ * location holding something else is never overwritten; a cache that cannot
+ * be written fails its first {@link NormsCache.update} and is kept in memory
+ * only from then on.
+ *
  * @module
  */
 
 import { dirname, join } from "node:path";
-import { describeOsError } from "./safetensors/reader.ts";
+import { checkInputFile, describeOsError } from "./input_files.ts";
+import { oneLine } from "./one_line.ts";
+import { releaseTemp, removeOrphanTempFiles, tempPathFor } from "./temp_files.ts";
 import { OutputError } from "./errors.ts";
 import type { BaseNorms } from "./linalg/backend.ts";
 import type { BaseEntry } from "./sdxl/checkpoint.ts";
@@ -42,6 +51,7 @@ const FORMAT = "resize-lora-norms/1";
  * ```
  */
 export async function fingerprintFile(path: string): Promise<string> {
+  await checkInputFile(path);
   const file = await Deno.open(path, { read: true });
   try {
     const { size } = await file.stat();
@@ -154,21 +164,41 @@ export class NormsCache {
   readonly fingerprint: string;
   /** Whether a cache file existed and matched the checkpoint. */
   readonly loaded: boolean;
+  /** What was wrong with the file found (damaged, not a norms cache, …), one line each. */
+  readonly warnings: readonly string[];
   #checkpoint: { path: string; size: number };
   #norms: Map<string, BaseNorms>;
+  /** Why updates stay in memory (a file that is not ours, a failed write), once set. */
+  #readOnly: string | undefined;
+  /** Whether the user named the file (a `.json` location), rather than the folder. */
+  #named: boolean;
 
   private constructor(
     file: string,
     fingerprint: string,
     checkpoint: { path: string; size: number },
-    norms: Map<string, BaseNorms>,
-    loaded: boolean,
+    stored: StoredCache,
+    named: boolean,
   ) {
     this.file = file;
+    this.#named = named;
     this.fingerprint = fingerprint;
     this.#checkpoint = checkpoint;
-    this.#norms = norms;
-    this.loaded = loaded;
+    const valid = stored.kind === "cache" && stored.fingerprint === fingerprint;
+    this.#norms = valid ? stored.norms : new Map();
+    this.loaded = valid;
+    this.warnings = stored.kind === "cache" && stored.dropped > 0
+      ? [
+        `${file}: ignored ${stored.dropped} invalid norms (${stored.example}); they are recomputed`,
+      ]
+      : stored.kind === "damaged"
+      ? [`${file}: damaged norms cache (${stored.why}); recomputing and rewriting it`]
+      : stored.kind === "foreign"
+      ? [
+        `${file}: not a norms cache (${stored.why}); it is left unchanged and norms are not cached`,
+      ]
+      : [];
+    if (stored.kind === "foreign") this.#readOnly = "not a norms cache";
   }
 
   /**
@@ -182,16 +212,10 @@ export class NormsCache {
     const file = location.endsWith(".json")
       ? location
       : join(location, `${fingerprint.slice(0, 32)}.json`);
-    const stored = await readCacheFile(file);
-    const valid = stored?.fingerprint === fingerprint;
+    const named = location.endsWith(".json");
+    const stored = await readCacheFile(file, { named });
     const size = (await Deno.stat(checkpoint)).size;
-    return new NormsCache(
-      file,
-      fingerprint,
-      { path: checkpoint, size },
-      new Map(valid ? Object.entries(stored!.norms) : []),
-      valid,
-    );
+    return new NormsCache(file, fingerprint, { path: checkpoint, size }, stored, named);
   }
 
   /** Cached norms of a base entry key (`key` or `key#chunk`). */
@@ -212,9 +236,18 @@ export class NormsCache {
     for (const [k, v] of Object.entries(entries)) {
       this.#norms.set(k, { ...this.#norms.get(k), ...v });
     }
-    const onDisk = await readCacheFile(this.file);
+    if (this.#readOnly !== undefined) return;
+    const onDisk = await readCacheFile(this.file, { named: this.#named });
+    if (onDisk.kind === "foreign") {
+      this.#readOnly = "not a norms cache";
+      throw new OutputError(`${this.file}: not a norms cache (${onDisk.why}); not overwritten`, {
+        file: this.file,
+      });
+    }
     const merged: Record<string, BaseNorms> = {};
-    if (onDisk?.fingerprint === this.fingerprint) Object.assign(merged, onDisk.norms);
+    if (onDisk.kind === "cache" && onDisk.fingerprint === this.fingerprint) {
+      Object.assign(merged, Object.fromEntries(onDisk.norms));
+    }
     for (const [k, v] of [...this.#norms].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0)) {
       merged[k] = { ...merged[k], ...v };
     }
@@ -224,13 +257,20 @@ export class NormsCache {
       checkpoint: this.#checkpoint,
       norms: merged,
     };
-    const tmp = `${this.file}.${Deno.pid}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+    let tmp: string | undefined;
     try {
       await Deno.mkdir(dirname(this.file), { recursive: true });
-      await Deno.writeTextFile(tmp, JSON.stringify(body) + "\n");
+      await removeOrphanTempFiles(dirname(this.file));
+      tmp = tempPathFor(this.file);
+      await Deno.writeTextFile(tmp, JSON.stringify(body) + "\n", { createNew: true });
       await Deno.rename(tmp, this.file);
+      releaseTemp(tmp);
     } catch (e) {
-      await Deno.remove(tmp).catch(() => {});
+      if (tmp !== undefined) {
+        await Deno.remove(tmp).catch(() => {});
+        releaseTemp(tmp);
+      }
+      this.#readOnly = "cannot be written";
       throw new OutputError(`${this.file}: cannot write the norms cache (${describeOsError(e)})`, {
         file: this.file,
         cause: e,
@@ -239,20 +279,87 @@ export class NormsCache {
   }
 }
 
-async function readCacheFile(file: string): Promise<CacheFile | undefined> {
+/** What a cache location holds. */
+type StoredCache =
+  | { readonly kind: "missing" }
+  | {
+    readonly kind: "cache";
+    readonly fingerprint: unknown;
+    readonly norms: Map<string, BaseNorms>;
+    /** Values ignored as invalid, and one of them for the message. */
+    readonly dropped: number;
+    readonly example: string;
+  }
+  | { readonly kind: "damaged"; readonly why: string }
+  | { readonly kind: "foreign"; readonly why: string };
+
+/** A norm as stored: a finite number ≥ 0, else `undefined`. */
+function validNorm(v: unknown): number | undefined {
+  return typeof v === "number" && Number.isFinite(v) && v >= 0 ? v : undefined;
+}
+
+/** The valid norms of a parsed `norms` object, and how many values were not. */
+function validNorms(stored: Record<string, unknown>) {
+  const norms = new Map<string, BaseNorms>();
+  let dropped = 0, example = "";
+  const drop = (what: string) => {
+    if (dropped++ === 0) example = oneLine(what);
+  };
+  for (const [key, value] of Object.entries(stored)) {
+    if (value === null || typeof value !== "object" || Array.isArray(value)) {
+      drop(`key '${key}': ${JSON.stringify(value)}`);
+      continue;
+    }
+    const entry: { frobenius?: number; spectral?: number } = {};
+    for (const field of ["frobenius", "spectral"] as const) {
+      const v = (value as Record<string, unknown>)[field];
+      if (v === undefined) continue;
+      const norm = validNorm(v);
+      if (norm === undefined) drop(`key '${key}': ${field} ${JSON.stringify(v)}`);
+      else entry[field] = norm;
+    }
+    if (entry.frobenius !== undefined || entry.spectral !== undefined) norms.set(key, entry);
+  }
+  return { norms, dropped, example };
+}
+
+/**
+ * Reads a cache location. `named`: the user named this file (a `.json`
+ * location), so a file that is not a norms cache is someone else's; a file in
+ * the cache folder is ours by its name, so it is merely damaged.
+ */
+async function readCacheFile(file: string, { named }: { named: boolean }): Promise<StoredCache> {
   let text: string;
   try {
+    const info = await Deno.stat(file);
+    if (!info.isFile) return { kind: "foreign", why: "not a regular file" };
     text = await Deno.readTextFile(file);
-  } catch {
-    return undefined;
+  } catch (e) {
+    // Nothing there (a file in place of a folder on the way included): the write will tell.
+    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) {
+      return { kind: "missing" };
+    }
+    return { kind: named ? "foreign" : "damaged", why: describeOsError(e) };
   }
+  let parsed: unknown;
   try {
-    const parsed = JSON.parse(text) as CacheFile;
-    if (parsed?.format !== FORMAT || typeof parsed.norms !== "object") return undefined;
-    return parsed;
+    parsed = JSON.parse(text);
   } catch {
-    return undefined; // a corrupt cache is recomputed, never trusted
+    return { kind: named ? "foreign" : "damaged", why: "not JSON" };
   }
+  const body = parsed as Partial<Record<keyof CacheFile, unknown>> | null;
+  if (body === null || typeof body !== "object" || body.format !== FORMAT) {
+    return { kind: named ? "foreign" : "damaged", why: `no "format": "${FORMAT}"` };
+  }
+  const { norms } = body;
+  if (norms === null || typeof norms !== "object" || Array.isArray(norms)) {
+    return { kind: "damaged", why: `"norms" is ${norms === null ? "null" : typeof norms}` };
+  }
+  return {
+    kind: "cache",
+    fingerprint: body.fingerprint,
+    ...validNorms(norms as Record<string, unknown>),
+  };
 }
 
 /**

@@ -98,18 +98,25 @@ Deno.test("norms cache round-trips, merges updates, and ignores a stale checkpoi
   }
 });
 
-Deno.test("a corrupt cache file is ignored, and a .json location is used as the file", async () => {
+Deno.test("a .json location is used as the file; one that holds something else is never overwritten", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const model = join(dir, "m.safetensors");
     await writeModel(model, [1, 2, 3, 4]);
     const file = join(dir, "norms.json");
+    const fresh = await NormsCache.open(model, { location: file });
+    assertEquals([fresh.file, fresh.loaded, fresh.warnings], [file, false, []]);
+    await fresh.update({ k: { frobenius: 1 } });
+    assertEquals(JSON.parse(await Deno.readTextFile(file)).norms.k, { frobenius: 1 });
+
     await Deno.writeTextFile(file, "{not json");
     const cache = await NormsCache.open(model, { location: file });
-    assertEquals(cache.file, file);
     assertEquals(cache.loaded, false);
-    await cache.update({ k: { frobenius: 1 } });
-    assertEquals(JSON.parse(await Deno.readTextFile(file)).norms.k, { frobenius: 1 });
+    assertEquals(cache.warnings.length, 1);
+    assert(cache.warnings[0].includes("not a norms cache"), cache.warnings[0]);
+    await cache.update({ k: { frobenius: 1 } }); // kept in memory only, silently
+    assertEquals(cache.get("k"), { frobenius: 1 });
+    assertEquals(await Deno.readTextFile(file), "{not json");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

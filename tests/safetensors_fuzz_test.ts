@@ -6,6 +6,7 @@
 import fc from "fast-check";
 import { join } from "node:path";
 import { assert, assertEquals } from "./assert.ts";
+import { fuzzRuns } from "./fuzz.ts";
 import { SafetensorsError } from "../src/errors.ts";
 import {
   DTYPES,
@@ -274,7 +275,7 @@ Deno.test("fuzz: mutated headers open consistently or fail with a one-line Safet
           f.close();
         }
       }),
-      { seed: 42, numRuns: 300 },
+      fuzzRuns(300),
     );
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -306,7 +307,7 @@ Deno.test("fuzz: unmutated files always open with the tensors and metadata they 
           assertEquals(await f.readBytes(s.name), s.data);
         }
       }),
-      { seed: 42, numRuns: 100 },
+      fuzzRuns(100),
     );
   } finally {
     await Deno.remove(dir, { recursive: true });

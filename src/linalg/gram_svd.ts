@@ -133,9 +133,22 @@ export function svdFromKernelGrams(
   gramDown: number,
   layer: LayerShape,
 ): Decomposition {
+  const r = layer.rank;
+  if (
+    !finiteDiagonal(kernels.f64(gramUp, r * r), r) ||
+    !finiteDiagonal(kernels.f64(gramDown, r * r), r)
+  ) {
+    // A NaN or infinite factor element: σ is NaN, never mistaken for an all-zero layer (the
+    // pivoting would drop the bad column silently). Callers name the element.
+    const k = Math.min(layer.out, layer.inFlat, r);
+    return {
+      sigma: new Float64Array(k).fill(NaN),
+      upTransform: new Float64Array(r * k),
+      downTransform: new Float64Array(r * k),
+    };
+  }
   const direct = coreSvd(kernels, gramUp, gramDown, layer);
   if (direct) return direct;
-  const r = layer.rank;
   const eUp = scaleToUnit(kernels.f64(gramUp, r * r), r);
   const eDown = scaleToUnit(kernels.f64(gramDown, r * r), r);
   const scaled = coreSvd(kernels, gramUp, gramDown, layer);
@@ -150,6 +163,12 @@ export function svdFromKernelGrams(
   scaleByPowerOfTwo(upTransform, -eUp);
   scaleByPowerOfTwo(downTransform, -eDown);
   return scaled;
+}
+
+/** Whether every diagonal entry of the r × r matrix g is finite. */
+function finiteDiagonal(g: Float64Array, r: number): boolean {
+  for (let i = 0; i < r; i++) if (!Number.isFinite(g[i * r + i])) return false;
+  return true;
 }
 
 /** Scales the r × r matrix g in place by 4⁻ᵉ, e chosen so that its largest diagonal is near 1; returns e. */

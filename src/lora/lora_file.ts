@@ -20,7 +20,7 @@ import { numel } from "../safetensors/header.ts";
 import { type FileRange, StoredBytes } from "../safetensors/file_range.ts";
 import { SafetensorsFile } from "../safetensors/reader.ts";
 import { mergeLoras, type MergePrecision } from "./merge.ts";
-import { parseMergeSpec } from "./merge_spec.ts";
+import { loraEntryMembers } from "./merge_spec.ts";
 import { summarizePassThrough } from "./pass_through.ts";
 
 /** A tensor as stored: name, dtype, shape and little-endian bytes. */
@@ -96,6 +96,14 @@ export interface LoadLoraOptions {
   readonly mergePrecision?: MergePrecision;
 }
 
+/**
+ * A rank above both of a layer's dimensions adds nothing (ΔW has rank at most
+ * min(out, in′)) yet costs rank² memory and time in the decomposition; above
+ * this floor, such a rank is refused before anything is allocated (a small
+ * file could otherwise declare a rank-16000 layer and take gigabytes).
+ */
+export const RANK_LIMIT_FLOOR = 1024;
+
 const DOWN = ".lora_down.weight";
 const UP = ".lora_up.weight";
 const MID = ".lora_mid.weight";
@@ -120,7 +128,7 @@ const MID = ".lora_mid.weight";
  * ```
  */
 export async function loadLora(entry: string, options: LoadLoraOptions = {}): Promise<LoraModel> {
-  const members = parseMergeSpec(entry);
+  const members = loraEntryMembers(entry);
   if (!members) return await readLoraFile(entry);
   const inputs = [];
   for (const member of members) {
@@ -269,8 +277,23 @@ function buildLayer(
     );
   }
   if (rank === 0) fail(`rank 0 (lora_down.weight ${shapeText(down.shape)})`);
-  const alpha = storedAlpha ?? rank;
   const inShape = down.shape.slice(1);
+  const out = up.shape[0], inFlat = numel(inShape);
+  if (out === 0 || inFlat === 0) {
+    fail(
+      `empty layer: lora_up.weight ${shapeText(up.shape)}, lora_down.weight ${
+        shapeText(down.shape)
+      }`,
+    );
+  }
+  if (rank > Math.max(out, inFlat, RANK_LIMIT_FLOOR)) {
+    fail(
+      `rank ${rank} is above both dimensions of the ${out}×${inFlat} layer and above ${RANK_LIMIT_FLOOR} (lora_down.weight ${
+        shapeText(down.shape)
+      }); refused before allocating`,
+    );
+  }
+  const alpha = storedAlpha ?? rank;
   const doraScale = raw.get(`${name}.dora_scale`);
   const alphaTensor = raw.get(`${name}.alpha`);
   const tensors = [alphaTensor, doraScale, down, up].filter((t) => t !== undefined);
@@ -279,9 +302,9 @@ function buildLayer(
     factors: {
       up: upData,
       down: downData,
-      out: up.shape[0],
+      out,
       rank,
-      inFlat: numel(inShape),
+      inFlat,
       scale: alpha / rank,
     },
     alpha,

@@ -4,8 +4,11 @@
  *
  * A member is `path[:weight]`. It is split at its **last** `:` only when what
  * follows is empty or a Python `float()` number, so Windows paths
- * (`C:\loras\a.safetensors:0.5`) work. An entry with a comma, or a single
- * member with a weight, is a merge; anything else is a plain path.
+ * (`C:\loras\a.safetensors:0.5`) work; after a `.safetensors` name anything
+ * else is a bad weight (`a.safetensors:abc`), not part of the name. An entry
+ * with a comma, or a single member with a weight, is a merge; anything else
+ * is a plain path. An entry that names an existing file is that file
+ * ({@link loraEntryMembers}), whatever `,` or `:` it holds.
  *
  * @module
  */
@@ -47,6 +50,12 @@ export function parseMergeSpec(entry: string): MergeMember[] | undefined {
     const split = splitMember(text);
     weighted ||= split.weight !== undefined;
     const where = `merge spec '${entry}': member ${i + 1}`;
+    if (split.badWeight !== undefined) {
+      throw new LoraError(
+        `${where} ('${text}') has a weight '${split.badWeight}' that is not a number (a file whose name holds ',' or ':' is named by its existing path)`,
+        { key: entry },
+      );
+    }
     if (split.path === "") throw new LoraError(`${where} has an empty path`, { key: entry });
     if (split.weight !== undefined && !Number.isFinite(split.weight)) {
       throw new LoraError(`${where} ('${text}') has a weight that is not a finite number`, {
@@ -58,12 +67,45 @@ export function parseMergeSpec(entry: string): MergeMember[] | undefined {
   return isMerge || weighted ? members : undefined;
 }
 
-function splitMember(text: string): { path: string; weight?: number } {
+/**
+ * The members of a LoRA entry, or `undefined` when it is one file: an entry
+ * that names an existing file (or symlink, folder, …) is that path even when
+ * it holds `,` or `:`, so a file named `a,b.safetensors` (or a glob matching
+ * it) is never read as a merge. Otherwise as {@link parseMergeSpec}.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { loraEntryMembers } from "./merge_spec.ts";
+ * const dir = await Deno.makeTempDir();
+ * const odd = `${dir}/a,b.safetensors:0.5`;
+ * await Deno.writeTextFile(odd, "");
+ * assert.equal(loraEntryMembers(odd), undefined);
+ * assert.equal(loraEntryMembers(`${dir}/x.safetensors:0.5`)?.[0].weight, 0.5);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
+export function loraEntryMembers(entry: string): MergeMember[] | undefined {
+  try {
+    Deno.statSync(entry);
+    return undefined;
+  } catch { /* no such path: merge syntax applies */ }
+  return parseMergeSpec(entry);
+}
+
+/** `.safetensors` at the end of a member's path: what follows its last `:` must be a weight. */
+const SAFETENSORS_NAME = /\.safetensors$/i;
+
+function splitMember(text: string): { path: string; weight?: number; badWeight?: string } {
   const colon = text.lastIndexOf(":");
   if (colon < 0) return { path: text };
   const tail = text.slice(colon + 1);
   const weight = tail === "" ? 1 : parsePythonFloat(tail);
-  return weight === undefined ? { path: text } : { path: text.slice(0, colon), weight };
+  if (weight !== undefined) return { path: text.slice(0, colon), weight };
+  const head = text.slice(0, colon);
+  return SAFETENSORS_NAME.test(head) && !/[\\/]/.test(tail)
+    ? { path: head, badWeight: tail }
+    : { path: text };
 }
 
 /**

@@ -5,6 +5,8 @@
  * @module
  */
 
+import { OutputError } from "../errors.ts";
+import { checkFiniteBaseNorms } from "../finite_checks.ts";
 import type { Backend, BaseNorms } from "../linalg/backend.ts";
 import type { LogFn } from "../log.ts";
 import type { PairedLayer } from "../lora/pairing.ts";
@@ -111,11 +113,16 @@ export class NormsStore {
       wanted,
       { onProgress: (d, _t) => onProgress("Norms", done(d), total) },
     );
+    checkFiniteBaseNorms(checkpoint.path, batch.map(({ entry }) => entry.key), norms);
     const update: Record<string, BaseNorms> = {};
     batch.forEach(({ entry }, i) => {
       this.#computed.set(normsKey(entry), { ...this.get(entry), ...norms[i] });
       update[normsKey(entry)] = norms[i];
     });
-    await cache?.update(update);
+    // A cache that cannot be written is a warning (once): the run goes on without it.
+    await cache?.update(update).catch((e) => {
+      if (!(e instanceof OutputError)) throw e;
+      log("WARNING", `${e.message}; going on without caching norms`);
+    });
   }
 }

@@ -118,6 +118,12 @@ export interface ResizeOptions {
   readonly curve?: boolean;
   /** Fetch every layer's base Frobenius norm even when no recipe needs it (for reports). */
   readonly layerNorms?: boolean;
+  /**
+   * Files the caller writes after the run (a report), each with what writes it for messages
+   * (`the report`): checked before any work with the outputs, never over an input or another
+   * output.
+   */
+  readonly alsoWrites?: readonly { readonly path: string; readonly source: string }[];
 }
 
 /** {@link ResizeOptions} with every default filled in and the recipes parsed. */
@@ -154,6 +160,8 @@ export interface ResolvedOptions {
   readonly onProgress: ProgressFn;
   /** Whether outputs carry their size ↔ error curve. */
   readonly curve: boolean;
+  /** Files the caller writes after the run. */
+  readonly alsoWrites: readonly { readonly path: string; readonly source: string }[];
 }
 
 /**
@@ -197,5 +205,6 @@ export function resolveOptions(options: ResizeOptions): ResolvedOptions {
     debug,
     onProgress: options.onProgress ?? (() => {}),
     curve: options.curve ?? false,
+    alsoWrites: options.alsoWrites ?? [],
   };
 }

@@ -10,6 +10,7 @@ import type { Decomposition } from "../linalg/backend.ts";
 import { loadLora, type LoraModel, type RawTensor } from "../lora/lora_file.ts";
 import type { PairedLayer } from "../lora/pairing.ts";
 import { loadHashing } from "../safetensors/hashes.ts";
+import { checkFiniteAlphas, checkFiniteDecompositions } from "../finite_checks.ts";
 import { startDecomposition } from "./decompose.ts";
 import { pairWithBase } from "./pair_with_base.ts";
 import { ZERO_LAYER_SIGMA } from "../summary.ts";
@@ -37,8 +38,13 @@ export async function prepareLora(session: Session, entry: string): Promise<Prep
   const model = await loadLora(entry);
   // 2. Decompose every layer, in the background from now on.
   const decomposition = startDecomposition(session, model);
-  // 3. Pair with the base meanwhile (a failure aborts the decomposition).
-  const { paired, passThrough } = await decomposition.alongside(() => pairWithBase(session, model));
+  // 3. Pair with the base meanwhile (a failure aborts the decomposition); a layer to resize
+  //    with an alpha that is not finite fails here, named, before the backend refuses it.
+  const { paired, passThrough } = await decomposition.alongside(async () => {
+    const pairing = await pairWithBase(session, model);
+    checkFiniteAlphas(entry, pairing.paired.map((p) => p.layer));
+    return pairing;
+  });
   // 4. Base norms, queued behind the decomposition on the backend's workers (neither waits for
   //    the other's stragglers).
   const { frobenius, spectral } = session.options.anyNeeds;
@@ -51,6 +57,8 @@ export async function prepareLora(session: Session, entry: string): Promise<Prep
   if (session.writes) loadHashing().catch(() => {});
   const decomposed = await decomposition.of(paired);
   await norms;
+  // NaN or ∞ in a factor gives NaN σ: named here, never taken for an all-zero layer.
+  checkFiniteDecompositions(entry, paired.map((p) => p.layer), decomposed.paired);
   return {
     model,
     ...setAsideZeroLayers(session, paired, decomposed.paired),

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { checkFiniteSubspaceScales } from "../finite_checks.ts";
 import type { BaseNorms } from "../linalg/backend.ts";
 import { join } from "node:path";
 import { outputFileSize, type OutputShape, type OutputShapeFn } from "../output.ts";
@@ -176,6 +177,11 @@ async function subspaceScales(session: Session, lora: PreparedLora): Promise<Flo
       factors: p.layer.factors,
       decomposition: lora.decompositions[i],
     })),
+  );
+  checkFiniteSubspaceScales(
+    session.checkpoint.path,
+    lora.layers.map((p) => p.base.key),
+    lora.subspace,
   );
   return lora.subspace;
 }

@@ -8,8 +8,8 @@
 
 import type { Backend } from "../linalg/backend.ts";
 import { selectBackend } from "../linalg/select_backend.ts";
-import { parseMergeSpec } from "../lora/merge_spec.ts";
 import { NormsCache } from "../norms_cache.ts";
+import { checkRunPaths, type OutputPaths } from "../output_paths.ts";
 import { BaseCheckpoint } from "../sdxl/checkpoint.ts";
 import { NormsStore } from "./norms_store.ts";
 import type { ResolvedOptions } from "./options.ts";
@@ -22,8 +22,6 @@ export interface SessionOptions {
 
 /** Resources of one run; disposing of it closes the checkpoint and a backend it opened. */
 export class Session implements AsyncDisposable {
-  /** Every input file of the run: no output may replace one. */
-  readonly inputs: readonly string[];
   #base?: { readonly checkpoint: BaseCheckpoint; readonly norms: NormsStore };
 
   private constructor(
@@ -34,17 +32,19 @@ export class Session implements AsyncDisposable {
     readonly ownsBackend: boolean,
     /** Whether outputs are written (not a dry run). */
     readonly writes: boolean,
-  ) {
-    this.inputs = [
-      options.checkpoint,
-      ...options.loras.flatMap((e) => parseMergeSpec(e)?.map((m) => m.path) ?? [e]),
-    ];
-  }
+    /** The paths the run writes, claimed against its inputs and each other. */
+    readonly paths: OutputPaths,
+  ) {}
 
-  /** Starts a run: the backend first, so that its workers start up while this thread reads. */
+  /**
+   * Starts a run: the paths it reads and writes are checked first, so that a run that cannot
+   * write its outputs fails before any work; then the backend, so that its workers start up
+   * while this thread reads.
+   */
   static async open(options: ResolvedOptions, { writes }: SessionOptions): Promise<Session> {
+    const paths = await checkRunPaths({ ...options, writes });
     const backend = options.backend ?? await selectBackend(options.device, { log: options.log });
-    return new Session(options, backend, !options.backend, writes);
+    return new Session(options, backend, !options.backend, writes, paths);
   }
 
   /**
@@ -58,6 +58,7 @@ export class Session implements AsyncDisposable {
     if (options.normsCache !== false) {
       cache = await NormsCache.open(options.checkpoint, { location: options.normsCache });
       if (cache.loaded) options.log("INFO", `Loading ${cache.file}`);
+      for (const w of cache.warnings) options.log("WARNING", w);
     }
     const checkpoint = await BaseCheckpoint.open(options.checkpoint);
     const norms = new NormsStore({

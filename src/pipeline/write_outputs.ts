@@ -7,7 +7,6 @@
  * @module
  */
 
-import { dirname, join, resolve } from "node:path";
 import { OutputError } from "../errors.ts";
 import type { RebuildRequest } from "../linalg/backend.ts";
 import {
@@ -17,6 +16,7 @@ import {
   type OutputFactors,
   sortedUnion,
 } from "../output.ts";
+import { outputSource } from "../output_paths.ts";
 import { writeSafetensors } from "../safetensors/writer.ts";
 import type { OutputSummary } from "../summary.ts";
 import type { PreparedLora } from "./prepare_lora.ts";
@@ -29,7 +29,10 @@ export async function writeOutputs(
   lora: PreparedLora,
   selections: readonly RecipeSelection[],
 ): Promise<OutputSummary[]> {
-  for (const s of selections) await checkOutputPath(session, lora, s.summary.path);
+  // size= names are known now: every output of this LoRA is claimed before the first is written.
+  for (const { summary, recipe } of selections) {
+    await session.paths.claim({ path: summary.path, source: outputSource(summary.lora, recipe) });
+  }
   const written = new Map<RecipeSelection, OutputSummary>();
   for (const rescale of new Set(selections.map((s) => s.recipe.rescale))) {
     const group = selections.filter((s) => s.recipe.rescale === rescale);
@@ -135,28 +138,4 @@ function startRebuild(
       return finished.catch(() => {});
     },
   };
-}
-
-/** Throws when `path` is (or links to) one of the run's inputs: inputs are never overwritten. */
-async function checkOutputPath(session: Session, lora: PreparedLora, path: string): Promise<void> {
-  const out = await realPathOrResolve(path);
-  for (const input of new Set([...session.inputs, ...lora.model.paths])) {
-    if (out === await realPathOrResolve(input)) {
-      throw new OutputError(`${path}: the output would overwrite the input ${input}`, {
-        file: path,
-      });
-    }
-  }
-}
-
-async function realPathOrResolve(path: string): Promise<string> {
-  try {
-    return await Deno.realPath(path);
-  } catch {
-    try {
-      return join(await Deno.realPath(dirname(path)), path.split(/[\\/]/).pop()!);
-    } catch {
-      return resolve(path);
-    }
-  }
 }

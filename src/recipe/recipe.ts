@@ -11,8 +11,12 @@
  * `subspace`, `params` (a bare key means weight 1; weights are divided by
  * their signed sum), `thr` (log10 threshold), `size` (target MiB), `rescale`.
  * Messages and evaluation order are those of the original tool; on top of
- * them, `rescale` not finite or ≤ 0, `size` not finite or < 0 and `thr` NaN
- * are rejected, and `size` together with `thr` warns that `size` wins.
+ * them, values no run can use are rejected before any work: a weight that is
+ * not finite, weights that overflow when normalised or normalise beyond
+ * ±{@link MAX_ABS_WEIGHT}, `rescale` outside (0, {@link MAX_RESCALE}], `size`
+ * outside [0, {@link MAX_SIZE_MIB}], `thr` NaN or beyond
+ * ±{@link MAX_ABS_THRESHOLD} (±inf allowed); these limits also keep output
+ * file names short. `size` together with `thr` warns that `size` wins.
  *
  * @module
  */
@@ -20,6 +24,22 @@
 import { RecipeError } from "../errors.ts";
 import { fileNameNumber, parsePythonFloat } from "./pyfloat.ts";
 import { pyJsonDumps } from "./pyformat.ts";
+
+/**
+ * Largest normalised score weight (in absolute value): beyond it, weights of
+ * opposite signs nearly cancel in their sum, and the names they give grow
+ * without bound.
+ */
+export const MAX_ABS_WEIGHT = 1e6;
+/** Largest `size=` target in MiB (1 TiB). */
+export const MAX_SIZE_MIB = 1 << 20;
+/** Largest `rescale=` factor. */
+export const MAX_RESCALE = 1e6;
+/**
+ * Largest finite `|thr|`: scores are log10 ratios of float64 values, so
+ * beyond ±1000 a threshold keeps everything or nothing, as ±inf does.
+ */
+export const MAX_ABS_THRESHOLD = 1000;
 
 /** Normalised score weights (they sum to 1), keyed by the recipe's names. */
 export interface ScoreWeights {
@@ -145,6 +165,7 @@ export function parseRecipe(text: string): Recipe {
     throw new RecipeError("Either 'size' or 'thr' must be specified in the recipe");
   }
   // After the original's own checks, so that a recipe it rejected still gets its message.
+  checkWeights(text, raw, sum);
   checkSettings(text, { size, thr, rescale });
 
   const warnings: string[] = [];
@@ -192,6 +213,54 @@ function checkSettings(
     throw new RecipeError(`Invalid thr=${thr.text} in recipe ${text}: thr must be a number`, {
       key: "thr",
     });
+  }
+  checkRanges(text, { size, thr, rescale });
+}
+
+/** The upper limits of `rescale`, `size` and a finite `thr` (see the module doc). */
+function checkRanges(
+  text: string,
+  { size, thr, rescale }: { size?: Setting; thr?: Setting; rescale?: Setting },
+): void {
+  if (rescale !== undefined && rescale.value > MAX_RESCALE) {
+    throw new RecipeError(
+      `Invalid rescale=${rescale.text} in recipe ${text}: rescale must be at most ${MAX_RESCALE}`,
+      { key: "rescale" },
+    );
+  }
+  if (size !== undefined && size.value > MAX_SIZE_MIB) {
+    throw new RecipeError(
+      `Invalid size=${size.text} in recipe ${text}: size must be at most ${MAX_SIZE_MIB} (MiB)`,
+      { key: "size" },
+    );
+  }
+  if (thr !== undefined && Number.isFinite(thr.value) && Math.abs(thr.value) > MAX_ABS_THRESHOLD) {
+    throw new RecipeError(
+      `Invalid thr=${thr.text} in recipe ${text}: a finite thr must lie within ±${MAX_ABS_THRESHOLD} (or give ±inf)`,
+      { key: "thr" },
+    );
+  }
+}
+
+/** Every score weight is a finite number, and so is each once divided by their sum, within bounds. */
+function checkWeights(text: string, raw: Readonly<Record<ScoreKey, number>>, sum: number): void {
+  for (const key of SCORE_KEYS) {
+    if (!Number.isFinite(raw[key])) {
+      throw new RecipeError(
+        `Invalid ${key}=${raw[key]} in recipe ${text}: score weights must be finite numbers`,
+        { key },
+      );
+    }
+  }
+  if (!Number.isFinite(sum) || SCORE_KEYS.some((key) => !Number.isFinite(raw[key] / sum))) {
+    throw new RecipeError(
+      `Invalid weights in recipe ${text}: their sum ${sum} overflows when the weights are normalised`,
+    );
+  }
+  if (SCORE_KEYS.some((key) => Math.abs(raw[key] / sum) > MAX_ABS_WEIGHT)) {
+    throw new RecipeError(
+      `Invalid weights in recipe ${text}: their sum ${sum} nearly cancels, normalised weights exceed ±${MAX_ABS_WEIGHT}`,
+    );
   }
 }
 

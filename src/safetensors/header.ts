@@ -14,6 +14,13 @@ import { type DType, dtypeRank, dtypeSize, isDType } from "./dtype.ts";
 /** Largest header this reader accepts, in bytes (the safetensors limit). */
 export const MAX_HEADER_BYTES = 100_000_000;
 
+/**
+ * Deepest nesting of objects and arrays a header may have. A valid header
+ * nests three deep (tensor entry → shape); the parse is refused beyond this,
+ * before `JSON.parse` spends gigabytes on a deeply nested 100 MB header.
+ */
+export const MAX_HEADER_DEPTH = 16;
+
 /** One tensor entry of a header, with offsets relative to the data section. */
 export interface TensorInfo {
   /** Tensor name (the header key). */
@@ -120,8 +127,14 @@ export function parseHeader(
 ): SafetensorsHeader {
   const { file } = source;
   const fail = (msg: string): never => {
-    throw new SafetensorsError(oneLine(`${file}: ${msg}`), { file });
+    throw new SafetensorsError(`${file}: ${msg}`, { file });
   };
+  const depth = nestingDepthAbove(json, MAX_HEADER_DEPTH);
+  if (depth !== undefined) {
+    fail(
+      `header nests deeper than ${MAX_HEADER_DEPTH} levels (at byte ${depth}); not a safetensors header`,
+    );
+  }
   let text: string;
   try {
     text = utf8.decode(json);
@@ -262,19 +275,22 @@ function checkEntry(
 }
 
 /**
- * Escapes line breaks and other control characters, so that a message stays
- * one line even when it quotes a tensor name or a JSON parser's excerpt.
+ * The byte offset where JSON text first nests deeper than `limit` objects and
+ * arrays, or `undefined`; brackets inside strings do not count. A byte scan:
+ * it allocates nothing, whatever the size.
  */
-function oneLine(text: string): string {
-  return text.replace(
-    CONTROL_CHARS,
-    (c) => NAMED_ESCAPES[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
-  );
+function nestingDepthAbove(json: Uint8Array, limit: number): number | undefined {
+  let depth = 0;
+  for (let i = 0; i < json.length; i++) {
+    const c = json[i];
+    if (c === 0x22 /* " */) {
+      for (i++; i < json.length && json[i] !== 0x22; i++) if (json[i] === 0x5c /* \ */) i++;
+    } else if (c === 0x7b /* { */ || c === 0x5b /* [ */) {
+      if (++depth > limit) return i;
+    } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) depth--;
+  }
+  return undefined;
 }
-
-// deno-lint-ignore no-control-regex
-const CONTROL_CHARS = /[\u0000-\u001f\u007f\u2028\u2029]/g;
-const NAMED_ESCAPES: Record<string, string> = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
 
 function typeName(v: unknown): string {
   if (v === null) return "null";

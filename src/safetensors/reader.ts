@@ -9,6 +9,7 @@
 import { SafetensorsError } from "../errors.ts";
 import { decodeFloats, type DType, dtypeSize, type FloatArray, isFloatDType } from "./dtype.ts";
 import { numel, parseHeader, readHeaderLength, type TensorInfo } from "./header.ts";
+import { checkInputFile, describeOsError } from "../input_files.ts";
 import { READ_CHUNK, readSyncFully, truncated } from "./read_sync.ts";
 
 /** Options for reading part of a tensor. */
@@ -131,6 +132,8 @@ export class SafetensorsFile implements AsyncDisposable {
    * ```
    */
   static async open(path: string): Promise<SafetensorsFile> {
+    // Checked before opening: opening a FIFO would block until a writer comes.
+    await checkInputFile(path);
     let file: Deno.FsFile;
     try {
       file = await Deno.open(path, { read: true });
@@ -466,21 +469,5 @@ function scalarFrom(v: DataView, dtype: DType, where: string): number {
   }
 }
 
-/**
- * A short description of an OS error for one-line messages.
- *
- * @example
- * ```ts
- * import { describeOsError } from "./reader.ts";
- * import assert from "node:assert/strict";
- * assert.deepEqual(describeOsError(new Deno.errors.NotFound("x")), "no such file");
- * ```
- */
-export function describeOsError(e: unknown): string {
-  if (e instanceof Deno.errors.NotFound) return "no such file";
-  if (e instanceof Deno.errors.PermissionDenied) return "permission denied";
-  if (e instanceof Deno.errors.IsADirectory) return "is a directory";
-  return e instanceof Error ? e.message : String(e);
-}
-
+export { describeOsError } from "../input_files.ts";
 export type { FloatArray };

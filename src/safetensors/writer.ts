@@ -6,7 +6,7 @@
  * @module
  */
 
-import { basename, dirname, join } from "node:path";
+import { dirname } from "node:path";
 import { OutputError, SafetensorsError } from "../errors.ts";
 import { dtypeSize } from "./dtype.ts";
 import {
@@ -19,6 +19,7 @@ import {
 } from "./header.ts";
 import { SSHS_PLACEHOLDERS, SshsHasher } from "./hashes.ts";
 import { describeOsError } from "./reader.ts";
+import { releaseTemp, removeOrphanTempFiles, tempPathFor } from "../temp_files.ts";
 
 /** Bytes of a tensor, given directly or produced on demand (for streaming). */
 export type TensorBytes =
@@ -98,7 +99,10 @@ function writeAll(file: Deno.FsFile, bytes: Uint8Array): void {
 }
 
 /**
- * Writes a safetensors file atomically (temporary file + rename).
+ * Writes a safetensors file atomically (temporary file + rename). The
+ * temporary file is registered while it exists (`liveTempFiles` in
+ * `temp_files.ts`), for a signal handler to remove; orphans of killed runs in
+ * the target folder are removed first.
  * Tensor data functions are called one at a time in layout order, so a
  * multi-GB file can be produced with memory for one tensor, and a function
  * that awaits its tensor's computation lets the file be written while later
@@ -128,14 +132,14 @@ export async function writeSafetensors(
   const byName = new Map(tensors.map((t) => [t.name, t]));
   const total = header.byteLength +
     (layout.length ? layout[layout.length - 1].dataOffsets[1] : 0);
-  const tmp = join(
-    dirname(path),
-    `.${basename(path)}.${Deno.pid}.${crypto.randomUUID().slice(0, 8)}.tmp`,
-  );
+  // What a killed run left here goes first (see temp_files.ts for how it is recognised).
+  await removeOrphanTempFiles(dirname(path));
+  const tmp = tempPathFor(path);
   let file: Deno.FsFile;
   try {
     file = await Deno.open(tmp, { write: true, createNew: true });
   } catch (e) {
+    releaseTemp(tmp);
     throw new OutputError(`${path}: cannot write (${describeOsError(e)})`, {
       file: path,
       cause: e,
@@ -157,12 +161,14 @@ export async function writeSafetensors(
     }
     file.close();
     await Deno.rename(tmp, path);
+    releaseTemp(tmp);
     return { path, bytes: total, layout, metadata };
   } catch (e) {
     try {
       file.close();
     } catch { /* already closed */ }
     await Deno.remove(tmp).catch(() => {});
+    releaseTemp(tmp);
     if (e instanceof ProducerFailure) throw e.error;
     if (e instanceof SafetensorsError || e instanceof OutputError) throw e;
     throw new OutputError(`${path}: cannot write (${describeOsError(e)})`, {
