@@ -18,14 +18,16 @@ import { oneLine } from "./one_line.ts";
  * ```ts
  * import assert from "node:assert/strict";
  * import { type ErrorDetails, plan, SafetensorsError } from "@x/resize-lora";
+ * const base = await Deno.makeTempFile({ suffix: ".safetensors" });
  * const missing = "no_such_lora.safetensors";
  * const details: ErrorDetails = await plan({
- *   checkpoint: "base.safetensors",
+ *   checkpoint: base,
  *   loras: [missing],
  *   device: "cpu",
  * }).then(() => ({}), (e) => e);
  * assert.ok(details instanceof SafetensorsError);
  * assert.equal(details.file, missing);
+ * await Deno.remove(base);
  * ```
  */
 export interface ErrorDetails extends ErrorOptions {
