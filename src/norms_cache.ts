@@ -16,7 +16,7 @@ import { dirname, join } from "node:path";
 import { describeOsError } from "./safetensors/reader.ts";
 import { OutputError } from "./errors.ts";
 import type { BaseNorms } from "./linalg/backend.ts";
-import type { BaseEntry } from "./sdxl/checkpoint.ts";
+import type { BaseEntry } from "./base/checkpoint.ts";
 
 /** Number of data blocks hashed into a fingerprint, and their size. */
 const SAMPLE_BLOCKS = 64;

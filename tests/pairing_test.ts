@@ -2,7 +2,7 @@ import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { MappingError } from "../src/errors.ts";
 import { loadLora, readLoraFile } from "../src/lora/lora_file.ts";
 import { pairLayers, unmatchedBaseMessage } from "../src/lora/pairing.ts";
-import { BaseCheckpoint } from "../src/sdxl/checkpoint.ts";
+import { BaseCheckpoint } from "../src/base/checkpoint.ts";
 import { type TensorSource, writeSafetensors } from "../src/safetensors/writer.ts";
 
 const FIXTURES = "tests/fixtures";

@@ -7,13 +7,13 @@
  */
 
 import { MappingError } from "../errors.ts";
-import type { NameKind } from "../sdxl/key_map.ts";
+import type { NameKind } from "../base/key_map.ts";
 import {
   type BaseCheckpoint,
   type BaseEntry,
   pythonRepr,
   pythonTuple,
-} from "../sdxl/checkpoint.ts";
+} from "../base/checkpoint.ts";
 import { type LoraLayer, type LoraModel, shapeText } from "./lora_file.ts";
 
 /** A LoRA layer and its base weight. */
@@ -45,7 +45,7 @@ export interface Pairing {
  * ```ts
  * import assert from "node:assert/strict";
  * import { writeDemoFiles } from "@x/resize-lora/testing";
- * import { BaseCheckpoint } from "../sdxl/checkpoint.ts";
+ * import { BaseCheckpoint } from "../base/checkpoint.ts";
  * import { loadLora } from "./lora_file.ts";
  * import { pairLayers } from "./pairing.ts";
  * const { base, lora } = await writeDemoFiles(await Deno.makeTempDir(), { scale: 1 / 64, rank: 4 });
