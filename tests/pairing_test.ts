@@ -84,7 +84,7 @@ Deno.test("short aliases, direct names, 1×1 conv vs linear, and unmapped layers
     ...layer("middle_block_1_proj_out", 20, [20]),
     ...layer("lora_unet_input_blocks_4_0_skip_connection", 10, [5]), // linear for a 1×1 conv
     ...layer("lora_unet_out_2", 4, [5, 3, 3]),
-    ...layer("lora_unet_down_blocks_0_attentions_0_proj_in", 10, [10]), // diffusers name
+    ...layer("lora_unet_no_such_block_0_proj_in", 10, [10]), // no base weight in any naming
   ]);
   const { paired, unmapped, unmatchedBase } = pairLayers(await readLoraFile(path), ckpt);
   assertEquals(
@@ -100,7 +100,7 @@ Deno.test("short aliases, direct names, 1×1 conv vs linear, and unmapped layers
       ["middle_block_1_proj_out", U + "middle_block.1.proj_out.weight", "direct"],
     ],
   );
-  assertEquals(unmapped.map((l) => l.name), ["lora_unet_down_blocks_0_attentions_0_proj_in"]);
+  assertEquals(unmapped.map((l) => l.name), ["lora_unet_no_such_block_0_proj_in"]);
   assertEquals(unmatchedBase.length, ckpt.entries().length - 4);
   assert(!unmatchedBase.some((e) => e.key === U + "out.2.weight"));
 });

@@ -1,0 +1,36 @@
+/**
+ * LoRA file namings: how each format spells layer names and factor keys,
+ * each a pair of pure functions to and from the canonical layer name (kohya,
+ * SGM block names) that base checkpoints are indexed by.
+ *
+ * @module
+ */
+
+export { comfyui } from "./comfyui.ts";
+export {
+  type ArchitectureEvidence,
+  findLayers,
+  loraArchitecture,
+  type NamedLayer,
+  namingById,
+  NAMINGS,
+} from "./detect.ts";
+export { kohya } from "./kohya.ts";
+export { kohyaDiffusers, simpleTuner } from "./kohya_diffusers.ts";
+export {
+  canonicalName,
+  type LayerKeys,
+  type ModuleRef,
+  moduleOf,
+  type Naming,
+  type NamingId,
+} from "./naming.ts";
+export { diffusers, diffusersAttnProcs, peft } from "./peft.ts";
+export { peftAlphas, type PeftConfig, readPeftConfig } from "./peft_config.ts";
+export {
+  type Architecture,
+  ARCHITECTURE_LABELS,
+  ARCHITECTURES,
+  diffusersFromSgm,
+  sgmFromDiffusers,
+} from "./unet_blocks.ts";
