@@ -189,7 +189,7 @@ Deno.test("bad inputs: one-line errors, exit 1, nothing written", async () => {
     await assertFails(
       [BASE, sd15, "-o", out],
       1,
-      /no layer of .*sd15\.safetensors matches the base checkpoint .*is it an SDXL LoRA\?/,
+      /sd15\.safetensors is a LoRA for SD1\.5 .*but the base checkpoint .* is SDXL/,
       out,
     );
 

@@ -139,6 +139,16 @@ Deno.test("a layer whose shape disagrees with its base weight is an error naming
 });
 
 Deno.test("a LoRA of which no layer matches is an error", async () => {
+  const path = await write("nothing.safetensors", layer("lora_unet_no_such_block_proj_in", 10, [10]));
+  await assertRejects(
+    () => loadLora(path).then((l) => pairLayers(l, ckpt)),
+    MappingError,
+    /^no layer of .*nothing\.safetensors matches the base checkpoint .*micro_sdxl_base\.safetensors \(is it an SDXL LoRA\?\)$/,
+  );
+});
+
+Deno.test("a LoRA for SD1.5 given an SDXL checkpoint is one line naming both and why", async () => {
+  // Attention in the first down level exists in SD1.5 only.
   const path = await write(
     "sd15.safetensors",
     layer("lora_unet_down_blocks_0_attentions_0_proj_in", 10, [10]),
@@ -149,7 +159,7 @@ Deno.test("a LoRA of which no layer matches is an error", async () => {
   await assertRejects(
     () => loadLora(path).then((l) => pairLayers(l, ckpt)),
     MappingError,
-    /^no layer of .*sd15\.safetensors matches the base checkpoint .*micro_sdxl_base\.safetensors \(is it an SDXL LoRA\?\)$/,
+    /^.*sd15\.safetensors is a LoRA for SD1\.5 \('lora_unet_down_blocks_0_attentions_0_proj_in\.lora_down\.weight' \(attention in the first UNet level\)\) but the base checkpoint .*micro_sdxl_base\.safetensors is SDXL$/,
   );
 });
 

@@ -120,7 +120,6 @@ export interface LoadLoraOptions {
   readonly mergePrecision?: MergePrecision;
 }
 
-
 /**
  * Loads a LoRA entry: a plain `.safetensors` path, or a merge spec
  * `"a.safetensors:0.7,b.safetensors:-0.3"` (docs/design.md, "Weighted merges"; a single weighted

@@ -33,7 +33,9 @@ export const comfyui: Naming = {
   downSuffix: KOHYA_DOWN,
   layerKeys: (layer) => suffixKeys(layer, KOHYA_DOWN, KOHYA_UP, [KOHYA_DORA]),
   toCanonical(layer, arch) {
-    if (layer.startsWith(UNET)) return canonicalName({ part: "unet", path: under(layer, UNET) }, arch);
+    if (layer.startsWith(UNET)) {
+      return canonicalName({ part: "unet", path: under(layer, UNET) }, arch);
+    }
     for (const part of ["te1", "te2"] as const) {
       if (!layer.startsWith(CLIP[part])) continue;
       const path = under(layer, CLIP[part]);

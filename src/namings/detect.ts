@@ -99,8 +99,16 @@ const NAME_SIGNS: readonly (readonly [RegExp, Architecture, string])[] = [
   [/label_emb|add_embedding/, "sdxl", "a pooled-text embedding"],
   [/transformer_blocks[._][1-9]/, "sdxl", "several transformer blocks per attention"],
   [/^lora_te_text_model/, "sd15", "a single text encoder (lora_te_)"],
-  [/input_blocks[._](9|10|11)[._]|down_blocks[._]3[._]|up_blocks[._]3[._]/, "sd15", "a 4th UNet level"],
-  [/input_blocks[._][12][._]1[._]|down_blocks[._]0[._]attentions/, "sd15", "attention in the first UNet level"],
+  [
+    /input_blocks[._](9|10|11)[._]|down_blocks[._]3[._]|up_blocks[._]3[._]/,
+    "sd15",
+    "a 4th UNet level",
+  ],
+  [
+    /input_blocks[._][12][._]1[._]|down_blocks[._]0[._]attentions/,
+    "sd15",
+    "attention in the first UNet level",
+  ],
 ];
 
 /** Cross-attention context width: 768 (CLIP-L) for SD1.5, 2048 (both encoders) for SDXL. */
@@ -128,7 +136,9 @@ export function loraArchitecture(
   for (const t of tensors) {
     if (!CROSS_ATTENTION_KV.test(t.name) || !isDownFactor(t.name) || t.shape.length !== 2) continue;
     const arch = CONTEXT_WIDTH.get(t.shape[1]);
-    if (arch) return { architecture: arch, evidence: `'${t.name}' (cross-attention input ${t.shape[1]})` };
+    if (arch) {
+      return { architecture: arch, evidence: `'${t.name}' (cross-attention input ${t.shape[1]})` };
+    }
   }
   const found = new Map<Architecture, string>();
   for (const t of tensors) {

@@ -20,8 +20,8 @@ export { kohyaDiffusers, simpleTuner } from "./kohya_diffusers.ts";
 export {
   canonicalName,
   type LayerKeys,
-  type ModuleRef,
   moduleOf,
+  type ModuleRef,
   type Naming,
   type NamingId,
 } from "./naming.ts";

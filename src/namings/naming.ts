@@ -124,7 +124,10 @@ export function canonicalOfDiffusersUnet(path: string, arch: Architecture): stri
  * if (d !== "down_blocks_0_downsamplers_0_conv") throw new Error(d);
  * ```
  */
-export function diffusersUnetOfCanonical(canonical: string, arch: Architecture): string | undefined {
+export function diffusersUnetOfCanonical(
+  canonical: string,
+  arch: Architecture,
+): string | undefined {
   if (!canonical.startsWith(UNET)) return undefined;
   return diffusersFromSgm(canonical.slice(UNET.length), arch);
 }
