@@ -139,7 +139,10 @@ Deno.test("a layer whose shape disagrees with its base weight is an error naming
 });
 
 Deno.test("a LoRA of which no layer matches is an error", async () => {
-  const path = await write("nothing.safetensors", layer("lora_unet_no_such_block_proj_in", 10, [10]));
+  const path = await write(
+    "nothing.safetensors",
+    layer("lora_unet_no_such_block_proj_in", 10, [10]),
+  );
   await assertRejects(
     () => loadLora(path).then((l) => pairLayers(l, ckpt)),
     MappingError,

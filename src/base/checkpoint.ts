@@ -9,7 +9,7 @@
 
 import { MappingError, SafetensorsError } from "../errors.ts";
 import type { BaseWeightRef } from "../linalg/backend.ts";
-import { type DType, isFloatDType } from "../safetensors/dtype.ts";
+import { type DType, isBaseDType } from "../safetensors/dtype.ts";
 import { numel } from "../safetensors/header.ts";
 import { type ReadOptions, SafetensorsFile } from "../safetensors/reader.ts";
 import type { Architecture } from "../namings/unet_blocks.ts";
@@ -244,7 +244,7 @@ export class BaseCheckpoint implements AsyncDisposable {
   }
 
   #floatDType(entry: BaseEntry) {
-    if (!isFloatDType(entry.dtype)) {
+    if (!isBaseDType(entry.dtype)) {
       throw new SafetensorsError(
         `${this.path}: tensor '${entry.key}' has dtype ${entry.dtype}, expected a float type`,
         { file: this.path, tensor: entry.key },

@@ -62,7 +62,9 @@ export function pairLayers(model: LoraModel, checkpoint: BaseCheckpoint): Pairin
   const made = model.architecture;
   if (made && made.architecture !== checkpoint.architecture) {
     throw new MappingError(
-      `${model.entry} is a LoRA for ${ARCHITECTURE_LABELS[made.architecture]} (${made.evidence}) but the base checkpoint ${checkpoint.path} is ${arch}`,
+      `${model.entry} is a LoRA for ${
+        ARCHITECTURE_LABELS[made.architecture]
+      } (${made.evidence}) but the base checkpoint ${checkpoint.path} is ${arch}`,
     );
   }
   const paired: PairedLayer[] = [];
