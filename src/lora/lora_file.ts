@@ -268,8 +268,7 @@ async function peftDefaults(
   let defaulted = 0;
   for (const layer of lacking) {
     const rank = raw.get(layer.keys.down)!.shape[0];
-    const module = peftModule(layer.key);
-    const alpha = config && rank !== undefined ? peftAlphas(config, module, rank) : undefined;
+    const alpha = config ? peftAlphas(config, peftModule(layer.key), rank) : undefined;
     if (alpha === undefined) defaulted++;
     else alphas.set(layer.key, alpha);
   }

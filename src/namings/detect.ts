@@ -113,7 +113,8 @@ const NAME_SIGNS: readonly (readonly [RegExp, Architecture, string])[] = [
 
 /** Cross-attention context width: 768 (CLIP-L) for SD1.5, 2048 (both encoders) for SDXL. */
 const CONTEXT_WIDTH: ReadonlyMap<number, Architecture> = new Map([[768, "sd15"], [2048, "sdxl"]]);
-const CROSS_ATTENTION_KV = /attn2[._]to_[kv]\b|attn2[._]to_[kv][._]/;
+/** A cross-attention key or value projection, in any naming (attention processors included). */
+const CROSS_ATTENTION_KV = /attn2[._](?:processor[._])?to_[kv][._]/;
 
 /**
  * The architecture a LoRA's tensors show it was made for: the width of its
