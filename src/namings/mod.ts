@@ -1,7 +1,7 @@
 /**
  * LoRA file namings: how each format spells layer names and factor keys,
  * each a pair of pure functions to and from the canonical layer name (kohya,
- * SGM block names) that base checkpoints are indexed by.
+ * SGM block names) that base checkpoints are indexed by (docs/design.md, Namings).
  *
  * @module
  */
