@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { assert, assertEquals, assertRejects, assertRelClose } from "./assert.ts";
 import { LoraError } from "../src/errors.ts";
 import { readLoraFile } from "../src/lora/lora_file.ts";
+import { loraArchitecture } from "../src/namings/mod.ts";
 import { writeSafetensors } from "../src/safetensors/writer.ts";
 
 const TMP = await Deno.makeTempDir({ prefix: "namings_input_test_" });
@@ -148,4 +149,25 @@ Deno.test("a tensor that belongs to no layer in any naming passes through", asyn
     "transformer.single_blocks.0.linear1.lora_B.weight",
     "unet.mid_block.attentions.0.proj_out.lora_A.weight",
   ]);
+});
+
+Deno.test("a LoRA's architecture: cross-attention width first, then names only one architecture has, else none", () => {
+  const t = (name: string, shape: number[] = [4, 8]) => ({ name, shape });
+  const sd15Name = t("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight");
+  const sdxlName = t("lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight");
+  const kv = (width: number) =>
+    t("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v.lora_A.weight", [4, width]);
+  assertEquals(loraArchitecture([sd15Name])?.architecture, "sd15");
+  assertEquals(loraArchitecture([sdxlName])?.architecture, "sdxl");
+  assertEquals(loraArchitecture([sd15Name, sdxlName]), undefined); // they disagree: no claim
+  assertEquals(loraArchitecture([sd15Name, sdxlName, kv(2048)])?.architecture, "sdxl");
+  assertEquals(
+    loraArchitecture([kv(768)])?.evidence,
+    `'${kv(768).name}' (cross-attention input 768)`,
+  );
+  assertEquals(loraArchitecture([kv(1024)]), undefined); // SD2's width: neither
+  assertEquals(
+    loraArchitecture([t("lora_unet_input_blocks_4_1_proj_in.lora_down.weight")]),
+    undefined,
+  );
 });

@@ -11,6 +11,7 @@ import {
   diffusersUnetPath,
   keysIn,
   rng,
+  storesAlpha,
   type TestLayer,
   testLayer,
   type TestNaming,
@@ -116,6 +117,8 @@ Deno.test("every naming spells every canonical SDXL name it can and reads it bac
       "kohya-diffusers": 794,
     };
     assert(spelled >= (least[naming.id] ?? canonical.length), `${naming.id}: ${spelled}`);
+    // Whether alpha is stored: as the converter writes each naming.
+    assertEquals(naming.storesAlpha, storesAlpha(naming.id), naming.id);
   }
 });
 

@@ -31,6 +31,7 @@ export const comfyui: Naming = {
   id: "comfyui",
   label: "ComfyUI (diffusion_model. / text_encoders.)",
   downSuffix: KOHYA_DOWN,
+  storesAlpha: true,
   layerKeys: (layer) => suffixKeys(layer, KOHYA_DOWN, KOHYA_UP, [KOHYA_DORA]),
   toCanonical(layer, arch) {
     if (layer.startsWith(UNET)) {

@@ -85,6 +85,33 @@ export function findLayers(names: ReadonlySet<string>, arch: Architecture): Name
   return layers.sort((a, b) => compareText(a.canonical, b.canonical));
 }
 
+/**
+ * The naming and canonical name of a layer name that kohya-style keys follow
+ * (`<layer>.alpha`, `<layer>.hada_w1_a`, …: kohya, kohya with diffusers block
+ * names, SimpleTuner, ComfyUI), for readers of other layer kinds (LyCORIS)
+ * that need the same canonical names. kohya, which takes any name, comes last.
+ *
+ * @example
+ * ```ts
+ * import { resolveKohyaStyle } from "./detect.ts";
+ * const r = resolveKohyaStyle("lycoris_down_blocks_1_attentions_0_proj_out", "sdxl");
+ * if (r.naming.id !== "simpletuner" || r.canonical !== "lora_unet_input_blocks_4_1_proj_out") {
+ *   throw new Error(r.canonical);
+ * }
+ * ```
+ */
+export function resolveKohyaStyle(
+  layer: string,
+  arch: Architecture,
+): { readonly naming: Naming; readonly canonical: string } {
+  for (const naming of NAMINGS) {
+    if (naming.downSuffix !== KOHYA_DOWN) continue;
+    const canonical = naming.toCanonical(layer, arch);
+    if (canonical !== undefined) return { naming, canonical };
+  }
+  return { naming: kohya, canonical: layer }; // unreachable: kohya reads every name
+}
+
 /** What a LoRA file says about the architecture it was made for. */
 export interface ArchitectureEvidence {
   /** The architecture. */

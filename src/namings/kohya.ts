@@ -31,6 +31,7 @@ export const kohya: Naming = {
   id: "kohya",
   label: "kohya (SGM block names)",
   downSuffix: KOHYA_DOWN,
+  storesAlpha: true,
   layerKeys: (layer) => suffixKeys(layer, KOHYA_DOWN, KOHYA_UP, [KOHYA_DORA]),
   toCanonical: (layer) => layer,
   fromCanonical: (canonical) => canonical,

@@ -22,6 +22,7 @@ function unetPrefixed(id: NamingId, label: string, prefix: string): Naming {
     id,
     label,
     downSuffix: KOHYA_DOWN,
+    storesAlpha: true,
     layerKeys: (layer) => suffixKeys(layer, KOHYA_DOWN, KOHYA_UP, [KOHYA_DORA]),
     toCanonical: (layer, arch) =>
       layer.startsWith(prefix)

@@ -14,6 +14,7 @@ export {
   type NamedLayer,
   namingById,
   NAMINGS,
+  resolveKohyaStyle,
 } from "./detect.ts";
 export { kohya } from "./kohya.ts";
 export { kohyaDiffusers, simpleTuner } from "./kohya_diffusers.ts";

@@ -41,6 +41,11 @@ export interface Naming {
   readonly label: string;
   /** Suffix of a down factor's key after the layer name. */
   readonly downSuffix: string;
+  /**
+   * Whether files in this naming store alpha; where not (PEFT, diffusers), a writer folds the
+   * scale alpha/rank into the factors.
+   */
+  readonly storesAlpha: boolean;
   /** The layer's tensor keys. */
   layerKeys(layer: string): LayerKeys;
   /** The canonical name of a layer named `layer` in this naming, or `undefined` when not one. */

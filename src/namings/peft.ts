@@ -71,6 +71,7 @@ export const peft: Naming = {
   id: "peft",
   label: "PEFT (lora_A / lora_B)",
   downSuffix: ".lora_A.weight",
+  storesAlpha: false,
   layerKeys: (layer) =>
     suffixKeys(layer, ".lora_A.weight", ".lora_B.weight", [
       ".lora_magnitude_vector",
@@ -94,6 +95,7 @@ export const diffusers: Naming = {
   id: "diffusers",
   label: "diffusers (lora.down / lora.up)",
   downSuffix: ".lora.down.weight",
+  storesAlpha: false,
   layerKeys: (layer) => suffixKeys(layer, ".lora.down.weight", ".lora.up.weight", []),
   toCanonical: canonicalOfModule,
   fromCanonical: moduleOfCanonical,
@@ -116,6 +118,7 @@ export const diffusersAttnProcs: Naming = {
   id: "diffusers-attn-procs",
   label: "diffusers attention processors (processor.to_q_lora)",
   downSuffix: "_lora.down.weight",
+  storesAlpha: false,
   layerKeys: (layer) => suffixKeys(layer, "_lora.down.weight", "_lora.up.weight", []),
   toCanonical(layer, arch) {
     const m = PROCESSOR.exec(layer);
