@@ -70,20 +70,27 @@ export interface NamedLayer {
 export function findLayers(names: ReadonlySet<string>, arch: Architecture): NamedLayer[] {
   const layers: NamedLayer[] = [];
   for (const name of names) {
-    for (const naming of NAMINGS) {
-      if (!name.endsWith(naming.downSuffix)) continue;
-      const key = name.slice(0, -naming.downSuffix.length);
-      const keys = naming.layerKeys(key);
-      if (!names.has(keys.up)) continue;
-      if (naming.downSuffix === KOHYA_DOWN && names.has(key + ".lora_mid.weight")) break;
-      const canonical = naming.toCanonical(key, arch);
-      if (canonical === undefined) continue;
-      layers.push({ key, naming, canonical, keys });
+    for (const [suffix, namings] of BY_SUFFIX) {
+      if (!name.endsWith(suffix)) continue;
+      // Namings that share a down suffix spell all their keys alike: one look-up of the up key.
+      const key = name.slice(0, -suffix.length);
+      const keys = namings[0].layerKeys(key);
+      if (!names.has(keys.up)) break;
+      if (suffix === KOHYA_DOWN && names.has(key + ".lora_mid.weight")) break;
+      for (const naming of namings) {
+        const canonical = naming.toCanonical(key, arch);
+        if (canonical === undefined) continue;
+        layers.push({ key, naming, canonical, keys });
+        break;
+      }
       break;
     }
   }
   return layers.sort((a, b) => compareText(a.canonical, b.canonical));
 }
+
+/** The namings by down suffix, each list in {@link NAMINGS} order. */
+const BY_SUFFIX: ReadonlyMap<string, readonly Naming[]> = Map.groupBy(NAMINGS, (n) => n.downSuffix);
 
 /**
  * The naming and canonical name of a layer name that kohya-style keys follow
@@ -170,9 +177,14 @@ export function loraArchitecture(
   }
   const found = new Map<Architecture, string>();
   for (const t of tensors) {
+    // An up factor or alpha names the same layer as its down factor.
+    if (
+      t.name.endsWith("up.weight") || t.name.endsWith(".lora_B.weight") || t.name.endsWith(".alpha")
+    ) continue;
     for (const [pattern, arch, why] of NAME_SIGNS) {
       if (!found.has(arch) && pattern.test(t.name)) found.set(arch, `'${t.name}' (${why})`);
     }
+    if (found.size === 2) break;
   }
   if (found.size !== 1) return undefined;
   const [[architecture, evidence]] = found;

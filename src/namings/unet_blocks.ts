@@ -124,10 +124,23 @@ function layout(arch: Architecture): Block[] {
   return blocks;
 }
 
-const LAYOUTS: Readonly<Record<Architecture, readonly Block[]>> = {
-  sdxl: layout("sdxl"),
-  sd15: layout("sd15"),
-};
+/** Blocks by architecture and spelling, keyed by their path prefix (2 to 6 words). */
+const INDEX = new Map<string, Map<string, Block>>();
+for (const arch of ["sdxl", "sd15"] as const) {
+  for (const spelling of ["sgm", "diffusers"] as const) {
+    INDEX.set(`${arch} ${spelling}`, new Map(layout(arch).map((b) => [b[spelling], b])));
+  }
+}
+
+/** The block whose prefix starts the path (the longest such). */
+function blockOf(path: string, blocks: ReadonlyMap<string, Block>): Block | undefined {
+  const words = path.split("_");
+  for (let n = Math.min(6, words.length); n >= 2; n--) {
+    const block = blocks.get(words.slice(0, n).join("_"));
+    if (block) return block;
+  }
+  return undefined;
+}
 
 function convert(
   path: string,
@@ -135,16 +148,14 @@ function convert(
   from: "sgm" | "diffusers",
   to: "sgm" | "diffusers",
 ): string | undefined {
-  for (const block of LAYOUTS[arch]) {
-    const prefix = block[from];
-    if (path === prefix) return block.kind === "resnet" ? undefined : block[to];
-    if (block.kind === "exact" || !path.startsWith(prefix + "_")) continue;
-    const inner = path.slice(prefix.length + 1);
-    if (block.kind === "attention") return `${block[to]}_${inner}`;
-    const pair = RESNET.find((p) => p[from === "sgm" ? 0 : 1] === inner);
-    return pair ? `${block[to]}_${pair[to === "sgm" ? 0 : 1]}` : undefined;
-  }
-  return undefined;
+  const block = blockOf(path, INDEX.get(`${arch} ${from}`)!);
+  if (!block) return undefined;
+  if (path === block[from]) return block.kind === "resnet" ? undefined : block[to];
+  if (block.kind === "exact") return undefined;
+  const inner = path.slice(block[from].length + 1);
+  if (block.kind === "attention") return `${block[to]}_${inner}`;
+  const pair = RESNET.find((p) => p[from === "sgm" ? 0 : 1] === inner);
+  return pair ? `${block[to]}_${pair[to === "sgm" ? 0 : 1]}` : undefined;
 }
 
 /**
