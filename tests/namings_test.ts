@@ -24,7 +24,13 @@ import { createCpuBackend } from "../src/linalg/cpu/backend.ts";
 import { decodeFloats } from "../src/safetensors/dtype.ts";
 import { SafetensorsFile } from "../src/safetensors/reader.ts";
 import { writeSafetensors } from "../src/safetensors/writer.ts";
-import { diffusersFromSgm, NAMINGS, sgmFromDiffusers } from "../src/namings/mod.ts";
+import {
+  diffusersFromSgm,
+  NAMINGS,
+  OUTPUT_NAMINGS,
+  outputKeys,
+  sgmFromDiffusers,
+} from "../src/namings/mod.ts";
 import { dotted } from "../src/namings/dotted.ts";
 import { sd15BaseSpecs } from "../src/synthetic_sd15.ts";
 
@@ -381,4 +387,55 @@ Deno.test("a file whose layers mix namings is read layer by layer", async () => 
   const model = await readLoraFile(path);
   assertEquals([...model.namings].sort(), ["comfyui", "kohya"]);
   assertEquals(model.layers.map((l) => l.name), twinModel.layers.map((l) => l.name));
+});
+
+Deno.test("output keys: a layer keeps its own spelling by default, and another naming spells it as the converter does", async () => {
+  const twinModules = new Map(
+    LAYERS.map((l) => [keysIn("kohya", l.module)!.down.slice(0, -".lora_down.weight".length), l]),
+  );
+  for (const naming of NAMES) {
+    const path = join(TMP, naming, "lora.safetensors");
+    const model = await readLoraFile(path);
+    await using file = await SafetensorsFile.open(path);
+    for (const layer of model.layers) {
+      const own = outputKeys(layer)!;
+      assert(file.has(own.down) && file.has(own.up), `${naming}: ${own.down}`);
+      assertEquals(own.foldScale, !storesAlpha(naming));
+      if (own.alpha) assert(file.has(own.alpha), own.alpha);
+      const module = twinModules.get(layer.name)!.module;
+      for (const target of OUTPUT_NAMINGS) {
+        const keys = outputKeys(layer, { naming: target as TestNaming })!;
+        const expected = keysIn(target as TestNaming, module)!;
+        assertEquals([keys.down, keys.up], [expected.down, expected.up], `${naming} → ${target}`);
+        assertEquals(keys.alpha, expected.alpha, `${naming} → ${target}`);
+      }
+    }
+  }
+});
+
+Deno.test("output keys: kohya names for SD1.5 are kohya's own (diffusers block names, lora_te_)", () => {
+  const unet = {
+    name: "lora_unet_output_blocks_2_1_conv",
+    key: "diffusion_model.output_blocks.2.1.conv",
+    naming: "comfyui" as const,
+  };
+  assertEquals(
+    outputKeys(unet, { naming: "kohya", architecture: "sd15" })?.down,
+    keysIn("kohya-diffusers", { part: "unet", path: "output_blocks.2.1.conv" }, "sd15")!.down,
+  );
+  const te = {
+    name: "lora_te_text_model_encoder_layers_0_mlp_fc1",
+    key: "text_encoder.text_model.encoder.layers.0.mlp.fc1",
+    naming: "peft" as const,
+  };
+  assertEquals(
+    outputKeys(te, { naming: "kohya", architecture: "sd15" })?.down,
+    "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
+  );
+  // An attention-processor file's other layers are written in plain diffusers names.
+  const conv = { name: "lora_unet_out_2", key: "lora_unet_out_2", naming: "kohya" as const };
+  assertEquals(
+    outputKeys(conv, { naming: "diffusers-attn-procs" })?.down,
+    "unet.conv_out.lora.down.weight",
+  );
 });

@@ -26,6 +26,13 @@ export {
   type Naming,
   type NamingId,
 } from "./naming.ts";
+export {
+  type NamedLayerRef,
+  OUTPUT_NAMINGS,
+  type OutputKeys,
+  outputKeys,
+  type OutputKeysOptions,
+} from "./output_keys.ts";
 export { diffusers, diffusersAttnProcs, peft } from "./peft.ts";
 export { peftAlphas, type PeftConfig, readPeftConfig } from "./peft_config.ts";
 export {
