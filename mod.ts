@@ -54,7 +54,6 @@ export type {
 } from "./src/report/inspect.ts";
 export { renderReport, type ReportData } from "./src/report/html.ts";
 export type { OutputDType } from "./src/output.ts";
-export type { Architecture, NamingId } from "./src/namings/mod.ts";
 export type { SizeAccounting, SizeCut } from "./src/recipe/select.ts";
 export {
   type DeviceChoice,

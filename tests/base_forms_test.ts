@@ -30,7 +30,7 @@ import { plan } from "../src/resize.ts";
 import { decodeFloats, type Fp8DType } from "../src/safetensors/dtype.ts";
 import { SafetensorsFile } from "../src/safetensors/reader.ts";
 import { type TensorSource, writeSafetensors } from "../src/safetensors/writer.ts";
-import { sd15BaseSpecs, writeSyntheticSd15Base } from "../src/synthetic_sd15.ts";
+import { sd15BaseSpecs, writeSyntheticSd15Base } from "../src/testing/synthetic_sd15.ts";
 
 const BASE = "tests/fixtures/micro_sdxl_base.safetensors";
 const TMP = await Deno.makeTempDir({ prefix: "base_forms_test_" });

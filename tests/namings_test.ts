@@ -32,7 +32,7 @@ import {
   sgmFromDiffusers,
 } from "../src/namings/mod.ts";
 import { dotted } from "../src/namings/dotted.ts";
-import { sd15BaseSpecs } from "../src/synthetic_sd15.ts";
+import { sd15BaseSpecs } from "../src/testing/synthetic_sd15.ts";
 
 const BASE = "tests/fixtures/micro_sdxl_base.safetensors";
 const TMP = await Deno.makeTempDir({ prefix: "namings_test_" });

@@ -13,7 +13,7 @@
  */
 
 import type { LoraLayer, LoraModel } from "../lora/lora_file.ts";
-import { type Architecture, ARCHITECTURE_LABELS, type NamingId } from "../namings/mod.ts";
+import { ARCHITECTURE_LABELS } from "../namings/mod.ts";
 import { type LayerSummary, type OutputSummary, ZERO_LAYER_SIGMA } from "../summary.ts";
 import { type BlockLabel, blockOf, groupByBlock } from "./blocks.ts";
 import { type Column, formatCount, formatNumber, formatPercent, formatTable } from "./table.ts";
@@ -194,10 +194,13 @@ export interface InspectResult {
   readonly lora: string;
   /** The LoRA's name (file stem, or the merged name). */
   readonly name: string;
-  /** The namings its layers are written in, each once. */
-  readonly namings: NamingId[];
-  /** The architecture its tensors show it was made for, or null. */
-  readonly architecture: Architecture | null;
+  /**
+   * The namings its layers are written in, each once: `kohya`, `kohya-diffusers`,
+   * `simpletuner`, `peft`, `diffusers`, `diffusers-attn-procs`, `comfyui`.
+   */
+  readonly namings: string[];
+  /** The architecture its tensors show it was made for (`sdxl`, `sd15`), or null. */
+  readonly architecture: "sdxl" | "sd15" | null;
   /** The checkpoint, or null. */
   readonly checkpoint: string | null;
   /** Number of layers. */

@@ -13,10 +13,11 @@
  * @module
  */
 
-import type { DType } from "./safetensors/dtype.ts";
-import type { TensorSpec } from "./safetensors/header.ts";
-import { type TensorSource, type WriteResult, writeSafetensors } from "./safetensors/writer.ts";
-import { syntheticBaseTensor, type SyntheticDType } from "./synthetic.ts";
+import type { DType } from "../safetensors/dtype.ts";
+import type { TensorSpec } from "../safetensors/header.ts";
+import { type TensorSource, type WriteResult, writeSafetensors } from "../safetensors/writer.ts";
+import type { SyntheticDType } from "./generator.ts";
+import { syntheticBaseTensor } from "./synthetic_base.ts";
 
 /** Key prefixes of an SD1.5 single-file checkpoint's UNet and text encoder. */
 export const SD15_PREFIXES = {
