@@ -49,6 +49,10 @@ Deno.test("two layers of one file that modify the same weight are one error nami
     LoraError,
     /^.*duplicate\/lora\.safetensors: layers 'lora_unet_input_blocks_4_1_proj_in' \(kohya\) and 'unet\.down_blocks\.1\.attentions\.0\.proj_in' \(peft\) both modify 'lora_unet_input_blocks_4_1_proj_in'$/,
   );
+  await assertRejects(() => readLoraFile(path), LoraError, {
+    file: path,
+    key: "unet.down_blocks.1.attentions.0.proj_in",
+  });
 });
 
 Deno.test("an adapter_config.json that is not JSON is one error naming it", async () => {
@@ -63,6 +67,9 @@ Deno.test("an adapter_config.json that is not JSON is one error naming it", asyn
     /bad_config\/adapter_config\.json: not valid JSON/,
   );
   assert(!e.message.includes("\n"));
+  await assertRejects(() => readLoraFile(path), LoraError, {
+    file: join(TMP, "bad_config", "adapter_config.json"),
+  });
 });
 
 Deno.test("a PEFT file without alphas or config reads with scale 1 and one warning", async () => {

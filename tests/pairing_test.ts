@@ -143,6 +143,9 @@ Deno.test("a LoRA of which no layer matches is an error", async () => {
     "nothing.safetensors",
     layer("lora_unet_no_such_block_proj_in", 10, [10]),
   );
+  await assertRejects(() => loadLora(path).then((l) => pairLayers(l, ckpt)), MappingError, {
+    file: path,
+  });
   await assertRejects(
     () => loadLora(path).then((l) => pairLayers(l, ckpt)),
     MappingError,

@@ -74,6 +74,7 @@ export async function diffusersFiles(folder: string): Promise<ComponentFile[]> {
   if (!files.some((f) => f.component === "unet")) {
     throw new SafetensorsError(
       `${folder}: a folder given as the base must be a diffusers model (unet/diffusion_pytorch_model[.fp16].safetensors or its .index.json), and none was found`,
+      { file: folder },
     );
   }
   return files;
@@ -94,11 +95,17 @@ async function shards(dir: string, index: string): Promise<string[]> {
   try {
     map = JSON.parse(await Deno.readTextFile(index))?.weight_map;
   } catch (e) {
-    throw new SafetensorsError(`${index}: not valid JSON (${(e as Error).message.split("\n")[0]})`);
+    throw new SafetensorsError(
+      `${index}: not valid JSON (${(e as Error).message.split("\n")[0]})`,
+      { file: index },
+    );
   }
   const names = typeof map === "object" && map !== null ? Object.values(map) : [];
   if (names.length === 0 || !names.every((n) => typeof n === "string" && !n.includes("/"))) {
-    throw new SafetensorsError(`${index}: 'weight_map' must map tensor names to shard file names`);
+    throw new SafetensorsError(`${index}: 'weight_map' must map tensor names to shard file names`, {
+      file: index,
+      key: "weight_map",
+    });
   }
   return [...new Set(names as string[])].map((n) => join(dir, n));
 }

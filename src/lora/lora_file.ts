@@ -246,6 +246,7 @@ function checkDistinct(path: string, found: readonly NamedLayer[]): void {
     if (a.canonical !== b.canonical) continue;
     throw new LoraError(
       `${path}: layers '${a.key}' (${a.naming.id}) and '${b.key}' (${b.naming.id}) both modify '${a.canonical}'`,
+      { file: path, key: b.key },
     );
   }
 }

@@ -65,6 +65,7 @@ export function pairLayers(model: LoraModel, checkpoint: BaseCheckpoint): Pairin
       `${model.entry} is a LoRA for ${
         ARCHITECTURE_LABELS[made.architecture]
       } (${made.evidence}) but the base checkpoint ${checkpoint.path} is ${arch}`,
+      { file: model.entry },
     );
   }
   const paired: PairedLayer[] = [];
@@ -80,6 +81,7 @@ export function pairLayers(model: LoraModel, checkpoint: BaseCheckpoint): Pairin
     if (other) {
       throw new MappingError(
         `${model.entry}: layers '${other.key}' and '${layer.key}' both modify ${match.entry.label} of ${checkpoint.path}`,
+        { file: model.entry, key: layer.key, tensor: match.entry.key },
       );
     }
     checkpoint.checkEntry(match.entry);

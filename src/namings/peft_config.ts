@@ -46,23 +46,28 @@ export async function readPeftConfig(folder: string): Promise<PeftConfig | undef
     text = await Deno.readTextFile(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return undefined;
-    throw new LoraError(`${path}: cannot read it (${(e as Error).message})`);
+    throw new LoraError(`${path}: cannot read it (${(e as Error).message})`, {
+      file: path,
+      cause: e,
+    });
   }
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch (e) {
-    throw new LoraError(`${path}: not valid JSON (${(e as Error).message.split("\n")[0]})`);
+    throw new LoraError(`${path}: not valid JSON (${(e as Error).message.split("\n")[0]})`, {
+      file: path,
+    });
   }
   if (typeof json !== "object" || json === null || Array.isArray(json)) {
-    throw new LoraError(`${path}: expected a JSON object`);
+    throw new LoraError(`${path}: expected a JSON object`, { file: path });
   }
   const o = json as Record<string, unknown>;
   const num = (k: string) => {
     const v = o[k];
     if (v === undefined || v === null) return undefined;
     if (typeof v !== "number" || !Number.isFinite(v)) {
-      throw new LoraError(`${path}: '${k}' is not a number`);
+      throw new LoraError(`${path}: '${k}' is not a number`, { file: path, key: k });
     }
     return v;
   };
@@ -70,7 +75,9 @@ export async function readPeftConfig(folder: string): Promise<PeftConfig | undef
     const v = o[k] ?? {};
     const ok = typeof v === "object" && v !== null && !Array.isArray(v) &&
       Object.values(v).every((x) => typeof x === "number" && Number.isFinite(x));
-    if (!ok) throw new LoraError(`${path}: '${k}' is not an object of numbers`);
+    if (!ok) {
+      throw new LoraError(`${path}: '${k}' is not an object of numbers`, { file: path, key: k });
+    }
     return v as Record<string, number>;
   };
   return {
