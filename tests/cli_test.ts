@@ -292,5 +292,12 @@ Deno.test("bad input in other namings: one line, exit 1, nothing written", async
       /has dtype F8_E4M3, expected F16, BF16, F32 or F64/,
       out,
     );
+    // PEFT without alphas or adapter_config.json: scale 1, said once.
+    await Deno.remove(join(dir, "peft", "adapter_config.json"));
+    const r = await run([BASE, config, "-o", out, "--dry_run", "--no_norms_cache", "-d", "cpu"]);
+    assertEquals(r.code, 0, r.stderr.join("\n"));
+    const said = r.stderr.filter((l) => l.includes("PEFT layers have no alpha"));
+    assertEquals(said.length, 1, r.stderr.join("\n"));
+    assert(said[0].includes("no adapter_config.json is beside the file"), said[0]);
   });
 });
