@@ -39,8 +39,10 @@ usage: resize-lora CHECKPOINT LORA [LORA ...] [options]
        resize-lora demo [-o DIR]
 
 positional arguments:
-  CHECKPOINT            base model: a single-file SDXL .safetensors checkpoint
-  LORA                  LoRA .safetensors files (globs are expanded), or weighted merges
+  CHECKPOINT            base model: an SDXL or SD1.5 single-file .safetensors checkpoint
+                        (fp8 included), or a diffusers model folder
+  LORA                  LoRA .safetensors files in kohya, PEFT, diffusers or ComfyUI naming
+                        (globs are expanded), or weighted merges
                         "a.safetensors:0.7,b.safetensors:0.3"
 
 options:

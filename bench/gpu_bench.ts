@@ -23,7 +23,7 @@ import { createGpuBackend } from "../src/linalg/gpu/backend.ts";
 import { requestAdapter } from "../src/linalg/gpu/device.ts";
 import { readLoraFile } from "../src/lora/lora_file.ts";
 import { pairLayers } from "../src/lora/pairing.ts";
-import { BaseCheckpoint } from "../src/sdxl/checkpoint.ts";
+import { BaseCheckpoint } from "../src/base/checkpoint.ts";
 import { ensureBenchFixtures } from "./fixtures.ts";
 
 const { values: args } = parseArgs({

@@ -21,7 +21,7 @@ import { decomposeOnGpu } from "../src/linalg/gpu/decompose.ts";
 import { WeightReader } from "../src/linalg/gpu/weights.ts";
 import { readLoraFile } from "../src/lora/lora_file.ts";
 import { pairLayers } from "../src/lora/pairing.ts";
-import { BaseCheckpoint } from "../src/sdxl/checkpoint.ts";
+import { BaseCheckpoint } from "../src/base/checkpoint.ts";
 import { ensureBenchFixtures } from "./fixtures.ts";
 
 const { base, lora } = await ensureBenchFixtures({ scale: 1, log: (l) => console.error(l) });

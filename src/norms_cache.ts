@@ -3,7 +3,8 @@
  * cached").
  *
  * One JSON file per checkpoint, named by a content fingerprint of the file
- * (size + header bytes + a hash of sampled data blocks), so a checkpoint
+ * (size + header bytes + a hash of sampled data blocks; for a diffusers
+ * folder, of each of its files), so a checkpoint
  * replaced at the same path is never served stale norms, and a copy at a new
  * path reuses them. Entries are keyed by base tensor key (plus `#chunk` for a
  * row block). Every update is written atomically (temp file + rename) and
@@ -19,13 +20,14 @@
  * @module
  */
 
-import { dirname, join } from "node:path";
+import { dirname, join, relative } from "node:path";
+import { diffusersFiles, isFolder } from "./base/diffusers_folder.ts";
 import { checkInputFile, describeOsError } from "./input_files.ts";
 import { oneLine } from "./one_line.ts";
 import { releaseTemp, removeOrphanTempFiles, tempPathFor } from "./temp_files.ts";
 import { OutputError } from "./errors.ts";
 import type { BaseNorms } from "./linalg/backend.ts";
-import type { BaseEntry } from "./sdxl/checkpoint.ts";
+import type { BaseEntry } from "./base/checkpoint.ts";
 
 /** Number of data blocks hashed into a fingerprint, and their size. */
 const SAMPLE_BLOCKS = 64;
@@ -91,6 +93,32 @@ export async function fingerprintFile(path: string): Promise<string> {
   } finally {
     file.close();
   }
+}
+
+/**
+ * Content fingerprint of a diffusers model folder: SHA-256 over the path
+ * (relative to the folder) and {@link fingerprintFile} of each safetensors
+ * file the base is read from, so the folder's name and place do not matter
+ * and a changed file changes it. Also the files' total size.
+ *
+ * @example
+ * ```ts ignore
+ * import { fingerprintFolder } from "./norms_cache.ts";
+ * const { fingerprint, size } = await fingerprintFolder("stable-diffusion-xl-base-1.0");
+ * ```
+ */
+export async function fingerprintFolder(
+  folder: string,
+): Promise<{ fingerprint: string; size: number }> {
+  const lines = [`${FORMAT}\0folder`];
+  let size = 0;
+  for (const { path } of await diffusersFiles(folder)) {
+    size += (await Deno.stat(path)).size;
+    lines.push(`${relative(folder, path).replaceAll("\\", "/")}\0${await fingerprintFile(path)}`);
+  }
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(lines.join("\n")));
+  const hex = Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+  return { fingerprint: hex, size };
 }
 
 /**
@@ -207,14 +235,16 @@ export class NormsCache {
    * next update).
    */
   static async open(checkpoint: string, options: NormsCacheOptions = {}): Promise<NormsCache> {
-    const fingerprint = options.fingerprint ?? await fingerprintFile(checkpoint);
+    const folder = await isFolder(checkpoint) ? await fingerprintFolder(checkpoint) : undefined;
+    const fingerprint = options.fingerprint ?? folder?.fingerprint ??
+      await fingerprintFile(checkpoint);
     const location = options.location ?? defaultCacheDir();
     const file = location.endsWith(".json")
       ? location
       : join(location, `${fingerprint.slice(0, 32)}.json`);
     const named = location.endsWith(".json");
     const stored = await readCacheFile(file, { named });
-    const size = (await Deno.stat(checkpoint)).size;
+    const size = folder?.size ?? (await Deno.stat(checkpoint)).size;
     return new NormsCache(file, fingerprint, { path: checkpoint, size }, stored, named);
   }
 

@@ -1,6 +1,6 @@
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { MappingError, SafetensorsError } from "../src/errors.ts";
-import { BaseCheckpoint, pythonRepr, pythonTuple } from "../src/sdxl/checkpoint.ts";
+import { BaseCheckpoint, pythonRepr, pythonTuple } from "../src/base/checkpoint.ts";
 import { SafetensorsFile } from "../src/safetensors/reader.ts";
 import { type DType, dtypeSize } from "../src/safetensors/dtype.ts";
 import { writeSafetensors } from "../src/safetensors/writer.ts";

@@ -189,7 +189,7 @@ Deno.test("bad inputs: one-line errors, exit 1, nothing written", async () => {
     await assertFails(
       [BASE, sd15, "-o", out],
       1,
-      /no layer of .*sd15\.safetensors matches the base checkpoint .*is it an SDXL LoRA\?/,
+      /sd15\.safetensors is a LoRA for SD1\.5 .*but the base checkpoint .* is SDXL/,
       out,
     );
 
@@ -244,5 +244,60 @@ Deno.test("demo: writes a synthetic base and LoRA, resizes it, and says what it 
     assert(r.stderr.some((l) => l.startsWith("INFO:root:Mapped 986 LoRA layers")), "runs as -v");
     assert(r.stdout.some((l) => l.startsWith("demo: wrote a synthetic SDXL-shaped base")));
     assertEquals(await listFiles(join(dir, "out")), ["demo_lora_r16_frockpt1_th-3.5.safetensors"]);
+  });
+});
+
+Deno.test("bad input in other namings: one line, exit 1, nothing written", async () => {
+  await withDir(async (dir) => {
+    const out = join(dir, "out");
+    const f32 = (n: number) => encodeFloats(new Array(n).fill(0.01), "F32");
+    const pair = (down: string, up: string, dtype: "F32" | "F8_E4M3" = "F32") => [
+      {
+        name: down,
+        dtype,
+        shape: [2, 10],
+        data: dtype === "F32" ? f32(20) : new Uint8Array(20).fill(0x38),
+      },
+      { name: up, dtype: "F32" as const, shape: [10, 2], data: f32(20) },
+    ];
+    const peft = "unet.down_blocks.1.attentions.0.proj_in";
+    // PEFT with an adapter_config.json that is not JSON.
+    await Deno.mkdir(join(dir, "peft"));
+    const config = join(dir, "peft", "lora.safetensors");
+    await writeSafetensors(config, pair(`${peft}.lora_A.weight`, `${peft}.lora_B.weight`));
+    await Deno.writeTextFile(join(dir, "peft", "adapter_config.json"), "lora_alpha: 8");
+    await assertFails([BASE, config, "-o", out], 1, /adapter_config\.json: not valid JSON/, out);
+    // Two layers (kohya and PEFT names) that modify the same weight.
+    const kohya = "lora_unet_input_blocks_4_1_proj_in";
+    const both = join(dir, "both.safetensors");
+    await writeSafetensors(both, [
+      ...pair(`${kohya}.lora_down.weight`, `${kohya}.lora_up.weight`),
+      ...pair(`${peft}.lora_A.weight`, `${peft}.lora_B.weight`),
+    ]);
+    await assertFails(
+      [BASE, both, "-o", out],
+      1,
+      /layers '.*' \(kohya\) and '.*' \(peft\) both modify/,
+      out,
+    );
+    // An fp8 LoRA factor.
+    const fp8 = join(dir, "fp8.safetensors");
+    await writeSafetensors(
+      fp8,
+      pair(`${kohya}.lora_down.weight`, `${kohya}.lora_up.weight`, "F8_E4M3"),
+    );
+    await assertFails(
+      [BASE, fp8, "-o", out],
+      1,
+      /has dtype F8_E4M3, expected F16, BF16, F32 or F64/,
+      out,
+    );
+    // PEFT without alphas or adapter_config.json: scale 1, said once.
+    await Deno.remove(join(dir, "peft", "adapter_config.json"));
+    const r = await run([BASE, config, "-o", out, "--dry_run", "--no_norms_cache", "-d", "cpu"]);
+    assertEquals(r.code, 0, r.stderr.join("\n"));
+    const said = r.stderr.filter((l) => l.includes("PEFT layers have no alpha"));
+    assertEquals(said.length, 1, r.stderr.join("\n"));
+    assert(said[0].includes("no adapter_config.json is beside the file"), said[0]);
   });
 });

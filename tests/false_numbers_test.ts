@@ -16,7 +16,7 @@ import {
   snapshot,
   withDir,
 } from "./hostile.ts";
-import { BaseCheckpoint } from "../src/sdxl/checkpoint.ts";
+import { BaseCheckpoint } from "../src/base/checkpoint.ts";
 
 const LAYER = "lora_unet_input_blocks_1_0_emb_layers_1";
 

@@ -1,5 +1,5 @@
 import { assert, assertEquals } from "./assert.ts";
-import { loraNamesForBaseKey } from "../src/sdxl/key_map.ts";
+import { loraNamesForBaseKey } from "../src/base/key_map.ts";
 
 /** Full-size SDXL 1.0 shapes (conformance `sdxl_keys.json`). */
 const SDXL: Record<string, { dtype: string; shape: number[] }> = JSON.parse(

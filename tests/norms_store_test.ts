@@ -8,7 +8,7 @@ import type { LoraLayer } from "../src/lora/lora_file.ts";
 import type { PairedLayer } from "../src/lora/pairing.ts";
 import { NormsCache } from "../src/norms_cache.ts";
 import { NormsStore } from "../src/pipeline/norms_store.ts";
-import { BaseCheckpoint } from "../src/sdxl/checkpoint.ts";
+import { BaseCheckpoint } from "../src/base/checkpoint.ts";
 
 const BASE = "tests/fixtures/micro_sdxl_base.safetensors";
 

@@ -2,7 +2,7 @@ import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { MappingError } from "../src/errors.ts";
 import { loadLora, readLoraFile } from "../src/lora/lora_file.ts";
 import { pairLayers, unmatchedBaseMessage } from "../src/lora/pairing.ts";
-import { BaseCheckpoint } from "../src/sdxl/checkpoint.ts";
+import { BaseCheckpoint } from "../src/base/checkpoint.ts";
 import { type TensorSource, writeSafetensors } from "../src/safetensors/writer.ts";
 
 const FIXTURES = "tests/fixtures";
@@ -84,7 +84,7 @@ Deno.test("short aliases, direct names, 1×1 conv vs linear, and unmapped layers
     ...layer("middle_block_1_proj_out", 20, [20]),
     ...layer("lora_unet_input_blocks_4_0_skip_connection", 10, [5]), // linear for a 1×1 conv
     ...layer("lora_unet_out_2", 4, [5, 3, 3]),
-    ...layer("lora_unet_down_blocks_0_attentions_0_proj_in", 10, [10]), // diffusers name
+    ...layer("lora_unet_no_such_block_0_proj_in", 10, [10]), // no base weight in any naming
   ]);
   const { paired, unmapped, unmatchedBase } = pairLayers(await readLoraFile(path), ckpt);
   assertEquals(
@@ -100,7 +100,7 @@ Deno.test("short aliases, direct names, 1×1 conv vs linear, and unmapped layers
       ["middle_block_1_proj_out", U + "middle_block.1.proj_out.weight", "direct"],
     ],
   );
-  assertEquals(unmapped.map((l) => l.name), ["lora_unet_down_blocks_0_attentions_0_proj_in"]);
+  assertEquals(unmapped.map((l) => l.name), ["lora_unet_no_such_block_0_proj_in"]);
   assertEquals(unmatchedBase.length, ckpt.entries().length - 4);
   assert(!unmatchedBase.some((e) => e.key === U + "out.2.weight"));
 });
@@ -140,6 +140,22 @@ Deno.test("a layer whose shape disagrees with its base weight is an error naming
 
 Deno.test("a LoRA of which no layer matches is an error", async () => {
   const path = await write(
+    "nothing.safetensors",
+    layer("lora_unet_no_such_block_proj_in", 10, [10]),
+  );
+  await assertRejects(() => loadLora(path).then((l) => pairLayers(l, ckpt)), MappingError, {
+    file: path,
+  });
+  await assertRejects(
+    () => loadLora(path).then((l) => pairLayers(l, ckpt)),
+    MappingError,
+    /^no layer of .*nothing\.safetensors matches the base checkpoint .*micro_sdxl_base\.safetensors \(is it an SDXL LoRA\?\)$/,
+  );
+});
+
+Deno.test("a LoRA for SD1.5 given an SDXL checkpoint is one line naming both and why", async () => {
+  // Attention in the first down level exists in SD1.5 only.
+  const path = await write(
     "sd15.safetensors",
     layer("lora_unet_down_blocks_0_attentions_0_proj_in", 10, [10]),
   );
@@ -149,7 +165,7 @@ Deno.test("a LoRA of which no layer matches is an error", async () => {
   await assertRejects(
     () => loadLora(path).then((l) => pairLayers(l, ckpt)),
     MappingError,
-    /^no layer of .*sd15\.safetensors matches the base checkpoint .*micro_sdxl_base\.safetensors \(is it an SDXL LoRA\?\)$/,
+    /^.*sd15\.safetensors is a LoRA for SD1\.5 \('lora_unet_down_blocks_0_attentions_0_proj_in\.lora_down\.weight' \(attention in the first UNet level\)\) but the base checkpoint .*micro_sdxl_base\.safetensors is SDXL$/,
   );
 });
 

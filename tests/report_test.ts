@@ -4,7 +4,7 @@ import { formatDryRun, summarizeByBlock } from "../src/report/dry_run.ts";
 import { formatCount, formatPercent, formatTable } from "../src/report/table.ts";
 import { escapeHtml, externalReferences, renderReport } from "../src/report/html.ts";
 import { pyJsonDumps } from "../src/recipe/pyformat.ts";
-import { loraNamesForBaseKey } from "../src/sdxl/key_map.ts";
+import { loraNamesForBaseKey } from "../src/base/key_map.ts";
 import type { CurvePoint, LayerSummary, OutputSummary } from "../src/summary.ts";
 import { plan, resize } from "../src/resize.ts";
 import { selectBackend } from "../src/linalg/select_backend.ts";

@@ -16,7 +16,7 @@
  * @module
  */
 
-import type { FloatDType } from "../safetensors/dtype.ts";
+import type { BaseDType, FloatDType } from "../safetensors/dtype.ts";
 import { type FileRange, StoredBytes } from "../safetensors/file_range.ts";
 
 /** A float tensor's raw little-endian bytes and dtype (decoded by the backend). */
@@ -132,8 +132,8 @@ export interface RebuiltFactors {
 export interface BaseWeightRef {
   /** Checkpoint path. */
   readonly path: string;
-  /** Element type on disk. */
-  readonly dtype: FloatDType;
+  /** Element type on disk (8-bit floats included). */
+  readonly dtype: BaseDType;
   /** Absolute byte offset of the first element. */
   readonly offset: number;
   /** Rows of the flattened weight (out). */

@@ -7,7 +7,7 @@
  */
 
 import { BackendError } from "../errors.ts";
-import { dtypeSize, isFloatDType } from "../safetensors/dtype.ts";
+import { dtypeSize, isBaseDType, isFloatDType } from "../safetensors/dtype.ts";
 import type { BaseWeightRef, Decomposition, LowRankFactors, RebuildRequest } from "./backend.ts";
 
 function isCount(n: unknown): n is number {
@@ -113,7 +113,8 @@ export function checkRebuild(request: RebuildRequest, where: string): void {
 }
 
 /**
- * Checks a base weight reference: a float dtype, a positive shape, a whole offset.
+ * Checks a base weight reference: a float dtype (8-bit floats included), a positive shape, a
+ * whole offset.
  *
  * @example
  * ```ts
@@ -122,7 +123,7 @@ export function checkRebuild(request: RebuildRequest, where: string): void {
  * ```
  */
 export function checkWeight(w: BaseWeightRef, where: string): void {
-  if (!isFloatDType(w.dtype)) {
+  if (!isBaseDType(w.dtype)) {
     throw new BackendError(`${where}: ${w.path}: unsupported dtype ${w.dtype}`);
   }
   if (!isCount(w.rows) || !isCount(w.cols) || !Number.isInteger(w.offset) || w.offset < 0) {

@@ -2,8 +2,11 @@
  * Reading LoRA files: layer discovery, exact factors, and the pass-through set
  * (docs/design.md, "Tensors that are not resized are kept").
  *
- * A layer is a `<name>.lora_down.weight` / `<name>.lora_up.weight` pair, with
- * an optional `<name>.alpha` (missing → alpha = rank) and `<name>.dora_scale`.
+ * A layer is a down/up factor pair in any naming `src/namings/` reads (kohya's
+ * `<name>.lora_down.weight` / `<name>.lora_up.weight`, PEFT's `lora_A` /
+ * `lora_B`, …), with an optional alpha (missing → alpha = rank; PEFT: from
+ * `adapter_config.json` beside the file) and DoRA magnitude. Each layer is read
+ * in its own naming and known by its canonical name (kohya, SGM block names).
  * Every other tensor — LoHa, LoKr, IA3, full diffs, Tucker LoCon layers (with
  * `lora_mid`, which resizing the pair alone would get wrong), lone halves of a
  * pair, anything else — is kept byte for byte as pass-through. Factors stay
@@ -13,6 +16,14 @@
  */
 
 import { parse as parsePath } from "node:path";
+import {
+  type ArchitectureEvidence,
+  findLayers,
+  loraArchitecture,
+  type NamedLayer,
+  type NamingId,
+} from "../namings/mod.ts";
+import { peftAlphas, type PeftConfig, readPeftConfig } from "../namings/peft_config.ts";
 import { LoraError } from "../errors.ts";
 import { type FloatData, type LowRankFactors, StoredFloatData } from "../linalg/backend.ts";
 import { decodeFloats, type DType, dtypeSize, isFloatDType } from "../safetensors/dtype.ts";
@@ -39,8 +50,15 @@ export interface RawTensor {
 
 /** One LoRA layer: ΔW = alpha/rank · up · down. */
 export interface LoraLayer {
-  /** Layer name, e.g. `lora_unet_input_blocks_4_1_proj_in`. */
+  /**
+   * Canonical layer name (kohya, SGM block names), e.g.
+   * `lora_unet_input_blocks_4_1_proj_in`: what pairing, merging and reports use.
+   */
   readonly name: string;
+  /** The layer name as its file spells it (equal to `name` in kohya's naming). */
+  readonly key: string;
+  /** The naming the file spells the layer in. */
+  readonly naming: NamingId;
   /** Up/down bytes and dtypes, out, rank, inFlat, scale = alpha/rank. */
   readonly factors: LowRankFactors;
   /** Stored alpha (rank when the file has none). */
@@ -88,6 +106,12 @@ export interface LoraModel {
   readonly passThrough: readonly RawTensor[];
   /** What `passThrough` holds. */
   readonly passThroughSummary: PassThroughSummary;
+  /** The namings its layers are written in, each once, in layer order. */
+  readonly namings: readonly NamingId[];
+  /** The architecture its tensors show it was made for, when they show one. */
+  readonly architecture?: ArchitectureEvidence;
+  /** Things the caller should tell the user (e.g. a PEFT file read without its alphas). */
+  readonly warnings: readonly string[];
 }
 
 /** Options of {@link loadLora}. */
@@ -103,10 +127,6 @@ export interface LoadLoraOptions {
  * file could otherwise declare a rank-16000 layer and take gigabytes).
  */
 export const RANK_LIMIT_FLOOR = 1024;
-
-const DOWN = ".lora_down.weight";
-const UP = ".lora_up.weight";
-const MID = ".lora_mid.weight";
 
 /**
  * Loads a LoRA entry: a plain `.safetensors` path, or a merge spec
@@ -160,20 +180,25 @@ export async function loadLora(entry: string, options: LoadLoraOptions = {}): Pr
  */
 export async function readLoraFile(path: string): Promise<LoraModel> {
   await using file = await SafetensorsFile.open(path);
-  const layerNames = findLayers(file);
-  if (layerNames.length === 0) {
+  const architecture = loraArchitecture(file.tensors);
+  const found = findLayers(
+    new Set(file.tensors.map((t) => t.name)),
+    architecture?.architecture ?? "sdxl",
+  );
+  checkDistinct(path, found);
+  if (found.length === 0) {
     // Fail before reading any data: this may be a multi-GB checkpoint given as a LoRA.
     const { byKind } = summarizePassThrough(file.tensors);
     const kinds = Object.entries(byKind).map(([kind, n]) => ` ${kind}: ${n},`).join("");
     throw new LoraError(
-      `${path}: no LoRA layer ('<name>.lora_down.weight' with '<name>.lora_up.weight') among its ${file.tensors.length} tensors;${kinds} is it a LoRA file?`,
+      `${path}: no LoRA layer ('<name>.lora_down.weight' with '<name>.lora_up.weight', or another naming's pair) among its ${file.tensors.length} tensors;${kinds} is it a LoRA file?`,
       { file: path },
     );
   }
   // A layer's factors stay in the file: the compute backend reads each where it is used (a CPU
   // worker straight into its kernel memory). Every other tensor — alphas, DoRA scales,
   // pass-through — is small and read now, into one buffer.
-  const factorNames = new Set(layerNames.flatMap((name) => [name + DOWN, name + UP]));
+  const factorNames = new Set(found.flatMap((l) => [l.keys.down, l.keys.up]));
   const raw = new Map<string, RawTensor>();
   const eager = file.tensors.filter((t) => !factorNames.has(t.name));
   const bytes = await file.readTensors(eager.map((t) => t.name));
@@ -191,29 +216,83 @@ export async function readLoraFile(path: string): Promise<LoraModel> {
     raw.set(name, new StoredTensor(name, dtype, shape, stored));
   }
   const alphas = new Map<string, number>();
-  for (const name of layerNames) {
-    const alpha = raw.get(`${name}.alpha`);
-    if (alpha) alphas.set(name, await scalarValue(file, alpha));
+  for (const layer of found) {
+    const alpha = raw.get(layer.keys.alpha);
+    if (alpha) alphas.set(layer.key, await scalarValue(file, alpha));
   }
+  const { name, dir } = parsePath(path);
+  const folder = dir === "" ? "." : dir;
+  const warnings: string[] = [];
+  await peftDefaults(path, folder, found, raw, alphas, warnings);
 
   const claimed = new Set<string>();
-  const layers = layerNames.map((name) => {
-    const layer = buildLayer(path, name, raw, alphas.get(name));
+  const layers = found.map((named) => {
+    const layer = buildLayer(path, named, raw, alphas.get(named.key));
     for (const t of layer.tensors) claimed.add(t.name);
     return layer;
   });
   const passThrough = [...raw.values()].filter((t) => !claimed.has(t.name)).sort(byName);
-  const { name, dir } = parsePath(path);
   return {
     name,
     entry: path,
     paths: [path],
-    folder: dir === "" ? "." : dir,
+    folder,
     metadata: file.metadata,
     layers,
     passThrough,
     passThroughSummary: summarizePassThrough(passThrough),
+    namings: [...new Set(layers.map((l) => l.naming))],
+    ...(architecture ? { architecture } : {}),
+    warnings,
   };
+}
+
+/** Two layers that name the same module: the file is ambiguous. */
+function checkDistinct(path: string, found: readonly NamedLayer[]): void {
+  for (let i = 1; i < found.length; i++) {
+    const [a, b] = [found[i - 1], found[i]];
+    if (a.canonical !== b.canonical) continue;
+    throw new LoraError(
+      `${path}: layers '${a.key}' (${a.naming.id}) and '${b.key}' (${b.naming.id}) both modify '${a.canonical}'`,
+      { file: path, key: b.key },
+    );
+  }
+}
+
+/**
+ * PEFT layers store no alpha as a rule: it is in `adapter_config.json` beside
+ * the file; without one the scale is 1 (alpha = rank), said once.
+ */
+async function peftDefaults(
+  path: string,
+  folder: string,
+  found: readonly NamedLayer[],
+  raw: ReadonlyMap<string, RawTensor>,
+  alphas: Map<string, number>,
+  warnings: string[],
+): Promise<void> {
+  const lacking = found.filter((l) => l.naming.id === "peft" && !alphas.has(l.key));
+  if (lacking.length === 0) return;
+  const config: PeftConfig | undefined = await readPeftConfig(folder);
+  let defaulted = 0;
+  for (const layer of lacking) {
+    const rank = raw.get(layer.keys.down)!.shape[0];
+    const alpha = config ? peftAlphas(config, peftModule(layer.key), rank) : undefined;
+    if (alpha === undefined) defaulted++;
+    else alphas.set(layer.key, alpha);
+  }
+  if (defaulted > 0) {
+    warnings.push(
+      `${path}: ${defaulted} PEFT layers have no alpha and ${
+        config ? `${config.path} gives none` : "no adapter_config.json is beside the file"
+      }: their scale is taken as 1 (alpha = rank)`,
+    );
+  }
+}
+
+/** A PEFT layer's module path as `adapter_config.json` patterns see it. */
+function peftModule(key: string): string {
+  return key.replace(/^base_model\.model\./, "").replace(/^(unet|text_encoder(_2)?)\./, "");
 }
 
 /** A tensor whose bytes stay in the file until first used (a layer's factors). */
@@ -242,27 +321,17 @@ function scalarValue(file: SafetensorsFile, t: RawTensor): number | Promise<numb
   return file.readScalar(t.name); // integer dtypes; a wrong element count fails there, named
 }
 
-/** Names having both halves of a pair and no `lora_mid`, sorted. */
-function findLayers(file: SafetensorsFile): string[] {
-  const names: string[] = [];
-  for (const t of file.tensors) {
-    if (!t.name.endsWith(DOWN)) continue;
-    const name = t.name.slice(0, -DOWN.length);
-    if (file.has(name + UP) && !file.has(name + MID)) names.push(name);
-  }
-  return names.sort(compareText);
-}
-
 function buildLayer(
   path: string,
-  name: string,
+  named: NamedLayer,
   raw: ReadonlyMap<string, RawTensor>,
   storedAlpha: number | undefined,
 ): LoraLayer {
-  const down = raw.get(name + DOWN)!;
-  const up = raw.get(name + UP)!;
+  const { key, keys } = named;
+  const down = raw.get(keys.down)!;
+  const up = raw.get(keys.up)!;
   const fail = (why: string): never => {
-    throw new LoraError(`${path}: layer '${name}': ${why}`, { file: path, key: name });
+    throw new LoraError(`${path}: layer '${key}': ${why}`, { file: path, key });
   };
   const upData = floatData(up, fail);
   const downData = floatData(down, fail);
@@ -271,34 +340,36 @@ function buildLayer(
     up.shape.slice(2).every((d) => d === 1);
   if (!chains) {
     fail(
-      `lora_up.weight ${shapeText(up.shape)} does not chain with lora_down.weight ${
+      `${suffix(up, key)} ${shapeText(up.shape)} does not chain with ${suffix(down, key)} ${
         shapeText(down.shape)
       } (expected up [out, r] or [out, r, 1, 1] and down [r, in, …])`,
     );
   }
-  if (rank === 0) fail(`rank 0 (lora_down.weight ${shapeText(down.shape)})`);
+  if (rank === 0) fail(`rank 0 (${suffix(down, key)} ${shapeText(down.shape)})`);
   const inShape = down.shape.slice(1);
   const out = up.shape[0], inFlat = numel(inShape);
   if (out === 0 || inFlat === 0) {
     fail(
-      `empty layer: lora_up.weight ${shapeText(up.shape)}, lora_down.weight ${
+      `empty layer: ${suffix(up, key)} ${shapeText(up.shape)}, ${suffix(down, key)} ${
         shapeText(down.shape)
       }`,
     );
   }
   if (rank > Math.max(out, inFlat, RANK_LIMIT_FLOOR)) {
     fail(
-      `rank ${rank} is above both dimensions of the ${out}×${inFlat} layer and above ${RANK_LIMIT_FLOOR} (lora_down.weight ${
-        shapeText(down.shape)
-      }); refused before allocating`,
+      `rank ${rank} is above both dimensions of the ${out}×${inFlat} layer and above ${RANK_LIMIT_FLOOR} (${
+        suffix(down, key)
+      } ${shapeText(down.shape)}); refused before allocating`,
     );
   }
   const alpha = storedAlpha ?? rank;
-  const doraScale = raw.get(`${name}.dora_scale`);
-  const alphaTensor = raw.get(`${name}.alpha`);
+  const doraScale = keys.dora.map((k) => raw.get(k)).find((t) => t !== undefined);
+  const alphaTensor = raw.get(keys.alpha);
   const tensors = [alphaTensor, doraScale, down, up].filter((t) => t !== undefined);
   return {
-    name,
+    name: named.canonical,
+    key,
+    naming: named.naming.id,
     factors: {
       up: upData,
       down: downData,
@@ -313,6 +384,11 @@ function buildLayer(
     ...(doraScale ? { doraScale } : {}),
     tensors,
   };
+}
+
+/** A factor's key after its layer name (`lora_up.weight`, `lora_B.weight`, …), as messages name it. */
+function suffix(t: RawTensor, key: string): string {
+  return t.name.slice(key.length).replace(/^[._]/, "");
 }
 
 function floatData(t: RawTensor, fail: (why: string) => never): FloatData {

@@ -118,6 +118,9 @@ export function mergeLoras(members: readonly MergeInput[], options: MergeOptions
     layers,
     passThrough: kept,
     passThroughSummary: summarizePassThrough(kept, { clashes, unweighted }),
+    namings: [...new Set(members.flatMap((m) => m.model.namings))],
+    ...(first.architecture ? { architecture: first.architecture } : {}),
+    warnings: members.flatMap((m) => m.model.warnings),
   };
 }
 
@@ -199,8 +202,11 @@ function mergeLayer(
   const alpha = scale * rank;
   const upData = encode(up, precision);
   const downData = encode(down, precision);
+  // A merged layer is new: it is spelled in the canonical (kohya) naming whatever its members'.
   return {
     name,
+    key: name,
+    naming: "kohya",
     factors: { up: upData, down: downData, out, rank, inFlat, scale },
     alpha,
     inShape,

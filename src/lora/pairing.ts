@@ -7,13 +7,14 @@
  */
 
 import { MappingError } from "../errors.ts";
-import type { NameKind } from "../sdxl/key_map.ts";
+import type { NameKind } from "../base/key_map.ts";
 import {
   type BaseCheckpoint,
   type BaseEntry,
   pythonRepr,
   pythonTuple,
-} from "../sdxl/checkpoint.ts";
+} from "../base/checkpoint.ts";
+import { ARCHITECTURE_LABELS } from "../namings/unet_blocks.ts";
 import { type LoraLayer, type LoraModel, shapeText } from "./lora_file.ts";
 
 /** A LoRA layer and its base weight. */
@@ -37,15 +38,17 @@ export interface Pairing {
 }
 
 /**
- * Pairs every layer of `model` with its base entry. Throws a
- * {@link MappingError} when no layer pairs, when a layer's shape disagrees
- * with its base weight, or when a fused q/k/v weight does not split evenly.
+ * Pairs every layer of `model` with its base entry, by canonical layer name.
+ * Throws a {@link MappingError} when the LoRA is for another architecture
+ * than the checkpoint, when no layer pairs, when two layers modify the same
+ * base weight, when a layer's shape disagrees with its base weight, or when a
+ * fused q/k/v weight does not split evenly.
  *
  * @example
  * ```ts
  * import assert from "node:assert/strict";
  * import { writeDemoFiles } from "@x/resize-lora/testing";
- * import { BaseCheckpoint } from "../sdxl/checkpoint.ts";
+ * import { BaseCheckpoint } from "../base/checkpoint.ts";
  * import { loadLora } from "./lora_file.ts";
  * import { pairLayers } from "./pairing.ts";
  * const { base, lora } = await writeDemoFiles(await Deno.makeTempDir(), { scale: 1 / 64, rank: 4 });
@@ -55,23 +58,40 @@ export interface Pairing {
  * ```
  */
 export function pairLayers(model: LoraModel, checkpoint: BaseCheckpoint): Pairing {
+  const arch = ARCHITECTURE_LABELS[checkpoint.architecture];
+  const made = model.architecture;
+  if (made && made.architecture !== checkpoint.architecture) {
+    throw new MappingError(
+      `${model.entry} is a LoRA for ${
+        ARCHITECTURE_LABELS[made.architecture]
+      } (${made.evidence}) but the base checkpoint ${checkpoint.path} is ${arch}`,
+      { file: model.entry },
+    );
+  }
   const paired: PairedLayer[] = [];
   const unmapped: LoraLayer[] = [];
-  const used = new Set<BaseEntry>();
+  const used = new Map<BaseEntry, LoraLayer>();
   for (const layer of model.layers) {
     const match = checkpoint.match(layer.name);
     if (!match) {
       unmapped.push(layer);
       continue;
     }
+    const other = used.get(match.entry);
+    if (other) {
+      throw new MappingError(
+        `${model.entry}: layers '${other.key}' and '${layer.key}' both modify ${match.entry.label} of ${checkpoint.path}`,
+        { file: model.entry, key: layer.key, tensor: match.entry.key },
+      );
+    }
     checkpoint.checkEntry(match.entry);
     checkShape(model, layer, match.entry, checkpoint.path);
     paired.push({ layer, base: match.entry, matchedBy: match.kind });
-    used.add(match.entry);
+    used.set(match.entry, layer);
   }
   if (paired.length === 0) {
     throw new MappingError(
-      `no layer of ${model.entry} matches the base checkpoint ${checkpoint.path} (is it an SDXL LoRA?)`,
+      `no layer of ${model.entry} matches the base checkpoint ${checkpoint.path} (is it an ${arch} LoRA?)`,
       { file: model.entry },
     );
   }
@@ -89,7 +109,7 @@ function checkShape(model: LoraModel, layer: LoraLayer, base: BaseEntry, ckptPat
     ? `rows of ${base.label} (a ${pythonTuple(base.shape)} weight)`
     : `'${base.key}'`;
   throw new MappingError(
-    `${model.entry}: layer '${layer.name}' has shape ${
+    `${model.entry}: layer '${layer.key}' has shape ${
       shapeText([layer.factors.out, ...layer.inShape])
     } ` +
       `(up ${shapeText(layer.upShape)}, down ${

@@ -11,7 +11,7 @@ import type { Backend, BaseNorms } from "../linalg/backend.ts";
 import type { LogFn } from "../log.ts";
 import type { PairedLayer } from "../lora/pairing.ts";
 import { type NormsCache, normsKey } from "../norms_cache.ts";
-import type { BaseCheckpoint, BaseEntry } from "../sdxl/checkpoint.ts";
+import type { BaseCheckpoint, BaseEntry } from "../base/checkpoint.ts";
 import type { ProgressFn } from "./options.ts";
 
 /** Base weights per norms batch (bytes at 2 per element) when a cache is written. */

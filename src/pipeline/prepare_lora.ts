@@ -36,6 +36,7 @@ export interface PreparedLora {
 export async function prepareLora(session: Session, entry: string): Promise<PreparedLora> {
   // 1. Load.
   const model = await loadLora(entry);
+  for (const warning of model.warnings) session.options.log("WARNING", warning);
   // 2. Decompose every layer, in the background from now on.
   const decomposition = startDecomposition(session, model);
   // 3. Pair with the base meanwhile (a failure aborts the decomposition); a layer to resize

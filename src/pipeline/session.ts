@@ -10,7 +10,7 @@ import type { Backend } from "../linalg/backend.ts";
 import { selectBackend } from "../linalg/select_backend.ts";
 import { NormsCache } from "../norms_cache.ts";
 import { checkRunPaths, type OutputPaths } from "../output_paths.ts";
-import { BaseCheckpoint } from "../sdxl/checkpoint.ts";
+import { BaseCheckpoint } from "../base/checkpoint.ts";
 import { NormsStore } from "./norms_store.ts";
 import type { ResolvedOptions } from "./options.ts";
 

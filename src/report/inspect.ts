@@ -13,6 +13,7 @@
  */
 
 import type { LoraLayer, LoraModel } from "../lora/lora_file.ts";
+import { ARCHITECTURE_LABELS } from "../namings/mod.ts";
 import { type LayerSummary, type OutputSummary, ZERO_LAYER_SIGMA } from "../summary.ts";
 import { type BlockLabel, blockOf, groupByBlock } from "./blocks.ts";
 import { type Column, formatCount, formatNumber, formatPercent, formatTable } from "./table.ts";
@@ -193,6 +194,13 @@ export interface InspectResult {
   readonly lora: string;
   /** The LoRA's name (file stem, or the merged name). */
   readonly name: string;
+  /**
+   * The namings its layers are written in, each once: `kohya`, `kohya-diffusers`,
+   * `simpletuner`, `peft`, `diffusers`, `diffusers-attn-procs`, `comfyui`.
+   */
+  readonly namings: string[];
+  /** The architecture its tensors show it was made for (`sdxl`, `sd15`), or null. */
+  readonly architecture: "sdxl" | "sd15" | null;
   /** The checkpoint, or null. */
   readonly checkpoint: string | null;
   /** Number of layers. */
@@ -268,6 +276,8 @@ export function inspectionOf(
   return {
     lora: model.entry,
     name: model.name,
+    namings: [...model.namings],
+    architecture: model.architecture?.architecture ?? null,
     checkpoint: checkpoint ?? null,
     layerCount: layers.length,
     zeroLayers: layers.filter((l) => !(l.sigma1 >= ZERO_LAYER_SIGMA)).length,
@@ -372,6 +382,9 @@ export function formatInspectTable(result: InspectResult): string {
 function inspectHeader(result: InspectResult): string[] {
   const header = [
     `LoRA        ${result.lora}`,
+    `naming      ${result.namings.join(", ") || "–"}${
+      result.architecture ? ` (${ARCHITECTURE_LABELS[result.architecture]})` : ""
+    }`,
     `checkpoint  ${result.checkpoint ?? "(none: no base norms, scores or kept ranks)"}`,
     `layers      ${formatCount(result.layerCount)}` +
     (result.zeroLayers > 0 ? ` (${result.zeroLayers} all-zero)` : "") +

@@ -31,6 +31,12 @@ export type DType = typeof DTYPES[number];
 /** The float dtypes resize-lora reads as numbers and writes. */
 export type FloatDType = "F16" | "BF16" | "F32" | "F64";
 
+/** The 8-bit float dtypes, read in base checkpoints (never written). */
+export type Fp8DType = "F8_E4M3" | "F8_E5M2";
+
+/** The dtypes a base weight may have: the float dtypes and the 8-bit floats. */
+export type BaseDType = FloatDType | Fp8DType;
+
 const SIZES: Record<DType, number> = {
   BOOL: 1,
   U8: 1,
@@ -95,6 +101,56 @@ export function isFloatDType(dtype: DType): dtype is FloatDType {
 }
 
 /**
+ * Whether a dtype is one resize-lora reads in a base weight (a float type or an 8-bit float).
+ *
+ * @example
+ * ```ts
+ * import { isBaseDType } from "./dtype.ts";
+ * console.log(isBaseDType("F8_E4M3"), isBaseDType("I8")); // true false
+ * ```
+ */
+export function isBaseDType(dtype: DType): dtype is BaseDType {
+  return isFloatDType(dtype) || dtype === "F8_E4M3" || dtype === "F8_E5M2";
+}
+
+/**
+ * The value of an 8-bit float. `F8_E4M3` is the "fn" variant PyTorch and
+ * safetensors mean: bias 7, no infinities, NaN only at S.1111.111, largest
+ * finite ±448. `F8_E5M2` is the top byte of an IEEE half: bias 15, infinities
+ * and NaNs at exponent 31.
+ *
+ * @example
+ * ```ts
+ * import { fp8Value } from "./dtype.ts";
+ * console.log(fp8Value(0x7e, "F8_E4M3"), fp8Value(0x01, "F8_E4M3")); // 448 0.001953125
+ * console.log(fp8Value(0x7c, "F8_E5M2"), fp8Value(0x7f, "F8_E4M3")); // Infinity NaN
+ * ```
+ */
+export function fp8Value(byte: number, dtype: Fp8DType): number {
+  const sign = byte & 0x80 ? -1 : 1;
+  if (dtype === "F8_E5M2") {
+    const e = (byte >> 2) & 0x1f, m = byte & 3;
+    if (e === 0x1f) return m === 0 ? sign * Infinity : NaN;
+    return sign * (e === 0 ? m * 2 ** -16 : (1 + m / 4) * 2 ** (e - 15));
+  }
+  const e = (byte >> 3) & 0xf, m = byte & 7;
+  if (e === 0xf && m === 7) return NaN;
+  return sign * (e === 0 ? m * 2 ** -9 : (1 + m / 8) * 2 ** (e - 7));
+}
+
+/** Every byte's value, per 8-bit float dtype (decoding is a table lookup). */
+const FP8_TABLES = new Map<Fp8DType, Float64Array>();
+
+function fp8Table(dtype: Fp8DType): Float64Array {
+  let table = FP8_TABLES.get(dtype);
+  if (!table) {
+    table = Float64Array.from({ length: 256 }, (_, b) => fp8Value(b, dtype));
+    FP8_TABLES.set(dtype, table);
+  }
+  return table;
+}
+
+/**
  * Rank of a dtype in the format's enum order; the reference writer lays
  * tensors out by descending rank, then by name.
  *
@@ -129,7 +185,7 @@ function aligned(bytes: Uint8Array, alignment: number): Uint8Array {
  */
 export function decodeFloats<T extends FloatArray>(
   bytes: Uint8Array,
-  dtype: FloatDType,
+  dtype: BaseDType,
   kind: { new (length: number): T },
 ): T {
   const size = SIZES[dtype];
@@ -158,6 +214,12 @@ export function decodeFloats<T extends FloatArray>(
     case "F64":
       out.set(new Float64Array(src.buffer, src.byteOffset, n));
       break;
+    case "F8_E4M3":
+    case "F8_E5M2": {
+      const table = fp8Table(dtype);
+      for (let i = 0; i < n; i++) out[i] = table[src[i]];
+      break;
+    }
   }
   return out;
 }

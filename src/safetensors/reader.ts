@@ -7,7 +7,7 @@
  */
 
 import { SafetensorsError } from "../errors.ts";
-import { decodeFloats, type DType, dtypeSize, type FloatArray, isFloatDType } from "./dtype.ts";
+import { decodeFloats, type DType, dtypeSize, type FloatArray, isBaseDType } from "./dtype.ts";
 import { numel, parseHeader, readHeaderLength, type TensorInfo } from "./header.ts";
 import { checkInputFile, describeOsError } from "../input_files.ts";
 import { READ_CHUNK, readSyncFully, truncated } from "./read_sync.ts";
@@ -414,7 +414,7 @@ export class SafetensorsFile implements AsyncDisposable {
 
   #floatDType(name: string) {
     const t = this.info(name);
-    if (!isFloatDType(t.dtype)) {
+    if (!isBaseDType(t.dtype)) {
       throw new SafetensorsError(
         `${this.path}: tensor '${name}' has dtype ${t.dtype}, expected a float type`,
         { file: this.path, tensor: name },

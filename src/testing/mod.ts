@@ -81,6 +81,13 @@ export {
   type SyntheticLoraOptions,
   writeSyntheticLora,
 } from "./synthetic_lora.ts";
+export {
+  SD15_PREFIXES,
+  sd15BaseSpecs,
+  type Sd15SpecOptions,
+  type SyntheticSd15Options,
+  writeSyntheticSd15Base,
+} from "./synthetic_sd15.ts";
 export { type DemoFiles, type DemoOptions, writeDemoFiles } from "./demo_files.ts";
 export {
   type KroneckerForm,

@@ -9,6 +9,7 @@
 import type { BaseWeightRef } from "../backend.ts";
 import type { GpuContext } from "./device.ts";
 import { Format } from "./pack.ts";
+import { gpuDType } from "./weights.ts";
 
 /** Lanczos steps at most (the history buffer's size). */
 export const MAX_STEPS = 128;
@@ -90,7 +91,7 @@ export class NormDescriptor {
       this.histBase.push(wi * (1 + 2 * MAX_STEPS));
       weightWords.push(cols, rows, vBase, this.uBase[wi], piece, w.pieces.length, partialBase);
       weightWords.push(this.histBase[wi]);
-      const dtype = w.ref.dtype;
+      const dtype = gpuDType(w.ref.dtype);
       const fmt = dtype === "F16" ? Format.F16 : dtype === "BF16" ? Format.BF16 : Format.F32;
       const rj: number[] = [], cj: number[] = [];
       for (const p of w.pieces) {

@@ -38,7 +38,7 @@ import {
   type PlannedPiece,
   type PlannedWeight,
 } from "./norm_passes.ts";
-import { weightName, WeightReader } from "./weights.ts";
+import { gpuDType, weightName, WeightReader } from "./weights.ts";
 
 /** Relative error bound on λ = σ² at which σ_max counts as converged. */
 const RESIDUAL_TOLERANCE = 1e-7;
@@ -95,7 +95,7 @@ function planNormBatches(ctx: GpuContext, weights: readonly BaseWeightRef[]): No
   const batches: NormBatch[] = [];
   let batch: NormBatch | undefined;
   weights.forEach((ref, index) => {
-    const elementBytes = ref.dtype === "F64" ? 4 : dtypeSize(ref.dtype);
+    const elementBytes = dtypeSize(gpuDType(ref.dtype));
     const rowBytes = ref.cols * elementBytes;
     if (rowBytes > slotCap) {
       throw new BackendError(`${weightName(ref)}: a row is larger than a GPU binding`);
@@ -154,7 +154,7 @@ function uploadWeights(
   );
   // writeBuffer copies at once, so one staging buffer serves every piece.
   const pieceBytes = (w: PlannedWeight, p: PlannedPiece) =>
-    p.rows * w.ref.cols * (w.ref.dtype === "F16" || w.ref.dtype === "BF16" ? 2 : 4);
+    p.rows * w.ref.cols * dtypeSize(gpuDType(w.ref.dtype));
   const staging = new Uint8Array(
     batch.weights.reduce((m, w) => w.pieces.reduce((n, p) => Math.max(n, pieceBytes(w, p)), m), 0),
   );

@@ -16,7 +16,7 @@ import { runBatches, withBatchBuffers } from "./batches.ts";
 import type { GpuContext } from "./device.ts";
 import { Format, type Packed, Packer } from "./pack.ts";
 import { OutMode, ProductItems, segments, tripleAt } from "./products.ts";
-import { weightName, WeightReader } from "./weights.ts";
+import { gpuDType, weightName, WeightReader } from "./weights.ts";
 
 const BLOCK_BYTES = 32 << 20;
 const BATCH_BYTES = 64 << 20;
@@ -70,7 +70,7 @@ export async function subspaceOnGpu(
 
 /** Bytes per weight element on the GPU (F64 goes as f32). */
 function gpuElementBytes(w: SubspaceRequest["weight"]): number {
-  return w.dtype === "F64" ? 4 : dtypeSize(w.dtype);
+  return dtypeSize(gpuDType(w.dtype));
 }
 
 /** Checks every request and cuts each weight into row blocks of at most `blockCap` bytes. */

@@ -6,11 +6,14 @@
  */
 
 import { BackendError } from "../../errors.ts";
-import { dtypeSize } from "../../safetensors/dtype.ts";
+import { type BaseDType, dtypeSize, type Fp8DType, fp8Value } from "../../safetensors/dtype.ts";
 import { readSyncFully } from "../../safetensors/read_sync.ts";
 import type { BaseWeightRef } from "../backend.ts";
 
-/** A weight's bytes as the GPU takes them: F16/BF16/F32 (F64 is narrowed to F32). */
+/**
+ * A weight's bytes as the GPU takes them: F16/BF16/F32 (F64 is narrowed to F32; 8-bit floats
+ * are widened to F16, which holds every one of their values exactly, NaN and ±inf included).
+ */
 export interface WeightBytes {
   /** Element type of `bytes`. */
   readonly dtype: "F16" | "BF16" | "F32";
@@ -70,7 +73,8 @@ export class WeightReader {
     }
     const size = dtypeSize(ref.dtype);
     const length = rows * ref.cols * size;
-    const target = ref.dtype === "F64" ? new Uint8Array(length) : into;
+    const converted = ref.dtype === "F64" || size === 1;
+    const target = converted ? new Uint8Array(length) : into;
     const file = this.#open(ref.path);
     file.seekSync(ref.offset + row0 * ref.cols * size, Deno.SeekMode.Start);
     const done = readSyncFully(file, target);
@@ -83,8 +87,12 @@ export class WeightReader {
       new Float32Array(into.buffer, into.byteOffset, rows * ref.cols).set(
         new Float64Array(target.buffer),
       );
+    } else if (ref.dtype === "F8_E4M3" || ref.dtype === "F8_E5M2") {
+      const table = halfBitsOf(ref.dtype);
+      const halves = new Uint16Array(into.buffer, into.byteOffset, rows * ref.cols);
+      for (let i = 0; i < length; i++) halves[i] = table[target[i]];
     }
-    return { dtype: ref.dtype === "F64" ? "F32" : ref.dtype, bytes: into };
+    return { dtype: gpuDType(ref.dtype), bytes: into };
   }
 
   #open(path: string): Deno.FsFile {
@@ -109,9 +117,35 @@ export class WeightReader {
   }
 }
 
-/** Bytes per element as the GPU takes them (F64 narrowed to F32). */
+/** Bytes per element as the GPU takes them (F64 narrowed to F32, 8-bit floats widened to F16). */
 function gpuSize(ref: BaseWeightRef): number {
-  return ref.dtype === "F64" ? 4 : dtypeSize(ref.dtype);
+  return dtypeSize(gpuDType(ref.dtype));
+}
+
+/**
+ * The element type a base weight of `dtype` has on the GPU.
+ *
+ * @example
+ * ```ts
+ * import { gpuDType } from "./weights.ts";
+ * console.log(gpuDType("F64"), gpuDType("F8_E4M3"), gpuDType("BF16")); // F32 F16 BF16
+ * ```
+ */
+export function gpuDType(dtype: BaseDType): WeightBytes["dtype"] {
+  return dtype === "F64" ? "F32" : dtype === "F8_E4M3" || dtype === "F8_E5M2" ? "F16" : dtype;
+}
+
+const HALF_TABLES = new Map<Fp8DType, Uint16Array>();
+
+/** The F16 bits of every byte of an 8-bit float dtype (exact: F16 has more range and precision). */
+function halfBitsOf(dtype: Fp8DType): Uint16Array {
+  let table = HALF_TABLES.get(dtype);
+  if (!table) {
+    const halves = Float16Array.from({ length: 256 }, (_, b) => fp8Value(b, dtype));
+    table = new Uint16Array(halves.buffer);
+    HALF_TABLES.set(dtype, table);
+  }
+  return table;
 }
 
 function checkRef(ref: BaseWeightRef): void {

@@ -10,7 +10,7 @@
  */
 
 import { BackendError } from "../../errors.ts";
-import type { FloatDType } from "../../safetensors/dtype.ts";
+import type { BaseDType } from "../../safetensors/dtype.ts";
 import { loadAsset } from "../asset.ts";
 
 /**
@@ -37,11 +37,13 @@ const MAX_PAGES = 65536; // 4 GiB
  * if (DTYPE_CODES.BF16 !== 1) throw new Error("BF16 is code 1");
  * ```
  */
-export const DTYPE_CODES: Readonly<Record<FloatDType, number>> = {
+export const DTYPE_CODES: Readonly<Record<BaseDType, number>> = {
   F16: 0,
   BF16: 1,
   F32: 2,
   F64: 3,
+  F8_E4M3: 4, // base weights only (sumSquares, decodeF32)
+  F8_E5M2: 5,
 };
 
 /** The functions `kernels.wasm` exports (pointers are byte offsets into `memory`). */

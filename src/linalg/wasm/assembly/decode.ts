@@ -1,15 +1,34 @@
-// Float decoding: F16 / BF16 / F32 / F64 little-endian bytes to f32 or f64.
-// Every F16, BF16 and F32 value is exact in f32 and f64; F64 → f32 rounds to nearest even.
+// Float decoding: F16 / BF16 / F32 / F64 little-endian bytes to f32 or f64, and the 8-bit floats
+// of base checkpoints (F8_E4M3, F8_E5M2; only through decodeF32, loadF32 and sumSquares).
+// Every F16, BF16, F32 and 8-bit value is exact in f32 and f64; F64 → f32 rounds to nearest even.
 
 /** dtype codes shared with kernels.ts. */
 export const F16: i32 = 0;
 export const BF16: i32 = 1;
 export const F32: i32 = 2;
 export const F64: i32 = 3;
+export const F8_E4M3: i32 = 4;
+export const F8_E5M2: i32 = 5;
 
 /** Bytes per element of a dtype code. */
 export function dtypeSize(dtype: i32): usize {
-  return dtype == F64 ? 8 : dtype == F32 ? 4 : 2;
+  return dtype == F64 ? 8 : dtype == F32 ? 4 : dtype >= F8_E4M3 ? 1 : 2;
+}
+
+/**
+ * One F8_E4M3 ("fn": bias 7, no infinities, NaN at S.1111.111) to f32: a normal value's exponent
+ * and mantissa shifted into place and rebiased (7 → 127); a subnormal is mantissa · 2^-9.
+ */
+export function e4m3ToF32(b: u32): f32 {
+  const sign = (b & 0x80) << 24, e = (b >> 3) & 0xf, m = b & 7;
+  if (e == 0) return reinterpret<f32>(reinterpret<u32>(<f32> m * 0.001953125) | sign);
+  if (e == 0xf && m == 7) return reinterpret<f32>(0x7fc00000 | sign);
+  return reinterpret<f32>(sign | ((e + 120) << 23) | (m << 20));
+}
+
+/** One F8_E5M2 to f32: it is the top byte of a half. */
+@inline export function e5m2ToF32(b: u32): f32 {
+  return halfToF32(b << 8);
 }
 
 // Halves to f32 with integer operations: exponent and mantissa shifted into place and the
@@ -107,6 +126,8 @@ function decodeHalves<T>(src: usize, dst: usize, n: usize): void {
 
 export function loadF32(src: usize, i: usize, dtype: i32): f32 {
   if (dtype == F16) return halfToF32(<u32> load<u16>(src + (i << 1)));
+  if (dtype == F8_E4M3) return e4m3ToF32(<u32> load<u8>(src + i));
+  if (dtype == F8_E5M2) return e5m2ToF32(<u32> load<u8>(src + i));
   if (dtype == BF16) return reinterpret<f32>(<u32> load<u16>(src + (i << 1)) << 16);
   if (dtype == F32) return load<f32>(src + (i << 2));
   return <f32> load<f64>(src + (i << 3));
@@ -148,7 +169,7 @@ export function decodeF32(src: usize, dst: usize, n: f64, dtype: i32): void {
   } else if (dtype == F32) {
     memory.copy(dst, src, count << 2);
     return;
-  } else {
+  } else if (dtype == F64) {
     const vec = count & ~(<usize> 3);
     for (; i < vec; i += 4) {
       const lo = f32x4.demote_f64x2_zero(v128.load(src + (i << 3)));

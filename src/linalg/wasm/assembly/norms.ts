@@ -2,7 +2,7 @@
 // weights decoded to f32 once, the product WᵀW·v (spectral norm by Lanczos) and W·Aᵀ (subspace
 // scales).
 
-import { BF16, F16, F32, HALF_CONSTANTS, loadF64, magnitudes, rareHalves } from "./decode";
+import { BF16, F16, F32, F64, HALF_CONSTANTS, loadF64, magnitudes, rareHalves } from "./decode";
 
 /** Columns after which f32 partial dot products move to f64 (bounds f32 rounding). */
 const FLUSH: usize = 1024;
@@ -47,7 +47,7 @@ export function sumSquares(src: usize, n: f64, dtype: i32): f64 {
       acc0 = f64x2.add(acc0, f64x2.mul(lo, lo));
       acc1 = f64x2.add(acc1, f64x2.mul(hi, hi));
     }
-  } else {
+  } else if (dtype == F64) {
     const vec = count & ~(<usize> 3);
     for (; i < vec; i += 4) {
       const lo = v128.load(src + (i << 3)), hi = v128.load(src + (i << 3), 16);

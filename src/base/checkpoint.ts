@@ -1,21 +1,30 @@
 /**
- * An SDXL base checkpoint indexed by LoRA layer name, under each of the names a LoRA may give a
- * weight. Opening reads the header only; a weight (or one q/k/v row block
- * of CLIP-G's fused projection) is read by offset when asked for.
+ * A base checkpoint indexed by LoRA layer name, under each of the names a LoRA may give a
+ * weight: an SDXL or SD1.5 single-file (SGM/LDM) checkpoint, or a diffusers model folder.
+ * Opening reads the headers only; a weight (or one q/k/v row block of CLIP-G's fused
+ * projection) is read by offset when asked for.
  *
  * @module
  */
 
 import { MappingError, SafetensorsError } from "../errors.ts";
 import type { BaseWeightRef } from "../linalg/backend.ts";
-import { type DType, isFloatDType } from "../safetensors/dtype.ts";
+import { type DType, isBaseDType } from "../safetensors/dtype.ts";
 import { numel } from "../safetensors/header.ts";
 import { type ReadOptions, SafetensorsFile } from "../safetensors/reader.ts";
-import { loraNamesForBaseKey, type NameKind } from "./key_map.ts";
+import type { Architecture } from "../namings/unet_blocks.ts";
+import { checkpointArchitecture, diffusersArchitecture } from "./architecture.ts";
+import {
+  type Component,
+  diffusersBaseNames,
+  diffusersFiles,
+  isFolder,
+} from "./diffusers_folder.ts";
+import { type BaseKeyNames, loraNamesForBaseKey, type NameKind } from "./key_map.ts";
 
 /** A base weight, or one row block of a split one, that LoRA layers can modify. */
 export interface BaseEntry {
-  /** Base tensor key. */
+  /** Base tensor key (in a diffusers folder: `<component>/<key>`, e.g. `unet/conv_in.weight`). */
   readonly key: string;
   /** For a CLIP-G `in_proj_weight` block: its index (q = 0, k = 1, v = 2) and the block count. */
   readonly chunk?: { readonly index: number; readonly count: number };
@@ -64,21 +73,31 @@ export interface BaseMatch {
  * ```
  */
 export class BaseCheckpoint implements AsyncDisposable {
-  /** Path the checkpoint was opened from. */
+  /** Path the checkpoint was opened from (a file, or a diffusers folder). */
   readonly path: string;
-  /** The underlying safetensors file. */
+  /** The underlying safetensors file (a diffusers folder's first UNet file). */
   readonly file: SafetensorsFile;
+  /** Every safetensors file of the checkpoint. */
+  readonly files: readonly SafetensorsFile[];
+  /** The model the checkpoint is. */
+  readonly architecture: Architecture;
   #byName: Map<string, BaseMatch>;
   #entries: BaseEntry[];
+  #tensorOf: Map<string, Tensor>;
 
-  private constructor(file: SafetensorsFile) {
-    this.path = file.path;
-    this.file = file;
-    ({ byName: this.#byName, entries: this.#entries } = indexCheckpoint(file));
+  private constructor(path: string, sources: readonly Source[], architecture: Architecture) {
+    this.path = path;
+    this.files = sources.map((s) => s.file);
+    this.file = this.files[0];
+    this.architecture = architecture;
+    ({ byName: this.#byName, entries: this.#entries, tensorOf: this.#tensorOf } = indexCheckpoint(
+      sources,
+    ));
   }
 
   /**
-   * Opens a checkpoint (header only) and builds its name map.
+   * Opens a checkpoint (headers only) and builds its name map: a single-file
+   * checkpoint, or a diffusers model folder.
    *
    * @example
    * ```ts
@@ -93,11 +112,38 @@ export class BaseCheckpoint implements AsyncDisposable {
    * ```
    */
   static async open(path: string): Promise<BaseCheckpoint> {
+    if (await isFolder(path)) return await BaseCheckpoint.#openFolder(path);
     const file = await SafetensorsFile.open(path);
     try {
-      return new BaseCheckpoint(file);
+      const arch = checkpointArchitecture(file.tensors.map((t) => t.name));
+      return new BaseCheckpoint(path, [{ file, prefix: "", names: loraNamesForBaseKey }], arch);
     } catch (e) {
       file.close();
+      throw e;
+    }
+  }
+
+  static async #openFolder(path: string): Promise<BaseCheckpoint> {
+    const parts = await diffusersFiles(path);
+    const files: SafetensorsFile[] = [];
+    try {
+      for (const part of parts) files.push(await SafetensorsFile.open(part.path));
+      const components = [...new Set(parts.map((p) => p.component))];
+      const unetKeys = files.flatMap((f, i) =>
+        parts[i].component === "unet" ? f.tensors.map((t) => t.name) : []
+      );
+      const arch = diffusersArchitecture(components, unetKeys);
+      const sources = files.map((file, i): Source => {
+        const component: Component = parts[i].component;
+        return {
+          file,
+          prefix: component + "/",
+          names: (key, shape) => diffusersBaseNames(component, key, shape, arch),
+        };
+      });
+      return new BaseCheckpoint(path, sources, arch);
+    } catch (e) {
+      for (const f of files) f.close();
       throw e;
     }
   }
@@ -170,8 +216,9 @@ export class BaseCheckpoint implements AsyncDisposable {
    */
   weightRef(entry: BaseEntry): BaseWeightRef {
     const dtype = this.#floatDType(entry);
-    const { offset } = this.file.byteRange(entry.key, this.#rows(entry));
-    return { path: this.path, dtype, offset, rows: entry.rows, cols: entry.cols };
+    const { file, tensor } = this.#tensorOf.get(entry.key)!;
+    const { offset } = file.byteRange(tensor, this.#rows(entry));
+    return { path: file.path, dtype, offset, rows: entry.rows, cols: entry.cols };
   }
 
   /**
@@ -185,7 +232,8 @@ export class BaseCheckpoint implements AsyncDisposable {
    */
   readWeight(entry: BaseEntry): Promise<Float32Array> {
     this.#floatDType(entry);
-    return this.file.readFloat32(entry.key, this.#rows(entry));
+    const { file, tensor } = this.#tensorOf.get(entry.key)!;
+    return file.readFloat32(tensor, this.#rows(entry));
   }
 
   #rows(entry: BaseEntry): ReadOptions {
@@ -196,7 +244,7 @@ export class BaseCheckpoint implements AsyncDisposable {
   }
 
   #floatDType(entry: BaseEntry) {
-    if (!isFloatDType(entry.dtype)) {
+    if (!isBaseDType(entry.dtype)) {
       throw new SafetensorsError(
         `${this.path}: tensor '${entry.key}' has dtype ${entry.dtype}, expected a float type`,
         { file: this.path, tensor: entry.key },
@@ -205,9 +253,9 @@ export class BaseCheckpoint implements AsyncDisposable {
     return entry.dtype;
   }
 
-  /** Closes the file (idempotent). */
+  /** Closes the files (idempotent). */
   close(): void {
-    this.file.close();
+    for (const file of this.files) file.close();
   }
 
   /** Closes the file when used with `await using`. */
@@ -217,39 +265,41 @@ export class BaseCheckpoint implements AsyncDisposable {
   }
 }
 
+/** One file of a checkpoint: its keys get `prefix` and LoRA names from `names`. */
+interface Source {
+  /** The open file. */
+  readonly file: SafetensorsFile;
+  /** Prefix of its entries' keys (a diffusers component's folder and `/`). */
+  readonly prefix: string;
+  /** The LoRA names of one of its tensors. */
+  readonly names: (key: string, shape: readonly number[]) => BaseKeyNames | undefined;
+}
+
+interface Tensor {
+  readonly file: SafetensorsFile;
+  readonly tensor: string;
+}
+
 type Draft = Omit<BaseEntry, "firstAlias">;
 
-function indexCheckpoint(file: SafetensorsFile) {
+function indexCheckpoint(sources: readonly Source[]) {
   // A Map keeps a key's first insertion position when its value is replaced,
   // exactly like the Python dict the original fills; that position decides
   // which name the "No LoRA layer found" log quotes for an entry.
   const names = new Map<string, { draft: Draft; kind: NameKind }>();
-  for (const t of file.tensors) {
-    const mapped = loraNamesForBaseKey(t.name, t.shape);
-    if (!mapped) continue;
-    const cols = numel(t.shape.slice(1));
-    const base = { key: t.name, shape: t.shape, dtype: t.dtype, cols };
-    if (mapped.chunks) {
-      const count = mapped.chunks.length;
-      mapped.chunks.forEach((name, index) => {
-        const draft: Draft = {
-          ...base,
-          chunk: { index, count },
-          rows: Math.floor(t.shape[0] / count), // checkEntry() rejects uneven splits on use
-          label: `(${pythonRepr(t.name)}, ${index}, ${count})`,
-        };
-        names.set(name, { draft, kind: "chunk" });
+  const tensorOf = new Map<string, Tensor>();
+  for (const { file, prefix, names: namesOf } of sources) {
+    for (const t of file.tensors) {
+      const mapped = namesOf(t.name, t.shape);
+      if (!mapped) continue;
+      const key = prefix + t.name;
+      tensorOf.set(key, { file, tensor: t.name });
+      register(names, mapped, {
+        key,
+        shape: t.shape,
+        dtype: t.dtype,
+        cols: numel(t.shape.slice(1)),
       });
-    } else {
-      const draft: Draft = { ...base, rows: t.shape[0], label: t.name };
-      for (const name of mapped.all) {
-        const kind = name === mapped.standard
-          ? "standard"
-          : name === mapped.short
-          ? "short"
-          : "direct";
-        names.set(name, { draft, kind });
-      }
     }
   }
   const entryOf = new Map<Draft, BaseEntry>();
@@ -263,7 +313,32 @@ function indexCheckpoint(file: SafetensorsFile) {
     byName.set(name, { entry, kind });
   }
   const entries = [...entryOf.values()].sort((a, b) => compareText(a.label, b.label));
-  return { byName, entries };
+  return { byName, entries, tensorOf };
+}
+
+function register(
+  names: Map<string, { draft: Draft; kind: NameKind }>,
+  mapped: BaseKeyNames,
+  base: Pick<Draft, "key" | "shape" | "dtype" | "cols">,
+): void {
+  if (mapped.chunks) {
+    const count = mapped.chunks.length;
+    mapped.chunks.forEach((name, index) => {
+      const draft: Draft = {
+        ...base,
+        chunk: { index, count },
+        rows: Math.floor(base.shape[0] / count), // checkEntry() rejects uneven splits on use
+        label: `(${pythonRepr(base.key)}, ${index}, ${count})`,
+      };
+      names.set(name, { draft, kind: "chunk" });
+    });
+    return;
+  }
+  const draft: Draft = { ...base, rows: base.shape[0], label: base.key };
+  for (const name of mapped.all) {
+    const kind = name === mapped.standard ? "standard" : name === mapped.short ? "short" : "direct";
+    names.set(name, { draft, kind });
+  }
 }
 
 /** Code-unit order (Python's str order for the BMP, which keys live in). */

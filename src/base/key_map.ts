@@ -1,6 +1,6 @@
 /**
- * SDXL base-checkpoint keys → the LoRA layer names that modify them
- * (the names kohya's training scripts give them), from a key and its shape alone.
+ * SDXL and SD1.5 single-file checkpoint keys → the LoRA layer names that
+ * modify them (the names kohya's training scripts give them), from a key and its shape alone.
  *
  * Three families of names exist for one base weight: the standard kohya name
  * (`lora_unet_…`, `lora_te1_…`, `lora_te2_…`), a lossy short alias that some
@@ -19,6 +19,8 @@ const UNET_PREFIX = "model.diffusion_model.";
 const TE1_PREFIX = "conditioner.embedders.0.transformer.text_model.encoder.layers.";
 /** Key prefix of OpenCLIP-G (text encoder 2) residual blocks. */
 const TE2_PREFIX = "conditioner.embedders.1.model.transformer.resblocks.";
+/** Key prefix of SD1.5's CLIP-L encoder layers. */
+const SD15_TE_PREFIX = "cond_stage_model.transformer.text_model.encoder.layers.";
 /** Key prefix of the VAE, which is never mapped. */
 const VAE_PREFIX = "first_stage_model.";
 
@@ -31,7 +33,10 @@ export interface BaseKeyNames {
   readonly standard?: string;
   /** Short alias (`down_N[_in|_out|_emb]`, `mid_N…`, `up_N[…|_skip]`, `text_model_encoder_N[_x]`). */
   readonly short?: string;
-  /** UNet only: the key without `model.diffusion_model.` and `.weight`, dots → underscores. */
+  /**
+   * UNet: the key without `model.diffusion_model.` and `.weight`, dots → underscores; SD1.5's
+   * text encoder: the `lora_te1_…` name some trainers write for its one encoder.
+   */
   readonly direct?: string;
   /**
    * A split key (CLIP-G `attn.in_proj_weight`): one name per row block, in
@@ -82,6 +87,8 @@ export function loraNamesForBaseKey(
   const short = shortAlias(stem);
   const direct = stem.startsWith(UNET_PREFIX)
     ? underscored(stem.slice(UNET_PREFIX.length))
+    : stem.startsWith(SD15_TE_PREFIX)
+    ? LORA_TE1_PREFIX + underscored(stem.slice(SD15_TE_PREFIX.length))
     : undefined;
   const all: string[] = [];
   for (const name of [standard, short, direct]) {
@@ -102,6 +109,9 @@ function standardName(stem: string): string | string[] | undefined {
   }
   if (stem.startsWith(TE1_PREFIX)) {
     return LORA_TE1_PREFIX + underscored(stem.slice(TE1_PREFIX.length));
+  }
+  if (stem.startsWith(SD15_TE_PREFIX)) {
+    return "lora_te_text_model_encoder_layers_" + underscored(stem.slice(SD15_TE_PREFIX.length));
   }
   if (!stem.startsWith(TE2_PREFIX)) return undefined;
   // CLIP-G: OpenCLIP module names → the Hugging Face CLIP names kohya writes.
