@@ -13,6 +13,7 @@
  */
 
 import { basename, dirname, join, parse as parsePath, resolve } from "node:path";
+import { diffusersFiles, isFolder } from "./base/diffusers_folder.ts";
 import { OutputError } from "./errors.ts";
 import { checkInputFile } from "./input_files.ts";
 import { loraEntryMembers, mergedName } from "./lora/merge_spec.ts";
@@ -242,8 +243,12 @@ export interface RunPaths {
  * named later.
  */
 export async function checkRunPaths(run: RunPaths): Promise<OutputPaths> {
+  // A diffusers-folder base is its component files.
+  const base = await isFolder(run.checkpoint)
+    ? (await diffusersFiles(run.checkpoint)).map((f) => f.path)
+    : [run.checkpoint];
   const inputs = [
-    run.checkpoint,
+    ...base,
     ...run.loras.flatMap((e) => loraEntryMembers(e)?.map((m) => m.path) ?? [e]),
   ];
   for (const input of new Set(inputs)) await checkInputFile(input);

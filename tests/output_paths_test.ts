@@ -181,7 +181,6 @@ Deno.test("a FIFO, a folder or a missing file as any input: one line, same form,
     const cases: [string[], string, string][] = [
       [[fifo, lora], fifo, "a FIFO"],
       [[base, fifo], fifo, "a FIFO"],
-      [[folder, lora], folder, "a directory"],
       [[base, folder], folder, "a directory"],
       [[missing, lora], missing, "no such file"],
       [[base, missing], missing, "no such file"],
@@ -194,6 +193,13 @@ Deno.test("a FIFO, a folder or a missing file as any input: one line, same form,
         patterns: [new RegExp(`^error: ${escaped}: cannot open \\(${why}\\)$`)],
       });
     }
+    // A folder is a base only when it holds a diffusers model.
+    await assertFailsCleanly([folder, lora, NO_CACHE], {
+      dir,
+      patterns: [
+        new RegExp(`^error: ${folder}: a folder given as the base must be a diffusers model`),
+      ],
+    });
   });
 });
 
