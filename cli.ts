@@ -22,6 +22,7 @@ import type { OutputDType } from "./src/output.ts";
 import type { SizeAccounting } from "./src/recipe/select.ts";
 import type { DeviceChoice } from "./src/linalg/select_backend.ts";
 import { VERSION } from "./src/version.ts";
+import { isKohyaCommandLine, kohyaToResizeLoraArgs, translateKohyaArgs } from "./src/kohya_args.ts";
 
 const HELP = `resize-lora ${VERSION}
 Resizes multiple LoRAs with specified parameters.
@@ -40,6 +41,7 @@ options:
   --version             show the version and exit
   -o, --output_folder DIR
                         folder for the outputs (default: each LoRA's folder; created when missing)
+  --save_to FILE        the output file, when the run makes one (one LoRA, one recipe)
   -t, --output_dtype {16,32,bf16}
                         output element type (default: 16)
   -d, --device {auto,cpu,gpu}
@@ -61,12 +63,21 @@ options:
 
 Every long option also has a kebab-case twin (--output-folder, ...).
 Recipe keys: spn_ckpt, spn_lora, fro_ckpt, fro_lora, subspace, params (score weights),
-thr=LOG10_THRESHOLD or size=MIB (selection), rescale=FACTOR.`;
+thr=LOG10_THRESHOLD or size=MIB (selection), rescale=FACTOR.
+kohya's per-layer rules: sv_ratio=R, sv_fro=F or sv_cumulative=C (kohya's dynamic methods, as
+kohya does them: one dimension more than the criterion asks for, at least 2; an all-zero layer
+is kept at rank 1), rank=N (alone: a fixed rank per layer; with another selection: a per-layer
+cap), conv_rank=N (the same for every 4-D layer, 1x1 included; default: rank).
+A pasted kohya resize_lora.py command line (--model IN --save_to OUT --new_rank N
+--dynamic_method M --dynamic_param P --new_conv_rank N --save_precision P --device D --verbose)
+runs as the equivalent recipe, with kohya's defaults: --new_rank 4, float32 output.`;
 
 const OPTIONS = {
   help: { type: "boolean", short: "h" },
   version: { type: "boolean" },
   output_folder: { type: "string", short: "o" },
+  save_to: { type: "string" },
+  "save-to": { type: "string" },
   "output-folder": { type: "string" },
   output_dtype: { type: "string", short: "t" },
   "output-dtype": { type: "string" },
@@ -249,6 +260,7 @@ async function resizeCommand(values: Values, args: string[], out: Console): Prom
     loras,
     recipes: optionValue<string>(values, "score_recipes"),
     outputFolder: optionValue<string>(values, "output_folder"),
+    outputPath: optionValue<string>(values, "save_to"),
     ...common(values),
     log: out.log,
     logLevel: out.level,
@@ -296,6 +308,8 @@ export async function main(args: readonly string[]): Promise<number> {
   }
   let verbosity = 0;
   try {
+    // A pasted kohya resize_lora.py command line runs as its resize-lora equivalent.
+    if (isKohyaCommandLine(args)) args = kohyaToResizeLoraArgs(translateKohyaArgs(args));
     let parsed;
     try {
       parsed = parseArgs({
