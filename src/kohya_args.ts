@@ -12,8 +12,9 @@
  * float32 output unless `--save_precision` says otherwise. Options are read
  * as Python's argparse reads them (`--opt value`, `--opt=value`, unique
  * prefixes). `--svd_lowrank_niter` (later kohya versions) is accepted and
- * ignored: resize-lora's SVD is exact. `--device cpu` asks for the CPU, any
- * other device (`cuda`, `cuda:0`, `mps`) for the default choice.
+ * ignored: resize-lora's SVD is exact. `--device cpu` asks for the CPU;
+ * resize-lora's own `auto` and `gpu` are taken as they are; any other device
+ * (`cuda`, `cuda:0`, `mps`) is the default choice, `auto`.
  *
  * Until resize-lora resizes without a base model, the base checkpoint is
  * given with `--checkpoint PATH` (a resize-lora option; kohya has none).
@@ -36,7 +37,7 @@ export interface KohyaCommand {
   /** `--save_precision` as resize-lora's `-t` value (`32` when not given, as kohya). */
   readonly outputDtype: "16" | "32" | "bf16";
   /** `--device` as resize-lora's `-d` value. */
-  readonly device: "auto" | "cpu";
+  readonly device: "auto" | "cpu" | "gpu";
   /** `--verbose`. */
   readonly verbose: boolean;
   /** `--checkpoint`: the base checkpoint, while resize-lora needs one. */
@@ -131,6 +132,10 @@ function readOptions(argv: readonly string[]): Map<string, string | true> {
   return values;
 }
 
+function deviceOf(device: string | undefined): KohyaCommand["device"] {
+  return device === "cpu" || device === "gpu" ? device : "auto";
+}
+
 function intValue(name: string, text: string | undefined, fallback: number): number {
   if (text === undefined) return fallback;
   const value = /^\s*[+-]?\d+(_\d+)*\s*$/.test(text) ? Number(text.replaceAll("_", "")) : NaN;
@@ -214,7 +219,7 @@ export function translateKohyaArgs(argv: readonly string[]): KohyaCommand {
     saveTo,
     recipe: parts.join(","),
     outputDtype: precision === undefined ? "32" : PRECISIONS[precision],
-    device: text("device") === "cpu" ? "cpu" : "auto",
+    device: deviceOf(text("device")),
     verbose: values.has("verbose"),
     ...(checkpoint !== undefined ? { checkpoint } : {}),
   };
