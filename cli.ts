@@ -201,7 +201,8 @@ function summaryLine(o: OutputSummary): string {
   return `${verb} ${o.path}: ${
     mib(o.bytes)
   } (${o.bytes} bytes), rank ${o.rankBefore} → ${o.rankAfter}, ` +
-    `relative error ${(100 * o.relativeError).toFixed(2)}% (threshold ${o.threshold})`;
+    `relative error ${(100 * o.relativeError).toFixed(2)}%` +
+    (Number.isNaN(o.threshold) ? "" : ` (threshold ${o.threshold})`);
 }
 
 /** `resize-lora demo`: as with -v, but the per-base-weight "No LoRA layer found" lines folded. */
