@@ -15,7 +15,7 @@ import { plan, resize, type ResizeOptions } from "../src/resize.ts";
 import { createCpuBackend } from "../src/linalg/cpu/backend.ts";
 import { SafetensorsFile } from "../src/safetensors/reader.ts";
 import { hasWebGpuAdapter, runDeno } from "./webgpu_child.ts";
-import { caseDType, caseRecipe, FIXTURES, type KCase, kCases } from "./kohya_cases.ts";
+import { caseDType, caseRecipe, FIXTURES, inputs, type KCase, kCases } from "./kohya_cases.ts";
 
 const BASE = join(FIXTURES, "micro_sdxl_base.safetensors");
 const backend = await createCpuBackend({ workers: 1 });
@@ -134,6 +134,38 @@ Deno.test("kohya keys with other recipes in one pass, and rescale: the same rank
     await using f = await SafetensorsFile.open(outputs[1].path);
     assert(!f.has("lora_te1_text_model_encoder_layers_11_mlp_fc1.alpha"));
     assertEquals(JSON.parse(f.metadata.resize_params).threshold, -3.5);
+  });
+});
+
+Deno.test("ranks beyond a layer's dimensions are zero directions: kohya's rank and alpha, ΔW unchanged", async () => {
+  const c = kCases[0]; // LoRA A: rank 8, alpha 4, widths 5 to 80
+  const layers = inputs[c.input_lora].layers;
+  await withDir(async (dir) => {
+    // rank=12 fixed: above the stored 8 where the layer is wide enough. sv_cumulative=1: the
+    // criterion needs every dimension, kohya keeps one more.
+    const recipes = "rank=12:sv_cumulative=1";
+    const { outputs } = await resize(options(c, dir, { recipes, outputDtype: "F32" }));
+    for (
+      const [o, rankOf] of [
+        [outputs[0], (n: number) => Math.min(12, n)],
+        [outputs[1], (n: number) => Math.min(9, n)],
+      ] as const
+    ) {
+      await using f = await SafetensorsFile.open(o.path);
+      let padded = 0;
+      for (const [name, layer] of Object.entries(layers)) {
+        const n = Math.min(layer.out, layer.in_flat);
+        const zero = layer.sv.length === 0 || layer.sv[0] === 0;
+        const want = zero ? 1 : rankOf(n);
+        assertEquals(f.info(`${name}.lora_down.weight`).shape[0], want, `${o.recipe} ${name}`);
+        assertEquals(await f.readScalar(`${name}.alpha`), (layer.alpha / layer.rank) * want, name);
+        if (zero) continue;
+        // Every direction the layer has is kept: ΔW as it was, up to float32 rounding.
+        assertRelClose(await deltaFro(f, name), Math.hypot(...layer.sv), 1e-5, name);
+        if (want > layer.sv.length) padded++;
+      }
+      assert(padded > 100, `${o.recipe}: ${padded} layers padded`);
+    }
   });
 });
 
