@@ -249,7 +249,12 @@ async function inspectCommand(values: Values, args: string[], out: Console): Pro
 }
 
 /** `resize-lora CHECKPOINT LORA...`: resize (or plan, with --dry_run), and the report. */
-async function resizeCommand(values: Values, args: string[], out: Console): Promise<number> {
+async function resizeCommand(
+  values: Values,
+  args: string[],
+  out: Console,
+  kohyaVerbose = false,
+): Promise<number> {
   if (args.length < 2) {
     throw new UsageError("the following arguments are required: CHECKPOINT, LORA (see --help)");
   }
@@ -275,6 +280,10 @@ async function resizeCommand(values: Values, args: string[], out: Console): Prom
     console.log(formatDryRun(result.outputs));
   } else {
     for (const o of result.outputs) console.log(summaryLine(o));
+  }
+  if (kohyaVerbose) {
+    const { kohyaVerboseReport } = await import("./src/report/kohya_verbose.ts");
+    for (const o of result.outputs) for (const line of kohyaVerboseReport(o)) console.log(line);
   }
   if (report !== undefined) {
     const { renderReport } = await import("./src/report/html.ts");
@@ -310,7 +319,8 @@ export async function main(args: readonly string[]): Promise<number> {
   let verbosity = 0;
   try {
     // A pasted kohya resize_lora.py command line runs as its resize-lora equivalent.
-    if (isKohyaCommandLine(args)) args = kohyaToResizeLoraArgs(translateKohyaArgs(args));
+    const kohya = isKohyaCommandLine(args) ? translateKohyaArgs(args) : undefined;
+    if (kohya) args = kohyaToResizeLoraArgs(kohya);
     let parsed;
     try {
       parsed = parseArgs({
@@ -337,7 +347,7 @@ export async function main(args: readonly string[]): Promise<number> {
     const [command, ...rest] = parsed.positionals;
     if (command === "demo") return await demo(values, verbosity, out);
     if (command === "inspect") return await inspectCommand(values, rest, out);
-    return await resizeCommand(values, parsed.positionals, out);
+    return await resizeCommand(values, parsed.positionals, out, kohya?.verbose);
   } catch (e) {
     if (e instanceof ResizeLoraError) {
       console.error(`error: ${e.message}`);

@@ -210,18 +210,67 @@ Deno.test("--save_to: one output at the given path; an input path or several out
   });
 });
 
-/** Runs the CLI in this process, collecting what it prints on stderr. */
-async function runQuiet(args: string[]): Promise<{ code: number; stderr: string[] }> {
-  const stderr: string[] = [];
+/** Runs the CLI in this process, collecting what it prints. */
+async function runQuiet(
+  args: string[],
+): Promise<{ code: number; stdout: string[]; stderr: string[] }> {
+  const stdout: string[] = [], stderr: string[] = [];
   const { error, log } = console;
   console.error = (...a: unknown[]) => stderr.push(a.join(" "));
-  console.log = () => {};
+  console.log = (...a: unknown[]) => stdout.push(a.join(" "));
   try {
-    return { code: await main(args), stderr };
+    return { code: await main(args), stdout, stderr };
   } finally {
     console.error = error;
     console.log = log;
   }
+}
+
+Deno.test("the pasted command's --verbose prints kohya's per-layer lines and the mean retention", async () => {
+  const c = kCases[4]; // K05: sv_fro 0.8 on the LoCon, conv cap 3
+  await withDir(async (dir) => {
+    const args = c.argv.map((a) => a.replaceAll("$DATA/", FIXTURES).replaceAll("$OUT", dir));
+    const { code, stdout } = await runQuiet([...args, "--verbose", "--checkpoint", BASE]);
+    assertEquals(code, 0);
+    const layers = inputs[c.input_lora].layers;
+    const names = Object.keys(layers).sort((
+      a,
+      b,
+    ) => (`${a}.lora_down` < `${b}.lora_down` ? -1 : 1));
+    const lines = stdout.slice(stdout.indexOf("") + 1);
+    assertEquals(lines.length, names.length + 1);
+    const fro: number[] = [];
+    names.forEach((name, i) => {
+      const want = c.outputs[0].layers[name], sv = layers[name].sv;
+      // kohya's statistics, from the input σ: shares of ΣS and ‖S‖ kept, S₀ / S[k−1].
+      const share = sum(sv.slice(0, want.rank)) / sum(sv);
+      fro.push(Math.hypot(...sv.slice(0, want.rank)) / Math.hypot(...sv));
+      const m = lines[i].match(
+        /^(\S+) +\| sum\(S\) retained: ([\d.]+)%, fro retained: ([\d.]+)%, max\(S\) ratio: ([\d.]+), dynamic \| dim: (\d+), alpha: ([\d.]+)$/,
+      );
+      assert(m, lines[i]);
+      assertEquals(m[1], name);
+      assert(Math.abs(Number(m[2]) - 100 * share) <= 0.051, `${name}: ${m[2]}`);
+      assert(
+        Math.abs(Number(m[4]) - sv[0] / sv[want.rank - 1]) <= 0.051 * (sv[0] / sv[want.rank - 1]),
+      );
+      assertEquals([Number(m[5]), Number(m[6])], [want.rank, want.alpha]);
+    });
+    const mean = sum(fro) / fro.length;
+    const std = Math.sqrt(fro.reduce((a, b) => a + (b - mean) ** 2, 0) / fro.length);
+    const summary = lines.at(-1)!.match(
+      /^Average Frobenius norm retention: ([\d.]+)% \| std: ([\d.]+)$/,
+    );
+    assert(summary, lines.at(-1));
+    assert(
+      Math.abs(Number(summary[1]) - 100 * mean) <= 0.006 &&
+        Math.abs(Number(summary[2]) - std) <= 6e-4,
+    );
+  });
+});
+
+function sum(v: readonly number[]): number {
+  return v.reduce((a, b) => a + b, 0);
 }
 
 // The pasted kohya command line, on both backends. WebGPU is asked for in children only

@@ -13,9 +13,12 @@ import {
   capScores,
   kohyaAlpha,
   kohyaDynamicRank,
+  kohyaLayerStats,
   kohyaMetadata,
   kohyaRank,
   type KohyaRule,
+  kohyaVerboseLine,
+  kohyaVerboseSummary,
   selectKohya,
 } from "../src/recipe/kohya.ts";
 import { roundTo } from "../src/output.ts";
@@ -120,6 +123,28 @@ Deno.test("kohya's metadata: dynamic and fixed comments, dim and alpha (Python s
       ss_network_dim: "4",
       ss_network_alpha: "0.5",
     },
+  );
+});
+
+Deno.test("kohya's --verbose lines: shares, ratio, name padded (not cut) to 75, Python's number formats", () => {
+  // S = [4, 2, 1, 0.5], rank 3: Σ kept 7 of 7.5, ‖·‖² 21 of 21.25, ratio 4/1.
+  const stats = kohyaLayerStats([4, 2, 1, 0.5], 3);
+  assertEquals(stats, { sumRetained: 7 / 7.5, froRetained: Math.sqrt(21 / 21.25), maxRatio: 4 });
+  const name = "lora_unet_output_blocks_2_1_transformer_blocks_1_attn2_to_q";
+  assertEquals(
+    kohyaVerboseLine(name, stats, { rank: 3, alpha: 1.5, dynamic: true }),
+    `${name}${" ".repeat(75 - name.length)} | sum(S) retained: 93.3%, fro retained: 99.4%, ` +
+      "max(S) ratio: 4.0, dynamic | dim: 3, alpha: 1.5",
+  );
+  const long = "x".repeat(80);
+  assertEquals(
+    kohyaVerboseLine(long, kohyaLayerStats([2, 1], 3), { rank: 3, alpha: 3, dynamic: false }),
+    `${long} | sum(S) retained: 100.0%, fro retained: 100.0%, max(S) ratio: inf`,
+  );
+  // Population std of [0.5, 1] = 0.25; the zero layer's NaN is left out.
+  assertEquals(
+    kohyaVerboseSummary([0.5, 1, kohyaLayerStats([], 1).froRetained]),
+    "Average Frobenius norm retention: 75.00% | std: 0.250",
   );
 });
 

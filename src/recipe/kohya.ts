@@ -27,7 +27,7 @@
  * @module
  */
 
-import { pyRepr } from "./pyfloat.ts";
+import { pyFormatFixed, pyRepr } from "./pyfloat.ts";
 import type { Selection } from "./select.ts";
 
 /** kohya's `--dynamic_method` choices. */
@@ -334,4 +334,94 @@ export function capScores(
     for (const i of order.slice(0, cap)) capped[i] = layer[i];
     return capped;
   });
+}
+
+/** What kohya's `--verbose` line says about one resized layer. */
+export interface KohyaLayerStats {
+  /** Σ|S| of the kept dimensions over Σ|S|. */
+  readonly sumRetained: number;
+  /** ‖S kept‖ / ‖S‖ (NaN for a zero layer). */
+  readonly froRetained: number;
+  /** S₀ / S[rank − 1] (∞ where that dimension is a zero direction). */
+  readonly maxRatio: number;
+}
+
+/**
+ * kohya's `--verbose` statistics of a layer resized to `rank` (the zeros past
+ * `sigma`, up to the rank, count as zero singular values).
+ *
+ * @example
+ * ```ts
+ * import { kohyaLayerStats } from "./kohya.ts";
+ * const s = kohyaLayerStats([4, 2, 1, 0.5], 2);
+ * if (s.sumRetained !== 6 / 7.5 || s.maxRatio !== 2) throw 0;
+ * ```
+ */
+export function kohyaLayerStats(sigma: ArrayLike<number>, rank: number): KohyaLayerStats {
+  let sum = 0, kept = 0, sq = 0, keptSq = 0;
+  for (let i = 0; i < sigma.length; i++) {
+    const s = Math.abs(sigma[i]);
+    sum += s;
+    sq += s * s;
+    if (i < rank) {
+      kept += s;
+      keptSq += s * s;
+    }
+  }
+  const last = rank - 1 < sigma.length ? sigma[rank - 1] : 0;
+  return {
+    sumRetained: kept / sum,
+    froRetained: Math.sqrt(keptSq) / Math.sqrt(sq),
+    maxRatio: sigma.length > 0 ? sigma[0] / last : NaN,
+  };
+}
+
+/**
+ * One `--verbose` line of kohya's script: the layer name padded to 75
+ * characters, the retained shares with one decimal, the ratio σ₀/σ_last, and
+ * for a dynamic method the new rank and alpha (Python float repr).
+ *
+ * @example
+ * ```ts
+ * import { kohyaVerboseLine } from "./kohya.ts";
+ * const stats = { sumRetained: 0.8, froRetained: 0.9428, maxRatio: 2 };
+ * const line = kohyaVerboseLine("lora_unet_x", stats, { rank: 2, alpha: 1, dynamic: true });
+ * if (!line.endsWith("| sum(S) retained: 80.0%, fro retained: 94.3%, max(S) ratio: 2.0, dynamic | dim: 2, alpha: 1.0")) {
+ *   throw new Error(line);
+ * }
+ * ```
+ */
+export function kohyaVerboseLine(
+  name: string,
+  stats: KohyaLayerStats,
+  resized: { readonly rank: number; readonly alpha: number; readonly dynamic: boolean },
+): string {
+  let line =
+    `${name.padEnd(75)} | sum(S) retained: ${pyFormatFixed(100 * stats.sumRetained, 1)}%, ` +
+    `fro retained: ${pyFormatFixed(100 * stats.froRetained, 1)}%, max(S) ratio: ${
+      pyFormatFixed(stats.maxRatio, 1)
+    }`;
+  if (resized.dynamic) line += `, dynamic | dim: ${resized.rank}, alpha: ${pyRepr(resized.alpha)}`;
+  return line;
+}
+
+/**
+ * kohya's closing `--verbose` line: the mean Frobenius retention (two
+ * decimals, as a percentage) and its population standard deviation, NaN
+ * values (zero layers) left out.
+ *
+ * @example
+ * ```ts
+ * import { kohyaVerboseSummary } from "./kohya.ts";
+ * const line = kohyaVerboseSummary([0.9, 1, NaN]);
+ * if (line !== "Average Frobenius norm retention: 95.00% | std: 0.050") throw new Error(line);
+ * ```
+ */
+export function kohyaVerboseSummary(froRetained: readonly number[]): string {
+  const values = froRetained.filter((x) => !Number.isNaN(x));
+  const mean = values.reduce((a, b) => a + b, 0) / values.length;
+  const variance = values.reduce((a, b) => a + (b - mean) ** 2, 0) / values.length;
+  return `Average Frobenius norm retention: ${pyFormatFixed(100 * mean, 2)}% | std: ${
+    pyFormatFixed(Math.sqrt(variance), 3)
+  }`;
 }
