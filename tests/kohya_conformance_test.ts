@@ -137,6 +137,34 @@ Deno.test("kohya keys with other recipes in one pass, and rescale: the same rank
   });
 });
 
+Deno.test("kohya keys on a batch and on a merge: a LoRA merged with itself keeps kohya's ranks and alphas", async () => {
+  const [k01, , , k04] = kCases;
+  const [a, c] = [join(FIXTURES, k01.input_lora), join(FIXTURES, k04.input_lora)];
+  await withDir(async (dir) => {
+    const { outputs } = await plan(options(k01, dir, { loras: [a, c, `${a}:0.5,${a}:0.5`] }));
+    assertEquals(outputs.length, 3);
+    const ranks = (i: number) => Object.fromEntries(outputs[i].layers.map((l) => [l.name, l.kept]));
+    const want = Object.fromEntries(
+      Object.entries(k01.outputs[0].layers).map(([n, l]) => [n, l.rank]),
+    );
+    assertEquals(ranks(0), want);
+    assertEquals(ranks(2), want, "the merge: the same ΔW, the same ranks");
+    // C under K01's rule: each layer by the rule, from its own σ.
+    const cLayers = inputs[k04.input_lora].layers;
+    for (const l of outputs[1].layers) {
+      const n = Math.min(l.out, l.inShape.reduce((x, y) => x * y, 1));
+      const sv = cLayers[l.name].sv;
+      const total = sv.reduce((x, y) => x + y * y, 0);
+      let i = 0;
+      for (let cum = 0; i < sv.length && (cum += sv[i] ** 2) / total < 0.81; i++);
+      const wantRank = sv.length === 0 || sv[0] === 0
+        ? 1
+        : Math.min(Math.max(1, Math.min(i + 1, n - 1)) + 1, 16);
+      assertEquals(l.kept, wantRank, l.name);
+    }
+  });
+});
+
 Deno.test("ranks beyond a layer's dimensions are zero directions: kohya's rank and alpha, ΔW unchanged", async () => {
   const c = kCases[0]; // LoRA A: rank 8, alpha 4, widths 5 to 80
   const layers = inputs[c.input_lora].layers;
