@@ -105,6 +105,7 @@ function unique(name: string): string | undefined {
   if (matches.length > 1) {
     throw new UsageError(
       `ambiguous option: --${name} could match ${matches.map((m) => `--${m}`).join(", ")}`,
+      { key: `--${name}` },
     );
   }
   return matches[0];
@@ -115,18 +116,22 @@ function readOptions(argv: readonly string[]): Map<string, string | true> {
   const values = new Map<string, string | true>();
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
-    if (!arg.startsWith("--")) throw new UsageError(`unrecognized arguments: ${arg}`);
+    if (!arg.startsWith("--")) throw new UsageError(`unrecognized arguments: ${arg}`, { key: arg });
     const eq = arg.indexOf("=");
     const given = arg.slice(2, eq < 0 ? undefined : eq);
     const name = unique(given);
-    if (name === undefined) throw new UsageError(`unrecognized arguments: ${arg}`);
+    if (name === undefined) throw new UsageError(`unrecognized arguments: ${arg}`, { key: arg });
     if (OPTIONS[name] === "flag") {
-      if (eq >= 0) throw new UsageError(`argument --${name}: ignored explicit argument`);
+      if (eq >= 0) {
+        throw new UsageError(`argument --${name}: ignored explicit argument`, { key: `--${name}` });
+      }
       values.set(name, true);
       continue;
     }
     const value = eq >= 0 ? arg.slice(eq + 1) : argv[++i];
-    if (value === undefined) throw new UsageError(`argument --${name}: expected one argument`);
+    if (value === undefined) {
+      throw new UsageError(`argument --${name}: expected one argument`, { key: `--${name}` });
+    }
     values.set(name, value);
   }
   return values;
@@ -140,9 +145,11 @@ function intValue(name: string, text: string | undefined, fallback: number): num
   if (text === undefined) return fallback;
   const value = /^\s*[+-]?\d+(_\d+)*\s*$/.test(text) ? Number(text.replaceAll("_", "")) : NaN;
   if (!Number.isSafeInteger(value)) {
-    throw new UsageError(`argument --${name}: invalid int value: '${text}'`);
+    throw new UsageError(`argument --${name}: invalid int value: '${text}'`, { key: `--${name}` });
   }
-  if (value < 1) throw new UsageError(`argument --${name}: must be >= 1, got ${text}`);
+  if (value < 1) {
+    throw new UsageError(`argument --${name}: must be >= 1, got ${text}`, { key: `--${name}` });
+  }
   return value;
 }
 
@@ -171,17 +178,21 @@ export function translateKohyaArgs(argv: readonly string[]): KohyaCommand {
     return typeof v === "string" ? v : undefined;
   };
   const model = text("model");
-  if (model === undefined) throw new UsageError("the following arguments are required: --model");
+  if (model === undefined) {
+    throw new UsageError("the following arguments are required: --model", { key: "--model" });
+  }
   const saveTo = text("save_to");
   if (saveTo === undefined || !saveTo.endsWith(".safetensors")) {
     throw new UsageError(
       "The --save_to argument must be specified and must be a .safetensors file.",
+      { key: "--save_to" },
     );
   }
   const precision = text("save_precision");
   if (precision !== undefined && !Object.hasOwn(PRECISIONS, precision)) {
     throw new UsageError(
       `argument --save_precision: invalid choice: '${precision}' (choose from 'float', 'fp16', 'bf16')`,
+      { key: "--save_precision" },
     );
   }
   const method = text("dynamic_method");
@@ -190,19 +201,25 @@ export function translateKohyaArgs(argv: readonly string[]): KohyaCommand {
       `argument --dynamic_method: invalid choice: '${method}' (choose from ${
         KOHYA_METHODS.map((m) => `'${m}'`).join(", ")
       })`,
+      { key: "--dynamic_method" },
     );
   }
   const paramText = text("dynamic_param");
   const param = paramText === undefined ? undefined : parsePythonFloat(paramText);
   if (paramText !== undefined && param === undefined) {
-    throw new UsageError(`argument --dynamic_param: invalid float value: '${paramText}'`);
+    throw new UsageError(`argument --dynamic_param: invalid float value: '${paramText}'`, {
+      key: "--dynamic_param",
+    });
   }
   if (method !== undefined && !param) {
-    throw new UsageError("If using dynamic_method, then dynamic_param is required");
+    throw new UsageError("If using dynamic_method, then dynamic_param is required", {
+      key: "--dynamic_param",
+    });
   }
   if (method === undefined && param !== undefined) {
     throw new UsageError(
       `--dynamic_param ${paramText} needs --dynamic_method (${KOHYA_METHODS.join(", ")})`,
+      { key: "--dynamic_param" },
     );
   }
   const rank = intValue("new_rank", text("new_rank"), 4);

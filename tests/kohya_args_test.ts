@@ -85,59 +85,73 @@ Deno.test("a kohya command line is told by kohya-only option names, spelled in f
 });
 
 Deno.test("wrong kohya values are one-line usage errors", async () => {
-  const bad: [string[], string][] = [
+  const bad: [string[], string, string][] = [
     [
       [...IO, "--dynamic_method", "foo", "--dynamic_param", "1"],
       "argument --dynamic_method: invalid choice: 'foo' (choose from 'sv_ratio', 'sv_fro', 'sv_cumulative')",
+      "--dynamic_method",
     ],
     [
       [...IO, "--dynamic_param", "0.9"],
       "--dynamic_param 0.9 needs --dynamic_method (sv_ratio, sv_fro, sv_cumulative)",
+      "--dynamic_param",
     ],
     [
       [...IO, "--dynamic_method", "sv_fro"],
       "If using dynamic_method, then dynamic_param is required",
+      "--dynamic_param",
     ],
     [
       [...IO, "--dynamic_method", "sv_fro", "--dynamic_param", "0"],
       "If using dynamic_method, then dynamic_param is required",
+      "--dynamic_param",
     ],
     [
       [...IO, "--dynamic_method", "sv_fro", "--dynamic_param", "x"],
       "argument --dynamic_param: invalid float value: 'x'",
+      "--dynamic_param",
     ],
-    [[...IO, "--new_rank", "0"], "argument --new_rank: must be >= 1, got 0"],
-    [[...IO, "--new_rank", "2.5"], "argument --new_rank: invalid int value: '2.5'"],
+    [[...IO, "--new_rank", "0"], "argument --new_rank: must be >= 1, got 0", "--new_rank"],
+    [[...IO, "--new_rank", "2.5"], "argument --new_rank: invalid int value: '2.5'", "--new_rank"],
     [
       [...IO, "--save_precision", "fp8"],
       "argument --save_precision: invalid choice: 'fp8' (choose from 'float', 'fp16', 'bf16')",
+      "--save_precision",
     ],
     [
       ["--model", "in.safetensors", "--save_to", "out.ckpt"],
       "The --save_to argument must be specified and must be a .safetensors file.",
+      "--save_to",
     ],
     [
       ["--model", "in.safetensors"],
       "The --save_to argument must be specified and must be a .safetensors file.",
+      "--save_to",
     ],
     [
       ["--save_to", "out.safetensors", "--new_rank", "4"],
       "the following arguments are required: --model",
+      "--model",
     ],
-    [[...IO, "--new_rank"], "argument --new_rank: expected one argument"],
-    [[...IO, "extra.safetensors"], "unrecognized arguments: extra.safetensors"],
-    [[...IO, "--frobnicate", "1"], "unrecognized arguments: --frobnicate"],
+    [[...IO, "--new_rank"], "argument --new_rank: expected one argument", "--new_rank"],
+    [
+      [...IO, "extra.safetensors"],
+      "unrecognized arguments: extra.safetensors",
+      "extra.safetensors",
+    ],
+    [[...IO, "--frobnicate", "1"], "unrecognized arguments: --frobnicate", "--frobnicate"],
     [
       [...IO, "--dynamic", "sv_fro"],
       "ambiguous option: --dynamic could match --dynamic_method, --dynamic_param",
+      "--dynamic",
     ],
   ];
-  for (const [argv, message] of bad) {
+  for (const [argv, message, key] of bad) {
     const e = await assertRejects(
       () => Promise.resolve().then(() => translateKohyaArgs(argv)),
       UsageError,
     );
-    assertEquals(e.message, message, argv.join(" "));
+    assertEquals([e.message, (e as UsageError).key], [message, key], argv.join(" "));
   }
 });
 

@@ -40,54 +40,74 @@ Deno.test("rank alone is a fixed rank; with thr or size it is a cap on a score r
 });
 
 Deno.test("bad kohya values and combinations are one-line RecipeErrors naming the key", async () => {
-  const bad: [string, string][] = [
-    ["sv_ratio=0", "Invalid sv_ratio=0 in recipe sv_ratio=0: sv_ratio must be finite and > 0"],
+  const bad: [string, string, string | undefined][] = [
+    [
+      "sv_ratio=0",
+      "Invalid sv_ratio=0 in recipe sv_ratio=0: sv_ratio must be finite and > 0",
+      "sv_ratio",
+    ],
     [
       "sv_ratio=inf",
       "Invalid sv_ratio=inf in recipe sv_ratio=inf: sv_ratio must be finite and > 0",
+      "sv_ratio",
     ],
-    ["sv_fro=1.5", "Invalid sv_fro=1.5 in recipe sv_fro=1.5: sv_fro must be > 0 and <= 1"],
+    [
+      "sv_fro=1.5",
+      "Invalid sv_fro=1.5 in recipe sv_fro=1.5: sv_fro must be > 0 and <= 1",
+      "sv_fro",
+    ],
     [
       "sv_cumulative=0",
       "Invalid sv_cumulative=0 in recipe sv_cumulative=0: sv_cumulative must be > 0 and <= 1",
+      "sv_cumulative",
     ],
-    ["sv_fro=nan", "Invalid sv_fro=nan in recipe sv_fro=nan: sv_fro must be > 0 and <= 1"],
-    ["sv_fro", "Empty value not accepted for key sv_fro in recipe sv_fro"],
-    ["sv_fro=x", "Could not parse sv_fro=x in recipe sv_fro=x"],
-    ["rank=0", "Invalid rank=0 in recipe rank=0: rank must be a whole number >= 1"],
-    ["rank=2.5", "Invalid rank=2.5 in recipe rank=2.5: rank must be a whole number >= 1"],
+    [
+      "sv_fro=nan",
+      "Invalid sv_fro=nan in recipe sv_fro=nan: sv_fro must be > 0 and <= 1",
+      "sv_fro",
+    ],
+    ["sv_fro", "Empty value not accepted for key sv_fro in recipe sv_fro", "sv_fro"],
+    ["sv_fro=x", "Could not parse sv_fro=x in recipe sv_fro=x", "sv_fro"],
+    ["rank=0", "Invalid rank=0 in recipe rank=0: rank must be a whole number >= 1", "rank"],
+    ["rank=2.5", "Invalid rank=2.5 in recipe rank=2.5: rank must be a whole number >= 1", "rank"],
     [
       "sv_fro=0.9,conv_rank=-1",
       "Invalid conv_rank=-1 in recipe sv_fro=0.9,conv_rank=-1: conv_rank must be a whole number >= 1",
+      "conv_rank",
     ],
     [
       "sv_fro=0.9,sv_ratio=4",
       "Recipe sv_fro=0.9,sv_ratio=4 gives two kohya methods, sv_fro and sv_ratio",
+      "sv_ratio",
     ],
     [
       "sv_fro=0.9,thr=-1",
       "Recipe sv_fro=0.9,thr=-1 combines sv_fro with thr: sv_fro picks each layer's rank by itself",
+      "sv_fro",
     ],
     [
       "spn_lora,sv_ratio=4",
       "Recipe spn_lora,sv_ratio=4 combines sv_ratio with spn_lora: sv_ratio picks each layer's rank by itself",
+      "sv_ratio",
     ],
     [
       "conv_rank=4",
       "Recipe conv_rank=4 gives conv_rank alone: add rank=N, a kohya method (sv_ratio, sv_fro, sv_cumulative), thr or size",
+      "conv_rank",
     ],
     [
       "rank=4,rescale=0",
       "Invalid rescale=0 in recipe rank=4,rescale=0: rescale must be finite and > 0",
+      "rescale",
     ],
-    ["spn_lora,rank=8", "Either 'size' or 'thr' must be specified in the recipe"],
+    ["spn_lora,rank=8", "Either 'size' or 'thr' must be specified in the recipe", undefined],
   ];
-  for (const [text, message] of bad) {
+  for (const [text, message, key] of bad) {
     const e = await assertRejects(
       () => Promise.resolve().then(() => parseRecipe(text)),
       RecipeError,
     );
-    assertEquals(e.message, message);
+    assertEquals([e.message, (e as RecipeError).key], [message, key]);
   }
 });
 
