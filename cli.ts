@@ -30,6 +30,7 @@ import type { OutputDType } from "./src/output.ts";
 import type { SizeAccounting } from "./src/recipe/select.ts";
 import type { DeviceChoice } from "./src/linalg/select_backend.ts";
 import { VERSION } from "./src/version.ts";
+import { isKohyaCommandLine, kohyaToResizeLoraArgs, translateKohyaArgs } from "./src/kohya_args.ts";
 
 const HELP = `resize-lora ${VERSION}
 Resizes multiple LoRAs with specified parameters.
@@ -50,6 +51,7 @@ options:
   --version             show the version and exit
   -o, --output_folder DIR
                         folder for the outputs (default: each LoRA's folder; created when missing)
+  --save_to FILE        the output file, when the run makes one (one LoRA, one recipe)
   -t, --output_dtype {16,32,bf16}
                         output element type (default: 16)
   -d, --device {auto,cpu,gpu}
@@ -71,12 +73,21 @@ options:
 
 Every long option also has a kebab-case twin (--output-folder, ...).
 Recipe keys: spn_ckpt, spn_lora, fro_ckpt, fro_lora, subspace, params (score weights),
-thr=LOG10_THRESHOLD or size=MIB (selection), rescale=FACTOR.`;
+thr=LOG10_THRESHOLD or size=MIB (selection), rescale=FACTOR.
+kohya's per-layer rules: sv_ratio=R, sv_fro=F or sv_cumulative=C (kohya's dynamic methods, as
+kohya does them: one dimension more than the criterion asks for, at least 2; an all-zero layer
+is kept at rank 1), rank=N (alone: a fixed rank per layer; with another selection: a per-layer
+cap), conv_rank=N (the same for every 4-D layer, 1x1 included; default: rank).
+A pasted kohya resize_lora.py command line (--model IN --save_to OUT --new_rank N
+--dynamic_method M --dynamic_param P --new_conv_rank N --save_precision P --device D --verbose)
+runs as the equivalent recipe, with kohya's defaults: --new_rank 4, float32 output.`;
 
 const OPTIONS = {
   help: { type: "boolean", short: "h" },
   version: { type: "boolean" },
   output_folder: { type: "string", short: "o" },
+  save_to: { type: "string" },
+  "save-to": { type: "string" },
   "output-folder": { type: "string" },
   output_dtype: { type: "string", short: "t" },
   "output-dtype": { type: "string" },
@@ -209,7 +220,8 @@ function summaryLine(o: OutputSummary): string {
   return `${verb} ${o.path}: ${
     mib(o.bytes)
   } (${o.bytes} bytes), rank ${o.rankBefore} → ${o.rankAfter}, ` +
-    `relative error ${(100 * o.relativeError).toFixed(2)}% (threshold ${o.threshold})`;
+    `relative error ${(100 * o.relativeError).toFixed(2)}%` +
+    (Number.isNaN(o.threshold) ? "" : ` (threshold ${o.threshold})`);
 }
 
 /** `resize-lora demo`: as with -v, but the per-base-weight "No LoRA layer found" lines folded. */
@@ -258,7 +270,12 @@ async function inspectCommand(values: Values, args: string[], out: Console): Pro
 }
 
 /** `resize-lora CHECKPOINT LORA...`: resize (or plan, with --dry_run), and the report. */
-async function resizeCommand(values: Values, args: string[], out: Console): Promise<number> {
+async function resizeCommand(
+  values: Values,
+  args: string[],
+  out: Console,
+  kohyaVerbose = false,
+): Promise<number> {
   if (args.length < 2) {
     throw new UsageError("the following arguments are required: CHECKPOINT, LORA (see --help)");
   }
@@ -270,6 +287,7 @@ async function resizeCommand(values: Values, args: string[], out: Console): Prom
     loras,
     recipes: optionValue<string>(values, "score_recipes"),
     outputFolder: optionValue<string>(values, "output_folder"),
+    outputPath: optionValue<string>(values, "save_to"),
     ...common(values),
     log: out.log,
     logLevel: out.level,
@@ -284,6 +302,10 @@ async function resizeCommand(values: Values, args: string[], out: Console): Prom
     console.log(escapeLines(formatDryRun(result.outputs)));
   } else {
     for (const o of result.outputs) console.log(oneLine(summaryLine(o)));
+  }
+  if (kohyaVerbose) {
+    const { kohyaVerboseReport } = await import("./src/report/kohya_verbose.ts");
+    for (const o of result.outputs) for (const line of kohyaVerboseReport(o)) console.log(line);
   }
   if (report !== undefined) {
     const { renderReport } = await import("./src/report/html.ts");
@@ -318,6 +340,9 @@ export async function main(args: readonly string[]): Promise<number> {
   }
   let verbosity = 0;
   try {
+    // A pasted kohya resize_lora.py command line runs as its resize-lora equivalent.
+    const kohya = isKohyaCommandLine(args) ? translateKohyaArgs(args) : undefined;
+    if (kohya) args = kohyaToResizeLoraArgs(kohya);
     let parsed;
     try {
       parsed = parseArgs({
@@ -344,7 +369,7 @@ export async function main(args: readonly string[]): Promise<number> {
     const [command, ...rest] = parsed.positionals;
     if (command === "demo") return await demo(values, verbosity, out);
     if (command === "inspect") return await inspectCommand(values, rest, out);
-    return await resizeCommand(values, parsed.positionals, out);
+    return await resizeCommand(values, parsed.positionals, out, kohya?.verbose);
   } catch (e) {
     if (e instanceof ResizeLoraError) {
       console.error(`error: ${e.message}`);

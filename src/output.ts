@@ -54,6 +54,8 @@ export interface OutputLayer {
   readonly layer: LoraLayer;
   /** Number of kept dimensions k′ (0 = omitted from the output). */
   readonly kept: number;
+  /** The alpha to store, before rounding (default α·k′/r; kohya's rules compute theirs). */
+  readonly alpha?: number;
 }
 
 /** Rounds a number to an output dtype (as a cast to that dtype would). */
@@ -64,6 +66,11 @@ export function roundTo(value: number, dtype: OutputDType): number {
 /** The stored alpha of an output layer: α·k′/r rounded to the output dtype. */
 export function outputAlpha(layer: LoraLayer, kept: number, dtype: OutputDType): number {
   return roundTo(layer.factors.scale * kept, dtype);
+}
+
+/** The alpha an output layer stores, before rounding to the output dtype. */
+function alphaOf(o: OutputLayer): number {
+  return o.alpha ?? o.layer.factors.scale * o.kept;
 }
 
 function layerSpecs(o: OutputLayer, dtype: OutputDType): TensorSpec[] {
@@ -113,7 +120,7 @@ export function networkDimAlpha(
 ): { ss_network_dim: string; ss_network_alpha: string } {
   const written = layers.filter((o) => o.kept > 0);
   const ranks = new Set(written.map((o) => o.kept));
-  const alphas = new Set(written.map((o) => outputAlpha(o.layer, o.kept, dtype)));
+  const alphas = new Set(written.map((o) => roundTo(alphaOf(o), dtype)));
   if (ranks.size !== 1 || alphas.size !== 1) {
     return { ss_network_dim: "Dynamic", ss_network_alpha: "Dynamic" };
   }
@@ -132,6 +139,8 @@ export interface OutputShape {
   readonly inputMetadata: Readonly<Record<string, string>>;
   /** The `resize_params` text. */
   readonly resizeParams: string;
+  /** `ss_network_dim` / `ss_network_alpha` / … to write instead of {@link networkDimAlpha}'s. */
+  readonly networkMetadata?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -144,7 +153,7 @@ export type OutputShapeFn = (kept: ArrayLike<number>, threshold: number) => Outp
 function metadataOf(shape: OutputShape): Record<string, string> {
   return {
     ...shape.inputMetadata,
-    ...networkDimAlpha(shape.layers, shape.dtype),
+    ...(shape.networkMetadata ?? networkDimAlpha(shape.layers, shape.dtype)),
     resize_params: shape.resizeParams,
     ...SSHS_PLACEHOLDERS,
   };
@@ -230,7 +239,7 @@ export function buildOutput(
     const f = () => asked ??= Promise.resolve(typeof source === "function" ? source() : source);
     const [alpha, down, up, dora] = layerSpecs(o, dtype);
     tensors.push(
-      { ...alpha, data: encodeFloats([o.layer.factors.scale * o.kept], dtype) },
+      { ...alpha, data: encodeFloats([alphaOf(o)], dtype) },
       { ...down, data: async () => encodedAs((await f()).down, dtype) },
       { ...up, data: async () => encodedAs((await f()).up, dtype) },
     );
@@ -304,4 +313,40 @@ export function extractKeptFactors(
   const downBytes = new Uint8Array(k * row);
   positions.forEach((j, c) => downBytes.set(down.bytes.subarray(j * row, (j + 1) * row), c * row));
   return { up: { dtype: up.dtype, bytes: upBytes }, down: { dtype: down.dtype, bytes: downBytes } };
+}
+
+/**
+ * Factors with `extra` zero dimensions appended (zero columns of up, zero
+ * rows of down): a rank kohya writes beyond the dimensions a layer has.
+ * Zero is all-zero bytes in every float dtype.
+ *
+ * @param factors the factors (`out × k` and `k × inFlat`, `k` ≥ 0)
+ * @param shape the layer's rows and columns, and the element type of empty factors
+ *
+ * @example
+ * ```ts
+ * import { withZeroDimensions } from "./output.ts";
+ * const f32 = (...v: number[]) => ({ dtype: "F32" as const, bytes: new Uint8Array(new Float32Array(v).buffer) });
+ * const padded = withZeroDimensions({ up: f32(1, 2), down: f32(3, 4) }, 1, { out: 2, inFlat: 2, dtype: "F32" });
+ * const values = (d: { bytes: Uint8Array }) => [...new Float32Array(d.bytes.slice().buffer)].join();
+ * if (values(padded.up) !== "1,0,2,0" || values(padded.down) !== "3,4,0,0") throw new Error("padding");
+ * ```
+ */
+export function withZeroDimensions(
+  factors: OutputFactors | undefined,
+  extra: number,
+  shape: { readonly out: number; readonly inFlat: number; readonly dtype: OutputDType },
+): OutputFactors {
+  const dtype = factors?.up.dtype ?? shape.dtype;
+  if (factors && extra === 0) return factors;
+  const size = dtypeSize(dtype);
+  const upRow = factors ? factors.up.bytes.byteLength / shape.out : 0;
+  const up = new Uint8Array(shape.out * (upRow + extra * size));
+  for (let r = 0; factors && r < shape.out; r++) {
+    up.set(factors.up.bytes.subarray(r * upRow, (r + 1) * upRow), r * (upRow + extra * size));
+  }
+  const downBytes = factors?.down.bytes ?? new Uint8Array(0);
+  const down = new Uint8Array(downBytes.byteLength + extra * shape.inFlat * size);
+  down.set(downBytes);
+  return { up: { dtype, bytes: up }, down: { dtype: factors?.down.dtype ?? dtype, bytes: down } };
 }

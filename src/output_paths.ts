@@ -227,6 +227,8 @@ export interface RunPaths {
   readonly recipes: readonly Recipe[];
   /** `-o`, when given. */
   readonly outputFolder?: string;
+  /** `--save_to`: the one output's path, when given. */
+  readonly outputPath?: string;
   /** The norms cache location (a `.json` location is a file the run writes), or `false`. */
   readonly normsCache?: string | false;
   /** Other files the run writes (a report). */
@@ -254,7 +256,13 @@ export async function checkRunPaths(run: RunPaths): Promise<OutputPaths> {
   for (const input of new Set(inputs)) await checkInputFile(input);
   const paths = await OutputPaths.create({ inputs });
   if (run.writes) {
-    const { outputs, folders } = plannedOutputs(run);
+    const { outputs, folders } = run.outputPath !== undefined
+      ? {
+        // One LoRA and one recipe (checked when the options are resolved).
+        outputs: [{ path: run.outputPath, source: outputSource(run.loras[0], run.recipes[0]) }],
+        folders: [dirname(run.outputPath)],
+      }
+      : plannedOutputs(run);
     for (const folder of folders) await checkOutputFolder(folder);
     for (const output of outputs) await paths.claim(output);
   }

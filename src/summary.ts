@@ -95,7 +95,7 @@ export interface LayerSummary {
   readonly baseSpectral?: number;
   /** Number of singular values k. */
   readonly dims: number;
-  /** Kept dimensions k′. */
+  /** Rank written k′: `keep.length`, plus zero directions where kohya's rule asks for more. */
   readonly kept: number;
   /** Indices (into `sigma`) of the kept dimensions, ascending. */
   readonly keep: readonly number[];
@@ -138,7 +138,7 @@ export interface OutputSummary {
   readonly bytes: number;
   /** Whether the file was written (false in a dry run). */
   readonly written: boolean;
-  /** The threshold used (user's, or computed in size mode). */
+  /** The threshold used (user's, or computed in size mode); NaN for kohya's per-layer rules. */
   readonly threshold: number;
   /** Total rank of the resized layers before (Σ k over non-zero layers). */
   readonly rankBefore: number;
@@ -146,7 +146,10 @@ export interface OutputSummary {
   readonly rankAfter: number;
   /** ‖ΔW_out − rescale·ΔW_in‖_F / ‖rescale·ΔW_in‖_F over all resized layers. */
   readonly relativeError: number;
-  /** Per resized layer (non-zero paired layers, name order). */
+  /**
+   * Per resized layer (non-zero paired layers, name order; kohya's rules add the all-zero ones
+   * after them).
+   */
   readonly layers: readonly LayerSummary[];
   /** The size-mode cut, when the target cut the ranking. */
   readonly cut?: SizeCut;

@@ -28,7 +28,7 @@ export interface RecordedRun {
   readonly argv: string[];
   /** Exit status. */
   readonly code: number;
-  /** sha256 of each file written to `$OUT`, by name. */
+  /** sha256 of each file written to `$OUT`, by name (an HTML report's paths substituted back). */
   readonly outputs: Record<string, string>;
   /** sha256 of stdout (its text, `$DATA/` and `$OUT` substituted back). */
   readonly stdout: string;
@@ -76,7 +76,14 @@ export async function record(argv: readonly string[]): Promise<RecordedRun> {
     const names = [];
     for await (const e of Deno.readDir(out)) names.push(e.name);
     for (const name of names.sort()) {
-      outputs[name] = sha256(await Deno.readFile(join(out, name)));
+      // A report quotes its input and output paths: hashed with them substituted back, so that
+      // the record holds in any checkout.
+      const bytes = await Deno.readFile(join(out, name));
+      outputs[name] = sha256(
+        name.endsWith(".html")
+          ? new TextEncoder().encode(unsub(new TextDecoder().decode(bytes)))
+          : bytes,
+      );
     }
     return {
       argv: [...argv],

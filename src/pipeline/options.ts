@@ -5,6 +5,7 @@
  * @module
  */
 
+import { OutputError } from "../errors.ts";
 import type { Backend } from "../linalg/backend.ts";
 import type { DeviceChoice } from "../linalg/select_backend.ts";
 import { type LogFn, type LogLevel, silent } from "../log.ts";
@@ -86,6 +87,8 @@ export interface ResizeOptions {
   readonly recipes?: string;
   /** Output folder (default: each LoRA's folder); created when missing. */
   readonly outputFolder?: string;
+  /** The output file, for a run with one LoRA and one recipe (kohya's `--save_to`). */
+  readonly outputPath?: string;
   /** Output element type (default `F16`). */
   readonly outputDtype?: OutputDType;
   /**
@@ -140,6 +143,8 @@ export interface ResolvedOptions {
   readonly anyNeeds: RecipeNeeds;
   /** Output folder, or undefined for each LoRA's own folder. */
   readonly outputFolder: string | undefined;
+  /** The one output file, when given. */
+  readonly outputPath: string | undefined;
   /** Output element type. */
   readonly outputDtype: OutputDType;
   /** Device to ask for when no backend is given. */
@@ -180,6 +185,13 @@ export interface ResolvedOptions {
  */
 export function resolveOptions(options: ResizeOptions): ResolvedOptions {
   const recipes = parseRecipes(options.recipes ?? DEFAULT_RECIPES);
+  const count = options.loras.length * recipes.length;
+  if (options.outputPath !== undefined && count !== 1) {
+    throw new OutputError(
+      `${options.outputPath}: one output file is given, but the run makes ${count} (${options.loras.length} LoRAs × ${recipes.length} recipes)`,
+      { file: options.outputPath },
+    );
+  }
   const debug = options.logLevel === "DEBUG";
   // The DEBUG layer report and reports add every layer's Frobenius norm.
   const layerReport = debug || options.layerNorms === true;
@@ -195,6 +207,7 @@ export function resolveOptions(options: ResizeOptions): ResolvedOptions {
       subspace: needs.some((n) => n.subspace),
     },
     outputFolder: options.outputFolder,
+    outputPath: options.outputPath,
     outputDtype: options.outputDtype ?? DEFAULT_OUTPUT_DTYPE,
     device: options.device ?? "auto",
     backend: options.backend,

@@ -30,6 +30,22 @@ export interface PreparedLora {
   readonly passThrough: readonly RawTensor[];
   /** Per-dimension subspace scales of `layers`, once a recipe has needed them. */
   subspace?: Float64Array[];
+  /** All-zero paired layers: dropped, except by kohya's rules (rank 1). */
+  readonly zeroLayers: readonly PairedLayer[];
+  /** Their decompositions. */
+  readonly zeroDecompositions: readonly Decomposition[];
+}
+
+/** The LoRA with its all-zero layers after the others, as kohya's rules resize it. */
+export function withZeroLayers(lora: PreparedLora): PreparedLora {
+  if (lora.zeroLayers.length === 0) return lora;
+  return {
+    ...lora,
+    layers: [...lora.layers, ...lora.zeroLayers],
+    decompositions: [...lora.decompositions, ...lora.zeroDecompositions],
+    zeroLayers: [],
+    zeroDecompositions: [],
+  };
 }
 
 /** Loads one LoRA entry and runs it through decomposition, pairing and base norms. */
@@ -68,14 +84,19 @@ export async function prepareLora(session: Session, entry: string): Promise<Prep
   };
 }
 
-/** The paired layers that are not all zeroes, and their decompositions; a warning for others. */
+/**
+ * The paired layers that are not all zeroes and their decompositions, and apart the all-zero ones
+ * (kohya's rules keep them); a warning for those.
+ */
 function setAsideZeroLayers(
   session: Session,
   paired: readonly PairedLayer[],
   decomposed: readonly Decomposition[],
-): { layers: PairedLayer[]; decompositions: Decomposition[] } {
+): Pick<PreparedLora, "layers" | "decompositions" | "zeroLayers" | "zeroDecompositions"> {
   const layers: PairedLayer[] = [];
   const decompositions: Decomposition[] = [];
+  const zeroLayers: PairedLayer[] = [];
+  const zeroDecompositions: Decomposition[] = [];
   paired.forEach((p, i) => {
     const d = decomposed[i];
     if (!(d.sigma.length > 0 && d.sigma[0] >= ZERO_LAYER_SIGMA)) {
@@ -86,10 +107,12 @@ function setAsideZeroLayers(
           `LoRA layer ${p.layer.name} is all zeroes! dim=${d.sigma.length}`,
         );
       }
+      zeroLayers.push(p);
+      zeroDecompositions.push(d);
       return;
     }
     layers.push(p);
     decompositions.push(d);
   });
-  return { layers, decompositions };
+  return { layers, decompositions, zeroLayers, zeroDecompositions };
 }

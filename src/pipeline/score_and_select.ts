@@ -8,9 +8,11 @@
 
 import { checkFiniteSubspaceScales } from "../finite_checks.ts";
 import type { BaseNorms } from "../linalg/backend.ts";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { outputFileSize, type OutputShape, type OutputShapeFn } from "../output.ts";
-import { outputFileName, type Recipe, resizeParamsJson } from "../recipe/recipe.ts";
+import { kohyaRuleOf, outputFileName, type Recipe, resizeParamsJson } from "../recipe/recipe.ts";
+import { type KohyaSelection, selectKohya } from "../recipe/kohya.ts";
+import { kohyaLayerOf, kohyaNetworkMetadata } from "../recipe/kohya_layers.ts";
 import {
   formatLayerDebugLine,
   formatQuantilesLine,
@@ -20,7 +22,7 @@ import {
   truncationError,
 } from "../recipe/score.ts";
 import type { LayerSummary, OutputSummary } from "../summary.ts";
-import type { PreparedLora } from "./prepare_lora.ts";
+import { type PreparedLora, withZeroLayers } from "./prepare_lora.ts";
 import { selectDimensions } from "./select_dimensions.ts";
 import type { Session } from "./session.ts";
 import { tradeOffCurve } from "./trade_off_curve.ts";
@@ -53,11 +55,14 @@ export async function selectRecipes(
 /** Scores and selects one recipe (base norms fetched as it needs them); nothing is written. */
 async function selectRecipe(
   session: Session,
-  lora: PreparedLora,
+  prepared: PreparedLora,
   recipe: Recipe,
   needs: RecipeNeeds,
 ): Promise<RecipeSelection> {
   const { options } = session;
+  const rule = kohyaRuleOf(recipe);
+  // kohya's rules keep all-zero layers, at rank 1.
+  const lora = rule ? withZeroLayers(prepared) : prepared;
   const norms: BaseNorms[] = needs.frobenius || needs.spectral
     ? await session.norms.fetch(lora.layers, needs)
     : lora.layers.map(() => ({}));
@@ -75,24 +80,44 @@ async function selectRecipe(
     });
   });
 
+  let kohya: KohyaSelection | undefined;
   const shapeFor: OutputShapeFn = (kept, threshold) => ({
-    layers: lora.layers.map((p, i) => ({ layer: p.layer, kept: kept[i] })),
+    layers: lora.layers.map((p, i) => ({ layer: p.layer, kept: kept[i], alpha: kohya?.alphas[i] })),
     passThrough: lora.passThrough,
     dtype: options.outputDtype,
     inputMetadata: lora.model.metadata,
     resizeParams: resizeParamsJson(recipe, threshold),
+    networkMetadata: kohya && kohyaNetworkMetadata(
+      rule!,
+      lora.model.layers,
+      lora.layers.map((p, i) => ({ layer: p.layer, alpha: kohya!.alphas[i] })),
+      lora.model.metadata,
+    ),
   });
-  const selection = selectDimensions(session, lora, recipe, scores, shapeFor);
+  const selection = rule
+    ? kohya = selectKohya(
+      lora.layers.map((p, i) => kohyaLayerOf(p.layer, lora.decompositions[i].sigma)),
+      rule,
+    )
+    : selectDimensions(session, lora, recipe, scores, shapeFor);
   const { threshold } = selection;
-  const shape = shapeFor(selection.keep.map((k) => k.length), threshold);
-  const folder = options.outputFolder ?? lora.model.folder;
-  const layers = layerSummaries(session, lora, recipe, { scores, keep: selection.keep, norms });
+  const kept = kohya?.ranks ?? selection.keep.map((k) => k.length);
+  const shape = shapeFor(kept, threshold);
+  const folder = options.outputPath !== undefined
+    ? dirname(options.outputPath)
+    : options.outputFolder ?? lora.model.folder;
+  const layers = layerSummaries(session, lora, recipe, {
+    scores,
+    keep: selection.keep,
+    kept,
+    norms,
+  });
   options.log("INFO", formatQuantilesLine(scoreQuantiles(scores)));
 
   const summary: OutputSummary = {
     lora: lora.model.entry,
     recipe: recipe.text,
-    path: join(folder, outputFileName(lora.model.name, recipe, threshold)),
+    path: options.outputPath ?? join(folder, outputFileName(lora.model.name, recipe, threshold)),
     bytes: outputFileSize(shape),
     written: false,
     threshold,
@@ -100,7 +125,7 @@ async function selectRecipe(
     rankAfter: layers.reduce((n, l) => n + l.kept, 0),
     relativeError: relativeError(lora, recipe, selection.keep),
     layers,
-    cut: selection.cut,
+    cut: "cut" in selection ? selection.cut : undefined,
     curve: options.curve ? tradeOffCurve(lora, recipe, scores, shapeFor) : undefined,
   };
   return { recipe, summary, shape, folder };
@@ -111,9 +136,11 @@ function layerSummaries(
   session: Session,
   lora: PreparedLora,
   recipe: Recipe,
-  { scores, keep, norms }: {
+  { scores, keep, kept, norms }: {
     scores: readonly Float64Array[];
     keep: readonly (readonly number[])[];
+    /** The rank written per layer (kohya's rules can ask for more than `keep`). */
+    kept: readonly number[];
     norms: readonly BaseNorms[];
   },
 ): LayerSummary[] {
@@ -142,7 +169,7 @@ function layerSummaries(
       baseFrobenius: known?.frobenius,
       baseSpectral: known?.spectral,
       dims: sigma.length,
-      kept: keep[i].length,
+      kept: kept[i],
       keep: keep[i],
       sigma,
       scores: scores[i],

@@ -7,7 +7,9 @@
 
 import { RecipeError } from "../errors.ts";
 import { outputElementSize, outputFileSize, type OutputShapeFn } from "../output.ts";
-import type { Recipe } from "../recipe/recipe.ts";
+import { rankCaps, type Recipe } from "../recipe/recipe.ts";
+import { kohyaLayerOf } from "../recipe/kohya_layers.ts";
+import { capScores } from "../recipe/kohya.ts";
 import {
   formatTotalRankLine,
   selectBySizeFile,
@@ -34,6 +36,11 @@ export function selectDimensions(
   shapeFor: OutputShapeFn,
 ): Selection & { cut?: SizeCut } {
   const { sizeAccounting, outputDtype, log } = session.options;
+  const caps = rankCaps(recipe);
+  if (caps.rank !== undefined || caps.convRank !== undefined) {
+    const shapes = lora.layers.map((p) => kohyaLayerOf(p.layer, new Float64Array()));
+    scores = capScores(scores, shapes, caps);
+  }
   if (recipe.sizeMiB === undefined) return selectByThreshold(scores, recipe.threshold!);
   const elementSize = outputElementSize(outputDtype);
   let selection: Selection & { cut?: SizeCut };

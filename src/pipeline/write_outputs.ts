@@ -14,12 +14,14 @@ import {
   extractKeptFactors,
   type OutputDType,
   type OutputFactors,
+  type OutputFactorsSource,
   sortedUnion,
+  withZeroDimensions,
 } from "../output.ts";
 import { outputSource } from "../output_paths.ts";
 import { writeSafetensors } from "../safetensors/writer.ts";
 import type { OutputSummary } from "../summary.ts";
-import type { PreparedLora } from "./prepare_lora.ts";
+import { type PreparedLora, withZeroLayers } from "./prepare_lora.ts";
 import type { RecipeSelection } from "./score_and_select.ts";
 import type { Session } from "./session.ts";
 
@@ -33,11 +35,13 @@ export async function writeOutputs(
   for (const { summary, recipe } of selections) {
     await session.paths.claim({ path: summary.path, source: outputSource(summary.lora, recipe) });
   }
+  // Selections by kohya's rules also cover the all-zero layers, after the others.
+  lora = withZeroLayers(lora);
   const written = new Map<RecipeSelection, OutputSummary>();
   for (const rescale of new Set(selections.map((s) => s.recipe.rescale))) {
     const group = selections.filter((s) => s.recipe.rescale === rescale);
     const union = lora.layers.map((_, i) =>
-      sortedUnion(group.map((s) => s.summary.layers[i].keep))
+      sortedUnion(group.map((s) => s.summary.layers[i]?.keep ?? []))
     );
     const rebuild = startRebuild(session, lora, union, {
       rescale,
@@ -47,7 +51,6 @@ export async function writeOutputs(
       for (const selection of group) {
         await writeOutput(
           session,
-          lora,
           selection,
           (i, keep) => async () =>
             extractKeptFactors(await rebuild.layer(i), {
@@ -70,14 +73,21 @@ export async function writeOutputs(
 /** Writes one output, asking `factorsOf` for each layer's factors as the writer reaches it. */
 async function writeOutput(
   session: Session,
-  lora: PreparedLora,
   { summary, shape, folder }: RecipeSelection,
   factorsOf: (layer: number, keep: readonly number[]) => () => Promise<OutputFactors>,
 ): Promise<void> {
   const { path, bytes } = summary;
-  const factors = lora.layers.flatMap((_, i) => {
-    const keep = summary.layers[i].keep;
-    return keep.length === 0 ? [] : [factorsOf(i, keep)];
+  const dtype = session.options.outputDtype;
+  // kohya's rules may write more dimensions than a layer has: zero directions after its own.
+  const factors = summary.layers.flatMap((
+    { keep, kept, out, inShape },
+    i,
+  ): OutputFactorsSource[] => {
+    if (kept === 0) return [];
+    const zeros = { out, inFlat: inShape.reduce((a, b) => a * b, 1), dtype };
+    if (keep.length === 0) return [withZeroDimensions(undefined, kept, zeros)];
+    const own = factorsOf(i, keep);
+    return [async () => withZeroDimensions(await own(), kept - keep.length, zeros)];
   });
   const { tensors, metadata } = buildOutput(shape, factors);
   session.options.log("INFO", `Saving ${path}`);

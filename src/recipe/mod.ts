@@ -1,6 +1,7 @@
 /**
  * `@x/resize-lora/recipe`: the recipe language (`fro_ckpt=1,thr=-3.5`, …), the output names and
- * `resize_params` metadata it implies, and the per-dimension scores and selections.
+ * `resize_params` metadata it implies, the per-dimension scores and selections, and kohya's
+ * per-layer rules (`sv_fro=0.9,rank=16`).
  *
  * @example
  * ```ts
@@ -14,6 +15,7 @@
  */
 
 export {
+  kohyaRuleOf,
   outputFileName,
   parseRecipe,
   parseRecipes,
@@ -40,3 +42,12 @@ export {
   type SizeCut,
 } from "./select.ts";
 export { fileNameNumber, parsePythonFloat, pyRepr } from "./pyfloat.ts";
+export {
+  KOHYA_METHODS,
+  kohyaAlpha,
+  type KohyaLayerShape,
+  type KohyaMethod,
+  kohyaRank,
+  type KohyaRule,
+  type KohyaSpectrum,
+} from "./kohya.ts";

@@ -18,12 +18,19 @@
  * ±{@link MAX_ABS_THRESHOLD} (±inf allowed); these limits also keep output
  * file names short. `size` together with `thr` warns that `size` wins.
  *
+ * kohya's per-layer rules (see `kohya.ts`): `sv_ratio=R`, `sv_fro=F` or
+ * `sv_cumulative=C` picks each layer's rank by itself (no score weights,
+ * `thr` or `size`); `rank=N` alone is a fixed rank per layer, and with any
+ * other selection a per-layer cap; `conv_rank=N` is the same for 4-D layers
+ * (default: `rank`).
+ *
  * @module
  */
 
 import { RecipeError } from "../errors.ts";
-import { fileNameNumber, parsePythonFloat } from "./pyfloat.ts";
-import { pyJsonDumps } from "./pyformat.ts";
+import { KOHYA_METHODS, type KohyaMethod, type KohyaRule } from "./kohya.ts";
+import { fileNameNumber, parsePythonFloat, pyRepr } from "./pyfloat.ts";
+import { type PyJson, pyJsonDumps } from "./pyformat.ts";
 
 /**
  * Largest normalised score weight (in absolute value): beyond it, weights of
@@ -70,7 +77,11 @@ export const SCORE_KEYS: readonly ScoreKey[] = [
   "params",
 ];
 
-/** A parsed recipe. Size mode when `sizeMiB` is set, threshold mode otherwise. */
+/**
+ * A parsed recipe. Size mode when `sizeMiB` is set, threshold mode when
+ * `threshold` is; with neither, kohya's per-layer rule decides (`kohya`, or
+ * `rank` alone: a fixed rank).
+ */
 export interface Recipe {
   /** The recipe text as given (used in messages, progress labels and `resize_params`). */
   readonly text: string;
@@ -84,6 +95,125 @@ export interface Recipe {
   readonly rescale: number;
   /** Warnings to log once (e.g. `size` and `thr` both given). */
   readonly warnings: readonly string[];
+  /** kohya's dynamic method and its parameter (`sv_fro=0.9`). */
+  readonly kohya?: { readonly method: KohyaMethod; readonly param: number };
+  /** `rank=N`: the fixed rank per layer when nothing else selects, else a per-layer cap. */
+  readonly rank?: number;
+  /** `conv_rank=N`: the same for 4-D (conv) layers; default `rank`. */
+  readonly convRank?: number;
+}
+
+/**
+ * The kohya rule a recipe resizes by, when it selects layer by layer (a
+ * kohya method, or a fixed `rank`); undefined for score recipes.
+ *
+ * @example
+ * ```ts
+ * import { kohyaRuleOf, parseRecipe } from "./recipe.ts";
+ * const rule = kohyaRuleOf(parseRecipe("sv_fro=0.9,rank=16"));
+ * if (rule?.method !== "sv_fro" || rule.param !== 0.9 || rule.rank !== 16) throw 0;
+ * if (kohyaRuleOf(parseRecipe("spn_lora,thr=-1,rank=8")) !== undefined) throw 0;
+ * ```
+ */
+export function kohyaRuleOf(recipe: Recipe): KohyaRule | undefined {
+  if (recipe.threshold !== undefined || recipe.sizeMiB !== undefined) return undefined;
+  return {
+    ...(recipe.kohya ? { method: recipe.kohya.method, param: recipe.kohya.param } : {}),
+    ...rankCaps(recipe),
+  };
+}
+
+/** The recipe's `rank` / `conv_rank` (as a cap for score recipes). */
+export function rankCaps(recipe: Recipe): { rank?: number; convRank?: number } {
+  return {
+    ...(recipe.rank !== undefined ? { rank: recipe.rank } : {}),
+    ...(recipe.convRank !== undefined ? { convRank: recipe.convRank } : {}),
+  };
+}
+
+/** The keys that take a value and are not score weights. */
+const SETTING_KEYS = [
+  "size",
+  "thr",
+  "rescale",
+  "sv_ratio",
+  "sv_fro",
+  "sv_cumulative",
+  "rank",
+  "conv_rank",
+] as const;
+type SettingKey = (typeof SETTING_KEYS)[number];
+
+/**
+ * Checks kohya's keys; returns their recipe fields, and the whole recipe when they select by
+ * themselves (a kohya method, or `rank` with no other selection).
+ *
+ * @param other the first score weight, `thr` or `size` the recipe gives, if any
+ */
+function kohyaPart(
+  text: string,
+  settings: Partial<Record<SettingKey, Setting>>,
+  other: string | undefined,
+): { fields: Partial<Recipe>; recipe?: Recipe } {
+  const methods = Object.keys(settings).filter((k): k is KohyaMethod =>
+    (KOHYA_METHODS as readonly string[]).includes(k)
+  );
+  if (methods.length > 1) {
+    throw new RecipeError(
+      `Recipe ${text} gives two kohya methods, ${methods[0]} and ${methods[1]}`,
+      {
+        key: methods[1],
+      },
+    );
+  }
+  const method = methods.length ? { ...settings[methods[0]]!, key: methods[0] } : undefined;
+  const { rescale } = settings;
+  const ranks = { rank: settings.rank, conv_rank: settings.conv_rank };
+  if (method) {
+    const { key, value } = method;
+    const ok = key === "sv_ratio" ? Number.isFinite(value) && value > 0 : value > 0 && value <= 1;
+    if (!ok) {
+      const must = key === "sv_ratio" ? "finite and > 0" : "> 0 and <= 1";
+      throw new RecipeError(
+        `Invalid ${key}=${method.text} in recipe ${text}: ${key} must be ${must}`,
+        { key },
+      );
+    }
+    if (other) {
+      throw new RecipeError(
+        `Recipe ${text} combines ${key} with ${other}: ${key} picks each layer's rank by itself`,
+        { key },
+      );
+    }
+  }
+  for (const [key, setting] of Object.entries(ranks)) {
+    if (setting && !(Number.isInteger(setting.value) && setting.value >= 1)) {
+      throw new RecipeError(
+        `Invalid ${key}=${setting.text} in recipe ${text}: ${key} must be a whole number >= 1`,
+        { key },
+      );
+    }
+  }
+  const fields = {
+    ...(method ? { kohya: { method: method.key, param: method.value } } : {}),
+    ...(ranks.rank ? { rank: ranks.rank.value } : {}),
+    ...(ranks.conv_rank ? { convRank: ranks.conv_rank.value } : {}),
+  };
+  if (!method && !(ranks.rank && !other)) {
+    if (ranks.conv_rank && !other) {
+      throw new RecipeError(
+        `Recipe ${text} gives conv_rank alone: add rank=N, a kohya method (sv_ratio, sv_fro, sv_cumulative), thr or size`,
+        { key: "conv_rank" },
+      );
+    }
+    return { fields };
+  }
+  checkSettings(text, { rescale });
+  const weights = Object.fromEntries(SCORE_KEYS.map((key) => [key, 0])) as unknown as ScoreWeights;
+  return {
+    fields,
+    recipe: { text, weights, rescale: rescale?.value ?? 1, warnings: [], ...fields },
+  };
 }
 
 /**
@@ -115,9 +245,8 @@ export function parseRecipe(text: string): Recipe {
     params: 0,
   };
   // Selection settings keep their value text too, for the messages below.
-  let size: Setting | undefined;
-  let thr: Setting | undefined;
-  let rescale: Setting | undefined;
+  const settings: Partial<Record<SettingKey, Setting>> = {};
+  let weightKey: string | undefined;
 
   for (const part of text.split(",")) {
     const eq = part.indexOf("=");
@@ -133,26 +262,22 @@ export function parseRecipe(text: string): Recipe {
     }
     if (Object.hasOwn(raw, key)) {
       raw[key as ScoreKey] = valueText === "" ? 1 : value;
+      weightKey ??= key;
       continue;
     }
     if (valueText === "") {
       throw new RecipeError(`Empty value not accepted for key ${key} in recipe ${text}`, { key });
     }
-    const setting = { value, text: valueText };
-    switch (key) {
-      case "size":
-        size = setting;
-        break;
-      case "thr":
-        thr = setting;
-        break;
-      case "rescale":
-        rescale = setting;
-        break;
-      default:
-        throw new RecipeError(`Unknown key ${key} in recipe ${text}`, { key });
+    if (!(SETTING_KEYS as readonly string[]).includes(key)) {
+      throw new RecipeError(`Unknown key ${key} in recipe ${text}`, { key });
     }
+    settings[key as SettingKey] = { value, text: valueText };
   }
+  const { size, thr, rescale } = settings;
+
+  const other = weightKey ?? (thr ? "thr" : size ? "size" : undefined);
+  const kohya = kohyaPart(text, settings, other);
+  if (kohya.recipe) return kohya.recipe;
 
   let sum = 0; // Python's sum(): left to right, in SCORE_KEYS order
   for (const key of SCORE_KEYS) sum += raw[key];
@@ -180,6 +305,7 @@ export function parseRecipe(text: string): Recipe {
     ...(size !== undefined ? { sizeMiB: size.value } : { threshold: thr!.value }),
     rescale: rescale?.value ?? 1,
     warnings,
+    ...kohya.fields,
   };
 }
 
@@ -290,6 +416,12 @@ const NAME_ORDER: readonly ScoreKey[] = [...SCORE_KEYS].sort();
  * non-zero weight as its key without underscores followed by its value,
  * in alphabetical key order, and numbers written by {@link fileNameNumber}.
  *
+ * kohya's keys follow the same scheme, after the weights:
+ * `[_<method><param>][_rank<N>][_convrank<N>]`, the method's parameter in
+ * full (`svfro0.999`: two decimals would merge very different recipes).
+ * A recipe without a threshold (a kohya method or a fixed rank) has no
+ * `_th` part: `my_lora_svfro0.9_rank16.safetensors`.
+ *
  * @param loraName the LoRA file name without its extension (or a merge's name)
  * @param recipe the recipe
  * @param thresholdUsed the user's `thr`, or the threshold computed in size mode
@@ -306,14 +438,24 @@ export function outputFileName(loraName: string, recipe: Recipe, thresholdUsed: 
   const tokens = NAME_ORDER
     .filter((key) => recipe.weights[key] !== 0)
     .map((key) => `${key.replaceAll("_", "")}${fileNameNumber(recipe.weights[key])}`);
+  if (recipe.kohya) {
+    const param = pyRepr(recipe.kohya.param).replace(/\.0$/, "");
+    tokens.push(`${recipe.kohya.method.replaceAll("_", "")}${param}`);
+  }
+  if (recipe.rank !== undefined) tokens.push(`rank${recipe.rank}`);
+  if (recipe.convRank !== undefined) tokens.push(`convrank${recipe.convRank}`);
   if (recipe.rescale !== 1) tokens.push(`scale${fileNameNumber(recipe.rescale)}`);
   if (recipe.sizeMiB !== undefined) tokens.push(`size${fileNameNumber(recipe.sizeMiB)}`);
-  return `${loraName}_${tokens.join("_")}_th${fileNameNumber(thresholdUsed)}.safetensors`;
+  const th = kohyaRuleOf(recipe) ? "" : `_th${fileNameNumber(thresholdUsed)}`;
+  return `${loraName}_${tokens.join("_")}${th}.safetensors`;
 }
 
 /**
  * The `resize_params` metadata value, byte for byte as the original writes it
- * (Python `json.dumps` of the recipe with the threshold used).
+ * (Python `json.dumps` of the recipe with the threshold used). Recipes with
+ * kohya's keys add them under kohya's option names (`dynamic_method`,
+ * `dynamic_param`, `new_rank`, `new_conv_rank`); without a threshold (a
+ * kohya method or a fixed rank), `threshold` is null.
  *
  * @example
  * ```ts
@@ -325,11 +467,19 @@ export function outputFileName(loraName: string, recipe: Recipe, thresholdUsed: 
  * ```
  */
 export function resizeParamsJson(recipe: Recipe, thresholdUsed: number): string {
+  const kohya: Record<string, PyJson> = {};
+  if (recipe.kohya) {
+    kohya.dynamic_method = recipe.kohya.method;
+    kohya.dynamic_param = recipe.kohya.param;
+  }
+  if (recipe.rank !== undefined) kohya.new_rank = BigInt(recipe.rank);
+  if (recipe.convRank !== undefined) kohya.new_conv_rank = BigInt(recipe.convRank);
   return pyJsonDumps({
     recipe_str: recipe.text,
     weights: Object.fromEntries(SCORE_KEYS.map((key) => [key, recipe.weights[key]])),
     target_size: recipe.sizeMiB ?? null,
-    threshold: thresholdUsed,
+    threshold: kohyaRuleOf(recipe) ? null : thresholdUsed,
     rescale: recipe.rescale,
+    ...kohya,
   });
 }

@@ -11,7 +11,9 @@
  *     last score.
  *
  * Dimensions whose score is NaN are never kept and cost nothing (no
- * threshold admits them).
+ * threshold admits them): a per-layer rank cap (`capScores` in `kohya.ts`) works so.
+ *
+ * kohya's rules (`selectKohya` in `kohya.ts`) pick each layer's rank by itself.
  *
  * @module
  */

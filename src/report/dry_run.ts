@@ -93,7 +93,8 @@ function ratio(dropped: number, total: number): number {
 
 /**
  * A threshold as the plan prints it: seven significant digits, `−∞` (all
- * kept) or `+∞` (nothing kept).
+ * kept), `+∞` (nothing kept), or `none (per-layer rule)` for NaN: kohya's
+ * per-layer rules have no threshold.
  *
  * @example
  * ```ts
@@ -106,6 +107,7 @@ function ratio(dropped: number, total: number): number {
 export function formatThreshold(threshold: number): string {
   if (threshold === Infinity) return "+∞";
   if (threshold === -Infinity) return "−∞";
+  if (Number.isNaN(threshold)) return "none (per-layer rule)";
   return String(Number(threshold.toPrecision(7)));
 }
 
