@@ -35,7 +35,7 @@ function firstNonFinite(data: FloatData): { index: number; value: number } | und
  * import { encodeFloats } from "./safetensors/dtype.ts";
  * const f32 = (v: number[]) => ({ dtype: "F32" as const, bytes: encodeFloats(v, "F32") });
  * const layer = {
- *   name: "x", alpha: 1, inShape: [2], upShape: [1, 1], tensors: [],
+ *   name: "x", key: "x", naming: "kohya" as const, alpha: 1, inShape: [2], upShape: [1, 1], tensors: [],
  *   factors: { up: f32([1]), down: f32([NaN, 0]), out: 1, rank: 1, inFlat: 2, scale: 1 },
  * };
  * const d = { sigma: new Float64Array([NaN]), upTransform: new Float64Array(1), downTransform: new Float64Array(1) };
@@ -161,13 +161,15 @@ export function checkFiniteSubspaceScales(
  */
 export function checkFiniteAlphas(
   entry: string,
-  layers: readonly Pick<LoraLayer, "name" | "alpha">[],
+  layers: readonly (Pick<LoraLayer, "name" | "alpha"> & { readonly key?: string })[],
 ): void {
-  for (const { name, alpha } of layers) {
+  for (const { name, key, alpha } of layers) {
     if (!Number.isFinite(alpha)) {
+      // Named as the file spells the layer (its own naming's key).
+      const tensor = `${key ?? name}.alpha`;
       throw new LoraError(
-        `${entry}: tensor '${name}.alpha': alpha ${alpha} is not a finite number`,
-        { file: entry, tensor: `${name}.alpha`, key: name },
+        `${entry}: tensor '${tensor}': alpha ${alpha} is not a finite number`,
+        { file: entry, tensor, key: name },
       );
     }
   }
