@@ -289,13 +289,14 @@ Deno.test("kohya's rules on SD1.5 and Flux layers at real widths equal the rule 
     const path = join(dir, "sd15_flux.safetensors");
     await writeSafetensors(path, tensors);
     const model = await loadLora(path);
-    assertEquals(model.layers.map((l) => l.name).sort(), LAYERS.map((l) => l.name).sort());
+    // Layers are known by their canonical names; `key` is the name as this file spells it.
+    assertEquals(model.layers.map((l) => l.key).sort(), LAYERS.map((l) => l.name).sort());
     const decompositions = await backend.decompose(model.layers.map((l) => l.factors));
     const kohyaLayers = model.layers.map((l, i) => kohyaLayerOf(l, decompositions[i].sigma));
 
     // The dense σ and the backend's agree where the layer has them.
     model.layers.forEach((l, i) => {
-      const want = reference.get(l.name)!, got = decompositions[i].sigma;
+      const want = reference.get(l.key)!, got = decompositions[i].sigma;
       got.forEach((s, j) => assert(Math.abs(s - want[j]) <= 1e-5 * want[0], `${l.name} σ${j}`));
     });
 
@@ -303,7 +304,7 @@ Deno.test("kohya's rules on SD1.5 and Flux layers at real widths equal the rule 
       const selection = selectKohya(kohyaLayers, rule);
       model.layers.forEach((layer, i) => {
         const conv = layer.inShape.length === 3;
-        const want = kohyaReference(reference.get(layer.name)!, layer.factors.scale, conv, rule);
+        const want = kohyaReference(reference.get(layer.key)!, layer.factors.scale, conv, rule);
         const what = `${layer.name}, ${JSON.stringify(rule)}`;
         assertEquals(selection.ranks[i], want, what);
         assertEquals(
@@ -318,7 +319,7 @@ Deno.test("kohya's rules on SD1.5 and Flux layers at real widths equal the rule 
       });
     }
     // The facts the cases above are meant to cover.
-    const byName = (name: string) => kohyaLayers[model.layers.findIndex((l) => l.name === name)];
+    const byName = (name: string) => kohyaLayers[model.layers.findIndex((l) => l.key === name)];
     assert(byName("lora_unet_img_in").storedRank > 64, "a rank above min(out, in)");
     assertEquals(selectKohya([byName("lora_unet_img_in")], { rank: 200 }).ranks, [64]);
     const zero = "lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_attn1_to_v";

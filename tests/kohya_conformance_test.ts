@@ -227,7 +227,7 @@ Deno.test("--save_to: one output at the given path; an input path or several out
     const quiet = await runQuiet([BASE, lora, "-r", "rank=4", "--save_to", lora]);
     assertEquals(quiet.code, 1);
     assertEquals(quiet.stderr.filter((l) => l.startsWith("error")), [
-      `error: ${lora}: the output would overwrite the input ${lora}`,
+      `error: ${lora}: the output of ${lora} with recipe rank=4 would overwrite the input ${lora}`,
     ]);
     assertEquals(await Deno.readFile(lora), before);
     const two = await runQuiet([BASE, lora, "-r", "rank=4:rank=2", "--save_to", saveTo]);
