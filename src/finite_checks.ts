@@ -51,7 +51,7 @@ function firstNonFinite(data: FloatData): { index: number; value: number } | und
 export function checkFiniteDecompositions(
   entry: string,
   layers: readonly LoraLayer[],
-  decompositions: readonly Decomposition[],
+  decompositions: readonly Pick<Decomposition, "sigma">[],
 ): void {
   layers.forEach((layer, i) => {
     if (decompositions[i].sigma.every(Number.isFinite)) return;

@@ -9,12 +9,13 @@
  * @module
  */
 
-import type { Backend, Decomposition } from "./linalg/backend.ts";
+import type { Backend } from "./linalg/backend.ts";
 import { type DeviceChoice, selectBackend } from "./linalg/select_backend.ts";
 import { type LogFn, type LogLevel, silent } from "./log.ts";
 import { loadLora, type LoraModel } from "./lora/lora_file.ts";
 import type { OutputDType } from "./output.ts";
 import type { ProgressFn } from "./pipeline/options.ts";
+import { decomposeLayers, type LayerDecomposition } from "./pipeline/layer_maths.ts";
 import type { SizeAccounting } from "./recipe/select.ts";
 import { inspectionOf, type InspectResult } from "./report/inspect.ts";
 import { openSession, planLora } from "./resize.ts";
@@ -121,15 +122,14 @@ export async function inspect(options: InspectOptions): Promise<InspectResult> {
  */
 async function sigmasOf(
   model: LoraModel,
-  known: readonly (Decomposition | undefined)[],
+  known: readonly (LayerDecomposition | undefined)[],
   backend: Backend,
   options: InspectOptions,
 ): Promise<Float64Array[]> {
   const missing = model.layers.flatMap((l, i) => known[i] ? [] : [l]);
-  const decompositions = await backend.decompose(
-    missing.map((l) => l.factors),
-    { onProgress: (d, t) => options.onProgress?.("SVD", d, t) },
-  );
+  const decompositions = await decomposeLayers(backend, missing, {
+    onProgress: (d, t) => options.onProgress?.("SVD", d, t),
+  });
   let next = 0;
   return model.layers.map((_, i) => (known[i] ?? decompositions[next++]).sigma);
 }

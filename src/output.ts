@@ -23,6 +23,7 @@ import type { TensorSpec } from "./safetensors/header.ts";
 import type { FloatData } from "./linalg/backend.ts";
 import type { LoraLayer, RawTensor } from "./lora/lora_file.ts";
 import { pyRepr } from "./recipe/pyfloat.ts";
+import { pyJsonDumps } from "./recipe/pyformat.ts";
 
 /**
  * Output element types (`-t 16|32|bf16`).
@@ -154,8 +155,36 @@ function metadataOf(shape: OutputShape): Record<string, string> {
   return {
     ...shape.inputMetadata,
     ...(shape.networkMetadata ?? networkDimAlpha(shape.layers, shape.dtype)),
-    resize_params: shape.resizeParams,
+    ...lycorisConversion(shape),
     ...SSHS_PLACEHOLDERS,
+  };
+}
+
+/** Tensor names that only LyCORIS's loader reads (LoHa and LoKr factors, Tucker ones included). */
+const LYCORIS_TENSOR = /\.(hada_|lokr_)/;
+
+/**
+ * `resize_params`, and what converting LyCORIS layers changes (docs/design.md, "LyCORIS
+ * layers"): the LoHa and LoKr layers resized are written as LoRA layers, which `resize_params`
+ * records; `ss_network_module` becomes `networks.lora` unless LyCORIS tensors are still copied
+ * (Tucker or unpaired layers), which still need LyCORIS's module. Other metadata is kept.
+ */
+function lycorisConversion(shape: OutputShape): Record<string, string> {
+  const counts = { loha: 0, lokr: 0 };
+  for (const o of shape.layers) if (o.layer.lycoris) counts[o.layer.lycoris.kind]++;
+  if (counts.loha + counts.lokr === 0) return { resize_params: shape.resizeParams };
+  const before = shape.inputMetadata.ss_network_module;
+  const note = pyJsonDumps({
+    loha_layers: counts.loha,
+    lokr_layers: counts.lokr,
+    network_module: before ?? null,
+  });
+  // resize_params is a JSON object: the note is one more key of it.
+  const resizeParams = `${shape.resizeParams.slice(0, -1)}, "converted_to_lora": ${note}}`;
+  const lycorisLeft = shape.passThrough.some((t) => LYCORIS_TENSOR.test(t.name));
+  return {
+    ...(lycorisLeft ? {} : { ss_network_module: "networks.lora" }),
+    resize_params: resizeParams,
   };
 }
 

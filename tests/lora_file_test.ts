@@ -144,7 +144,7 @@ async function write(
   return path;
 }
 
-Deno.test("pass-through: LoHa, LoKr, IA3, diffs, Tucker LoCon, lone halves and the rest", async () => {
+Deno.test("pass-through: Tucker LoHa and LoKr, IA3, diffs, Tucker LoCon, lone halves and the rest", async () => {
   const tensors = [
     // plain layer without alpha → alpha = rank
     f32("lora_unet_a.lora_down.weight", [2, 3]),
@@ -154,13 +154,16 @@ Deno.test("pass-through: LoHa, LoKr, IA3, diffs, Tucker LoCon, lone halves and t
     f32("lora_unet_b.lora_down.weight", [3, 5]),
     f32("lora_unet_b.lora_up.weight", [2, 3]),
     scalar("lora_unet_b.alpha", "I32", 6),
-    // LoHa
+    // Tucker LoHa (other LoHa and LoKr layers are resized: lycoris_resize_test.ts)
+    f32("lora_unet_c.hada_t1", [2, 2, 3, 3]),
+    f32("lora_unet_c.hada_t2", [2, 2, 3, 3]),
     f32("lora_unet_c.hada_w1_a", [4, 2]),
     f32("lora_unet_c.hada_w1_b", [2, 3]),
     f32("lora_unet_c.hada_w2_a", [4, 2]),
     f32("lora_unet_c.hada_w2_b", [2, 3]),
     scalar("lora_unet_c.alpha", "F16", 2),
-    // LoKr
+    // Tucker LoKr
+    f32("lora_unet_d.lokr_t2", [2, 2, 3, 3]),
     f32("lora_unet_d.lokr_w1", [2, 2]),
     f32("lora_unet_d.lokr_w2", [2, 3]),
     scalar("lora_unet_d.alpha", "F16", 1),
@@ -199,11 +202,11 @@ Deno.test("pass-through: LoHa, LoKr, IA3, diffs, Tucker LoCon, lone halves and t
   assertEquals([emb.dtype, emb.shape], ["F32", [2, 8]]);
   assertEquals(emb.bytes, tensors.at(-1)!.data);
   assertEquals(lora.passThroughSummary, {
-    total: 20,
+    total: 23,
     byKind: {
       "other": 2, // emb_params, lora_unet_a.extra
-      "LoHa": 5,
-      "LoKr": 3,
+      "Tucker LoHa": 7,
+      "Tucker LoKr": 4,
       "lora_mid (Tucker LoCon)": 4,
       "incomplete LoRA layer": 2,
       "IA3": 2,
@@ -247,17 +250,17 @@ Deno.test("errors name the file (and layer)", async () => {
   await assertRejects(
     () => loadLora("tests/fixtures/micro_sdxl_base.safetensors"),
     LoraError,
-    /micro_sdxl_base\.safetensors: no LoRA layer .* among its 2515 tensors; other: 2515, is it a LoRA file\?$/,
+    /micro_sdxl_base\.safetensors: no LoRA, LoHa or LoKr layer .* among its 2515 tensors; other: 2515, is it a LoRA file\?$/,
   );
   const loha = await write("loha.safetensors", [
+    f32("lora_unet_x.hada_t1", [2, 2, 3, 3]),
     f32("lora_unet_x.hada_w1_a", [4, 2]),
-    f32("lora_unet_x.hada_w1_b", [2, 3]),
     f32("lora_unet_y.lora_up.weight", [4, 2]),
   ]);
   await assertRejects(
     () => loadLora(loha),
     LoraError,
-    /loha\.safetensors: no LoRA layer .* among its 3 tensors; LoHa: 2, incomplete LoRA layer: 1, is it/,
+    /loha\.safetensors: no LoRA, LoHa or LoKr layer .* among its 3 tensors; Tucker LoHa: 2, incomplete LoRA layer: 1, is it/,
   );
   const unchained = await write("unchained.safetensors", [
     f32("lora_unet_x.lora_down.weight", [2, 5]),

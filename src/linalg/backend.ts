@@ -31,6 +31,26 @@ export interface FloatData {
    * instead of taking `bytes`.
    */
   readonly source?: FileRange;
+  /**
+   * Length of `bytes`, where it is known without reading or forming them (data formed on
+   * demand): validation and batch planning read this instead.
+   */
+  readonly byteLength?: number;
+}
+
+/**
+ * The length of a float tensor's bytes, read from `byteLength` or `source` where given, so
+ * that neither file data nor formed data is produced to learn it.
+ *
+ * @example
+ * ```ts
+ * import { floatByteLength } from "./backend.ts";
+ * const data = { dtype: "F32" as const, byteLength: 8, get bytes(): Uint8Array { throw new Error("formed") } };
+ * if (floatByteLength(data) !== 8) throw new Error("length");
+ * ```
+ */
+export function floatByteLength(data: FloatData): number {
+  return data.byteLength ?? data.source?.byteLength ?? data.bytes.byteLength;
 }
 
 /**

@@ -11,7 +11,7 @@
  */
 
 import { LoraError } from "../errors.ts";
-import { decodeFloats, type FloatDType } from "../safetensors/dtype.ts";
+import { decodeFloats, dtypeSize, type FloatDType } from "../safetensors/dtype.ts";
 import type { FloatData } from "./backend.ts";
 
 /** A 2-D factor (conv factors flattened over in·kh·kw), with the name used in messages. */
@@ -54,10 +54,11 @@ export function factorLabel(m: FactorMatrix): string {
  * ```ts
  * import { FormedFloatData } from "./factor_matrix.ts";
  * let forms = 0;
- * const data = new FormedFloatData("F32", () => {
+ * const data = new FormedFloatData("F32", 2, () => {
  *   forms++;
  *   return new Uint8Array(new Float32Array([1, 2]).buffer);
  * });
+ * if (data.byteLength !== 8 || forms !== 0) throw new Error("its length forms nothing");
  * if (data.bytes.byteLength !== 8 || data.bytes.byteLength !== 8 || forms !== 2) {
  *   throw new Error("formed on every read");
  * }
@@ -66,11 +67,14 @@ export function factorLabel(m: FactorMatrix): string {
 export class FormedFloatData implements FloatData {
   /** Element type of the formed bytes. */
   readonly dtype: FloatDType;
+  /** Length of the formed bytes, known without forming them (validation reads this). */
+  readonly byteLength: number;
   readonly #form: () => Uint8Array;
 
-  /** Data of `dtype` that `form` produces. */
-  constructor(dtype: FloatDType, form: () => Uint8Array) {
+  /** Data of `elements` values of `dtype` that `form` produces. */
+  constructor(dtype: FloatDType, elements: number, form: () => Uint8Array) {
     this.dtype = dtype;
+    this.byteLength = elements * dtypeSize(dtype);
     this.#form = form;
   }
 

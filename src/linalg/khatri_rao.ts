@@ -147,19 +147,27 @@ export function hadamardLowRank(
   const { out, inFlat, r1, r2 } = shape;
   if (route === "khatri-rao") {
     return {
-      up: new FormedFloatData("F32", () => f32Bytes(khatriRaoUp(f, shape))),
-      down: new FormedFloatData("F32", () => f32Bytes(khatriRaoDown(f, shape))),
+      up: new FormedFloatData("F32", out * r1 * r2, () => f32Bytes(khatriRaoUp(f, shape))),
+      down: new FormedFloatData(
+        "F32",
+        r1 * r2 * inFlat,
+        () => f32Bytes(khatriRaoDown(f, shape)),
+      ),
       out,
       rank: r1 * r2,
       inFlat,
       scale: f.scale,
     };
   }
-  const dense = new FormedFloatData("F32", () => f32Bytes(hadamardDense(f, shape)));
+  const dense = new FormedFloatData(
+    "F32",
+    out * inFlat,
+    () => f32Bytes(hadamardDense(f, shape)),
+  );
   // ΔW on one side, the identity on its short side: rank min(out, in′).
   return out <= inFlat
     ? {
-      up: new FormedFloatData("F32", () => identityF32(out)),
+      up: new FormedFloatData("F32", out * out, () => identityF32(out)),
       down: dense,
       out,
       rank: out,
@@ -168,7 +176,7 @@ export function hadamardLowRank(
     }
     : {
       up: dense,
-      down: new FormedFloatData("F32", () => identityF32(inFlat)),
+      down: new FormedFloatData("F32", inFlat * inFlat, () => identityF32(inFlat)),
       out,
       rank: inFlat,
       inFlat,

@@ -24,12 +24,15 @@ import type {
   Backend,
   BackendCallOptions,
   Decomposition,
+  FloatData,
   LowRankFactors,
   RebuildDType,
+  RebuildRequest,
   RebuiltFactors,
 } from "./backend.ts";
 import {
   decodeFactor,
+  f32Bytes,
   factorLabel,
   type FactorMatrix,
   FormedFloatData,
@@ -112,7 +115,7 @@ function factorShape(f: KroneckerFactor): { rows: number; cols: number } {
 export function kroneckerFactorAsLowRank(f: KroneckerFactor): LowRankFactors {
   const { rows, cols } = factorShape(f);
   const checked = (m: FactorMatrix) =>
-    new FormedFloatData(m.data.dtype, () => {
+    new FormedFloatData(m.data.dtype, m.rows * m.cols, () => {
       decodeFactor(m); // fails on a NaN, naming the tensor
       return m.data.bytes;
     });
@@ -129,7 +132,7 @@ export function kroneckerFactorAsLowRank(f: KroneckerFactor): LowRankFactors {
   const m = f.full;
   return rows <= cols
     ? {
-      up: new FormedFloatData("F32", () => identityF32(rows)),
+      up: new FormedFloatData("F32", rows * rows, () => identityF32(rows)),
       down: checked(m),
       out: rows,
       rank: rows,
@@ -138,7 +141,7 @@ export function kroneckerFactorAsLowRank(f: KroneckerFactor): LowRankFactors {
     }
     : {
       up: checked(m),
-      down: new FormedFloatData("F32", () => identityF32(cols)),
+      down: new FormedFloatData("F32", cols * cols, () => identityF32(cols)),
       out: rows,
       rank: cols,
       inFlat: cols,
@@ -250,26 +253,113 @@ export async function rebuildKronecker(
   requests: readonly KroneckerRebuildRequest[],
   options: Pick<BackendCallOptions<RebuiltFactors>, "onResult" | "signal"> = {},
 ): Promise<RebuiltFactors[]> {
-  const plans = requests.map(pairsKept);
+  const plans = requests.map(planKroneckerRebuild);
   const parts = await backend.rebuild([
-    ...requests.map((r, n) => ({
-      factors: r.layer.first,
-      decomposition: r.decomposition.first,
-      keep: plans[n].firsts,
-      rescale: 1,
-    })),
-    ...requests.map((r, n) => ({
-      factors: r.layer.second,
-      decomposition: r.decomposition.second,
-      keep: plans[n].seconds,
-      rescale: 1,
-    })),
+    ...plans.map((p) => p.first),
+    ...plans.map((p) => p.second),
   ], { signal: options.signal });
-  return requests.map((request, n) => {
-    const result = kroneckerOutput(request, plans[n], parts[n], parts[requests.length + n]);
+  return plans.map((plan, n) => {
+    const result = plan.combine(parts[n], parts[requests.length + n]);
     options.onResult?.(n, result);
     return result;
   });
+}
+
+/**
+ * One Kronecker rebuild as two ordinary rebuilds (each factor's kept dimensions, f32, rescale
+ * 1) and the product that joins their results, so a caller can put the factor rebuilds into a
+ * backend call of its own, among other layers'.
+ */
+export interface KroneckerRebuildPlan {
+  /** The rebuild of W1's kept dimensions. */
+  readonly first: RebuildRequest;
+  /** The rebuild of W2's kept dimensions. */
+  readonly second: RebuildRequest;
+  /** The layer's output factors from the two results (see {@link rebuildKronecker}). */
+  combine(first: RebuiltFactors, second: RebuiltFactors): RebuiltFactors;
+}
+
+/**
+ * Plans the rebuild of one Kronecker layer's kept dimensions.
+ *
+ * @example
+ * ```ts ignore
+ * const plan = planKroneckerRebuild({ layer, decomposition, keep: [0, 1], rescale: 1 });
+ * const [a, b] = await backend.rebuild([plan.first, plan.second]);
+ * const { up, down } = plan.combine(a, b);
+ * ```
+ */
+export function planKroneckerRebuild(request: KroneckerRebuildRequest): KroneckerRebuildPlan {
+  const plan = pairsKept(request);
+  const { layer, decomposition } = request;
+  return {
+    first: {
+      factors: layer.first,
+      decomposition: decomposition.first,
+      keep: plan.firsts,
+      rescale: 1,
+    },
+    second: {
+      factors: layer.second,
+      decomposition: decomposition.second,
+      keep: plan.seconds,
+      rescale: 1,
+    },
+    combine: (first, second) => kroneckerOutput(request, plan, first, second),
+  };
+}
+
+/**
+ * A Kronecker layer as exact LoRA factors: up = B1 ⊗ B2, down = A1 ⊗ A2 (each factor's own up
+ * and down), so scale·up·down = scale·(B1·A1) ⊗ (B2·A2) = ΔW. Its rank is the product of the
+ * factors' ranks, often far above ΔW's dimension count's worth of work: the structured
+ * {@link decomposeKronecker} and {@link rebuildKronecker} are what the pipeline uses; these
+ * factors serve what has no structured form (their bytes are formed, f32, on each read).
+ *
+ * @example
+ * ```ts
+ * import { kroneckerLayer, kroneckerLowRank } from "./kronecker.ts";
+ * const m = (rows: number, cols: number, v: number[]) => ({
+ *   data: { dtype: "F32" as const, bytes: new Uint8Array(new Float32Array(v).buffer) },
+ *   rows, cols, name: "w",
+ * });
+ * // [2] ⊗ [[1, 3]] = [[2, 6]], times 0.5.
+ * const f = kroneckerLowRank(kroneckerLayer({ full: m(1, 1, [2]) }, { full: m(1, 2, [1, 3]) }, 0.5));
+ * const up = new Float32Array(f.up.bytes.buffer), down = new Float32Array(f.down.bytes.buffer);
+ * if (f.scale * up[0] * down[0] !== 1 || f.scale * up[0] * down[1] !== 3) throw new Error();
+ * ```
+ */
+export function kroneckerLowRank(layer: KroneckerLayer): LowRankFactors {
+  const { first: a, second: b } = layer;
+  const f32 = (d: FloatData) => decodeFloats(d.bytes, d.dtype, Float32Array);
+  const rank = a.rank * b.rank;
+  const up = new FormedFloatData("F32", layer.out * rank, () => {
+    const x = f32(a.up), y = f32(b.up), out = new Float32Array(layer.out * rank);
+    let at = 0;
+    for (let i = 0; i < a.out; i++) {
+      for (let k = 0; k < b.out; k++) {
+        for (let p = 0; p < a.rank; p++) {
+          const v = x[i * a.rank + p];
+          for (let q = 0; q < b.rank; q++) out[at++] = v * y[k * b.rank + q];
+        }
+      }
+    }
+    return f32Bytes(out);
+  });
+  const down = new FormedFloatData("F32", rank * layer.inFlat, () => {
+    const x = f32(a.down), y = f32(b.down), out = new Float32Array(rank * layer.inFlat);
+    let at = 0;
+    for (let p = 0; p < a.rank; p++) {
+      for (let q = 0; q < b.rank; q++) {
+        for (let c = 0; c < a.inFlat; c++) {
+          const v = x[p * a.inFlat + c];
+          for (let d = 0; d < b.inFlat; d++) out[at++] = v * y[q * b.inFlat + d];
+        }
+      }
+    }
+    return f32Bytes(out);
+  });
+  return { up, down, out: layer.out, rank, inFlat: layer.inFlat, scale: layer.scale };
 }
 
 /** Which dimensions of each factor a request needs, and where each kept pair finds them. */

@@ -8,7 +8,13 @@
 
 import { BackendError } from "../errors.ts";
 import { dtypeSize, isBaseDType, isFloatDType } from "../safetensors/dtype.ts";
-import type { BaseWeightRef, Decomposition, LowRankFactors, RebuildRequest } from "./backend.ts";
+import {
+  type BaseWeightRef,
+  type Decomposition,
+  floatByteLength,
+  type LowRankFactors,
+  type RebuildRequest,
+} from "./backend.ts";
 
 function isCount(n: unknown): n is number {
   return Number.isInteger(n) && (n as number) > 0;
@@ -42,8 +48,9 @@ export function checkFactors(f: LowRankFactors, where: string): void {
       throw new BackendError(`${where}: ${name} has unsupported dtype ${data.dtype}`);
     }
     const expected = rows * cols * dtypeSize(data.dtype);
-    // A stored factor's length comes from its file range: checking it reads nothing.
-    const length = data.source?.byteLength ?? data.bytes.byteLength;
+    // A stored factor's length comes from its file range, a formed one's from its shape:
+    // checking it reads and forms nothing.
+    const length = floatByteLength(data);
     if (length !== expected) {
       throw new BackendError(
         `${where}: ${name} has ${length} bytes, expected ${expected} (${data.dtype} ${rows}×${cols})`,

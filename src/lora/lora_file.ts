@@ -7,10 +7,12 @@
  * `lora_B`, …), with an optional alpha (missing → alpha = rank; PEFT: from
  * `adapter_config.json` beside the file) and DoRA magnitude. Each layer is read
  * in its own naming and known by its canonical name (kohya, SGM block names).
- * Every other tensor — LoHa, LoKr, IA3, full diffs, Tucker LoCon layers (with
- * `lora_mid`, which resizing the pair alone would get wrong), lone halves of a
- * pair, anything else — is kept byte for byte as pass-through. Factors stay
- * raw little-endian bytes; the compute backend decodes them.
+ * A LyCORIS LoHa or LoKr layer (kohya-style names) is read as an exact LoRA
+ * (`./lycoris_layers.ts`). Every other tensor — IA3, full diffs, Tucker LoCon,
+ * LoHa and LoKr layers (with `lora_mid`, `hada_t1`/`hada_t2` or `lokr_t2`),
+ * lone halves of a pair, anything else — is kept byte for byte as
+ * pass-through. Factors stay raw little-endian bytes; the compute backend
+ * decodes them.
  *
  * @module
  */
@@ -33,6 +35,13 @@ import { SafetensorsFile } from "../safetensors/reader.ts";
 import { mergeLoras, type MergePrecision } from "./merge.ts";
 import { loraEntryMembers } from "./merge_spec.ts";
 import { summarizePassThrough } from "./pass_through.ts";
+import type { LycorisLayer } from "./lycoris.ts";
+import {
+  clashError,
+  findLycorisLayers,
+  lycorisFactorNames,
+  lycorisLoraLayers,
+} from "./lycoris_layers.ts";
 
 /** A tensor as stored: name, dtype, shape and little-endian bytes. */
 export interface RawTensor {
@@ -59,11 +68,19 @@ export interface LoraLayer {
   readonly key: string;
   /** The naming the file spells the layer in. */
   readonly naming: NamingId;
+  /** The LoHa or LoKr layer it was read from (absent for a LoRA pair). */
+  readonly lycoris?: LycorisLayer;
   /** Up/down bytes and dtypes, out, rank, inFlat, scale = alpha/rank. */
   readonly factors: LowRankFactors;
-  /** Stored alpha (rank when the file has none). */
+  /**
+   * Stored alpha (rank when the file has none); for a LyCORIS layer, the alpha of its exact
+   * LoRA form (alpha / rank = its scale).
+   */
   readonly alpha: number;
-  /** The down weight's dims after the first: `[in]` or `[in, kh, kw]`. */
+  /**
+   * The down weight's dims after the first: `[in]` or `[in, kh, kw]` (a LyCORIS layer's flat
+   * `[in·kh·kw]` until pairing gives it the base weight's).
+   */
   readonly inShape: readonly number[];
   /** The up weight's full shape: `[out, r]` or `[out, r, 1, 1]`. */
   readonly upShape: readonly number[];
@@ -186,19 +203,23 @@ export async function readLoraFile(path: string): Promise<LoraModel> {
     architecture?.architecture ?? "sdxl",
   );
   checkDistinct(path, found);
-  if (found.length === 0) {
+  const lycoris = await findLycorisLayers(file);
+  if (found.length === 0 && lycoris.length === 0) {
     // Fail before reading any data: this may be a multi-GB checkpoint given as a LoRA.
     const { byKind } = summarizePassThrough(file.tensors);
     const kinds = Object.entries(byKind).map(([kind, n]) => ` ${kind}: ${n},`).join("");
     throw new LoraError(
-      `${path}: no LoRA layer ('<name>.lora_down.weight' with '<name>.lora_up.weight', or another naming's pair) among its ${file.tensors.length} tensors;${kinds} is it a LoRA file?`,
+      `${path}: no LoRA, LoHa or LoKr layer ('<name>.lora_down.weight' with '<name>.lora_up.weight', another naming's pair, '<name>.hada_w1_a', '<name>.lokr_w1', …) among its ${file.tensors.length} tensors;${kinds} is it a LoRA file?`,
       { file: path },
     );
   }
   // A layer's factors stay in the file: the compute backend reads each where it is used (a CPU
   // worker straight into its kernel memory). Every other tensor — alphas, DoRA scales,
   // pass-through — is small and read now, into one buffer.
-  const factorNames = new Set(found.flatMap((l) => [l.keys.down, l.keys.up]));
+  const factorNames = new Set([
+    ...found.flatMap((l) => [l.keys.down, l.keys.up]),
+    ...lycorisFactorNames(lycoris),
+  ]);
   const raw = new Map<string, RawTensor>();
   const eager = file.tensors.filter((t) => !factorNames.has(t.name));
   const bytes = await file.readTensors(eager.map((t) => t.name));
@@ -226,11 +247,16 @@ export async function readLoraFile(path: string): Promise<LoraModel> {
   await peftDefaults(path, folder, found, raw, alphas, warnings);
 
   const claimed = new Set<string>();
-  const layers = found.map((named) => {
-    const layer = buildLayer(path, named, raw, alphas.get(named.key));
-    for (const t of layer.tensors) claimed.add(t.name);
-    return layer;
-  });
+  const layers = found.map((named) => buildLayer(path, named, raw, alphas.get(named.key)));
+  const canonical = new Set(layers.map((l) => l.name));
+  const lycorisLayers = lycorisLoraLayers(lycoris, raw, architecture?.architecture ?? "sdxl");
+  const clash = lycorisLayers.find((l) => canonical.has(l.name));
+  if (clash) throw clashError(path, clash.key);
+  if (lycorisLayers.length > 0) {
+    layers.push(...lycorisLayers);
+    layers.sort(byName);
+  }
+  for (const layer of layers) for (const t of layer.tensors) claimed.add(t.name);
   const passThrough = [...raw.values()].filter((t) => !claimed.has(t.name)).sort(byName);
   return {
     name,

@@ -200,7 +200,7 @@ class FactorReader {
       tensor: name,
     };
     const rows = t.shape[0], cols = t.shape.slice(1).reduce((a, b) => a * b, 1);
-    const data = new FormedFloatData(t.dtype, () => readFileRange(range));
+    const data = new FormedFloatData(t.dtype, rows * cols, () => readFileRange(range));
     return { data, rows, cols, name, file: path };
   }
 }

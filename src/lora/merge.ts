@@ -45,7 +45,7 @@ export interface MergeOptions {
 
 /**
  * Merges loaded LoRAs. Members must agree on each shared layer's shape; a
- * layer with `dora_scale` cannot be merged. Layers no member contributes to
+ * layer with `dora_scale`, and a LoHa or LoKr layer, cannot be merged. Layers no member contributes to
  * (all weights or alphas 0: a zero delta) are left out. Pass-through tensors
  * are the union of the members' (the first member's on a name clash), copied
  * unweighted.
@@ -132,6 +132,16 @@ interface Holder {
 function checkMergeable(entry: string, name: string, holders: readonly Holder[]): void {
   const [first] = holders;
   for (const { member, layer } of holders) {
+    if (layer.lycoris) {
+      // docs/design.md, "LyCORIS layers": a merge is resized from its concatenated factors,
+      // which a LyCORIS layer has only in converted form.
+      throw new LoraError(
+        `${entry}: layer '${name}' of ${member.model.entry} is a ${
+          layer.lycoris.kind === "loha" ? "LoHa" : "LoKr"
+        } layer; LyCORIS layers cannot be merged (resize the file on its own)`,
+        { file: member.model.entry, key: name },
+      );
+    }
     if (layer.doraScale) {
       throw new LoraError(
         `${entry}: layer '${name}' of ${member.model.entry} has a dora_scale; DoRA layers cannot be merged`,

@@ -16,10 +16,11 @@ import {
 } from "../base/checkpoint.ts";
 import { ARCHITECTURE_LABELS } from "../namings/unet_blocks.ts";
 import { type LoraLayer, type LoraModel, shapeText } from "./lora_file.ts";
+import { fitLycorisToBase } from "./lycoris_layers.ts";
 
 /** A LoRA layer and its base weight. */
 export interface PairedLayer {
-  /** The LoRA layer. */
+  /** The LoRA layer (a LyCORIS layer with the base weight's trailing dims: see `fitLycorisToBase`). */
   readonly layer: LoraLayer;
   /** The base weight (or q/k/v block) it modifies. */
   readonly base: BaseEntry;
@@ -85,8 +86,11 @@ export function pairLayers(model: LoraModel, checkpoint: BaseCheckpoint): Pairin
       );
     }
     checkpoint.checkEntry(match.entry);
-    checkShape(model, layer, match.entry, checkpoint.path);
-    paired.push({ layer, base: match.entry, matchedBy: match.kind });
+    // A LyCORIS layer takes the base weight's trailing dims (its kernel, for a conv).
+    const fitted = layer.lycoris
+      ? fitLycorisToBase(model.entry, layer, match.entry)
+      : (checkShape(model, layer, match.entry, checkpoint.path), layer);
+    paired.push({ layer: fitted, base: match.entry, matchedBy: match.kind });
     used.set(match.entry, layer);
   }
   if (paired.length === 0) {

@@ -20,6 +20,9 @@ export interface PassThroughExtras {
 function moduleKind(suffixes: readonly string[]): string {
   const has = (test: (s: string) => boolean) => suffixes.some(test);
   if (has((s) => s.startsWith("lora_mid"))) return "lora_mid (Tucker LoCon)";
+  // Other LoHa and LoKr layers are resized; these are what is left of them.
+  if (has((s) => s.startsWith("hada_t"))) return "Tucker LoHa";
+  if (has((s) => s.startsWith("lokr_t"))) return "Tucker LoKr";
   if (has((s) => s.startsWith("hada_"))) return "LoHa";
   if (has((s) => s.startsWith("lokr_"))) return "LoKr";
   if (has((s) => s === "on_input")) return "IA3";

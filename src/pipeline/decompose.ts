@@ -7,9 +7,9 @@
  * @module
  */
 
-import type { Decomposition } from "../linalg/backend.ts";
-import type { LoraLayer, LoraModel } from "../lora/lora_file.ts";
+import type { LoraModel } from "../lora/lora_file.ts";
 import type { PairedLayer } from "../lora/pairing.ts";
+import { decomposeLayers, type LayerDecomposition } from "./layer_maths.ts";
 import type { Session } from "./session.ts";
 
 /** A decomposition of every layer of a LoRA, under way. */
@@ -37,9 +37,9 @@ export interface PendingDecomposition {
 /** What {@link PendingDecomposition.of} gives. */
 export interface DecomposedLayers {
   /** One per paired layer, in the pairing's order. */
-  readonly paired: readonly Decomposition[];
+  readonly paired: readonly LayerDecomposition[];
   /** One per layer of the file (the model's order), undefined where not decomposed. */
-  readonly all: readonly (Decomposition | undefined)[];
+  readonly all: readonly (LayerDecomposition | undefined)[];
 }
 
 /** Starts decomposing every layer of `model` on the session's backend. */
@@ -52,10 +52,11 @@ export function startDecomposition(session: Session, model: LoraModel): PendingD
   };
   const early = new AbortController();
   const decomposing = Promise.try(() =>
-    backend.decompose(model.layers.map((l) => l.factors), { onProgress, signal: early.signal })
+    decomposeLayers(backend, model.layers, { onProgress, signal: early.signal })
   );
   decomposing.catch(() => {}); // awaited by of(); not unhandled if the pairing fails first
-  const index = new Map<LoraLayer, number>(model.layers.map((l, i) => [l, i]));
+  // By name: pairing gives a LyCORIS layer the base weight's shape in a copy of its own.
+  const index = new Map<string, number>(model.layers.map((l, i) => [l.name, i]));
   return {
     async alongside(work) {
       try {
@@ -71,9 +72,9 @@ export function startDecomposition(session: Session, model: LoraModel): PendingD
     },
     of(paired) {
       return decomposing.then(
-        (all) => ({ paired: paired.map((p) => all[index.get(p.layer)!]), all }),
+        (all) => ({ paired: paired.map((p) => all[index.get(p.layer.name)!]), all }),
         async () => ({
-          paired: await backend.decompose(paired.map((p) => p.layer.factors), { onProgress }),
+          paired: await decomposeLayers(backend, paired.map((p) => p.layer), { onProgress }),
           all: model.layers.map(() => undefined),
         }),
       );

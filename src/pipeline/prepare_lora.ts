@@ -6,12 +6,12 @@
  * @module
  */
 
-import type { Decomposition } from "../linalg/backend.ts";
 import { loadLora, type LoraModel, type RawTensor } from "../lora/lora_file.ts";
 import type { PairedLayer } from "../lora/pairing.ts";
 import { loadHashing } from "../safetensors/hashes.ts";
 import { checkFiniteAlphas, checkFiniteDecompositions } from "../finite_checks.ts";
 import { startDecomposition } from "./decompose.ts";
+import type { LayerDecomposition } from "./layer_maths.ts";
 import { pairWithBase } from "./pair_with_base.ts";
 import { ZERO_LAYER_SIGMA } from "../summary.ts";
 import type { Session } from "./session.ts";
@@ -23,9 +23,9 @@ export interface PreparedLora {
   /** Paired non-zero layers, name order: the layers that are resized. */
   readonly layers: readonly PairedLayer[];
   /** Their decompositions (same order). */
-  readonly decompositions: readonly Decomposition[];
+  readonly decompositions: readonly LayerDecomposition[];
   /** Every layer's decomposition in the model's order, where all of them were computed. */
-  readonly allDecompositions: readonly (Decomposition | undefined)[];
+  readonly allDecompositions: readonly (LayerDecomposition | undefined)[];
   /** Tensors copied unchanged. */
   readonly passThrough: readonly RawTensor[];
   /** Per-dimension subspace scales of `layers`, once a recipe has needed them. */
@@ -33,7 +33,7 @@ export interface PreparedLora {
   /** All-zero paired layers: dropped, except by kohya's rules (rank 1). */
   readonly zeroLayers: readonly PairedLayer[];
   /** Their decompositions. */
-  readonly zeroDecompositions: readonly Decomposition[];
+  readonly zeroDecompositions: readonly LayerDecomposition[];
 }
 
 /** The LoRA with its all-zero layers after the others, as kohya's rules resize it. */
@@ -91,12 +91,12 @@ export async function prepareLora(session: Session, entry: string): Promise<Prep
 function setAsideZeroLayers(
   session: Session,
   paired: readonly PairedLayer[],
-  decomposed: readonly Decomposition[],
+  decomposed: readonly LayerDecomposition[],
 ): Pick<PreparedLora, "layers" | "decompositions" | "zeroLayers" | "zeroDecompositions"> {
   const layers: PairedLayer[] = [];
-  const decompositions: Decomposition[] = [];
+  const decompositions: LayerDecomposition[] = [];
   const zeroLayers: PairedLayer[] = [];
-  const zeroDecompositions: Decomposition[] = [];
+  const zeroDecompositions: LayerDecomposition[] = [];
   paired.forEach((p, i) => {
     const d = decomposed[i];
     if (!(d.sigma.length > 0 && d.sigma[0] >= ZERO_LAYER_SIGMA)) {

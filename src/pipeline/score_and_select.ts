@@ -6,6 +6,7 @@
  * @module
  */
 
+import { RecipeError } from "../errors.ts";
 import { checkFiniteSubspaceScales } from "../finite_checks.ts";
 import type { BaseNorms } from "../linalg/backend.ts";
 import { dirname, join } from "node:path";
@@ -24,6 +25,7 @@ import {
 import type { LayerSummary, OutputSummary } from "../summary.ts";
 import { type PreparedLora, withZeroLayers } from "./prepare_lora.ts";
 import { selectDimensions } from "./select_dimensions.ts";
+import { isKronecker } from "./layer_maths.ts";
 import type { Session } from "./session.ts";
 import { tradeOffCurve } from "./trade_off_curve.ts";
 
@@ -66,7 +68,7 @@ async function selectRecipe(
   const norms: BaseNorms[] = needs.frobenius || needs.spectral
     ? await session.norms.fetch(lora.layers, needs)
     : lora.layers.map(() => ({}));
-  const subspace = needs.subspace ? await subspaceScales(session, lora) : undefined;
+  const subspace = needs.subspace ? await subspaceScales(session, lora, recipe) : undefined;
   const scores = lora.layers.map((p, i) => {
     options.onProgress(`Scoring ${recipe.text}`, i + 1, lora.layers.length);
     return scoreLayer(recipe, {
@@ -196,15 +198,31 @@ function relativeError(
   return total2 > 0 ? Math.sqrt(dropped2 / total2) : 0;
 }
 
-/** |uᵢᵀ·W·vᵢ| of every dimension of every resized layer, computed once per LoRA. */
-async function subspaceScales(session: Session, lora: PreparedLora): Promise<Float64Array[]> {
-  lora.subspace ??= await session.backend.subspaceScales(
-    lora.layers.map((p, i) => ({
+/**
+ * |uᵢᵀ·W·vᵢ| of every dimension of every resized layer, computed once per LoRA. LoKr layers
+ * have no structured form of it yet (docs/design.md, "LyCORIS layers"): a recipe that needs it
+ * is refused before anything is computed.
+ */
+async function subspaceScales(
+  session: Session,
+  lora: PreparedLora,
+  recipe: Recipe,
+): Promise<Float64Array[]> {
+  const requests = lora.layers.map((p, i) => {
+    const decomposition = lora.decompositions[i];
+    if (isKronecker(decomposition)) {
+      throw new RecipeError(
+        `${lora.model.entry}: recipe ${recipe.text}: subspace scores are not available for LoKr layers (layer '${p.layer.name}'); use another score key`,
+        { file: lora.model.entry, key: "subspace" },
+      );
+    }
+    return {
       weight: session.checkpoint.weightRef(p.base),
       factors: p.layer.factors,
-      decomposition: lora.decompositions[i],
-    })),
-  );
+      decomposition,
+    };
+  });
+  lora.subspace ??= await session.backend.subspaceScales(requests);
   checkFiniteSubspaceScales(
     session.checkpoint.path,
     lora.layers.map((p) => p.base.key),

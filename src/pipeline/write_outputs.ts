@@ -8,7 +8,6 @@
  */
 
 import { OutputError } from "../errors.ts";
-import type { RebuildRequest } from "../linalg/backend.ts";
 import {
   buildOutput,
   extractKeptFactors,
@@ -23,6 +22,7 @@ import { writeSafetensors } from "../safetensors/writer.ts";
 import type { OutputSummary } from "../summary.ts";
 import { type PreparedLora, withZeroLayers } from "./prepare_lora.ts";
 import type { RecipeSelection } from "./score_and_select.ts";
+import { type LayerRebuildRequest, rebuildLayers } from "./layer_maths.ts";
 import type { Session } from "./session.ts";
 
 /** Builds and writes the selected outputs of one LoRA; returns their summaries, in order. */
@@ -120,18 +120,18 @@ function startRebuild(
   how: { readonly rescale: number; readonly dtype: OutputDType },
 ): RebuildStream {
   const pending = new Map<number, PromiseWithResolvers<OutputFactors>>();
-  const requests: RebuildRequest[] = [];
+  const requests: LayerRebuildRequest[] = [];
   keeps.forEach((keep, i) => {
     if (keep.length === 0) return;
     const result = Promise.withResolvers<OutputFactors>();
     result.promise.catch(() => {}); // a write that stops early leaves the rest unasked
     pending.set(i, result);
-    const { factors } = lora.layers[i].layer;
-    requests.push({ factors, decomposition: lora.decompositions[i], keep, ...how });
+    const { layer } = lora.layers[i];
+    requests.push({ layer, decomposition: lora.decompositions[i], keep, ...how });
   });
   const layerOf = [...pending.keys()];
   const abort = new AbortController();
-  const finished = session.backend.rebuild(requests, {
+  const finished = rebuildLayers(session.backend, requests, {
     onProgress: (d, t) => session.options.onProgress("Rebuild", d, t),
     onResult: (j, factors) => pending.get(layerOf[j])!.resolve(factors),
     signal: abort.signal,

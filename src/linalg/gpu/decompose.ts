@@ -16,7 +16,12 @@
  */
 
 import { BackendError } from "../../errors.ts";
-import type { BackendCallOptions, Decomposition, LowRankFactors } from "../backend.ts";
+import {
+  type BackendCallOptions,
+  type Decomposition,
+  floatByteLength,
+  type LowRankFactors,
+} from "../backend.ts";
 import { svdFromGrams } from "../gram_svd.ts";
 import { checkFactors } from "../validation.ts";
 import { Kernels } from "../wasm/kernels.ts";
@@ -81,8 +86,8 @@ function planBatches(ctx: GpuContext, layers: readonly LowRankFactors[]): Batch[
     const what =
       `decompose: layer ${index} (${layer.out}×${layer.rank}·${layer.rank}×${layer.inFlat})`;
     checkFactors(layer, what);
-    const words = Packer.wordsFor(layer.up.dtype, layer.up.bytes.byteLength) +
-      Packer.wordsFor(layer.down.dtype, layer.down.bytes.byteLength) + 2;
+    const words = Packer.wordsFor(layer.up.dtype, floatByteLength(layer.up)) +
+      Packer.wordsFor(layer.down.dtype, floatByteLength(layer.down)) + 2;
     const segB = segments(layer.out), segA = segments(layer.inFlat);
     const partial = (segB.length + segA.length) * layer.rank ** 2 * 3;
     if (words > maxWords || partial > maxPartial) {

@@ -10,12 +10,13 @@
  */
 
 import { BackendError } from "../../errors.ts";
-import type {
-  BackendCallOptions,
-  FloatData,
-  RebuildDType,
-  RebuildRequest,
-  RebuiltFactors,
+import {
+  type BackendCallOptions,
+  floatByteLength,
+  type FloatData,
+  type RebuildDType,
+  type RebuildRequest,
+  type RebuiltFactors,
 } from "../backend.ts";
 import { encodeFloats } from "../../safetensors/dtype.ts";
 import { checkRebuild } from "../validation.ts";
@@ -87,8 +88,8 @@ export async function rebuildOnGpu(
       return;
     }
     const outputs = (out + inFlat) * kept;
-    const words = Packer.wordsFor(factors.up.dtype, factors.up.bytes.byteLength) +
-      Packer.wordsFor(factors.down.dtype, factors.down.bytes.byteLength) + 4 * r * kept + 4;
+    const words = Packer.wordsFor(factors.up.dtype, floatByteLength(factors.up)) +
+      Packer.wordsFor(factors.down.dtype, floatByteLength(factors.down)) + 4 * r * kept + 4;
     if (words > maxWords || outputs > maxWords) {
       throw new BackendError(`${what}: too large for one GPU batch on this adapter`);
     }

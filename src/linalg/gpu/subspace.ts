@@ -9,7 +9,7 @@
  */
 
 import { BackendError } from "../../errors.ts";
-import type { BackendCallOptions, SubspaceRequest } from "../backend.ts";
+import { type BackendCallOptions, floatByteLength, type SubspaceRequest } from "../backend.ts";
 import { dtypeSize } from "../../safetensors/dtype.ts";
 import { checkFactors } from "../validation.ts";
 import { runBatches, withBatchBuffers } from "./batches.ts";
@@ -117,8 +117,8 @@ function planSubspaceBatches(
       const u = units[end], f = requests[u.request].factors, w = requests[u.request].weight;
       const rows = u.rows[1] - u.rows[0];
       const nb = rows * w.cols * gpuElementBytes(w) + 4;
-      const nf = Packer.wordsFor(f.up.dtype, f.up.bytes.byteLength) +
-        Packer.wordsFor(f.down.dtype, f.down.bytes.byteLength) + 2;
+      const nf = Packer.wordsFor(f.up.dtype, floatByteLength(f.up)) +
+        Packer.wordsFor(f.down.dtype, floatByteLength(f.down)) + 2;
       const nz = rows * f.rank * 2, nc = segments(rows).length * f.rank ** 2 * 3;
       if (
         end > start && (wBytes + nb > cap || (fWords + nf) * 4 > cap || (zWords + nz) * 4 > cap ||
