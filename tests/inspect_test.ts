@@ -40,7 +40,7 @@ function tensor(name: string, shape: number[], values: ArrayLike<number>): Tenso
  * - OUT02 upsample conv, 20×(20·3·3), r 2, α 1 (scale ½): σ = 2, 0;
  * - TE1 fc1, 48×12, r 1, no alpha, up = 0: σ = 0;
  * - a layer with no base weight, 2×2, r 1, α 1: σ = 1;
- * - one LoHa tensor (pass-through).
+ * - one Tucker LoHa tensor (pass-through).
  */
 async function writeHandMadeLora(path: string): Promise<void> {
   const proj = "lora_unet_input_blocks_4_1_proj_in";
@@ -63,7 +63,7 @@ async function writeHandMadeLora(path: string): Promise<void> {
     tensor(`${orphan}.alpha`, [], [1]),
     tensor(`${orphan}.lora_up.weight`, [2, 1], [1, 0]),
     tensor(`${orphan}.lora_down.weight`, [1, 2], [1, 0]),
-    tensor("lora_unet_x.hada_w1_a", [2, 2], [1, 2, 3, 4]),
+    tensor("lora_unet_x.hada_t1", [2, 2], [1, 2, 3, 4]),
   ], { metadata: { ss_network_dim: "3" } });
 }
 
@@ -151,7 +151,10 @@ Deno.test("inspect without a checkpoint: a hand-made LoRA's ranks, energies and 
   assert(text.startsWith(`LoRA        ${HAND}\n`), text);
   assert(text.includes("layers      4 (1 all-zero), total rank 7, effective rank 4"), text);
   assert(/^OUT02 +1 +2 +1 +22\.22 % +400$/m.test(text), text);
-  assert(/^lora_unet_output_blocks_2_2_conv +OUT02 +conv +20×20×3×3 +2 +1 +1 /m.test(text), text);
+  assert(
+    /^lora_unet_output_blocks_2_2_conv +OUT02 +conv +LoRA +20×20×3×3 +2 +1 +1 /m.test(text),
+    text,
+  );
 });
 
 Deno.test("inspect with a checkpoint: base norms and what each recipe keeps", async () => {

@@ -29,13 +29,13 @@ import { assert, assertEquals, assertRelClose } from "./assert.ts";
 import { jacobiSingularValues } from "./jacobi_svd.ts";
 
 /** A dense row-major f64 matrix. */
-interface Dense {
+export interface Dense {
   readonly rows: number;
   readonly cols: number;
   readonly v: Float64Array;
 }
 
-function product(a: Dense, b: Dense): Dense {
+export function product(a: Dense, b: Dense): Dense {
   const v = new Float64Array(a.rows * b.cols);
   for (let i = 0; i < a.rows; i++) {
     for (let k = 0; k < a.cols; k++) {
@@ -46,20 +46,22 @@ function product(a: Dense, b: Dense): Dense {
   return { rows: a.rows, cols: b.cols, v };
 }
 
-function frobenius(v: ArrayLike<number>): number {
+export function frobenius(v: ArrayLike<number>): number {
   let s = 0;
   for (let i = 0; i < v.length; i++) s += v[i] ** 2;
   return Math.sqrt(s);
 }
 
-function distance(a: ArrayLike<number>, b: ArrayLike<number>): number {
+export function distance(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let s = 0;
   for (let i = 0; i < a.length; i++) s += (a[i] - b[i]) ** 2;
   return Math.sqrt(s);
 }
 
 /** The stored tensors of a file, decoded to f64, with their shapes. */
-async function tensorsOf(path: string): Promise<Map<string, { shape: number[]; v: Float64Array }>> {
+export async function tensorsOf(
+  path: string,
+): Promise<Map<string, { shape: number[]; v: Float64Array }>> {
   await using file = await SafetensorsFile.open(path);
   const out = new Map<string, { shape: number[]; v: Float64Array }>();
   for (const t of file.tensors) {
@@ -69,15 +71,15 @@ async function tensorsOf(path: string): Promise<Map<string, { shape: number[]; v
   return out;
 }
 
-type Tensors = Awaited<ReturnType<typeof tensorsOf>>;
+export type Tensors = Awaited<ReturnType<typeof tensorsOf>>;
 
-function matrixOf(t: Tensors, name: string): Dense {
+export function matrixOf(t: Tensors, name: string): Dense {
   const { shape, v } = t.get(name)!;
   return { rows: shape[0], cols: v.length / shape[0], v };
 }
 
 /** LoHa ΔW, flattened out × in·kh·kw. */
-function denseLoha(t: Tensors, name: string): Dense {
+export function denseLoha(t: Tensors, name: string): Dense {
   const p1 = product(matrixOf(t, `${name}.hada_w1_a`), matrixOf(t, `${name}.hada_w1_b`));
   const p2 = product(matrixOf(t, `${name}.hada_w2_a`), matrixOf(t, `${name}.hada_w2_b`));
   const alpha = t.get(`${name}.alpha`)?.v[0];
@@ -91,7 +93,7 @@ function denseLoha(t: Tensors, name: string): Dense {
  * flattened row-major. A 2-D W2 over i2·kh·kw is given its kernel from `kernel` (as the
  * reshape to the weight's shape does).
  */
-function denseLokr(t: Tensors, name: string, kernel: number): Dense {
+export function denseLokr(t: Tensors, name: string, kernel: number): Dense {
   const factor = (w: "w1" | "w2"): { m: Dense; rank?: number } => {
     if (t.has(`${name}.lokr_${w}`)) return { m: matrixOf(t, `${name}.lokr_${w}`) };
     const a = matrixOf(t, `${name}.lokr_${w}_a`), b = matrixOf(t, `${name}.lokr_${w}_b`);

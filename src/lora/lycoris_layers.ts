@@ -34,12 +34,32 @@ export function layerType(layer: Pick<LoraLayer, "lycoris">): LayerType {
   return layer.lycoris?.kind ?? "lora";
 }
 
-/** A file's LyCORIS layers as LoRA layers, and the tensors they hold. */
-export interface LycorisLoraLayers {
-  /** LoHa and LoKr layers, sorted by name. */
-  readonly layers: readonly LoraLayer[];
-  /** The names of their factor tensors (alphas excluded): read where they are used. */
-  readonly factorNames: ReadonlySet<string>;
+/**
+ * A LoKr singular value counts as nonzero above this fraction of σ₁. The backends give a
+ * rank-deficient factor's missing singular values as exact zeros (their pivoted Cholesky stops
+ * at the factor's rank), while a full-rank factor's smallest ones can be 1e-8 of σ₁ and are
+ * exact: the bound only guards against rounding noise.
+ */
+export const NONZERO_SIGMA_FRACTION = 1e-12;
+
+/**
+ * The rank of the exact LoRA a layer is (or converts to): the stored rank of a LoRA, r1·r2 of
+ * a LoHa, and the number of nonzero singular values of a LoKr, rank(W1)·rank(W2).
+ *
+ * @example
+ * ```ts ignore
+ * exactLoraRank(lokrLayer, decomposition.sigma); // e.g. 8·160 for a full 8×8 ⊗ 160×640
+ * ```
+ */
+export function exactLoraRank(layer: LoraLayer, sigma: ArrayLike<number>): number {
+  const l = layer.lycoris;
+  if (!l) return layer.factors.rank;
+  if (l.kind === "loha") return l.rank;
+  let n = 0;
+  for (let i = 0; i < sigma.length; i++) {
+    if (sigma[i] > NONZERO_SIGMA_FRACTION * sigma[0]) n++;
+  }
+  return n;
 }
 
 /** Finds a file's LoHa and LoKr layers (Tucker ones are left to the pass-through set). */

@@ -13,6 +13,7 @@
  */
 
 import type { LoraLayer, LoraModel } from "../lora/lora_file.ts";
+import { exactLoraRank, type LayerType, layerType } from "../lora/lycoris_layers.ts";
 import { ARCHITECTURE_LABELS } from "../namings/mod.ts";
 import { type LayerSummary, type OutputSummary, ZERO_LAYER_SIGMA } from "../summary.ts";
 import { type BlockLabel, blockOf, groupByBlock } from "./blocks.ts";
@@ -106,17 +107,25 @@ export interface InspectLayer {
   readonly name: string;
   /** Block label (`TE1`, `IN04`, `MID`, …). */
   readonly block: BlockLabel;
-  /** `conv` for a LoCon kernel (4-D down weight), else `linear`. */
+  /**
+   * `conv` for a kernel (a LoCon's 4-D down weight; a LyCORIS layer's base weight, when
+   * paired), else `linear`.
+   */
   readonly kind: "linear" | "conv";
+  /** What the file stores: a LoRA pair, or a LyCORIS LoHa or LoKr layer. */
+  readonly type: LayerType;
   /** Rows of ΔW. */
   readonly out: number;
   /** The down weight's trailing dims: `[in]` or `[in, kh, kw]`. */
   readonly inShape: number[];
-  /** Stored rank r. */
+  /**
+   * Rank as a LoRA: the stored rank r; for LoHa r1·r2, for LoKr the number of nonzero singular
+   * values, rank(W1)·rank(W2) (the rank of the exact LoRA each converts to).
+   */
   readonly rank: number;
-  /** Stored alpha (rank when the file has none). */
+  /** Stored alpha (rank when the file has none; for LyCORIS, that of the exact LoRA). */
   readonly alpha: number;
-  /** LoRA parameters: r·(out + in′). */
+  /** LoRA parameters: r·(out + in′), r as in `rank`. */
   readonly parameters: number;
   /** Singular values of ΔW = α/r·up·down, descending (length min(r, out, in′)). */
   readonly sigma: number[];
@@ -317,16 +326,20 @@ function layerRow(
   totalEnergy: number,
   summaries: readonly (LayerSummary | undefined)[],
 ): InspectLayer {
-  const { out, rank, inFlat } = layer.factors;
+  const { out, inFlat } = layer.factors;
+  const rank = exactLoraRank(layer, sigma);
   const known = summaries.find((p) => p !== undefined);
+  // A LyCORIS conv layer learns its kernel from the base weight it pairs with.
+  const inShape = known?.inShape ?? layer.inShape;
   const norm = (normOf: (s: LayerSummary) => number | undefined) =>
     finite(summaries.map((s) => s && normOf(s)).find((x) => x !== undefined));
   return {
     name: layer.name,
     block: blockOf(layer.name),
-    kind: layer.inShape.length > 1 ? "conv" : "linear",
+    kind: inShape.length > 1 ? "conv" : "linear",
+    type: layerType(layer),
     out,
-    inShape: [...layer.inShape],
+    inShape: [...inShape],
     rank,
     alpha: layer.alpha,
     parameters: rank * (out + inFlat),
@@ -445,12 +458,15 @@ function blocksTable(result: InspectResult): string {
   return formatTable(blockColumns, blockRows);
 }
 
+const TYPE_TITLES: Record<LayerType, string> = { lora: "LoRA", loha: "LoHa", lokr: "LoKr" };
+
 /** One row per layer. */
 function layersTable(result: InspectResult): string {
   const layerColumns: Column[] = [
     { title: "layer" },
     { title: "block" },
     { title: "kind" },
+    { title: "type" },
     { title: "shape", align: "right" },
     { title: "rank", align: "right" },
     { title: "alpha", align: "right" },
@@ -464,6 +480,7 @@ function layersTable(result: InspectResult): string {
     l.name,
     l.block,
     l.kind,
+    TYPE_TITLES[l.type],
     `${l.out}×${l.inShape.join("×")}`,
     String(l.rank),
     formatNumber(l.alpha),

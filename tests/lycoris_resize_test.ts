@@ -1,0 +1,217 @@
+/**
+ * LyCORIS LoHa and LoKr files through every entry point (`resize`, `plan`, `inspect`, merges) on
+ * the CPU backend: exactness and optimal truncation against dense references
+ * (lycoris_resize_cases.ts; the WebGPU run is lycoris_resize_gpu_test.ts), and bad input.
+ */
+
+import { inspect, LoraError, plan, RecipeError, resize } from "../mod.ts";
+import { encodeFloats } from "../src/safetensors/dtype.ts";
+import { SafetensorsFile } from "../src/safetensors/reader.ts";
+import { type TensorSource, writeSafetensors } from "../src/safetensors/writer.ts";
+import { sdxlLoraLayers } from "../src/testing/synthetic_lora.ts";
+import { lohaTensors, lokrTensors } from "../src/testing/synthetic_lycoris.ts";
+import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { jacobiSingularValues } from "./jacobi_svd.ts";
+import {
+  checkKeepEverything,
+  checkOptimalTruncation,
+  type Fixture,
+  inputDelta,
+  SCALE,
+  writeFixture,
+} from "./lycoris_resize_cases.ts";
+
+const DIR = await Deno.makeTempDir({ prefix: "lycoris_resize_test_" });
+const FIXTURE: Fixture = await writeFixture(DIR);
+const cpu = { device: "cpu" as const, normsCache: false as const };
+
+Deno.test("a file mixing LoRA, LoHa and LoKr layers, kept at every nonzero dimension, is written as LoRA layers ComfyUI maps, each ΔW the dense ΔW within F16 rounding (CPU)", async () => {
+  await checkKeepEverything(FIXTURE, "cpu");
+});
+
+Deno.test("with size=, each LoRA, LoHa and LoKr layer's error is the Eckart–Young optimum at the rank it keeps (CPU)", async () => {
+  await checkOptimalTruncation(FIXTURE, "cpu");
+});
+
+Deno.test("inspect shows each layer's type and its rank as an exact LoRA: r for LoRA, r1·r2 for LoHa, rank(W1)·rank(W2) for LoKr", async () => {
+  for (const checkpoint of [undefined, FIXTURE.base]) {
+    const result = await inspect({ lora: FIXTURE.mixed, checkpoint, ...cpu });
+    assertEquals(result.layers.map((l) => l.name), FIXTURE.layers.map((l) => l.spec.name));
+    for (const [i, l] of FIXTURE.layers.entries()) {
+      const row = result.layers[i];
+      assertEquals(row.type, l.form === "lora" ? "lora" : l.form === "loha" ? "loha" : "lokr");
+      if (l.form === "lora") assertEquals(row.rank, 4);
+      else if (l.form === "loha") assertEquals(row.rank, 9);
+      else {
+        const dense = inputDelta(FIXTURE, l);
+        const sigma = jacobiSingularValues(dense.v, dense.rows, dense.cols);
+        const rank = sigma.filter((s) => s > 1e-9 * sigma[0]).length;
+        assertEquals(row.rank, rank, `${l.spec.name} (${l.form})`);
+      }
+      // With the base, a conv layer shows its kernel (the factors are flat over in·kh·kw).
+      if (checkpoint && l.spec.kernel === 3) assertEquals(row.kind, "conv", l.spec.name);
+    }
+  }
+});
+
+Deno.test("plan (dry run) sizes a LyCORIS conversion exactly as resize writes it", async () => {
+  const options = { checkpoint: FIXTURE.base, loras: [FIXTURE.mixed], ...cpu };
+  const recipes = "fro_ckpt=1,thr=-2:spn_lora=1,params=0.5,size=0.01";
+  const planned = await plan({ ...options, recipes });
+  const written = await resize({ ...options, recipes, outputFolder: `${DIR}/plan` });
+  for (const [i, o] of written.outputs.entries()) {
+    assertEquals(planned.outputs[i].bytes, o.bytes);
+    assertEquals((await Deno.stat(o.path)).size, o.bytes);
+  }
+});
+
+Deno.test("subspace scores work on LoHa layers and are refused on LoKr ones with one line; merges refuse LyCORIS layers with one line", async () => {
+  const loha = `${DIR}/loha_only.safetensors`;
+  const lohaLayers = FIXTURE.layers.filter((l) => l.form === "loha").map((l) => l.spec);
+  await writeSafetensors(loha, lohaLayers.flatMap((l) => lohaTensors(l, { rank: 3 })));
+  const { outputs: [o] } = await plan({
+    checkpoint: FIXTURE.base,
+    loras: [loha],
+    recipes: "subspace=1,thr=-3",
+    ...cpu,
+  });
+  assertEquals(o.layers.length, lohaLayers.length);
+  assert(o.layers.every((l) => l.scores.every(Number.isFinite)));
+
+  await assertRejects(
+    () =>
+      plan({
+        checkpoint: FIXTURE.base,
+        loras: [FIXTURE.mixed],
+        recipes: "subspace=1,thr=-3",
+        ...cpu,
+      }),
+    RecipeError,
+    { file: FIXTURE.mixed, key: "subspace" },
+  );
+  await assertRejects(
+    () => plan({ checkpoint: FIXTURE.base, loras: [`${FIXTURE.mixed}:0.5,${loha}:0.5`], ...cpu }),
+    LoraError,
+    /is a (LoHa|LoKr) layer; LyCORIS layers cannot be merged/,
+  );
+});
+
+Deno.test("Tucker LoHa layers are copied unchanged and reported; the output keeps LyCORIS's network module for them", async () => {
+  const [a, b] = FIXTURE.layers.filter((l) => l.spec.kernel === 3).map((l) => l.spec);
+  const path = `${DIR}/tucker.safetensors`;
+  const tucker: TensorSource = {
+    name: `${b.name}.hada_t1`,
+    dtype: "F16",
+    shape: [2, 2, 3, 3],
+    data: encodeFloats(new Float32Array(36).fill(0.5), "F16"),
+  };
+  await writeSafetensors(path, [
+    ...lohaTensors(a, { rank: 2 }),
+    ...lohaTensors(b, { rank: 2 }),
+    tucker,
+  ], {
+    metadata: { ss_network_module: "lycoris.kohya" },
+  });
+  const lines: string[] = [];
+  const { outputs: [o] } = await resize({
+    checkpoint: FIXTURE.base,
+    loras: [path],
+    outputFolder: `${DIR}/tucker_out`,
+    log: (level, message) => void (level === "WARNING" && lines.push(message)),
+    ...cpu,
+  });
+  assert(lines.some((l) => l.includes("6 Tucker LoHa tensors")), lines.join("\n"));
+  await using file = await SafetensorsFile.open(o.path);
+  const names = file.tensors.map((t) => t.name);
+  assert(names.includes(`${a.name}.lora_down.weight`) && names.includes(tucker.name), `${names}`);
+  assertEquals(file.metadata.ss_network_module, "lycoris.kohya");
+});
+
+/** Writes `tensors` (plus one valid LoHa layer) and checks resize fails with `expected`, writing nothing. */
+async function rejectsBadInput(
+  what: string,
+  tensors: TensorSource[],
+  expected: RegExp,
+): Promise<void> {
+  const path = `${DIR}/${what}.safetensors`;
+  const good =
+    FIXTURE.layers.find((l) =>
+      l.form === "loha" && l.spec.name !== LINEAR.name && l.spec.name !== CONV.name
+    )!.spec;
+  await writeSafetensors(path, [...lohaTensors(good, { rank: 2 }), ...tensors]);
+  const outputFolder = `${DIR}/${what}_out`;
+  const e = await assertRejects(
+    () => resize({ checkpoint: FIXTURE.base, loras: [path], outputFolder, ...cpu }),
+    LoraError,
+    expected,
+  );
+  assert(!e.message.includes("\n"), `one line: ${e.message}`);
+  assert(e.message.includes(path), `names the file: ${e.message}`);
+  await assertRejects(() => Deno.stat(outputFolder), Deno.errors.NotFound);
+}
+
+const [LINEAR, CONV] = (() => {
+  const specs = sdxlLoraLayers({ scale: SCALE, include: ["unet_attn", "unet_conv3"] });
+  return [
+    specs.find((s) => s.kernel === 0 && s.out !== s.in * 2)!,
+    specs.find((s) => s.kernel === 3)!,
+  ];
+})();
+
+Deno.test("a LoHa layer with a missing factor is a one-line error naming the tensor, and nothing is written", async () => {
+  const tensors = lohaTensors(LINEAR, { rank: 2 }).filter((t) => !t.name.endsWith(".hada_w2_b"));
+  await rejectsBadInput(
+    "missing",
+    tensors,
+    new RegExp(`missing factor '${LINEAR.name}\\.hada_w2_b'`),
+  );
+});
+
+Deno.test("LoHa factors with mismatched Hadamard ranks are a one-line error naming the tensor, and nothing is written", async () => {
+  const rank2 = lohaTensors(LINEAR, { rank: 2 }), rank3 = lohaTensors(LINEAR, { rank: 3 });
+  const tensors = rank2.map((t) =>
+    t.name.includes(".hada_w2_") ? rank3.find((u) => u.name === t.name)! : t
+  );
+  await rejectsBadInput(
+    "ranks",
+    tensors,
+    new RegExp(
+      `tensor '${
+        CONV.name === "" ? "" : LINEAR.name
+      }\\.hada_w2_b': Hadamard rank 3 does not match rank 2`,
+    ),
+  );
+});
+
+Deno.test("a LoKr layer whose Kronecker shape is not its base weight's is a one-line error naming the layer, and nothing is written", async () => {
+  // The conv layer's factors, under the linear layer's name: a different base shape.
+  const tensors = lokrTensors({ ...CONV, name: LINEAR.name }, { factor: 4 });
+  await rejectsBadInput(
+    "kronecker",
+    tensors,
+    new RegExp(
+      `layer '${LINEAR.name}': Kronecker product .* but the base weight is ${LINEAR.out}×${LINEAR.in}`,
+    ),
+  );
+});
+
+Deno.test("a NaN in a LoHa or LoKr factor is a one-line error naming the tensor, and nothing is written", async () => {
+  for (
+    const [what, tensors, bad] of [
+      ["nan_loha", lohaTensors(LINEAR, { rank: 2 }), `${LINEAR.name}.hada_w1_a`],
+      [
+        "nan_lokr",
+        lokrTensors(CONV, { factor: 4, w2: "decomposed", rank: 2 }),
+        `${CONV.name}.lokr_w2_b`,
+      ],
+    ] as const
+  ) {
+    const poisoned = tensors.map((t) => {
+      if (t.name !== bad) return t;
+      const values = new Float32Array(t.shape.reduce((a, b) => a * b, 1)).fill(0.25);
+      values[3] = NaN;
+      return { ...t, data: encodeFloats(values, t.dtype as "F16") };
+    });
+    await rejectsBadInput(what, poisoned, new RegExp(`tensor '${bad}': value 3 .* is NaN`));
+  }
+});
