@@ -20,6 +20,7 @@ import {
   StoredFloatData,
   type SubspaceRequest,
 } from "../backend.ts";
+import { FormedFloatData } from "../factor_matrix.ts";
 import { decomposeLayer } from "./decompose.ts";
 import type { ItemContext } from "./item_context.ts";
 import { weightNorms } from "./norms.ts";
@@ -83,10 +84,14 @@ export function packWorkItem(task: WorkItem): PackedWorkItem {
     // Stored factors travel as their dtype and file range (a StoredFloatData's own fields):
     // the worker reads them itself.
     if (data.source) return new StoredFloatData(data.dtype, data.source);
+    const formed = data.bytes; // read once: formed data is formed on every read
     // Shared memory is posted as is.
-    if (data.bytes.buffer instanceof SharedArrayBuffer) return data;
-    const bytes = data.bytes.slice();
-    transfer.push(bytes.buffer);
+    if (formed.buffer instanceof SharedArrayBuffer) return data;
+    // Data formed on demand owns its fresh buffer: it is moved, not copied.
+    const whole = data instanceof FormedFloatData && formed.byteOffset === 0 &&
+      formed.byteLength === formed.buffer.byteLength;
+    const bytes = whole ? formed : formed.slice();
+    transfer.push(bytes.buffer as ArrayBuffer); // not shared: returned above
     return { dtype: data.dtype, bytes };
   };
   return { task: withFactorData(task, own), transfer };
