@@ -16,6 +16,8 @@ import {
   SYNTHETIC_METADATA_KEY,
   SYNTHETIC_VERSION,
   writeSyntheticBase,
+  writeSyntheticLoha,
+  writeSyntheticLokr,
   writeSyntheticLora,
 } from "../src/testing/mod.ts";
 
@@ -136,4 +138,75 @@ export function ensureFullSizeFixtures(
   options: Omit<BenchFixtureOptions, "scale"> = {},
 ): Promise<BenchFixtures> {
   return ensureBenchFixtures({ ...options, scale: 1 });
+}
+
+/** Paths of the LyCORIS benchmark fixtures: every UNet attention and MLP linear, four ways. */
+export interface LycorisBenchFixtures {
+  /** The synthetic SDXL base. */
+  readonly base: string;
+  /** Rank-32 kohya LoRA over the same layers. */
+  readonly lora: string;
+  /** LoKr, factor 8, both factors full (LyCORIS's default for a large dim). */
+  readonly lokr8: string;
+  /** LoHa of rank 8 × 8 (an exact LoRA of rank 64). */
+  readonly loha8: string;
+  /** LoHa of rank 16 × 16 (an exact LoRA of rank 256). */
+  readonly loha16: string;
+}
+
+/**
+ * Ensures the LyCORIS benchmark fixtures of a scale exist (besides the base of
+ * {@link ensureBenchFixtures}): `.bench/lycoris_{lora_r32,lokr_f8,loha_r8,loha_r16}[_hN]`.
+ *
+ * @example
+ * ```ts ignore
+ * import { ensureLycorisBenchFixtures } from "./fixtures.ts";
+ * const { base, lokr8 } = await ensureLycorisBenchFixtures({ scale: 1 / 16, log: console.log });
+ * ```
+ */
+export async function ensureLycorisBenchFixtures(
+  options: Omit<BenchFixtureOptions, "locon"> = {},
+): Promise<LycorisBenchFixtures> {
+  const scale = options.scale ?? 1;
+  const log = options.log ?? (() => {});
+  const { base } = await ensureBenchFixtures({ scale, log });
+  const h = sdxlWidths(scale).headWidth;
+  const suffix = h === 64 ? "" : `_h${h}`;
+  const include = ["unet_attn", "unet_ff"] as const;
+  const file = async (
+    variant: string,
+    write: (path: string, metadata: Record<string, string>) => Promise<unknown>,
+  ) => {
+    const path = join(BENCH_DIR, `lycoris_${variant}${suffix}.safetensors`);
+    const tag = { version: SYNTHETIC_VERSION, seed: SEED, scale, kind: "lycoris-bench", variant };
+    return await ensure(
+      path,
+      tag,
+      () => write(path, { [SYNTHETIC_METADATA_KEY]: JSON.stringify(tag) }),
+      log,
+    );
+  };
+  return {
+    base,
+    lora: await file(
+      "lora_r32",
+      (path, metadata) =>
+        writeSyntheticLora(path, { scale, seed: SEED, rank: RANK, include, metadata }),
+    ),
+    lokr8: await file(
+      "lokr_f8",
+      (path, metadata) =>
+        writeSyntheticLokr(path, { scale, seed: SEED, factor: 8, include, metadata }),
+    ),
+    loha8: await file(
+      "loha_r8",
+      (path, metadata) =>
+        writeSyntheticLoha(path, { scale, seed: SEED, rank: 8, include, metadata }),
+    ),
+    loha16: await file(
+      "loha_r16",
+      (path, metadata) =>
+        writeSyntheticLoha(path, { scale, seed: SEED, rank: 16, include, metadata }),
+    ),
+  };
 }

@@ -1,0 +1,100 @@
+/**
+ * LyCORIS conversion side by side with a LoRA, end to end through the CLI: a LoKr (factor 8), a
+ * LoHa of rank 8 × 8, a LoHa of rank 16 × 16 and a rank-32 LoRA over the same layers (every
+ * UNet attention and MLP linear of the synthetic SDXL base), each resized with the default
+ * recipe and a warm norms cache. Wall time (median of `--runs`) and peak RSS of whole processes,
+ * and each time over the LoRA's.
+ *
+ * ```sh
+ * deno run -A bench/lycoris_resize_bench.ts [--scale 0.25] [--device cpu|gpu] [--runs 5]
+ * ```
+ *
+ * Full size needs `.bench/sdxl_base_full.safetensors` (6.9 GB; generated on first use).
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { ensureLycorisBenchFixtures } from "./fixtures.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    scale: { type: "string" },
+    device: { type: "string" },
+    runs: { type: "string" },
+    recipe: { type: "string" },
+  },
+});
+const scale = Number(values.scale ?? 1);
+const device = values.device ?? "cpu";
+const runs = Number(values.runs ?? 5);
+const recipe = values.recipe ?? "fro_ckpt=1,thr=-3.5";
+const cli = new URL("../cli.ts", import.meta.url).pathname;
+const files = await ensureLycorisBenchFixtures({ scale, log: (l) => console.error(l) });
+const work = await Deno.makeTempDir({ prefix: "resize-lora-lycoris-bench-" });
+const cache = join(work, "norms");
+
+interface Measure {
+  seconds: number;
+  peakMiB: number;
+}
+
+/** Runs the CLI under GNU time (wall seconds, max RSS); fails loudly. */
+async function measure(args: string[]): Promise<Measure> {
+  const hasTime = await Deno.stat("/usr/bin/time").then(() => true, () => false);
+  const argv = [Deno.execPath(), "run", "-A", cli, ...args, "-d", device, "-o", join(work, "out")];
+  const t0 = performance.now();
+  const out = await new Deno.Command(hasTime ? "/usr/bin/time" : argv[0], {
+    args: hasTime ? ["-f", "%e %M", ...argv] : argv.slice(1),
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const seconds = (performance.now() - t0) / 1000;
+  const stderr = new TextDecoder().decode(out.stderr);
+  if (!out.success) throw new Error(`${args.join(" ")} failed:\n${stderr}`);
+  const [, kb] = (stderr.trim().split("\n").pop() ?? "").split(" ").map(Number);
+  return { seconds, peakMiB: hasTime ? kb / 1024 : NaN };
+}
+
+const cases: [string, string][] = [
+  ["LoRA rank 32", files.lora],
+  ["LoKr factor 8", files.lokr8],
+  ["LoHa 8 × 8", files.loha8],
+  ["LoHa 16 × 16", files.loha16],
+];
+// Page cache and norms cache warm before the timed runs.
+for (const [, path] of cases) {
+  await new Deno.Command("cat", { args: [path], stdout: "null" }).output();
+}
+await measure([files.base, files.lora, "-r", recipe, "--norms_cache", cache]);
+
+const rows: [string, Measure, number][] = [];
+for (const [label, path] of cases) {
+  const all: Measure[] = [];
+  for (let i = 0; i < runs; i++) {
+    all.push(await measure([files.base, path, "-r", recipe, "--norms_cache", cache]));
+  }
+  all.sort((a, b) => a.seconds - b.seconds);
+  const bytes = (await Deno.stat(path)).size;
+  rows.push([label, all[all.length >> 1], bytes]);
+  console.error(`${label}: ${all.map((m) => m.seconds.toFixed(2)).join(" s, ")} s`);
+}
+
+const cpuinfo = await Deno.readTextFile("/proc/cpuinfo").catch(() => "");
+const model = cpuinfo.match(/model name\s*:\s*(.*)/)?.[1] ?? "unknown CPU";
+console.log(
+  `\nLyCORIS → LoRA resize, scale ${scale}, device ${device}, recipe ${recipe}, warm norms cache, ${navigator.hardwareConcurrency} × ${model}\n`,
+);
+console.log(`| input | file | wall (median of ${runs}) | × LoRA | peak RSS |`);
+console.log("|---|---:|---:|---:|---:|");
+const lora = rows[0][1].seconds;
+for (const [label, m, bytes] of rows) {
+  console.log(
+    `| ${label} | ${(bytes / 2 ** 20).toFixed(1)} MiB | ${m.seconds.toFixed(2)} s | ${
+      (m.seconds / lora).toFixed(2)
+    }× | ${m.peakMiB.toFixed(0)} MiB |`,
+  );
+}
+await Deno.remove(work, { recursive: true });
