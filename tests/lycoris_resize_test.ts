@@ -4,6 +4,7 @@
  * (lycoris_resize_cases.ts; the WebGPU run is lycoris_resize_gpu_test.ts), and bad input.
  */
 
+import { main } from "../cli.ts";
 import { inspect, LoraError, plan, RecipeError, resize } from "../mod.ts";
 import { encodeFloats } from "../src/safetensors/dtype.ts";
 import { SafetensorsFile } from "../src/safetensors/reader.ts";
@@ -214,4 +215,41 @@ Deno.test("a NaN in a LoHa or LoKr factor is a one-line error naming the tensor,
     });
     await rejectsBadInput(what, poisoned, new RegExp(`tensor '${bad}': value 3 .* is NaN`));
   }
+});
+
+/** Runs the command line, capturing what it prints. */
+async function cli(args: string[]): Promise<{ code: number; stderr: string[] }> {
+  const stderr: string[] = [];
+  const { error, log } = console;
+  console.error = (...a: unknown[]) => stderr.push(a.join(" "));
+  console.log = () => {};
+  try {
+    return { code: await main([...args, "-d", "cpu", "--no_norms_cache"]), stderr };
+  } finally {
+    console.error = error;
+    console.log = log;
+  }
+}
+
+Deno.test("the command line: a dry run with a report of a LyCORIS file writes the report only; a NaN factor exits 1 with one error line", async () => {
+  const out = `${DIR}/cli_out`, report = `${DIR}/cli_report.html`;
+  const dry = await cli([FIXTURE.base, FIXTURE.mixed, "-o", out, "--dry_run", "--report", report]);
+  assertEquals(dry.code, 0, dry.stderr.join("\n"));
+  await assertRejects(() => Deno.stat(out), Deno.errors.NotFound);
+  const html = await Deno.readTextFile(report);
+  assert(html.includes("mixed.safetensors") && html.includes("fro_ckpt=1,thr=-3.5"), "the plan");
+
+  const bad = `${DIR}/cli_nan.safetensors`;
+  const tensors = lohaTensors(LINEAR, { rank: 2 }).map((t) =>
+    t.name.endsWith(".hada_w2_a")
+      ? { ...t, data: encodeFloats(new Float32Array(LINEAR.out * 2).fill(NaN), "F16") }
+      : t
+  );
+  await writeSafetensors(bad, tensors);
+  const failed = await cli([FIXTURE.base, bad, "-o", out]);
+  assertEquals(failed.code, 1, failed.stderr.join("\n"));
+  const errors = failed.stderr.filter((l) => l.startsWith("error: "));
+  assertEquals(errors.length, 1, failed.stderr.join("\n"));
+  assert(errors[0].includes(`tensor '${LINEAR.name}.hada_w2_a'`), errors[0]);
+  await assertRejects(() => Deno.stat(out), Deno.errors.NotFound);
 });
