@@ -14,7 +14,7 @@
 
 import { plan, resize } from "../mod.ts";
 import type { DeviceChoice } from "../src/linalg/select_backend.ts";
-import { encodeFloats } from "../src/safetensors/dtype.ts";
+import { decodeFloats, encodeFloats, type FloatDType } from "../src/safetensors/dtype.ts";
 import { SafetensorsFile } from "../src/safetensors/reader.ts";
 import { type TensorSource, writeSafetensors } from "../src/safetensors/writer.ts";
 import { syntheticMatrix, writeSyntheticBase } from "../src/testing/synthetic_base.ts";
@@ -246,4 +246,55 @@ export async function checkOptimalTruncation(f: Fixture, device: DeviceChoice): 
     if (optimum > 1e-3) truncated++;
   }
   assert(truncated > f.layers.length / 4, `only ${truncated} layers truncated`);
+}
+
+/**
+ * Subspace scores, for every kind of layer, are |uₜᵀ·W·vₜ| of the dimension's singular vectors,
+ * taken here from the written output (up column x and down row y of a kept dimension:
+ * |xᵀ·W·y| / (‖x‖·‖y‖)) and the base weight read here.
+ */
+export async function checkSubspace(f: Fixture, device: DeviceChoice): Promise<void> {
+  const { outputs: [o] } = await resize({
+    ...common(f, device),
+    recipes: "subspace=1,thr=-30",
+    outputDtype: "F32",
+    outputFolder: `${f.dir}/subspace_${device}`,
+  });
+  const out = await tensorsOf(o.path);
+  await using baseFile = await SafetensorsFile.open(f.base);
+  const kinds = new Set<string>();
+  for (const [i, l] of f.layers.entries()) {
+    const summary = o.layers[i];
+    assertEquals(summary.name, l.spec.name);
+    const key = `model.diffusion_model.${
+      baseFile.tensors.map((t) => t.name).find((n) =>
+        `lora_unet_${
+          n.slice("model.diffusion_model.".length, -".weight".length).replaceAll(".", "_")
+        }` ===
+          l.spec.name
+      )!.slice("model.diffusion_model.".length)
+    }`;
+    const info = baseFile.tensors.find((t) => t.name === key)!;
+    const w = decodeFloats(await baseFile.readBytes(key), info.dtype as FloatDType, Float64Array);
+    const up = matrixOf(out, `${l.spec.name}.lora_up.weight`);
+    const down = matrixOf(out, `${l.spec.name}.lora_down.weight`);
+    const rows = up.rows, cols = down.cols, k = down.rows;
+    assertEquals(k, summary.kept);
+    summary.keep.forEach((t, j) => {
+      let xWy = 0, xx = 0, yy = 0;
+      for (let c = 0; c < cols; c++) yy += down.v[j * cols + c] ** 2;
+      for (let r = 0; r < rows; r++) {
+        const x = up.v[r * k + j];
+        xx += x * x;
+        let wy = 0;
+        for (let c = 0; c < cols; c++) wy += w[r * cols + c] * down.v[j * cols + c];
+        xWy += x * wy;
+      }
+      const expected = Math.abs(xWy) / Math.sqrt(xx * yy);
+      const scale = summary.sigma[t] * 10 ** -summary.scores[t];
+      assertClose(scale, expected, 1e-4, `${l.spec.name} (${l.form}) dimension ${t}`);
+    });
+    kinds.add(l.form);
+  }
+  assertEquals(kinds.size, 6);
 }

@@ -8,6 +8,7 @@ import { requestAdapter } from "../src/linalg/gpu/device.ts";
 import {
   checkKeepEverything,
   checkOptimalTruncation,
+  checkSubspace,
   type Fixture,
   writeFixture,
 } from "./lycoris_resize_cases.ts";
@@ -20,6 +21,8 @@ const CHECKS: Record<string, (f: Fixture) => Promise<void>> = {
     (f) => checkKeepEverything(f, "gpu"),
   "with size=, each LoRA, LoHa and LoKr layer's error is the Eckart–Young optimum at the rank it keeps (WebGPU)":
     (f) => checkOptimalTruncation(f, "gpu"),
+  "subspace scores of LoRA, LoHa and LoKr layers are |uᵀ·W·v| of each dimension's singular vectors (WebGPU)":
+    (f) => checkSubspace(f, "gpu"),
 };
 
 if (CHILD) {

@@ -6,9 +6,9 @@
  * @module
  */
 
-import { RecipeError } from "../errors.ts";
 import { checkFiniteSubspaceScales } from "../finite_checks.ts";
 import type { BaseNorms } from "../linalg/backend.ts";
+import { kroneckerSubspaceScales } from "../linalg/kronecker_subspace.ts";
 import { dirname, join } from "node:path";
 import { outputFileSize, type OutputShape, type OutputShapeFn } from "../output.ts";
 import { kohyaRuleOf, outputFileName, type Recipe, resizeParamsJson } from "../recipe/recipe.ts";
@@ -68,7 +68,7 @@ async function selectRecipe(
   const norms: BaseNorms[] = needs.frobenius || needs.spectral
     ? await session.norms.fetch(lora.layers, needs)
     : lora.layers.map(() => ({}));
-  const subspace = needs.subspace ? await subspaceScales(session, lora, recipe) : undefined;
+  const subspace = needs.subspace ? await subspaceScales(session, lora) : undefined;
   const scores = lora.layers.map((p, i) => {
     options.onProgress(`Scoring ${recipe.text}`, i + 1, lora.layers.length);
     return scoreLayer(recipe, {
@@ -199,30 +199,33 @@ function relativeError(
 }
 
 /**
- * |uᵢᵀ·W·vᵢ| of every dimension of every resized layer, computed once per LoRA. LoKr layers
- * have no structured form of it yet (docs/design.md, "LyCORIS layers"): a recipe that needs it
- * is refused before anything is computed.
+ * |uᵢᵀ·W·vᵢ| of every dimension of every resized layer, computed once per LoRA: by the backend,
+ * LoKr layers from their factors' singular vectors (`src/linalg/kronecker_subspace.ts`).
  */
-async function subspaceScales(
-  session: Session,
-  lora: PreparedLora,
-  recipe: Recipe,
-): Promise<Float64Array[]> {
-  const requests = lora.layers.map((p, i) => {
+async function subspaceScales(session: Session, lora: PreparedLora): Promise<Float64Array[]> {
+  if (lora.subspace) return lora.subspace;
+  const weights = lora.layers.map((p) => session.checkpoint.weightRef(p.base));
+  const plain = lora.layers.flatMap((p, i) => {
     const decomposition = lora.decompositions[i];
-    if (isKronecker(decomposition)) {
-      throw new RecipeError(
-        `${lora.model.entry}: recipe ${recipe.text}: subspace scores are not available for LoKr layers (layer '${p.layer.name}'); use another score key`,
-        { file: lora.model.entry, key: "subspace" },
-      );
-    }
-    return {
-      weight: session.checkpoint.weightRef(p.base),
-      factors: p.layer.factors,
-      decomposition,
-    };
+    return isKronecker(decomposition)
+      ? []
+      : [{ weight: weights[i], factors: p.layer.factors, decomposition }];
   });
-  lora.subspace ??= await session.backend.subspaceScales(requests);
+  const kronecker = lora.layers.flatMap((p, i) => {
+    const decomposition = lora.decompositions[i];
+    const lokr = p.layer.lycoris?.kind === "lokr" ? p.layer.lycoris : undefined;
+    return lokr && isKronecker(decomposition)
+      ? [{ weight: weights[i], layer: lokr.kronecker, decomposition }]
+      : [];
+  });
+  const scales = [
+    ...await session.backend.subspaceScales(plain),
+    ...await kroneckerSubspaceScales(session.backend, kronecker),
+  ];
+  let nextPlain = 0, nextKronecker = plain.length;
+  lora.subspace = lora.decompositions.map((d) =>
+    scales[isKronecker(d) ? nextKronecker++ : nextPlain++]
+  );
   checkFiniteSubspaceScales(
     session.checkpoint.path,
     lora.layers.map((p) => p.base.key),
