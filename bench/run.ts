@@ -24,6 +24,7 @@ const benches: [string, string[]][] = [
   ["io_bench.ts", scale === "1" ? [] : ["--scale", scale]],
   ["linalg_bench.ts", ["--scale", scale]],
   ["resize_bench.ts", ["--scale", scale]],
+  ["lycoris_resize_bench.ts", ["--scale", scale]],
   ["gpu_bench.ts", ["--scale", realGpu ? scale : String(Math.min(Number(scale), 0.0625))]],
 ];
 for (const [script, args] of benches) {

@@ -85,9 +85,9 @@ export interface LayerSummary {
   readonly out: number;
   /** The down weight's trailing dims (`[in]` or `[in, kh, kw]`). */
   readonly inShape: readonly number[];
-  /** Stored rank r. */
+  /** Stored rank r (for a LoHa or LoKr layer, that of the exact LoRA it converts to). */
   readonly rank: number;
-  /** Stored alpha. */
+  /** Stored alpha (for a LoHa or LoKr layer, that of the exact LoRA: scale·rank). */
   readonly alpha: number;
   /** Frobenius norm of the base weight, when known. */
   readonly baseFrobenius?: number;

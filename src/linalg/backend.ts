@@ -45,7 +45,10 @@ export interface FloatData {
  * @example
  * ```ts
  * import { floatByteLength } from "./backend.ts";
- * const data = { dtype: "F32" as const, byteLength: 8, get bytes(): Uint8Array { throw new Error("formed") } };
+ * const form = (): Uint8Array => {
+ *   throw new Error("formed");
+ * };
+ * const data = { dtype: "F32" as const, byteLength: 8, get bytes() { return form(); } };
  * if (floatByteLength(data) !== 8) throw new Error("length");
  * ```
  */

@@ -53,13 +53,14 @@ export function factorLabel(m: FactorMatrix): string {
  * @example
  * ```ts
  * import { FormedFloatData } from "./factor_matrix.ts";
- * let forms = 0;
+ * let count = 0;
+ * const forms = () => count;
  * const data = new FormedFloatData("F32", 2, () => {
- *   forms++;
+ *   count++;
  *   return new Uint8Array(new Float32Array([1, 2]).buffer);
  * });
- * if (data.byteLength !== 8 || forms !== 0) throw new Error("its length forms nothing");
- * if (data.bytes.byteLength !== 8 || data.bytes.byteLength !== 8 || forms !== 2) {
+ * if (data.byteLength !== 8 || forms() !== 0) throw new Error("its length forms nothing");
+ * if (data.bytes.byteLength !== 8 || data.bytes.byteLength !== 8 || forms() !== 2) {
  *   throw new Error("formed on every read");
  * }
  * ```

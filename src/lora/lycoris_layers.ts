@@ -43,23 +43,29 @@ export function layerType(layer: Pick<LoraLayer, "lycoris">): LayerType {
 export const NONZERO_SIGMA_FRACTION = 1e-12;
 
 /**
- * The rank of the exact LoRA a layer is (or converts to): the stored rank of a LoRA, r1·r2 of
- * a LoHa, and the number of nonzero singular values of a LoKr, rank(W1)·rank(W2).
+ * The rank and alpha of the exact LoRA a layer is (or converts to): a LoRA's stored rank and
+ * alpha; r1·r2 for a LoHa, and for a LoKr the number of nonzero singular values,
+ * rank(W1)·rank(W2); for both, alpha = scale·rank.
  *
  * @example
  * ```ts ignore
- * exactLoraRank(lokrLayer, decomposition.sigma); // e.g. 8·160 for a full 8×8 ⊗ 160×640
+ * exactLora(lokrLayer, decomposition.sigma).rank; // e.g. 8·160 for a full 8×8 ⊗ 160×640
  * ```
  */
-export function exactLoraRank(layer: LoraLayer, sigma: ArrayLike<number>): number {
+export function exactLora(
+  layer: LoraLayer,
+  sigma: ArrayLike<number>,
+): { rank: number; alpha: number } {
   const l = layer.lycoris;
-  if (!l) return layer.factors.rank;
-  if (l.kind === "loha") return l.rank;
-  let n = 0;
-  for (let i = 0; i < sigma.length; i++) {
-    if (sigma[i] > NONZERO_SIGMA_FRACTION * sigma[0]) n++;
+  if (!l) return { rank: layer.factors.rank, alpha: layer.alpha };
+  let rank = l.rank;
+  if (l.kind === "lokr") {
+    rank = 0;
+    for (let i = 0; i < sigma.length; i++) {
+      if (sigma[i] > NONZERO_SIGMA_FRACTION * sigma[0]) rank++;
+    }
   }
-  return n;
+  return { rank, alpha: layer.factors.scale * rank };
 }
 
 /** Finds a file's LoHa and LoKr layers (Tucker ones are left to the pass-through set). */

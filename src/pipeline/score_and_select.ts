@@ -25,6 +25,7 @@ import {
 import type { LayerSummary, OutputSummary } from "../summary.ts";
 import { type PreparedLora, withZeroLayers } from "./prepare_lora.ts";
 import { selectDimensions } from "./select_dimensions.ts";
+import { exactLora } from "../lora/lycoris_layers.ts";
 import { isKronecker } from "./layer_maths.ts";
 import type { Session } from "./session.ts";
 import { tradeOffCurve } from "./trade_off_curve.ts";
@@ -166,8 +167,7 @@ function layerSummaries(
       kind: p.layer.inShape.length > 1 ? "conv" as const : "linear" as const,
       out: p.layer.factors.out,
       inShape: p.layer.inShape,
-      rank: p.layer.factors.rank,
-      alpha: p.layer.alpha,
+      ...exactLora(p.layer, sigma),
       baseFrobenius: known?.frobenius,
       baseSpectral: known?.spectral,
       dims: sigma.length,

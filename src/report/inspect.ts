@@ -13,7 +13,7 @@
  */
 
 import type { LoraLayer, LoraModel } from "../lora/lora_file.ts";
-import { exactLoraRank, type LayerType, layerType } from "../lora/lycoris_layers.ts";
+import { exactLora, type LayerType, layerType } from "../lora/lycoris_layers.ts";
 import { ARCHITECTURE_LABELS } from "../namings/mod.ts";
 import { type LayerSummary, type OutputSummary, ZERO_LAYER_SIGMA } from "../summary.ts";
 import { type BlockLabel, blockOf, groupByBlock } from "./blocks.ts";
@@ -113,7 +113,7 @@ export interface InspectLayer {
    */
   readonly kind: "linear" | "conv";
   /** What the file stores: a LoRA pair, or a LyCORIS LoHa or LoKr layer. */
-  readonly type: LayerType;
+  readonly type: "lora" | "loha" | "lokr";
   /** Rows of ΔW. */
   readonly out: number;
   /** The down weight's trailing dims: `[in]` or `[in, kh, kw]`. */
@@ -327,7 +327,7 @@ function layerRow(
   summaries: readonly (LayerSummary | undefined)[],
 ): InspectLayer {
   const { out, inFlat } = layer.factors;
-  const rank = exactLoraRank(layer, sigma);
+  const { rank, alpha } = exactLora(layer, sigma);
   const known = summaries.find((p) => p !== undefined);
   // A LyCORIS conv layer learns its kernel from the base weight it pairs with.
   const inShape = known?.inShape ?? layer.inShape;
@@ -341,7 +341,7 @@ function layerRow(
     out,
     inShape: [...inShape],
     rank,
-    alpha: layer.alpha,
+    alpha,
     parameters: rank * (out + inFlat),
     sigma: [...sigma],
     sigma1: sigma[0] ?? 0,
