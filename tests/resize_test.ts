@@ -103,7 +103,7 @@ Deno.test("unsupported tensors pass through unchanged; --drop_unmapped drops the
     );
     const extra = [
       {
-        name: "lora_unet_foo_bar.hada_w1_a",
+        name: "lora_unet_foo_bar.hada_t1", // Tucker LoHa: not converted
         dtype: "F16" as const,
         shape: [2, 2],
         data: encodeFloats([1, 2, 3, 4], "F16"),
@@ -128,7 +128,7 @@ Deno.test("unsupported tensors pass through unchanged; --drop_unmapped drops the
     const { log, records } = collectLogs();
     const { outputs } = await resize(options(dir, { loras: [input], log }));
     await using out = await SafetensorsFile.open(outputs[0].path);
-    const hada = await out.readBytes("lora_unet_foo_bar.hada_w1_a");
+    const hada = await out.readBytes("lora_unet_foo_bar.hada_t1");
     assertEquals(hada, extra[0].data); // F16 → F16: bytes unchanged
     assertEquals(out.info("lora_unet_nonexistent_layer.lora_down.weight").dtype, "F16"); // cast
     assertEquals(Array.from(await out.readFloat32("lora_unet_nonexistent_layer.lora_up.weight")), [
@@ -139,7 +139,7 @@ Deno.test("unsupported tensors pass through unchanged; --drop_unmapped drops the
     const warnings = records.filter(([l]) => l === "WARNING").map(([, m]) => m);
     assertEquals(warnings.length, 1, warnings.join("\n"));
     assert(
-      /Copying 4 tensors .* 1 LoRA layers with no base weight, 1 LoHa tensors, 1 other tensors/
+      /Copying 4 tensors .* 1 LoRA layers with no base weight, 1 Tucker LoHa tensors, 1 other tensors/
         .test(warnings[0]),
       warnings[0],
     );
@@ -149,7 +149,7 @@ Deno.test("unsupported tensors pass through unchanged; --drop_unmapped drops the
       options(join(dir, "drop"), { loras: [input], dropUnmapped: true, log: dropped.log }),
     );
     await using out2 = await SafetensorsFile.open(second.outputs[0].path);
-    assert(!out2.has("step") && !out2.has("lora_unet_foo_bar.hada_w1_a"));
+    assert(!out2.has("step") && !out2.has("lora_unet_foo_bar.hada_t1"));
     assert(dropped.records.some(([l, m]) =>
       l === "WARNING" &&
       m ===
