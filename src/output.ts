@@ -175,8 +175,8 @@ function lycorisConversion(shape: OutputShape): Record<string, string> {
   if (counts.loha + counts.lokr === 0) return { resize_params: shape.resizeParams };
   const before = shape.inputMetadata.ss_network_module;
   const note = pyJsonDumps({
-    loha_layers: counts.loha,
-    lokr_layers: counts.lokr,
+    loha_layers: BigInt(counts.loha), // bigint: a Python int, as counts are
+    lokr_layers: BigInt(counts.lokr),
     network_module: before ?? null,
   });
   // resize_params is a JSON object: the note is one more key of it.

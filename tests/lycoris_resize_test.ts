@@ -56,14 +56,16 @@ Deno.test("inspect shows each layer's type and its rank as an exact LoRA: r for 
   }
 });
 
-Deno.test("plan (dry run) sizes a LyCORIS conversion exactly as resize writes it", async () => {
+Deno.test("plan (dry run) sizes a LyCORIS conversion exactly as resize writes it, with the original's keys and kohya's", async () => {
   const options = { checkpoint: FIXTURE.base, loras: [FIXTURE.mixed], ...cpu };
-  const recipes = "fro_ckpt=1,thr=-2:spn_lora=1,params=0.5,size=0.01";
-  const planned = await plan({ ...options, recipes });
-  const written = await resize({ ...options, recipes, outputFolder: `${DIR}/plan` });
-  for (const [i, o] of written.outputs.entries()) {
-    assertEquals(planned.outputs[i].bytes, o.bytes);
-    assertEquals((await Deno.stat(o.path)).size, o.bytes);
+  for (const recipes of ["fro_ckpt=1,thr=-2:spn_lora=1,params=0.5,size=0.01", "sv_fro=0.9"]) {
+    const planned = await plan({ ...options, recipes });
+    const written = await resize({ ...options, recipes, outputFolder: `${DIR}/plan` });
+    for (const [i, o] of written.outputs.entries()) {
+      assertEquals(planned.outputs[i].bytes, o.bytes);
+      assertEquals((await Deno.stat(o.path)).size, o.bytes);
+      assert(o.rankAfter > 0 && o.rankAfter < o.rankBefore, `${recipes}: ${o.rankAfter}`);
+    }
   }
 });
 
