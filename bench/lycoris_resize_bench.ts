@@ -1,12 +1,12 @@
 /**
  * LyCORIS conversion side by side with a LoRA, end to end through the CLI: a LoKr (factor 8), a
  * LoHa of rank 8 × 8, a LoHa of rank 16 × 16 and a rank-32 LoRA over the same layers (every
- * UNet attention and MLP linear of the synthetic SDXL base), each resized with the default
- * recipe and a warm norms cache. Wall time (median of `--runs`) and peak RSS of whole processes,
- * and each time over the LoRA's.
+ * UNet attention and MLP linear of the synthetic SDXL base), each resized to the same size target
+ * (`fro_ckpt=1,size=64` at full width; `--recipe` to change it) with a warm norms cache. Wall time
+ * (median of `--runs`) and peak RSS of whole processes, and each time over the LoRA's.
  *
  * ```sh
- * deno run -A bench/lycoris_resize_bench.ts [--scale 0.25] [--device cpu|gpu] [--runs 5]
+ * deno run -A bench/lycoris_resize_bench.ts [--scale 0.25] [--device cpu|gpu] [--runs 5] [--recipe R]
  * ```
  *
  * Full size needs `.bench/sdxl_base_full.safetensors` (6.9 GB; generated on first use).
@@ -30,7 +30,9 @@ const { values } = parseArgs({
 const scale = Number(values.scale ?? 1);
 const device = values.device ?? "cpu";
 const runs = Number(values.runs ?? 5);
-const recipe = values.recipe ?? "fro_ckpt=1,thr=-3.5";
+// A size target: a full LoKr's exact LoRA is as large as ΔW, so a threshold alone would write
+// gigabytes at full size (64 MiB at full width, the same share of the file at other widths).
+const recipe = values.recipe ?? `fro_ckpt=1,size=${Math.max(2, 64 * scale * scale)}`;
 const cli = new URL("../cli.ts", import.meta.url).pathname;
 const files = await ensureLycorisBenchFixtures({ scale, log: (l) => console.error(l) });
 const work = await Deno.makeTempDir({ prefix: "resize-lora-lycoris-bench-" });
