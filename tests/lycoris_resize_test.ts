@@ -73,6 +73,34 @@ Deno.test("subspace scores of LoRA, LoHa and LoKr layers are |uᵀ·W·v| of eac
   await checkSubspace(FIXTURE, "cpu");
 });
 
+Deno.test("a LyCORIS conversion larger than its input is warned about; a size= target is not", async () => {
+  const lokr = `${DIR}/lokr_full.safetensors`;
+  const specs = FIXTURE.layers.filter((l) => l.spec.kernel === 0).map((l) => l.spec);
+  await writeSafetensors(lokr, specs.flatMap((l) => lokrTensors(l, { factor: 4 })));
+  const inputMiB = (await Deno.stat(lokr)).size / 2 ** 20;
+  for (
+    const [recipes, warned] of [["fro_lora=1,thr=-30", true], [
+      `fro_lora=1,size=${inputMiB}`,
+      false,
+    ]] as const
+  ) {
+    const lines: string[] = [];
+    const { outputs: [o] } = await plan({
+      checkpoint: FIXTURE.base,
+      loras: [lokr],
+      recipes,
+      log: (level, message) => void (level === "WARNING" && lines.push(message)),
+      ...cpu,
+    });
+    assertEquals(o.bytes > inputMiB * 2 ** 20, warned, recipes);
+    assertEquals(
+      lines.some((l) => l.includes("larger than its LoHa/LoKr input")),
+      warned,
+      lines.join("\n"),
+    );
+  }
+});
+
 Deno.test("merges refuse LyCORIS layers with one line", async () => {
   const loha = `${DIR}/loha_only.safetensors`;
   const lohaLayers = FIXTURE.layers.filter((l) => l.form === "loha").map((l) => l.spec);

@@ -131,7 +131,33 @@ async function selectRecipe(
     cut: "cut" in selection ? selection.cut : undefined,
     curve: options.curve ? tradeOffCurve(lora, recipe, scores, shapeFor) : undefined,
   };
+  await warnIfLargerThanLycoris(session, lora, summary);
   return { recipe, summary, shape, folder };
+}
+
+/**
+ * A LoHa or LoKr layer's exact LoRA has rank r1·r2 or rank(W1)·rank(W2) (a full LoKr's is as large
+ * as ΔW), so a threshold can keep far more than the file held: say so when the output would be
+ * larger than its input.
+ */
+async function warnIfLargerThanLycoris(
+  session: Session,
+  lora: PreparedLora,
+  summary: OutputSummary,
+): Promise<void> {
+  if (!lora.layers.some((p) => p.layer.lycoris)) return;
+  let input = 0;
+  for (const path of lora.model.paths) input += (await Deno.stat(path)).size;
+  if (summary.bytes <= input) return;
+  const mib = (bytes: number) => (bytes / 2 ** 20).toFixed(1);
+  session.options.log(
+    "WARNING",
+    `${summary.path} would be ${
+      mib(summary.bytes)
+    } MiB, larger than its LoHa/LoKr input ${lora.model.entry} (${
+      mib(input)
+    } MiB): recipe ${summary.recipe} keeps more dimensions than the file stores parameters; a size= target bounds the output`,
+  );
 }
 
 /** The per-layer summaries of a selection, and the DEBUG line of each layer. */
