@@ -101,6 +101,27 @@ Deno.test("a LyCORIS conversion larger than its input is warned about; a size= t
   }
 });
 
+Deno.test("a LoHa layer's dora_scale is carried to its LoRA layer unchanged, as a LoRA's is", async () => {
+  const path = `${DIR}/loha_dora.safetensors`;
+  const spec = FIXTURE.layers.find((l) => l.form === "loha" && l.spec.kernel === 0)!.spec;
+  const dora: TensorSource = {
+    name: `${spec.name}.dora_scale`,
+    dtype: "F16",
+    shape: [spec.out, 1],
+    data: encodeFloats(Float32Array.from({ length: spec.out }, (_, i) => 1 + i / 64), "F16"),
+  };
+  await writeSafetensors(path, [...lohaTensors(spec, { rank: 2 }), dora]);
+  const { outputs: [o] } = await resize({
+    checkpoint: FIXTURE.base,
+    loras: [path],
+    outputFolder: `${DIR}/dora_out`,
+    ...cpu,
+  });
+  await using file = await SafetensorsFile.open(o.path);
+  assertEquals(await file.readBytes(dora.name), dora.data);
+  assert(file.has(`${spec.name}.lora_down.weight`) && !file.has(`${spec.name}.hada_w1_a`));
+});
+
 Deno.test("merges refuse LyCORIS layers with one line", async () => {
   const loha = `${DIR}/loha_only.safetensors`;
   const lohaLayers = FIXTURE.layers.filter((l) => l.form === "loha").map((l) => l.spec);
