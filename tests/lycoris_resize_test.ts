@@ -18,6 +18,7 @@ import {
   checkOptimalTruncation,
   checkSubspace,
   type Fixture,
+  formTensors,
   inputDelta,
   SCALE,
   writeFixture,
@@ -120,6 +121,14 @@ Deno.test("a LoHa layer's dora_scale is carried to its LoRA layer unchanged, as 
   await using file = await SafetensorsFile.open(o.path);
   assertEquals(await file.readBytes(dora.name), dora.data);
   assert(file.has(`${spec.name}.lora_down.weight`) && !file.has(`${spec.name}.hada_w1_a`));
+});
+
+Deno.test("a module with both a LoRA pair and LoHa factors is a one-line error naming the layer", async () => {
+  const tensors = [
+    ...lohaTensors(LINEAR, { rank: 2 }),
+    ...formTensors(LINEAR, "lora").filter((t) => !t.name.endsWith(".alpha")),
+  ];
+  await rejectsBadInput("clash", tensors, new RegExp(`layer '${LINEAR.name}' modifies a module`));
 });
 
 Deno.test("merges refuse LyCORIS layers with one line", async () => {

@@ -250,8 +250,10 @@ export async function readLoraFile(path: string): Promise<LoraModel> {
   const layers = found.map((named) => buildLayer(path, named, raw, alphas.get(named.key)));
   const canonical = new Set(layers.map((l) => l.name));
   const lycorisLayers = lycorisLoraLayers(lycoris, raw, architecture?.architecture ?? "sdxl");
-  const clash = lycorisLayers.find((l) => canonical.has(l.name));
-  if (clash) throw clashError(path, clash.key);
+  for (const l of lycorisLayers) {
+    if (canonical.has(l.name)) throw clashError(path, l.key);
+    canonical.add(l.name);
+  }
   if (lycorisLayers.length > 0) {
     layers.push(...lycorisLayers);
     layers.sort(byName);

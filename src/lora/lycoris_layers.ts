@@ -137,11 +137,12 @@ export function fitLycorisToBase(path: string, layer: LoraLayer, base: BaseEntry
 }
 
 /**
- * The error for a file holding both a LoRA pair and LyCORIS factors under one layer name.
+ * The error for a file holding two layers of one canonical name, one of them LyCORIS (a LoRA
+ * pair and LoHa/LoKr factors, or two spellings of one module).
  */
-export function clashError(path: string, name: string): LoraError {
+export function clashError(path: string, key: string): LoraError {
   return new LoraError(
-    `${path}: layer '${name}' has both lora_down/lora_up and LoHa/LoKr factors; expected one kind`,
-    { file: path, key: name },
+    `${path}: layer '${key}' modifies a module another layer of the file already modifies (LoRA, LoHa and LoKr factors of one module); expected one`,
+    { file: path, key },
   );
 }

@@ -45,10 +45,10 @@ export interface MergeOptions {
 
 /**
  * Merges loaded LoRAs. Members must agree on each shared layer's shape; a
- * layer with `dora_scale`, and a LoHa or LoKr layer, cannot be merged. Layers no member contributes to
- * (all weights or alphas 0: a zero delta) are left out. Pass-through tensors
- * are the union of the members' (the first member's on a name clash), copied
- * unweighted.
+ * layer with `dora_scale`, and a LoHa or LoKr layer, cannot be merged. Layers
+ * no member contributes to (all weights or alphas 0: a zero delta) are left
+ * out. Pass-through tensors are the union of the members' (the first member's
+ * on a name clash), copied unweighted.
  *
  * @example
  * ```ts
