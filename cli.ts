@@ -224,24 +224,17 @@ function summaryLine(o: OutputSummary): string {
     (Number.isNaN(o.threshold) ? "" : ` (threshold ${o.threshold})`);
 }
 
-/** `resize-lora demo`: as with -v, but the per-base-weight "No LoRA layer found" lines folded. */
+/** `resize-lora demo`: as with -v unless -vv is given. */
 async function demo(values: Values, verbosity: number, out: Console): Promise<number> {
   const level = verbosity === 0 ? "INFO" : out.level;
   const shown = new Console(level, out.tty);
-  let hidden = 0;
   const { runDemo } = await import("./src/demo.ts");
   const result = await runDemo({
     folder: optionValue<string>(values, "output_folder"),
-    log: (lvl, msg) =>
-      verbosity < 2 && msg.startsWith("No LoRA layer found") ? hidden++ : shown.log(lvl, msg),
+    log: shown.log,
     logLevel: level,
     onProgress: out.progress,
   });
-  if (hidden) {
-    console.error(
-      `(${hidden} INFO lines "No LoRA layer found in file for base layer …" hidden; -vv shows them)`,
-    );
-  }
   console.log(result.description);
   for (const o of result.outputs) console.log(summaryLine(o));
   return 0;

@@ -385,11 +385,12 @@ Deno.test("several recipes share one rebuild, and write exactly what each writes
   });
 });
 
-Deno.test("progress: norms, decomposition, scoring and rebuild, each counted to its total", async () => {
+Deno.test("progress: every long step (norms, decomposition, subspace scales, scoring, trade-off curves, rebuild) is counted to its total", async () => {
   await withDir(async (dir) => {
     const seen = new Map<string, { last: number; total: number; steps: number }>();
     await resize(options(dir, {
-      recipes: "fro_ckpt=1,thr=-3:spn_lora=1,thr=-1",
+      recipes: "fro_ckpt=1,thr=-3:spn_lora=1,thr=-1:subspace=1,thr=-2",
+      curve: true, // as --report asks: the curves take seconds on a full-size LoRA
       onProgress: (label, done, total) => {
         const s = seen.get(label) ?? { last: 0, total, steps: 0 };
         assert(done > s.last && done <= total && total === s.total, `${label} ${done}/${total}`);
@@ -402,6 +403,11 @@ Deno.test("progress: norms, decomposition, scoring and rebuild, each counted to 
       "SVD",
       "Scoring fro_ckpt=1,thr=-3",
       "Scoring spn_lora=1,thr=-1",
+      "Scoring subspace=1,thr=-2",
+      "Subspace",
+      "Trade-off fro_ckpt=1,thr=-3",
+      "Trade-off spn_lora=1,thr=-1",
+      "Trade-off subspace=1,thr=-2",
     ]);
     for (const [label, s] of seen) assertEquals(s.last, s.total, label);
   });

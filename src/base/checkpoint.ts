@@ -38,8 +38,14 @@ export interface BaseEntry {
   readonly cols: number;
   /** As the original prints the entry: the key, or Python tuple text `('key', 0, 3)`. */
   readonly label: string;
-  /** The first LoRA name that maps to this entry, in registration order (for logs). */
+  /** The first LoRA name that maps to this entry, in registration order. */
   readonly firstAlias: string;
+  /**
+   * The standard kohya LoRA layer name of the entry (`lora_unet_…`, `lora_te1_…`, or the q/k/v
+   * part name of a split weight); the first alias for a key without one. Logs quote it: the
+   * first alias can be a short one (`up_3`) that means nothing to a user.
+   */
+  readonly kohyaName: string;
 }
 
 /** A LoRA layer name resolved against the checkpoint. */
@@ -329,12 +335,18 @@ function register(
         chunk: { index, count },
         rows: Math.floor(base.shape[0] / count), // checkEntry() rejects uneven splits on use
         label: `(${pythonRepr(base.key)}, ${index}, ${count})`,
+        kohyaName: name,
       };
       names.set(name, { draft, kind: "chunk" });
     });
     return;
   }
-  const draft: Draft = { ...base, rows: base.shape[0], label: base.key };
+  const draft: Draft = {
+    ...base,
+    rows: base.shape[0],
+    label: base.key,
+    kohyaName: mapped.standard ?? mapped.all[0],
+  };
   for (const name of mapped.all) {
     const kind = name === mapped.standard ? "standard" : name === mapped.short ? "short" : "direct";
     names.set(name, { draft, kind });

@@ -131,12 +131,14 @@ function withoutTrailingOnes(shape: readonly number[]): readonly number[] {
 }
 
 /**
- * The original's INFO line for a base entry no layer modifies (it names the
- * whole tensor and its full shape, also for a q/k/v block).
+ * The original's line for a base entry no layer modifies (it names the whole
+ * tensor and its full shape, also for a q/k/v block), with the entry's
+ * standard kohya name as the example key. Logged at DEBUG: at INFO one
+ * summary line stands for them all.
  *
  * @example
  * ```ts ignore
- * for (const e of pairing.unmatchedBase) log("INFO", unmatchedBaseMessage(e));
+ * for (const e of pairing.unmatchedBase) log("DEBUG", unmatchedBaseMessage(e));
  * // No LoRA layer found in file for base layer 'model.diffusion_model.input_blocks.0.0.weight'
  * //   (5, 4, 3, 3) (e.g., an expected LoRA key was: 'lora_unet_input_blocks_0_0')
  * ```
@@ -144,5 +146,5 @@ function withoutTrailingOnes(shape: readonly number[]): readonly number[] {
 export function unmatchedBaseMessage(entry: BaseEntry): string {
   return `No LoRA layer found in file for base layer ${pythonRepr(entry.key)} ${
     pythonTuple(entry.shape)
-  } (e.g., an expected LoRA key was: ${pythonRepr(entry.firstAlias)})`;
+  } (e.g., an expected LoRA key was: ${pythonRepr(entry.kohyaName)})`;
 }

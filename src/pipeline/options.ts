@@ -33,8 +33,8 @@ export const DEFAULT_RECIPES = "fro_ckpt=1,thr=-3.5";
 export const DEFAULT_OUTPUT_DTYPE: OutputDType = "F16";
 
 /**
- * Progress of a long step: a label (`Norms`, `SVD`, `Scoring <recipe>`, `Rebuild`), items done,
- * total.
+ * Progress of a long step: a label (`Norms`, `SVD`, `Subspace`, `Scoring <recipe>`,
+ * `Trade-off <recipe>` with `curve`, `Rebuild`), items done, total.
  *
  * @example
  * ```ts

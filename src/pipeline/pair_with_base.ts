@@ -8,6 +8,7 @@
 
 import type { LoraLayer, LoraModel, RawTensor } from "../lora/lora_file.ts";
 import { type PairedLayer, pairLayers, unmatchedBaseMessage } from "../lora/pairing.ts";
+import { untouchedSummary } from "../report/untouched.ts";
 import type { Session } from "./session.ts";
 
 /** The layers of a LoRA that will be resized, and the tensors carried over as they are. */
@@ -37,7 +38,10 @@ export async function pairWithBase(session: Session, model: LoraModel): Promise<
       passThrough.push(...layer.tensors);
     }
   }
-  for (const base of pairing.unmatchedBase) log("INFO", unmatchedBaseMessage(base));
+  // One line at -v for the hundreds of base weights a partial LoRA leaves alone; each at -vv.
+  const untouched = untouchedSummary(session.checkpoint.entries(), pairing.unmatchedBase);
+  if (untouched) log("INFO", untouched);
+  for (const base of pairing.unmatchedBase) log("DEBUG", unmatchedBaseMessage(base));
   log(
     "INFO",
     `Mapped ${pairing.paired.length} LoRA layers from file to base layers (out of ${model.layers.length} LoRA alpha keys in file).`,

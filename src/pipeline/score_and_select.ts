@@ -129,7 +129,15 @@ async function selectRecipe(
     relativeError: relativeError(lora, recipe, selection.keep),
     layers,
     cut: "cut" in selection ? selection.cut : undefined,
-    curve: options.curve ? tradeOffCurve(lora, recipe, scores, shapeFor) : undefined,
+    curve: options.curve
+      ? tradeOffCurve(
+        lora,
+        recipe,
+        scores,
+        shapeFor,
+        (d, t) => options.onProgress(`Trade-off ${recipe.text}`, d, t),
+      )
+      : undefined,
   };
   await warnIfLargerThanLycoris(session, lora, summary);
   return { recipe, summary, shape, folder };
@@ -245,7 +253,9 @@ async function subspaceScales(session: Session, lora: PreparedLora): Promise<Flo
       : [];
   });
   const scales = [
-    ...await session.backend.subspaceScales(plain),
+    ...await session.backend.subspaceScales(plain, {
+      onProgress: (d, t) => session.options.onProgress("Subspace", d, t),
+    }),
     ...await kroneckerSubspaceScales(session.backend, kronecker),
   ];
   let nextPlain = 0, nextKronecker = plain.length;

@@ -20,6 +20,7 @@ export function tradeOffCurve(
   recipe: Recipe,
   scores: Float64Array[],
   shapeFor: OutputShapeFn,
+  onProgress?: (done: number, total: number) => void,
 ): CurvePoint[] {
   const ranking = rankDimensions(scores);
   const n = ranking.score.length;
@@ -46,6 +47,8 @@ export function tradeOffCurve(
         ? 0
         : Math.sqrt(Math.max(0, total - keptEnergy) / total),
     });
+    // Each point sizes a whole output header: seconds in all for a full-size LoRA.
+    onProgress?.(step + 1, steps + 1);
   }
   return points;
 }

@@ -61,6 +61,8 @@ export interface ReportData {
   readonly spectraPerBlock?: number;
   /** A line for the footer (e.g. the tool and its version). */
   readonly footer?: string;
+  /** Progress of the rendering: charts done, total (about a second for a full-size LoRA). */
+  readonly onProgress?: (done: number, total: number) => void;
 }
 
 /**
@@ -90,17 +92,26 @@ export interface ReportData {
  */
 export async function renderReport(data: ReportData): Promise<string> {
   const [vega, vl] = await Promise.all([import("vega"), import("vega-lite")]);
+  const groups = groupBy(data.outputs, (o) => o.lora);
+  // Per LoRA: the trade-off and block charts, then (with resized layers) one per recipe and the
+  // spectra.
+  const charts = [...groups.values()].reduce(
+    (n, outputs) => n + 2 + (outputs[0].layers.length > 0 ? outputs.length + 1 : 0),
+    0,
+  );
+  let rendered = 0;
   const toSvg = async (spec: Spec): Promise<string> => {
     const view = new vega.View(vega.parse(vl.compile(spec).spec), { renderer: "none" });
     try {
       return responsiveSvg(await view.toSVG());
     } finally {
       view.finalize();
+      data.onProgress?.(++rendered, charts);
     }
   };
   const title = data.title ?? "resize-lora report";
   const sections: string[] = [];
-  for (const [lora, outputs] of groupBy(data.outputs, (o) => o.lora)) {
+  for (const [lora, outputs] of groups) {
     sections.push(await loraSection(`lora${sections.length + 1}`, lora, outputs, data, toSvg));
   }
   const meta = [
