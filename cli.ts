@@ -16,6 +16,7 @@
 import { dirname } from "node:path";
 import { parseArgs } from "node:util";
 import { OutputError, ResizeLoraError, UsageError } from "./src/errors.ts";
+import { argumentOrderProblem } from "./src/file_kind.ts";
 import { expandGlob } from "./src/glob.ts";
 import { oneLine } from "./src/one_line.ts";
 import {
@@ -24,6 +25,9 @@ import {
   removeOrphanTempFiles,
   tempPathFor,
 } from "./src/temp_files.ts";
+import { loraEntryMembers } from "./src/lora/merge_spec.ts";
+import { formatThreshold } from "./src/report/dry_run.ts";
+import { closestName } from "./src/suggest.ts";
 import type { LogLevel } from "./src/log.ts";
 import { DEFAULT_RECIPES, type OutputSummary, plan, resize } from "./src/resize.ts";
 import type { OutputDType } from "./src/output.ts";
@@ -55,8 +59,11 @@ options:
   -t, --output_dtype {16,32,bf16}
                         output element type (default: 16)
   -d, --device {auto,cpu,gpu}
-                        compute device; auto uses WebGPU only on a real, non-fallback adapter
-                        (default: auto)
+                        compute device (default: auto). auto runs decomposition, rebuilds and
+                        Frobenius norms on the CPU, and spectral norms and subspace scales of
+                        at least 256 MiB of base weights on a real (non-fallback) WebGPU
+                        adapter when the host has at most 4 cores, as measured fastest; gpu
+                        runs everything on WebGPU, software adapters included
   -r, --score_recipes RECIPES
                         recipes separated by ':' (default: ${DEFAULT_RECIPES})
   -v, --verbose         -v: INFO, -vv: DEBUG (default: warnings only)
@@ -219,9 +226,9 @@ function summaryLine(o: OutputSummary): string {
   const verb = o.written ? "wrote" : "would write";
   return `${verb} ${o.path}: ${
     mib(o.bytes)
-  } (${o.bytes} bytes), rank ${o.rankBefore} → ${o.rankAfter}, ` +
+  } (${o.bytes} bytes), usable rank ${o.rankBefore} → ${o.rankAfter}, ` +
     `relative error ${(100 * o.relativeError).toFixed(2)}%` +
-    (Number.isNaN(o.threshold) ? "" : ` (threshold ${o.threshold})`);
+    (Number.isNaN(o.threshold) ? "" : ` (threshold ${formatThreshold(o.threshold)})`);
 }
 
 /** `resize-lora demo`: as with -v unless -vv is given. */
@@ -274,6 +281,17 @@ async function resizeCommand(
   }
   const [checkpoint, ...loraArgs] = args;
   const loras = (await Promise.all(loraArgs.map(expandGlob))).flat();
+  // From the headers alone, before any work: a base and a LoRA given the other way round.
+  // (A malformed merge spec is left to the run, which says what is wrong with it.)
+  const members = (entry: string) => {
+    try {
+      return loraEntryMembers(entry)?.map((m) => m.path) ?? [entry];
+    } catch {
+      return [];
+    }
+  };
+  const problem = await argumentOrderProblem(checkpoint, loras.flatMap(members));
+  if (problem) throw new UsageError(problem);
   const report = values.report as string | undefined;
   const options = {
     checkpoint,
@@ -301,16 +319,41 @@ async function resizeCommand(
     for (const o of result.outputs) for (const line of kohyaVerboseReport(o)) console.log(line);
   }
   if (report !== undefined) {
-    const { renderReport } = await import("./src/report/html.ts");
+    const { renderReport } = await importReport();
     const html = await renderReport({
       outputs: result.outputs,
       checkpoint,
       footer: `resize-lora ${VERSION}`,
+      onProgress: (d, t) => out.progress("Report", d, t),
     });
     await writeTextAtomic(report, html);
     console.log(`report: ${report}`);
   }
   return 0;
+}
+
+/**
+ * The report module, loaded by a specifier Deno cannot see ahead of time: a
+ * visible one would put its npm packages (Vega, ~75 of them) in the module
+ * graph of every run, and Deno would download them before even a demo starts.
+ * (`deno compile` names the module with `--include`.)
+ */
+function importReport(): Promise<typeof import("./src/report/html.ts")> {
+  const specifier = ["./src/report", "html.ts"].join("/");
+  return import(specifier);
+}
+
+/** The parser's message for an unknown option, with the nearest option suggested. */
+function unknownOption(e: Error & { code?: string }): string | undefined {
+  const option = e.code === "ERR_PARSE_ARGS_UNKNOWN_OPTION"
+    ? e.message.match(/^Unknown option '([^']+)'/)?.[1]
+    : undefined;
+  if (option === undefined) return undefined;
+  const name = option.replace(/^--?/, "").split("=")[0];
+  const near = option.startsWith("--") ? closestName(name, Object.keys(OPTIONS)) : undefined;
+  return near !== undefined
+    ? `unknown option ${option}: did you mean --${near}?`
+    : `unknown option ${option} (see --help; a file name that starts with '-' goes after --)`;
 }
 
 /**
@@ -345,7 +388,7 @@ export async function main(args: readonly string[]): Promise<number> {
         strict: true,
       });
     } catch (e) {
-      throw new UsageError((e as Error).message);
+      throw new UsageError(unknownOption(e as Error) ?? (e as Error).message);
     }
     const values = parsed.values as Values;
     verbosity = (values.verbose as boolean[] | undefined)?.length ?? 0;

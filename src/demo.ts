@@ -13,7 +13,10 @@ import { writeDemoFiles } from "./testing/mod.ts";
 
 /** Options of {@link runDemo}. */
 export interface DemoRunOptions {
-  /** Folder for the synthetic inputs and the output (default: a new temporary folder). */
+  /**
+   * Folder for the synthetic inputs and the output, kept (default: a new temporary folder,
+   * removed when the demo ends).
+   */
   readonly folder?: string;
   /** Log receiver. */
   readonly log?: LogFn;
@@ -25,8 +28,10 @@ export interface DemoRunOptions {
 
 /** What the demo did. */
 export interface DemoResult extends ResizeResult {
-  /** One paragraph saying what was written and resized. */
+  /** One paragraph saying what was written and resized, and where the files are. */
   readonly description: string;
+  /** The folder that holds the files; `undefined` when they went to a temporary one, removed. */
+  readonly folder?: string;
 }
 
 /**
@@ -42,25 +47,34 @@ export interface DemoResult extends ResizeResult {
  * ```
  */
 export async function runDemo(options: DemoRunOptions = {}): Promise<DemoResult> {
+  // Without a folder the files (~35 MB) go to a temporary one, removed at the end.
+  const temporary = options.folder === undefined;
   const folder = options.folder ?? await Deno.makeTempDir({ prefix: "resize-lora-demo-" });
-  const { base, lora } = await writeDemoFiles(folder);
-  const result = await resize({
-    checkpoint: base,
-    loras: [lora],
-    recipes: DEFAULT_RECIPES,
-    outputFolder: join(folder, "out"),
-    normsCache: join(folder, "norms_cache.json"),
-    log: options.log,
-    logLevel: options.logLevel,
-    onProgress: options.onProgress,
-  });
-  const [baseSize, loraSize] = await Promise.all([Deno.stat(base), Deno.stat(lora)]);
-  const description = [
-    `demo: wrote a synthetic SDXL-shaped base checkpoint (${base}, ${mib(baseSize.size)})`,
-    `and a kohya LoRA for it (${lora}, ${mib(loraSize.size)}),`,
-    `then resized the LoRA with the default recipe ${DEFAULT_RECIPES}:`,
-  ].join("\n");
-  return { ...result, description };
+  try {
+    const { base, lora } = await writeDemoFiles(folder);
+    const result = await resize({
+      checkpoint: base,
+      loras: [lora],
+      recipes: DEFAULT_RECIPES,
+      outputFolder: join(folder, "out"),
+      normsCache: join(folder, "norms_cache.json"),
+      log: options.log,
+      logLevel: options.logLevel,
+      onProgress: options.onProgress,
+    });
+    const [baseSize, loraSize] = await Promise.all([Deno.stat(base), Deno.stat(lora)]);
+    const description = [
+      `demo: wrote a synthetic SDXL-shaped base checkpoint (${base}, ${mib(baseSize.size)})`,
+      `and a kohya LoRA for it (${lora}, ${mib(loraSize.size)}),`,
+      `then resized the LoRA with the default recipe ${DEFAULT_RECIPES}` +
+      (temporary
+        ? ` (in a temporary folder, removed again: -o DIR keeps the files):`
+        : ` (the files stay in ${folder}):`),
+    ].join("\n");
+    return { ...result, description, folder: temporary ? undefined : folder };
+  } finally {
+    if (temporary) await Deno.remove(folder, { recursive: true }).catch(() => {});
+  }
 }
 
 function mib(bytes: number): string {

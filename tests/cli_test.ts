@@ -243,6 +243,7 @@ Deno.test("demo: writes a synthetic base and LoRA, resizes it, and says what it 
     assertEquals(r.code, 0, r.stderr.join("\n"));
     assert(r.stderr.some((l) => l.startsWith("INFO:root:Mapped 986 LoRA layers")), "runs as -v");
     assert(r.stdout.some((l) => l.startsWith("demo: wrote a synthetic SDXL-shaped base")));
+    assert(r.stdout.some((l) => l.includes(`(the files stay in ${dir})`)), r.stdout.join("\n"));
     assertEquals(await listFiles(join(dir, "out")), ["demo_lora_r16_frockpt1_th-3.5.safetensors"]);
   });
 });

@@ -149,8 +149,13 @@ Deno.test("inspect without a checkpoint: a hand-made LoRA's ranks, energies and 
 
   const text = formatInspectTable(result);
   assert(text.startsWith(`LoRA        ${HAND}\n`), text);
-  assert(text.includes("layers      4 (1 all-zero), total rank 7, effective rank 4"), text);
-  assert(/^OUT02 +1 +2 +1 +22\.22 % +400$/m.test(text), text);
+  // Usable rank: TE1's all-zero layer counts for nothing, the others min(r, out, in′) = r.
+  assert(
+    text.includes("layers      4 (1 all-zero), stored rank 7, usable rank 6, effective rank 4"),
+    text,
+  );
+  assertEquals(result.usableRank, 6);
+  assert(/^OUT02 +1 +2 +2 +1 +22\.22 % +400$/m.test(text), text);
   assert(
     /^lora_unet_output_blocks_2_2_conv +OUT02 +conv +LoRA +20×20×3×3 +2 +1 +1 /m.test(text),
     text,
@@ -214,7 +219,7 @@ Deno.test("inspect with a checkpoint: base norms and what each recipe keeps", as
     ["BASE", [0, 0]],
   ]);
   const text = formatInspectTable(result);
-  assert(text.includes("recipe r2   spn_lora=1,thr=-0.1: rank 5 → 2,"), text);
+  assert(text.includes("recipe r2   spn_lora=1,thr=-0.1: usable rank 5 → 2,"), text);
   assert(/^lora_unet_foo_proj +BASE .* – +–$/m.test(text), text);
 });
 

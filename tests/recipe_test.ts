@@ -67,8 +67,15 @@ Deno.test("errors: the original's messages, in its evaluation order", () => {
     ["", "Empty value not accepted for key  in recipe "],
     ["foo", "Empty value not accepted for key foo in recipe foo"],
     ["foo=1", "Unknown key foo in recipe foo=1"],
-    [" fro_ckpt=1,thr=1", "Unknown key  fro_ckpt in recipe  fro_ckpt=1,thr=1"],
-    ["FRO_CKPT=1,thr=1", "Unknown key FRO_CKPT in recipe FRO_CKPT=1,thr=1"],
+    // The original's message, and a suggestion when a key is within a typo's reach.
+    [
+      " fro_ckpt=1,thr=1",
+      "Unknown key  fro_ckpt in recipe  fro_ckpt=1,thr=1 (did you mean fro_ckpt?)",
+    ],
+    [
+      "FRO_CKPT=1,thr=1",
+      "Unknown key FRO_CKPT in recipe FRO_CKPT=1,thr=1 (did you mean fro_ckpt?)",
+    ],
     ["thr=1", "At least one score type must be specified"],
     ["fro_ckpt=1,spn_lora=-1,thr=1", "At least one score type must be specified"],
     ["fro_ckpt=0,thr=1", "At least one score type must be specified"],
@@ -77,6 +84,25 @@ Deno.test("errors: the original's messages, in its evaluation order", () => {
     // The original's own errors come before the checks it did not make.
     ["rescale=0", "At least one score type must be specified"],
     ["fro_ckpt=1,size=-1,foo=2", "Unknown key foo in recipe fro_ckpt=1,size=-1,foo=2"],
+  ];
+  for (const [text, message] of cases) assertStrictEquals(messageOf(text), message, text);
+});
+
+Deno.test("errors: a mistyped key gets the nearest key", () => {
+  const cases: [string, string][] = [
+    ["fro_ckp=1,thr=-3", "Unknown key fro_ckp in recipe fro_ckp=1,thr=-3 (did you mean fro_ckpt?)"],
+    [
+      "fro_ckp,thr=-3",
+      "Empty value not accepted for key fro_ckp in recipe fro_ckp,thr=-3 (did you mean fro_ckpt?)",
+    ],
+    [
+      "spn_lroa=1,thr=-3",
+      "Unknown key spn_lroa in recipe spn_lroa=1,thr=-3 (did you mean spn_lora?)",
+    ],
+    ["fro_ckpt=1,treshold=-3", "Unknown key treshold in recipe fro_ckpt=1,treshold=-3"],
+    ["fro_ckpt=1,th=-3", "Unknown key th in recipe fro_ckpt=1,th=-3 (did you mean thr?)"],
+    ["fro_ckpt=1,sise=2", "Unknown key sise in recipe fro_ckpt=1,sise=2 (did you mean size?)"],
+    ["subspce=1,thr=-3", "Unknown key subspce in recipe subspce=1,thr=-3 (did you mean subspace?)"],
   ];
   for (const [text, message] of cases) assertStrictEquals(messageOf(text), message, text);
 });

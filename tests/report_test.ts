@@ -225,11 +225,12 @@ Deno.test("formatDryRun: file size, ranks, error and a row per block", () => {
   const lines = text.split("\n");
   assert(lines.includes("dir/my<lora>.safetensors · fro_ckpt=1,thr=-1.5"), text);
   assert(text.includes("123,456 B (0.118 MiB)"), text);
-  assert(text.includes("rank       5 → 4 (80.00 %)"), text);
+  assert(text.includes("usable rank  5 → 4 (80.00 %)"), text);
   // √(9/31): TE1 drops σ=3 of 4²+3²+2²+1²+1².
-  assert(text.includes(`error      ${formatPercent(Math.sqrt(9 / 31))}`), text);
-  assert(text.includes("threshold  −∞"), text);
-  assert(text.includes("size cut   file 100,000 B"), text);
+  assert(text.includes(`error        ${formatPercent(Math.sqrt(9 / 31))}`), text);
+  assert(text.includes("threshold    −∞"), text);
+  assert(text.includes("threshold    -1.5"), text);
+  assert(text.includes("size cut     file 100,000 B"), text);
   const te1 = lines.find((l) => l.trimStart().startsWith("TE1 "))!;
   assertEquals(te1.trim().split(/\s{2,}/), ["TE1", "1", "2", "1", "50.00 %", "80.65 %", "60.00 %"]);
   const total = lines.find((l) => l.trimStart().startsWith("total "))!;

@@ -23,11 +23,14 @@ export interface ChildRun {
 }
 
 /** Runs `deno ARGS` in the repository root (colour off) and collects its output. */
-export async function runDeno(args: string[]): Promise<ChildRun> {
+export async function runDeno(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<ChildRun> {
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
     args,
     cwd: ROOT,
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...env },
     stdout: "piped",
     stderr: "piped",
   }).output();

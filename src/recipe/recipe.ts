@@ -28,6 +28,7 @@
  */
 
 import { RecipeError } from "../errors.ts";
+import { closestName } from "../suggest.ts";
 import { KOHYA_METHODS, type KohyaMethod, type KohyaRule } from "./kohya.ts";
 import { fileNameNumber, parsePythonFloat, pyRepr } from "./pyfloat.ts";
 import { type PyJson, pyJsonDumps } from "./pyformat.ts";
@@ -266,10 +267,13 @@ export function parseRecipe(text: string): Recipe {
       continue;
     }
     if (valueText === "") {
-      throw new RecipeError(`Empty value not accepted for key ${key} in recipe ${text}`, { key });
+      throw new RecipeError(
+        `Empty value not accepted for key ${key} in recipe ${text}${didYouMean(key)}`,
+        { key },
+      );
     }
     if (!(SETTING_KEYS as readonly string[]).includes(key)) {
-      throw new RecipeError(`Unknown key ${key} in recipe ${text}`, { key });
+      throw new RecipeError(`Unknown key ${key} in recipe ${text}${didYouMean(key)}`, { key });
     }
     settings[key as SettingKey] = { value, text: valueText };
   }
@@ -388,6 +392,16 @@ function checkWeights(text: string, raw: Readonly<Record<ScoreKey, number>>, sum
       `Invalid weights in recipe ${text}: their sum ${sum} nearly cancels, normalised weights exceed ±${MAX_ABS_WEIGHT}`,
     );
   }
+}
+
+/** Every recipe key, for suggestions. */
+const RECIPE_KEYS: readonly string[] = [...SCORE_KEYS, ...SETTING_KEYS];
+
+/** ` (did you mean fro_ckpt?)` for a mistyped key; empty for a known key or no close one. */
+function didYouMean(key: string): string {
+  if (RECIPE_KEYS.includes(key)) return "";
+  const near = closestName(key, RECIPE_KEYS);
+  return near === undefined ? "" : ` (did you mean ${near}?)`;
 }
 
 /**

@@ -8,6 +8,7 @@
  * @module
  */
 
+import { fileNameNumber } from "../recipe/pyfloat.ts";
 import type { LayerSummary, OutputSummary } from "../summary.ts";
 import { type BlockLabel, groupByBlock } from "./blocks.ts";
 import { formatBytes, formatCount, formatPercent, formatTable } from "./table.ts";
@@ -92,15 +93,15 @@ function ratio(dropped: number, total: number): number {
 }
 
 /**
- * A threshold as the plan prints it: seven significant digits, `−∞` (all
- * kept), `+∞` (nothing kept), or `none (per-layer rule)` for NaN: kohya's
- * per-layer rules have no threshold.
+ * A threshold as output file names write it (`th-3.5`, `th-0.82`: two decimals,
+ * trailing zeros dropped), `−∞` (all kept), `+∞` (nothing kept), or
+ * `none (per-layer rule)` for NaN: kohya's per-layer rules have no threshold.
  *
  * @example
  * ```ts
  * import { formatThreshold } from "./dry_run.ts";
  * import assert from "node:assert/strict";
- * assert.deepEqual(formatThreshold(-0.67747021), "-0.6774702");
+ * assert.deepEqual(formatThreshold(-0.8221086981860162), "-0.82");
  * assert.deepEqual(formatThreshold(-Infinity), "−∞");
  * ```
  */
@@ -108,7 +109,7 @@ export function formatThreshold(threshold: number): string {
   if (threshold === Infinity) return "+∞";
   if (threshold === -Infinity) return "−∞";
   if (Number.isNaN(threshold)) return "none (per-layer rule)";
-  return String(Number(threshold.toPrecision(7)));
+  return fileNameNumber(threshold);
 }
 
 /**
@@ -141,13 +142,13 @@ function formatOutput(output: OutputSummary): string {
     before > 0 ? ` (${formatPercent(after / before)})` : "";
   const lines = [
     `${output.lora} · ${output.recipe}`,
-    `  output     ${output.path}${output.written ? "" : " (not written)"}`,
-    `  file size  ${formatBytes(output.bytes)}`,
-    `  threshold  ${formatThreshold(output.threshold)}`,
-    `  rank       ${formatCount(output.rankBefore)} → ${formatCount(output.rankAfter)}${
+    `  output       ${output.path}${output.written ? "" : " (not written)"}`,
+    `  file size    ${formatBytes(output.bytes)}`,
+    `  threshold    ${formatThreshold(output.threshold)}`,
+    `  usable rank  ${formatCount(output.rankBefore)} → ${formatCount(output.rankAfter)}${
       kept(output.rankAfter, output.rankBefore)
-    }`,
-    `  error      ${formatPercent(output.relativeError)} (relative Frobenius error of ΔW)`,
+    } (min(r, out, in′) per resized layer)`,
+    `  error        ${formatPercent(output.relativeError)} (relative Frobenius error of ΔW)`,
   ];
   const cut = output.cut;
   if (cut) {
@@ -155,8 +156,8 @@ function formatOutput(output: OutputSummary): string {
     const next = `one more dimension: ${formatBytes(cut.nextBytes)}`;
     lines.push(
       cut.accounting === "file"
-        ? `  size cut   file ${formatBytes(cut.realBytes)} ≤ ${target}; ${next}`
-        : `  size cut   weights ${
+        ? `  size cut     file ${formatBytes(cut.realBytes)} ≤ ${target}; ${next}`
+        : `  size cut     weights ${
           formatBytes(cut.realBytes)
         } ≥ ${target} (original accounting); ${next}`,
     );

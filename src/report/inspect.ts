@@ -49,7 +49,7 @@ export interface InspectRecipe {
   readonly bytes: number;
   /** Threshold used; null when infinite (everything or nothing kept). */
   readonly threshold: number | null;
-  /** Σ k over the resized layers. */
+  /** Usable rank before: Σ k over the resized layers (see {@link InspectLayer.usableRank}). */
   readonly rankBefore: number;
   /** Σ k′ over the resized layers. */
   readonly rankAfter: number;
@@ -123,6 +123,11 @@ export interface InspectLayer {
    * values, rank(W1)·rank(W2) (the rank of the exact LoRA each converts to).
    */
   readonly rank: number;
+  /**
+   * Usable rank k: the number of singular values, min(r, out, in′), or 0 for an all-zero layer.
+   * What a resize can keep, and what the dry run's and summaries' rank totals add up.
+   */
+  readonly usableRank: number;
   /** Stored alpha (rank when the file has none; for LyCORIS, that of the exact LoRA). */
   readonly alpha: number;
   /** LoRA parameters: r·(out + in′), r as in `rank`. */
@@ -171,6 +176,8 @@ export interface InspectBlock {
   readonly layers: number;
   /** Σ stored rank. */
   readonly rank: number;
+  /** Σ usable rank. */
+  readonly usableRank: number;
   /** Σ effective rank. */
   readonly effectiveRank: number;
   /** Share of the LoRA's total ‖ΔW‖²_F (0 … 1). */
@@ -218,6 +225,8 @@ export interface InspectResult {
   readonly zeroLayers: number;
   /** Σ stored rank. */
   readonly totalRank: number;
+  /** Σ usable rank (equals a planned recipe's `rankBefore` when every layer pairs). */
+  readonly usableRank: number;
   /** Σ effective rank. */
   readonly effectiveRank: number;
   /** Σ LoRA parameters of the layers. */
@@ -291,6 +300,7 @@ export function inspectionOf(
     layerCount: layers.length,
     zeroLayers: layers.filter((l) => !(l.sigma1 >= ZERO_LAYER_SIGMA)).length,
     totalRank: sum(layers, (l) => l.rank),
+    usableRank: sum(layers, (l) => l.usableRank),
     effectiveRank: sum(layers, (l) => l.effectiveRank),
     parameters: sum(layers, (l) => l.parameters),
     passThroughTensors: model.passThrough.length,
@@ -307,6 +317,7 @@ export function inspectionOf(
       block,
       layers: items.length,
       rank: sum(items, (l) => l.rank),
+      usableRank: sum(items, (l) => l.usableRank),
       effectiveRank: sum(items, (l) => l.effectiveRank),
       // From the energies, so that one block holding everything is exactly 1.
       energyShare: totalEnergy > 0
@@ -341,6 +352,7 @@ function layerRow(
     out,
     inShape: [...inShape],
     rank,
+    usableRank: (sigma[0] ?? 0) >= ZERO_LAYER_SIGMA ? sigma.length : 0,
     alpha,
     parameters: rank * (out + inFlat),
     sigma: [...sigma],
@@ -401,18 +413,18 @@ function inspectHeader(result: InspectResult): string[] {
     `checkpoint  ${result.checkpoint ?? "(none: no base norms, scores or kept ranks)"}`,
     `layers      ${formatCount(result.layerCount)}` +
     (result.zeroLayers > 0 ? ` (${result.zeroLayers} all-zero)` : "") +
-    `, total rank ${formatCount(result.totalRank)}, effective rank ${
-      formatCount(result.effectiveRank)
-    } (σ > ${EFFECTIVE_RANK_FRACTION * 100} % of σ₁), ${
-      formatCount(result.parameters)
-    } parameters` +
+    `, stored rank ${formatCount(result.totalRank)}, usable rank ${
+      formatCount(result.usableRank)
+    }, effective rank ${formatCount(result.effectiveRank)} (σ > ${
+      EFFECTIVE_RANK_FRACTION * 100
+    } % of σ₁), ${formatCount(result.parameters)} parameters` +
     (result.passThroughTensors > 0
       ? `, ${formatCount(result.passThroughTensors)} other tensors`
       : ""),
   ];
   result.recipes.forEach((r, i) => {
     header.push(
-      `recipe r${i + 1}   ${r.recipe}: rank ${formatCount(r.rankBefore)} → ${
+      `recipe r${i + 1}   ${r.recipe}: usable rank ${formatCount(r.rankBefore)} → ${
         formatCount(r.rankAfter)
       }, ${formatCount(r.bytes)} B (${(r.bytes / 2 ** 20).toFixed(3)} MiB), error ${
         formatPercent(r.relativeError)
@@ -430,7 +442,8 @@ function blocksTable(result: InspectResult): string {
   const blockColumns: Column[] = [
     { title: "block" },
     { title: "layers", align: "right" },
-    { title: "rank", align: "right" },
+    { title: "stored rank", align: "right" },
+    { title: "usable rank", align: "right" },
     { title: "eff. rank", align: "right" },
     { title: "energy", align: "right" },
     { title: "parameters", align: "right" },
@@ -440,6 +453,7 @@ function blocksTable(result: InspectResult): string {
     b.block,
     formatCount(b.layers),
     formatCount(b.rank),
+    formatCount(b.usableRank),
     formatCount(b.effectiveRank),
     formatPercent(b.energyShare),
     formatCount(b.parameters),
@@ -449,16 +463,22 @@ function blocksTable(result: InspectResult): string {
     "total",
     formatCount(result.layerCount),
     formatCount(result.totalRank),
+    formatCount(result.usableRank),
     formatCount(result.effectiveRank),
     result.layerCount > 0 ? "100.00 %" : "–",
     formatCount(result.parameters),
     ...result.recipes.map((r) => formatCount(r.rankAfter)),
   ]);
 
-  return formatTable(blockColumns, blockRows);
+  return `${formatTable(blockColumns, blockRows)}\n\n${RANK_NOTE}`;
 }
 
 const TYPE_TITLES: Record<LayerType, string> = { lora: "LoRA", loha: "LoHa", lokr: "LoKr" };
+
+/** What the two rank totals mean (inspect, the dry run and the summaries use these words). */
+export const RANK_NOTE =
+  "stored rank: r as stored in the file; usable rank: min(r, out, in′) per layer, all-zero layers " +
+  "excluded (what a resize can keep)";
 
 /** One row per layer. */
 function layersTable(result: InspectResult): string {
