@@ -1,6 +1,6 @@
 /**
- * The report's charts: Vega-Lite specs for the size ↔ error trade-off, the kept rank per block
- * and per layer, and the singular-value spectra. `html.ts` renders them to SVG.
+ * The report's charts: Vega-Lite specs for the kept rank per block and per layer and the
+ * singular-value spectra (the size ↔ error chart is `trade_off_chart.ts`). `html.ts` renders them.
  *
  * @module
  */
@@ -9,9 +9,9 @@ import type { TopLevelSpec } from "vega-lite";
 import type { LayerSummary, OutputSummary } from "../summary.ts";
 import { compareBlocks, groupByBlock } from "./blocks.ts";
 import { summarizeByBlock } from "./dry_run.ts";
-import { formatMiB, formatPercent } from "./table.ts";
 
-const MIB = 2 ** 20;
+/** Bytes per MiB. */
+export const MIB = 2 ** 20;
 /** Recipe colours (Tableau 10), in recipe order. */
 export const RECIPE_COLORS = [
   "#4e79a7",
@@ -28,7 +28,8 @@ export const RECIPE_COLORS = [
 /** Spectra colours, from the largest to the smallest ‖ΔW‖ of a block. */
 const ROLE_COLORS = ["#1b4f8a", "#d9731a", "#8c8c8c", "#2f8f5b", "#a23b72", "#6b5b95"];
 export const FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif";
-const CONFIG = {
+/** Vega-Lite config shared by every chart. */
+export const CONFIG = {
   aria: false, // no per-mark aria labels: they would double the SVG size
   font: FONT,
   view: { stroke: "#ddd" },
@@ -54,95 +55,6 @@ export interface Labelled {
 export interface ColorScale {
   readonly domain: string[];
   readonly range: string[];
-}
-
-/** The trade-off curves, each recipe's chosen point and its size target, as chart data. */
-function curveData(recipes: readonly Labelled[]) {
-  const curve = recipes.flatMap((r) =>
-    (r.output.curve ?? []).map((p) => ({
-      recipe: r.label,
-      rank: p.rank,
-      mib: p.bytes / MIB,
-      error: 100 * p.relativeError,
-    }))
-  );
-  const chosen = recipes.map((r) => ({
-    recipe: r.label,
-    id: r.id,
-    mib: r.output.bytes / MIB,
-    error: 100 * r.output.relativeError,
-    text: `${r.id}: ${formatMiB(r.output.bytes)} MiB, ${formatPercent(r.output.relativeError)}`,
-  }));
-  const targets = recipes.flatMap((r) =>
-    r.output.cut ? [{ recipe: r.label, mib: r.output.cut.targetMiB }] : []
-  );
-  return { curve, chosen, targets };
-}
-
-/** Every recipe's size ↔ error curve, its choice and its size target, on one chart. */
-export function curveSpec(recipes: readonly Labelled[], colorScale: ColorScale): Spec {
-  const { curve, chosen, targets } = curveData(recipes);
-  const x = {
-    field: "mib",
-    type: "quantitative" as const,
-    title: "Output file size (MiB)",
-    scale: { zero: true },
-  };
-  const y = {
-    field: "error",
-    type: "quantitative" as const,
-    title: "Relative Frobenius error of ΔW (%)",
-    scale: { domain: [0, 100] },
-  };
-  const color = {
-    field: "recipe",
-    type: "nominal" as const,
-    title: "Recipe",
-    scale: colorScale,
-    legend: { symbolType: "stroke", symbolStrokeWidth: 3 },
-  };
-  return {
-    config: CONFIG,
-    width: 600,
-    height: 360,
-    title: {
-      text: "Size ↔ error trade-off",
-      subtitle: "file size of the resized LoRA vs. the part of ΔW it loses",
-    },
-    layer: [
-      ...(targets.length > 0
-        ? [
-          {
-            data: { values: targets },
-            mark: { type: "rule" as const, strokeDash: [4, 4], opacity: 0.7 },
-            encoding: { x, color },
-          },
-        ]
-        : []),
-      {
-        data: { values: curve },
-        mark: { type: "line", strokeWidth: 2, interpolate: "linear" },
-        encoding: { x, y, color, order: { field: "rank", type: "quantitative" as const } },
-      },
-      {
-        data: { values: chosen },
-        mark: {
-          type: "point",
-          filled: true,
-          size: 110,
-          stroke: "#222",
-          strokeWidth: 1.2,
-          opacity: 1,
-        },
-        encoding: { x, y, color },
-      },
-      {
-        data: { values: chosen },
-        mark: { type: "text", align: "left", dx: 9, dy: -9, fontSize: 11, fontWeight: 600 },
-        encoding: { x, y, text: { field: "text" } },
-      },
-    ],
-  };
 }
 
 export function blockShareSpec(

@@ -17,7 +17,6 @@
 import type { OutputSummary } from "../summary.ts";
 import {
   blockShareSpec,
-  curveSpec,
   FONT,
   type Labelled,
   layerRankSpec,
@@ -26,6 +25,7 @@ import {
   spectraData,
   spectraSpec,
 } from "./charts.ts";
+import { curveSpec } from "./trade_off_chart.ts";
 import { formatThreshold, summarizeByBlock } from "./dry_run.ts";
 import { formatBytes, formatCount, formatPercent } from "./table.ts";
 
@@ -196,7 +196,7 @@ async function loraSection(
     figure(
       await toSvg(curveSpec(recipes, colorScale)),
       recipes.some((r) => r.output.curve)
-        ? "Each line is every achievable cut of one recipe's score ranking, from nothing kept (left) to everything kept (right). Dots mark what each recipe chose; dashed lines are size targets."
+        ? "Each line is every achievable cut of one recipe's score ranking, from nothing kept (left) to everything kept (right); recipes differ in colour, dash, width and marker shape, so that curves that coincide stay visible. Filled markers show what each recipe chose; thin dashed vertical lines are size targets."
         : "Only the chosen points: plan with <code>curve: true</code> to draw the whole trade-off.",
     ),
   );
