@@ -15,6 +15,7 @@ import { main } from "../cli.ts";
 import { hasWebGpuAdapter, runDeno } from "./webgpu_child.ts";
 import { SafetensorsFile } from "../src/safetensors/reader.ts";
 import { commandLines, record, type RecordedRun } from "../tools/record_conformance_outputs.ts";
+import type { ChildJob, ChildResult } from "./conformance_child.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
 
@@ -94,24 +95,54 @@ cases.sort((a, b) => a.id.localeCompare(b.id));
 
 // Both backends must reproduce the original: the WebGPU one on whatever
 // adapter exists (the software one in CI), skipped with a reason without one.
-// Asked, and used, in `deno run` children only: this module's thread must not touch WebGPU
-// (webgpu_child.ts).
+// Asked, and used, in a `deno run` child only: this module's thread must not touch WebGPU
+// (webgpu_child.ts). One child runs every WebGPU case (conformance_child.ts).
 const adapter = await hasWebGpuAdapter();
 if (!adapter) console.log("conformance on WebGPU skipped: no WebGPU adapter here");
+
+/** The command line of a case, writing to `out`, on `device`. */
+function argsOf(c: Case, out: string, device: "cpu" | "gpu"): string[] {
+  const args = c.argv.map((a) => a.replaceAll("$DATA/", FIXTURES).replaceAll("$OUT", out));
+  const sizeMode = (c.recipes ?? "").includes("size=");
+  if (sizeMode) args.push("--size_accounting", "original");
+  args.push("--no_norms_cache", "-d", device);
+  return args;
+}
+
+/** Every case's output folder for the WebGPU runs, under one temporary folder. */
+const GPU_OUT = adapter ? await Deno.makeTempDir({ prefix: "resize-lora-conf-gpu-" }) : "";
+if (adapter) {
+  globalThis.addEventListener("unload", () => Deno.removeSync(GPU_OUT, { recursive: true }));
+}
+let gpuRuns: Promise<Record<string, ChildResult>> | undefined;
+
+/** Runs every case on WebGPU in one child, once; resolves with each case's exit status and log. */
+function runAllOnGpu(): Promise<Record<string, ChildResult>> {
+  gpuRuns ??= (async () => {
+    const jobs: ChildJob[] = [];
+    for (const c of cases) {
+      const out = join(GPU_OUT, c.id);
+      await Deno.mkdir(out);
+      jobs.push({ id: c.id, args: argsOf(c, out, "gpu") });
+    }
+    const child = await runDeno(["run", "-A", "tests/conformance_child.ts", JSON.stringify(jobs)]);
+    assertEquals(child.code, 0, child.stderr.join("\n"));
+    return JSON.parse(child.stdout.at(-1)!);
+  })();
+  return gpuRuns;
+}
 
 for (const [c, device] of cases.flatMap((c) => [[c, "cpu"], [c, "gpu"]] as const)) {
   Deno.test(
     { name: `conformance ${c.id} (${device})`, ignore: device === "gpu" && !adapter },
     async () => {
-      const out = await Deno.makeTempDir({ prefix: "resize-lora-conf-" });
+      const out = device === "gpu"
+        ? join(GPU_OUT, c.id)
+        : await Deno.makeTempDir({ prefix: "resize-lora-conf-" });
       try {
-        const args = c.argv.map((a) => a.replaceAll("$DATA/", FIXTURES).replaceAll("$OUT", out));
-        const sizeMode = (c.recipes ?? "").includes("size=");
-        if (sizeMode) args.push("--size_accounting", "original");
-        args.push("--no_norms_cache", "-d", device);
         const { code, stderr } = device === "gpu"
-          ? await runDeno(["run", "-A", "cli.ts", ...args])
-          : await runCli(args);
+          ? (await runAllOnGpu())[c.id]
+          : await runCli(argsOf(c, out, device));
         assertEquals(code, 0, stderr.join("\n"));
         const written = [];
         for await (const e of Deno.readDir(out)) written.push(e.name);

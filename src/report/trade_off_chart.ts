@@ -34,7 +34,7 @@ export interface RecipeStyle {
  *
  * @example
  * ```ts
- * import { recipeStyle } from "./html.ts";
+ * import { recipeStyle } from "./trade_off_chart.ts";
  * const [a, b] = [recipeStyle(0, 2), recipeStyle(1, 2)];
  * if (a.width <= b.width || a.shape === b.shape || a.labelDy === b.labelDy) throw new Error();
  * ```
@@ -56,7 +56,7 @@ export function recipeStyle(i: number, n: number): RecipeStyle {
  *
  * @example
  * ```ts ignore
- * import { tradeOffSpec } from "./html.ts";
+ * import { tradeOffSpec } from "./trade_off_chart.ts";
  * const spec = tradeOffSpec(outputs); // a Vega-Lite spec
  * ```
  */
