@@ -3,8 +3,10 @@
  * and the backend that routes each call as the rule says.
  */
 import { assert, assertEquals } from "./assert.ts";
+import type { LogLevel } from "../src/log.ts";
 import {
   adapterText,
+  announceAdapter,
   AUTO_GPU_MAX_CORES,
   AUTO_GPU_MIN_BYTES,
   autoMayUseGpu,
@@ -68,6 +70,28 @@ Deno.test("adapterText names the adapter as the logs announce it", () => {
     adapterText({ description: "", device: "H200", vendor: "nvidia", architecture: "hopper" }),
     "H200 (vendor nvidia, architecture hopper)",
   );
+});
+
+Deno.test("the adapter that runs is announced; a software fallback draws a warning", () => {
+  const adapter = (info: Partial<GPUAdapterInfo>) =>
+    ({ info: { vendor: "", architecture: "", description: "", ...info } }) as GPUAdapter;
+  const lines: [LogLevel, string][] = [];
+  const log = (level: LogLevel, message: string) => lines.push([level, message]);
+  announceAdapter(
+    adapter({ description: "NVIDIA H200", vendor: "nvidia", isFallbackAdapter: false }),
+    log,
+  );
+  announceAdapter(
+    adapter({ description: "llvmpipe (LLVM 15.0.7, 256 bits)", isFallbackAdapter: true }),
+    log,
+  );
+  assertEquals(lines, [
+    ["INFO", "WebGPU adapter: NVIDIA H200 (vendor nvidia, architecture unknown)"],
+    [
+      "WARNING",
+      "WebGPU runs on llvmpipe (LLVM 15.0.7, 256 bits) (vendor unknown, architecture unknown), a software fallback adapter: expect it to be far slower than -d cpu",
+    ],
+  ]);
 });
 
 /** A backend that records which calls reached it. */
