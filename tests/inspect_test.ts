@@ -1,4 +1,4 @@
-import { Ajv } from "npm:ajv@8.20.0";
+import { Ajv } from "ajv";
 import { assert, assertClose, assertEquals } from "./assert.ts";
 import { effectiveRank, formatInspectTable, type InspectResult } from "../src/report/inspect.ts";
 import { inspect } from "../src/inspect.ts";

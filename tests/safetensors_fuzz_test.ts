@@ -3,7 +3,7 @@
  * ways, either opens with a self-consistent result or fails with a one-line
  * SafetensorsError naming the file; never any other exception.
  */
-import fc from "npm:fast-check@4.11.0";
+import fc from "fast-check";
 import { join } from "node:path";
 import { assert, assertEquals } from "./assert.ts";
 import { fuzzRuns } from "./fuzz.ts";

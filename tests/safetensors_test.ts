@@ -994,7 +994,7 @@ Deno.test("layout orders names by UTF-8 bytes; the size without data is the head
   const { encodeHeader, encodedHeaderLength, layoutTensors, safetensorsFileSize } = await import(
     "../src/safetensors/mod.ts"
   );
-  const fc = (await import("npm:fast-check@4.11.0")).default;
+  const fc = (await import("fast-check")).default;
   const bytewise = (a: string, b: string) => {
     const x = utf8.encode(a), y = utf8.encode(b);
     for (let i = 0; i < Math.min(x.length, y.length); i++) if (x[i] !== y[i]) return x[i] - y[i];

@@ -91,7 +91,7 @@ export interface ReportData {
  * ```
  */
 export async function renderReport(data: ReportData): Promise<string> {
-  const [vega, vl] = await Promise.all([import("npm:vega@6.4.0"), import("npm:vega-lite@6.5.0")]);
+  const [vega, vl] = await Promise.all([import("vega"), import("vega-lite")]);
   const groups = groupBy(data.outputs, (o) => o.lora);
   // Per LoRA: the trade-off and block charts, then (with resized layers) one per recipe and the
   // spectra.
