@@ -603,13 +603,26 @@ gpuTest("gpu subspace scales: |uᵢᵀ·W·vᵢ| by brute force; shape mismatch 
 
 gpuTest("selectBackend: auto skips a fallback adapter, gpu takes any adapter", async () => {
   const { log, records } = collectLogs();
-  await using auto = await selectBackend("auto", { log, workers: 0 });
+  // Few cores: auto looks for an adapter, and places work per call on a real one.
+  await using auto = await selectBackend("auto", { log, workers: 0, cores: 2 });
   const fallback = adapter!.info.isFallbackAdapter;
-  assertEquals(auto.name, fallback ? "cpu" : "webgpu");
+  assertEquals(auto.name, fallback ? "cpu" : "auto");
   assert(records.some(([level, m]) => level === "DEBUG" && m.startsWith("WebGPU adapter: ")));
   assert(records.some(([, m]) => m.startsWith("device: ")), "the choice is logged");
-  await using forced = await selectBackend("gpu", { workers: 0 });
+  // Many cores: the CPU for everything, without asking for an adapter.
+  const many = collectLogs();
+  await using wide = await selectBackend("auto", { log: many.log, workers: 0, cores: 16 });
+  assertEquals(wide.name, "cpu");
+  assert(!many.records.some(([, m]) => m.startsWith("WebGPU adapter: ")));
+  // gpu: any adapter, announced; a software one with a warning.
+  const forcedLogs = collectLogs();
+  await using forced = await selectBackend("gpu", { log: forcedLogs.log, workers: 0 });
   assertEquals(forced.name, "webgpu");
+  assert(
+    forcedLogs.records.some(([level, m]) =>
+      level === (fallback ? "WARNING" : "INFO") && m.startsWith("WebGPU runs on ")
+    ),
+  );
   await using plain = await selectBackend("cpu", { workers: 0 });
   assertEquals(plain.name, "cpu");
 });

@@ -86,7 +86,7 @@ Deno.test("the adapter that runs is announced; a software fallback draws a warni
     log,
   );
   assertEquals(lines, [
-    ["INFO", "WebGPU adapter: NVIDIA H200 (vendor nvidia, architecture unknown)"],
+    ["INFO", "WebGPU runs on NVIDIA H200 (vendor nvidia, architecture unknown)"],
     [
       "WARNING",
       "WebGPU runs on llvmpipe (LLVM 15.0.7, 256 bits) (vendor unknown, architecture unknown), a software fallback adapter: expect it to be far slower than -d cpu",

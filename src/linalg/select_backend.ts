@@ -149,7 +149,7 @@ export function announceAdapter(adapter: GPUAdapter, log: LogFn): void {
       "WARNING",
       `WebGPU runs on ${text}, a software fallback adapter: expect it to be far slower than -d cpu`,
     );
-  } else log("INFO", `WebGPU adapter: ${text}`);
+  } else log("INFO", `WebGPU runs on ${text}`);
 }
 
 /**
@@ -188,9 +188,7 @@ export async function selectBackend(
   }
   log(
     "DEBUG",
-    `WebGPU adapter found: ${
-      adapterText(adapter.info)
-    }; fallback ${adapter.info.isFallbackAdapter}; ` +
+    `WebGPU adapter: ${adapterText(adapter.info)}; fallback ${adapter.info.isFallbackAdapter}; ` +
       `features ${[...adapter.features].sort().join(", ") || "none"}`,
   );
   if (device === "gpu") {
