@@ -4,8 +4,9 @@
  * total and per block, and match the files' shapes.
  */
 import { assert, assertEquals } from "./assert.ts";
-import { formatInspectTable, inspect } from "../src/report/inspect.ts";
-import { formatPlan, summarizePlan } from "../src/report/plan.ts";
+import { inspect } from "../src/inspect.ts";
+import { formatInspectTable } from "../src/report/inspect.ts";
+import { formatDryRun, summarizeByBlock } from "../src/report/dry_run.ts";
 import { selectBackend } from "../src/linalg/select_backend.ts";
 import { loadLora } from "../src/lora/lora_file.ts";
 import { plan } from "../src/resize.ts";
@@ -49,7 +50,7 @@ for (const file of ["microA_r8_te.safetensors", "microB-locon-r8c4.safetensors"]
     assertEquals(inspected.recipes[0].rankAfter, planned.rankAfter);
 
     // Per block: inspect's usable rank is the dry run's "rank before".
-    const blocks = summarizePlan(planned.layers).blocks;
+    const blocks = summarizeByBlock(planned.layers).blocks;
     assertEquals(
       inspected.blocks.map((b) => [b.block, b.usableRank]),
       blocks.map((b) => [b.block, b.rankBefore]),
@@ -60,7 +61,7 @@ for (const file of ["microA_r8_te.safetensors", "microB-locon-r8c4.safetensors"]
     assert(table.includes(`stored rank ${fmt(stored)}, usable rank ${fmt(usable)},`), table);
     assert(table.includes(`: usable rank ${fmt(usable)} → ${fmt(planned.rankAfter)},`), table);
     assert(table.includes("stored rank: r as stored in the file; usable rank: min(r, out, in′)"));
-    const dry = formatPlan([planned]);
+    const dry = formatDryRun([planned]);
     assert(dry.includes(`  usable rank  ${fmt(usable)} → ${fmt(planned.rankAfter)} (`), dry);
 
     const stdout: string[] = [];
