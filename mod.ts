@@ -56,15 +56,10 @@ export { renderReport, type ReportData } from "./src/report/html.ts";
 export type { OutputDType } from "./src/output.ts";
 export type { SizeAccounting, SizeCut } from "./src/recipe/select.ts";
 export {
-  type AutoDeviceDecision,
-  type AutoDeviceFacts,
-  chooseAutoDevice,
   type DeviceChoice,
   selectBackend,
   type SelectBackendOptions,
-  type Workload,
 } from "./src/linalg/select_backend.ts";
-export { classifySafetensors, type FileKind, fileKind } from "./src/file_kind.ts";
 export { type CpuBackendOptions, createCpuBackend } from "./src/linalg/cpu/backend.ts";
 export { createGpuBackend, type GpuBackendOptions } from "./src/linalg/gpu/backend.ts";
 export type { LogFn, LogLevel } from "./src/log.ts";

@@ -114,7 +114,7 @@ export function formatThreshold(threshold: number): string {
 
 /**
  * The `--dry_run` text: for each output, its path and exact file size, the
- * threshold, the total rank before → after and the relative error, then a
+ * threshold, the usable rank before → after and the relative error, then a
  * per-block table.
  *
  * @example
@@ -128,7 +128,8 @@ export function formatThreshold(threshold: number): string {
  * const { outputs } = await plan({ checkpoint: base, loras: [lora], device: "cpu", normsCache: false });
  * const text = formatDryRun(outputs);
  * assert.ok(text.startsWith(`${lora} · fro_ckpt=1,thr=-3.5\n`));
- * assert.ok(text.includes(`  file size  ${outputs[0].bytes.toLocaleString("en-US")} B`));
+ * assert.ok(text.includes(`  file size    ${outputs[0].bytes.toLocaleString("en-US")} B`));
+ * assert.ok(text.includes(`  usable rank  ${outputs[0].rankBefore.toLocaleString("en-US")} → `));
  * await Deno.remove(dir, { recursive: true });
  * ```
  */
