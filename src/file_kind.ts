@@ -53,6 +53,22 @@ export function classifySafetensors(names: Iterable<string>): FileKind {
   return adapter > model ? "lora" : model > adapter ? "checkpoint" : "unknown";
 }
 
+/** Headers up to this size are classified (an SDXL checkpoint's is about 200 KB). */
+const MAX_CLASSIFIED_HEADER = 16 * 2 ** 20;
+
+/** The header length a `.safetensors` file declares in its first 8 bytes (NaN if short). */
+async function headerLength(path: string): Promise<number> {
+  using file = await Deno.open(path);
+  const bytes = new Uint8Array(8);
+  let got = 0;
+  while (got < 8) {
+    const n = await file.read(bytes.subarray(got));
+    if (n === null) return NaN;
+    got += n;
+  }
+  return Number(new DataView(bytes.buffer).getBigUint64(0, true));
+}
+
 /**
  * The kind of the `.safetensors` file at `path`, from its header; `unknown`
  * when it cannot be read (whoever opens it next reports why).
@@ -66,6 +82,9 @@ export function classifySafetensors(names: Iterable<string>): FileKind {
 export async function fileKind(path: string): Promise<FileKind> {
   let file: SafetensorsFile;
   try {
+    // A header far larger than any model's is not classified: the run reads it once, and says
+    // what is wrong with it.
+    if (!(await headerLength(path) <= MAX_CLASSIFIED_HEADER)) return "unknown";
     file = await SafetensorsFile.open(path);
   } catch {
     return "unknown";

@@ -72,3 +72,19 @@ Deno.test("fileKind and argumentOrderProblem on the fixtures", async () => {
   // A file it cannot read is left to the run to report.
   assertEquals(await argumentOrderProblem("missing.safetensors", [lora]), undefined);
 });
+
+Deno.test("fileKind leaves a header larger than 16 MiB unread and unclassified", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "file_kind_test_" });
+  try {
+    // Declares a 1 GiB header and holds none of it: reading it would fail, classifying it cost.
+    const path = `${dir}/huge.safetensors`;
+    const bytes = new Uint8Array(8);
+    new DataView(bytes.buffer).setBigUint64(0, 2n ** 30n, true);
+    await Deno.writeFile(path, bytes);
+    assertEquals(await fileKind(path), "unknown");
+    await Deno.writeFile(`${dir}/short.safetensors`, new Uint8Array(3));
+    assertEquals(await fileKind(`${dir}/short.safetensors`), "unknown");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
