@@ -82,8 +82,9 @@ async function headerLength(path: string): Promise<number> {
 export async function fileKind(path: string): Promise<FileKind> {
   let file: SafetensorsFile;
   try {
-    // A header far larger than any model's is not classified: the run reads it once, and says
-    // what is wrong with it.
+    // Only regular files (opening a FIFO would block), and no header far larger than any model's:
+    // the run looks at such inputs once, and says what is wrong with them.
+    if (!(await Deno.stat(path)).isFile) return "unknown";
     if (!(await headerLength(path) <= MAX_CLASSIFIED_HEADER)) return "unknown";
     file = await SafetensorsFile.open(path);
   } catch {

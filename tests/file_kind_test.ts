@@ -73,7 +73,7 @@ Deno.test("fileKind and argumentOrderProblem on the fixtures", async () => {
   assertEquals(await argumentOrderProblem("missing.safetensors", [lora]), undefined);
 });
 
-Deno.test("fileKind leaves a header larger than 16 MiB unread and unclassified", async () => {
+Deno.test("fileKind leaves a header over 16 MiB, a FIFO and a folder unread and unclassified", async () => {
   const dir = await Deno.makeTempDir({ prefix: "file_kind_test_" });
   try {
     // Declares a 1 GiB header and holds none of it: reading it would fail, classifying it cost.
@@ -84,6 +84,10 @@ Deno.test("fileKind leaves a header larger than 16 MiB unread and unclassified",
     assertEquals(await fileKind(path), "unknown");
     await Deno.writeFile(`${dir}/short.safetensors`, new Uint8Array(3));
     assertEquals(await fileKind(`${dir}/short.safetensors`), "unknown");
+    // A FIFO is not opened (that would wait for a writer), nor a folder.
+    await new Deno.Command("mkfifo", { args: [`${dir}/fifo.safetensors`] }).output();
+    assertEquals(await fileKind(`${dir}/fifo.safetensors`), "unknown");
+    assertEquals(await fileKind(dir), "unknown");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
