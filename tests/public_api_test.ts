@@ -4,19 +4,6 @@
  */
 import { assert, assertEquals } from "./assert.ts";
 
-/**
- * Symbols documented in src/linalg/ that have no asserting example yet (the option types have
- * none; createGpuBackend's cannot run under `deno test`, see the README's Library section).
- * Shrink this list as they get one.
- */
-const PENDING = new Set([
-  "DeviceChoice",
-  "SelectBackendOptions",
-  "CpuBackendOptions",
-  "GpuBackendOptions",
-  "createGpuBackend",
-]);
-
 interface DocSymbol {
   name: string;
   declarations: {
@@ -43,7 +30,7 @@ Deno.test("mod.ts exports at most 40 symbols, each with an example that asserts"
     assert(symbols.some((s) => s.name === name), `${name} is exported`);
   }
   assert(!symbols.some((s) => s.name === "main"), "the CLI's main is not part of the library");
-  for (const symbol of symbols.filter((s) => !PENDING.has(s.name))) {
+  for (const symbol of symbols) {
     const examples = symbol.declarations.flatMap((d) =>
       d.jsDoc?.tags?.filter((t) => t.kind === "example").map((t) => t.doc ?? "") ?? []
     );

@@ -23,7 +23,17 @@ import { createCpuBackend } from "./cpu/backend.ts";
 import { createGpuBackend } from "./gpu/backend.ts";
 import { requestAdapter } from "./gpu/device.ts";
 
-/** The `--device` choices. */
+/**
+ * The `--device` choices.
+ *
+ * @example
+ * ```ts
+ * import { type DeviceChoice, selectBackend } from "./select_backend.ts";
+ * const device: DeviceChoice = "cpu"; // never asks for a WebGPU adapter
+ * await using backend = await selectBackend(device, { workers: 0 });
+ * if (backend.name !== "cpu") throw new Error(backend.name);
+ * ```
+ */
 export type DeviceChoice = "auto" | "cpu" | "gpu";
 
 export type { Workload };
@@ -114,6 +124,20 @@ export function autoMayUseGpu(cores: number): boolean {
 }
 
 /** Options for {@link selectBackend}. */
+/**
+ * Options of {@link selectBackend}.
+ *
+ * @example
+ * ```ts
+ * import { type SelectBackendOptions, selectBackend } from "./select_backend.ts";
+ * const lines: string[] = [];
+ * // On 16 cores `auto` keeps every workload on the CPU without asking for an adapter.
+ * const options: SelectBackendOptions = { cores: 16, workers: 0, log: (_, l) => lines.push(l) };
+ * await using backend = await selectBackend("auto", options);
+ * if (backend.name !== "cpu") throw new Error(backend.name);
+ * if (!lines.some((l) => l.startsWith("device: cpu (auto: 16 CPU cores"))) throw new Error(`${lines}`);
+ * ```
+ */
 export interface SelectBackendOptions {
   /** Receives the adapter announcement (INFO), a fallback warning, and the choices (DEBUG). */
   readonly log?: LogFn;

@@ -29,7 +29,21 @@ import { WorkerPool } from "./pool.ts";
 import { runWorkItem, type WorkItem, type WorkResult } from "./work_items.ts";
 import { checkDecomposition, checkFactors, checkRebuild, checkWeight } from "../validation.ts";
 
-/** Options of {@link createCpuBackend}. */
+/**
+ * Options of {@link createCpuBackend}.
+ *
+ * @example
+ * ```ts
+ * import { type CpuBackendOptions, createCpuBackend } from "./backend.ts";
+ * import { BackendError } from "../../errors.ts";
+ * const inline: CpuBackendOptions = { workers: 0 }; // everything on the calling thread
+ * await using backend = await createCpuBackend(inline);
+ * if (backend.name !== "cpu") throw new Error(backend.name);
+ * // Worker counts are whole numbers.
+ * const refused = await createCpuBackend({ workers: 1.5 }).then(() => undefined, (e) => e);
+ * if (!(refused instanceof BackendError)) throw new Error("1.5 workers were accepted");
+ * ```
+ */
 export interface CpuBackendOptions {
   /** Worker threads (default: `navigator.hardwareConcurrency`); 0 runs everything on the calling thread. */
   readonly workers?: number;

@@ -43,7 +43,27 @@ import { OutMode, ProductItems, tripleAt } from "./products.ts";
 import { rebuildOnGpu } from "./rebuild.ts";
 import { subspaceOnGpu } from "./subspace.ts";
 
-/** Options for {@link createGpuBackend}. */
+/**
+ * Options for {@link createGpuBackend}.
+ *
+ * @example
+ * ```ts
+ * import { createGpuBackend, type GpuBackendOptions } from "./backend.ts";
+ * // A given adapter is used as it is: this stand-in cannot open a device, and says so in the log's
+ * // place of choice, the error (no system adapter is asked for).
+ * const adapter = {
+ *   info: { description: "stand-in", vendor: "", device: "", architecture: "", isFallbackAdapter: true },
+ *   limits: { maxStorageBufferBindingSize: 2 ** 27, maxBufferSize: 2 ** 28 },
+ *   features: new Set<string>(),
+ *   requestDevice: () => Promise.reject(new Error("no device here")),
+ * } as unknown as GPUAdapter;
+ * const lines: string[] = [];
+ * const options: GpuBackendOptions = { adapter, log: (_, line) => lines.push(line) };
+ * const error = await createGpuBackend(options).then(() => undefined, (e: Error) => e);
+ * if (!error?.message.includes("cannot open stand-in")) throw new Error(`${error}`);
+ * if (lines.length !== 0) throw new Error("a device that never opened was logged");
+ * ```
+ */
 export interface GpuBackendOptions {
   /** Adapter to use (default: the system's preferred one). */
   readonly adapter?: GPUAdapter;
@@ -56,11 +76,25 @@ export interface GpuBackendOptions {
  * float sums the kernels rely on; throws a {@link BackendError} when there
  * is no adapter or the check fails.
  *
+ * Ask for the system's adapter (no `adapter` option) from the main thread of a `deno run`
+ * process only: see the README's Library section. The example gives an adapter that cannot open
+ * a device, to show the error without asking the system for one.
+ *
  * @example
- * ```ts ignore
+ * ```ts
  * import { createGpuBackend } from "./backend.ts";
- * await using gpu = await createGpuBackend();
- * if (gpu.name !== "webgpu") throw new Error(gpu.description);
+ * import { BackendError } from "../../errors.ts";
+ * const adapter = {
+ *   info: { description: "stand-in", vendor: "", device: "", architecture: "", isFallbackAdapter: true },
+ *   limits: { maxStorageBufferBindingSize: 2 ** 27, maxBufferSize: 2 ** 28 },
+ *   features: new Set<string>(),
+ *   requestDevice: () => Promise.reject(new Error("no device here")),
+ * } as unknown as GPUAdapter;
+ * const error = await createGpuBackend({ adapter }).then(() => undefined, (e) => e);
+ * if (!(error instanceof BackendError)) throw new Error(`not a BackendError: ${error}`);
+ * if (error.message !== "--device gpu: cannot open stand-in (vendor unknown, fallback): no device here") {
+ *   throw new Error(error.message);
+ * }
  * ```
  */
 export async function createGpuBackend(options: GpuBackendOptions = {}): Promise<Backend> {
