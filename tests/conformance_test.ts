@@ -268,7 +268,10 @@ function checkLog(expected: string[], got: string[]) {
 // `deno run -A tools/record_conformance_outputs.ts` on commit d9c1fd8 (before the pipeline was
 // split into stages; the HTML reports hashed with their paths substituted back, so that the record
 // holds in any checkout). Since then only `inspect --json` changed on purpose (it reports each
-// file's naming, and each layer's type: LoRA, LoHa or LoKr). A change that moves one byte of an output or one log line fails here.
+// file's naming, and each layer's type: LoRA, LoHa or LoKr), and the log of every resize and dry
+// run gained one INFO line (each LoRA's naming and the naming its outputs are written in):
+// re-recorded, only those log hashes and counts moved. A change that moves one byte of an output
+// or one log line fails here.
 const recorded: Record<string, RecordedRun[]> = JSON.parse(
   await Deno.readTextFile(join(FIXTURES, "conformance_outputs.json")),
 );
