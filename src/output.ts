@@ -59,7 +59,13 @@ export interface OutputLayer {
   /** The alpha to store, before rounding (default α·k′/r; kohya's rules compute theirs). */
   readonly alpha?: number;
   /** Its keys in the output naming (default: kohya's, from the canonical name). */
-  readonly keys?: OutputKeys;
+  readonly keys?: OutputLayerKeys;
+}
+
+/** A layer's keys in the output naming, and its DoRA magnitude's shape there. */
+export interface OutputLayerKeys extends OutputKeys {
+  /** The DoRA magnitude's shape, where the naming stores it otherwise than the input. */
+  readonly doraShape?: readonly number[];
 }
 
 /** Rounds a number to an output dtype (as a cast to that dtype would). */
@@ -78,7 +84,7 @@ function alphaOf(o: OutputLayer): number {
 }
 
 /** kohya's keys of a layer: its canonical name with kohya's suffixes. */
-function kohyaKeys(layer: LoraLayer): OutputKeys {
+function kohyaKeys(layer: LoraLayer): OutputLayerKeys {
   return {
     naming: "kohya",
     down: `${layer.name}.lora_down.weight`,
@@ -111,7 +117,7 @@ function layerSpecs(o: OutputLayer, dtype: OutputDType): LayerSpecs {
         dora: {
           name: keys.dora ?? dora.name,
           dtype: castDType(dora.dtype, dtype),
-          shape: dora.shape,
+          shape: keys.doraShape ?? dora.shape,
         },
       }
       : {}),
@@ -326,7 +332,14 @@ export function buildOutput(
       { ...down, data: async () => encodedAs((await f()).down, dtype, fold) },
       { ...up, data: async () => encodedAs((await f()).up, dtype, fold) },
     );
-    if (dora) tensors.push({ ...castTensor(o.layer.doraScale!, dtype), name: dora.name });
+    // A reshaped DoRA magnitude keeps its values in order: only its name and shape change.
+    if (dora) {
+      tensors.push({
+        ...castTensor(o.layer.doraScale!, dtype),
+        name: dora.name,
+        shape: dora.shape,
+      });
+    }
   });
   for (const t of shape.passThrough) tensors.push(castTensor(t, dtype));
   return { tensors, metadata: metadataOf(shape) };

@@ -19,13 +19,14 @@ import {
   type TestNaming,
   writeInNaming,
 } from "./naming_converter.ts";
-import { UsageError } from "../src/errors.ts";
+import { OutputError, UsageError } from "../src/errors.ts";
 import { createCpuBackend } from "../src/linalg/cpu/backend.ts";
 import { readLoraFile } from "../src/lora/lora_file.ts";
 import type { OutputNaming } from "../src/namings/output_keys.ts";
 import { resize } from "../src/resize.ts";
 import { decodeFloats, type DType } from "../src/safetensors/dtype.ts";
 import { SafetensorsFile } from "../src/safetensors/reader.ts";
+import { writeSafetensors } from "../src/safetensors/writer.ts";
 import { main } from "../cli.ts";
 
 const BASE = "tests/fixtures/micro_sdxl_base.safetensors";
@@ -288,4 +289,65 @@ Deno.test("an unknown naming is one usage error, from the library and from the c
   }
   assertEquals(stderr.length, 1, stderr.join("\n"));
   assert(/^error: argument --naming: invalid choice: 'foo'/.test(stderr[0]), stderr[0]);
+});
+
+Deno.test("a DoRA magnitude per output row converts between kohya's [out, 1] and PEFT's [out]; others are one error", async () => {
+  const dir = join(TMP, "dora");
+  const layer = LAYERS[0]; // a linear attention projection
+  const kohyaKeys = keysIn("kohya", layer.module)!;
+  const out = layer.upShape[0], inFlat = layer.down.length / layer.rank;
+  const magnitude = Float32Array.from({ length: out }, (_, i) => 1 + i / 8);
+  const write = async (name: string, shape: number[], values: Float32Array) => {
+    const path = join(dir, `${name}.safetensors`);
+    await Deno.mkdir(dir, { recursive: true });
+    const f32 = (v: Float32Array) => new Uint8Array(v.buffer.slice(0));
+    await writeSafetensors(path, [
+      {
+        name: kohyaKeys.alpha!,
+        dtype: "F32",
+        shape: [],
+        data: f32(new Float32Array([layer.alpha])),
+      },
+      { name: kohyaKeys.down, dtype: "F32", shape: [...layer.downShape], data: f32(layer.down) },
+      { name: kohyaKeys.up, dtype: "F32", shape: [...layer.upShape], data: f32(layer.up) },
+      {
+        name: kohyaKeys.down.replace(".lora_down.weight", ".dora_scale"),
+        dtype: "F32",
+        shape,
+        data: f32(values),
+      },
+    ]);
+    return path;
+  };
+  const perRow = await write("rows", [out, 1], magnitude);
+  const peftOut = await resized(perRow, { folder: join(dir, "peft"), naming: "peft" });
+  const peftKeys = keysIn("peft", layer.module)!;
+  const magnitudeKey = peftKeys.down.replace(".lora_A.weight", ".lora_magnitude_vector");
+  {
+    await using f = await SafetensorsFile.open(peftOut.path);
+    assertEquals(f.info(magnitudeKey).shape, [out]);
+    const bytes = (await f.readTensors([magnitudeKey])).get(magnitudeKey)!;
+    const got = decodeFloats(bytes, f.info(magnitudeKey).dtype as "F16", Float64Array);
+    for (let i = 0; i < out; i++) assertEquals(got[i], 1 + i / 8); // exact in F16
+  }
+  // And back: PEFT's [out] is kohya's [out, 1].
+  const back = await resized(peftOut.path, { folder: join(dir, "back"), naming: "kohya" });
+  {
+    await using f = await SafetensorsFile.open(back.path);
+    assertEquals(f.info(kohyaKeys.down.replace(".lora_down.weight", ".dora_scale")).shape, [
+      out,
+      1,
+    ]);
+  }
+  await assertRejects(
+    () => resized(perRow, { folder: join(dir, "diffusers"), naming: "diffusers" }),
+    OutputError,
+    /DoRA layer .* cannot be written in the diffusers naming/,
+  );
+  const perColumn = await write("columns", [1, inFlat], new Float32Array(inFlat).fill(1));
+  await assertRejects(
+    () => resized(perColumn, { folder: join(dir, "columns-peft"), naming: "peft" }),
+    OutputError,
+    /has a magnitude of shape \[1,\d+\], not one per output row/,
+  );
 });

@@ -12,6 +12,7 @@ import type { LoraLayer, LoraModel } from "../lora/lora_file.ts";
 import { namingById } from "../namings/detect.ts";
 import type { NamingId } from "../namings/naming.ts";
 import { type OutputKeys, outputKeys } from "../namings/output_keys.ts";
+import type { OutputLayerKeys } from "../output.ts";
 
 /** Whether `model` is a merge (its layers are new, spelled in no file). */
 function isMerge(model: LoraModel): boolean {
@@ -38,14 +39,14 @@ export function outputNamingOf(model: LoraModel, requested?: NamingId): NamingId
 }
 
 /**
- * Each layer's output keys. A layer written in its own naming keeps its own DoRA key; a layer
- * the output naming cannot spell is a one-line error naming it.
+ * Each layer's output keys. A layer written in its own naming keeps its own DoRA key and shape;
+ * a layer the output naming cannot spell is a one-line error naming it.
  */
 export function layerOutputKeys(
   model: LoraModel,
   layers: readonly LoraLayer[],
   requested?: NamingId,
-): OutputKeys[] {
+): OutputLayerKeys[] {
   const naming = outputNamingOf(model, requested);
   const architecture = model.architecture?.architecture;
   return layers.map((layer) => {
@@ -56,9 +57,39 @@ export function layerOutputKeys(
         { file: model.entry, key: layer.key },
       );
     }
-    const own = keys.naming === layer.naming && naming === undefined;
-    return own && layer.doraScale ? { ...keys, dora: layer.doraScale.name } : keys;
+    const dora = layer.doraScale;
+    if (!dora) return keys;
+    if (keys.naming === layer.naming && naming === undefined) return { ...keys, dora: dora.name };
+    return { ...keys, ...convertedDora(model, layer, keys) };
   });
+}
+
+/**
+ * A DoRA magnitude's key and shape in another naming: one value per output row, `[out]` in PEFT
+ * and `[out, 1, …]` (as LyCORIS stores it) in kohya's and ComfyUI's. A magnitude per input
+ * column, or a naming without DoRA, is a one-line error.
+ */
+function convertedDora(
+  model: LoraModel,
+  layer: LoraLayer,
+  keys: OutputKeys,
+): Pick<OutputLayerKeys, "dora" | "doraShape"> {
+  const { out } = layer.factors;
+  const shape = layer.doraScale!.shape;
+  const fail = (why: string): never => {
+    throw new OutputError(`${model.entry}: DoRA layer '${layer.key}' ${why}`, {
+      file: model.entry,
+      key: layer.key,
+    });
+  };
+  if (keys.dora === undefined) fail(`cannot be written in the ${keys.naming} naming (no DoRA)`);
+  if (shape[0] !== out || shape.slice(1).some((d) => d !== 1)) {
+    fail(
+      `has a magnitude of shape [${shape}], not one per output row: only its own naming holds it`,
+    );
+  }
+  const doraShape = keys.naming === "peft" ? [out] : [out, ...layer.inShape.map(() => 1)];
+  return { dora: keys.dora, doraShape };
 }
 
 /**
