@@ -59,7 +59,10 @@ export function layerOutputKeys(
     }
     const dora = layer.doraScale;
     if (!dora) return keys;
-    if (keys.naming === layer.naming && naming === undefined) return { ...keys, dora: dora.name };
+    // The same naming stores the magnitude the same way: as read, under the layer's own key.
+    if (keys.naming === layer.naming) {
+      return { ...keys, dora: naming === undefined ? dora.name : keys.dora ?? dora.name };
+    }
     return { ...keys, ...convertedDora(model, layer, keys) };
   });
 }
