@@ -31,6 +31,7 @@ import { closestName } from "./src/suggest.ts";
 import type { LogLevel } from "./src/log.ts";
 import { DEFAULT_RECIPES, type OutputSummary, plan, resize } from "./src/resize.ts";
 import type { OutputDType } from "./src/output.ts";
+import type { OutputNaming } from "./src/namings/output_keys.ts";
 import type { SizeAccounting } from "./src/recipe/select.ts";
 import type { DeviceChoice } from "./src/linalg/select_backend.ts";
 import { VERSION } from "./src/version.ts";
@@ -58,6 +59,9 @@ options:
   --save_to FILE        the output file, when the run makes one (one LoRA, one recipe)
   -t, --output_dtype {16,32,bf16}
                         output element type (default: 16)
+  --naming {kohya,comfyui,peft,diffusers}
+                        write the outputs in this naming (default: each layer in its input's
+                        naming; a merge of files in different namings: kohya)
   -d, --device {auto,cpu,gpu}
                         compute device (default: auto). auto runs decomposition, rebuilds and
                         Frobenius norms on the CPU, and spectral norms and subspace scales of
@@ -98,6 +102,7 @@ const OPTIONS = {
   "output-folder": { type: "string" },
   output_dtype: { type: "string", short: "t" },
   "output-dtype": { type: "string" },
+  naming: { type: "string" },
   device: { type: "string", short: "d" },
   score_recipes: { type: "string", short: "r" },
   "score-recipes": { type: "string" },
@@ -299,6 +304,7 @@ async function resizeCommand(
     recipes: optionValue<string>(values, "score_recipes"),
     outputFolder: optionValue<string>(values, "output_folder"),
     outputPath: optionValue<string>(values, "save_to"),
+    naming: optionValue<string>(values, "naming") as OutputNaming | undefined,
     ...common(values),
     log: out.log,
     logLevel: out.level,

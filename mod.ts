@@ -54,6 +54,7 @@ export type {
 } from "./src/report/inspect.ts";
 export { renderReport, type ReportData } from "./src/report/html.ts";
 export type { OutputDType } from "./src/output.ts";
+export type { OutputNaming } from "./src/namings/output_keys.ts";
 export type { SizeAccounting, SizeCut } from "./src/recipe/select.ts";
 export {
   type DeviceChoice,

@@ -22,6 +22,7 @@ import { safetensorsFileSize } from "./safetensors/writer.ts";
 import type { TensorSpec } from "./safetensors/header.ts";
 import type { FloatData } from "./linalg/backend.ts";
 import type { LoraLayer, RawTensor } from "./lora/lora_file.ts";
+import type { OutputKeys } from "./namings/output_keys.ts";
 import { pyRepr } from "./recipe/pyfloat.ts";
 import { pyJsonDumps } from "./recipe/pyformat.ts";
 
@@ -57,6 +58,14 @@ export interface OutputLayer {
   readonly kept: number;
   /** The alpha to store, before rounding (default α·k′/r; kohya's rules compute theirs). */
   readonly alpha?: number;
+  /** Its keys in the output naming (default: kohya's, from the canonical name). */
+  readonly keys?: OutputLayerKeys;
+}
+
+/** A layer's keys in the output naming, and its DoRA magnitude's shape there. */
+export interface OutputLayerKeys extends OutputKeys {
+  /** The DoRA magnitude's shape, where the naming stores it otherwise than the input. */
+  readonly doraShape?: readonly number[];
 }
 
 /** Rounds a number to an output dtype (as a cast to that dtype would). */
@@ -74,22 +83,50 @@ function alphaOf(o: OutputLayer): number {
   return o.alpha ?? o.layer.factors.scale * o.kept;
 }
 
-function layerSpecs(o: OutputLayer, dtype: OutputDType): TensorSpec[] {
+/** kohya's keys of a layer: its canonical name with kohya's suffixes. */
+function kohyaKeys(layer: LoraLayer): OutputLayerKeys {
+  return {
+    naming: "kohya",
+    down: `${layer.name}.lora_down.weight`,
+    up: `${layer.name}.lora_up.weight`,
+    alpha: `${layer.name}.alpha`,
+    ...(layer.doraScale ? { dora: layer.doraScale.name } : {}),
+    foldScale: false,
+  };
+}
+
+/** A layer's tensor specs: alpha (where its naming stores one), down, up, DoRA magnitude. */
+interface LayerSpecs {
+  readonly alpha?: TensorSpec;
+  readonly down: TensorSpec;
+  readonly up: TensorSpec;
+  readonly dora?: TensorSpec;
+}
+
+function layerSpecs(o: OutputLayer, dtype: OutputDType): LayerSpecs {
   const { layer, kept } = o;
+  const keys = o.keys ?? kohyaKeys(layer);
   const up = [layer.factors.out, kept, ...layer.inShape.slice(1).map(() => 1)];
-  const specs: TensorSpec[] = [
-    { name: `${layer.name}.alpha`, dtype, shape: [] },
-    { name: `${layer.name}.lora_down.weight`, dtype, shape: [kept, ...layer.inShape] },
-    { name: `${layer.name}.lora_up.weight`, dtype, shape: up },
-  ];
-  if (layer.doraScale) {
-    specs.push({
-      ...layer.doraScale,
-      name: layer.doraScale.name,
-      dtype: castDType(layer.doraScale.dtype, dtype),
-    });
-  }
-  return specs;
+  const dora = layer.doraScale;
+  return {
+    ...(keys.alpha === undefined ? {} : { alpha: { name: keys.alpha, dtype, shape: [] } }),
+    down: { name: keys.down, dtype, shape: [kept, ...layer.inShape] },
+    up: { name: keys.up, dtype, shape: up },
+    ...(dora
+      ? {
+        dora: {
+          name: keys.dora ?? dora.name,
+          dtype: castDType(dora.dtype, dtype),
+          shape: keys.doraShape ?? dora.shape,
+        },
+      }
+      : {}),
+  };
+}
+
+/** The specs of a layer in file order. */
+function orderedSpecs({ alpha, down, up, dora }: LayerSpecs): TensorSpec[] {
+  return [alpha, down, up, dora].filter((t) => t !== undefined);
 }
 
 /** Float tensors are cast to the output dtype; others are copied unchanged. */
@@ -150,10 +187,17 @@ export interface OutputShape {
  */
 export type OutputShapeFn = (kept: ArrayLike<number>, threshold: number) => OutputShape;
 
+/** The metadata key diffusers saves a LoRA's `LoraConfig` under. */
+const DIFFUSERS_ADAPTER_METADATA = "lora_adapter_metadata";
+
 /** The output metadata, with hashes still to be filled in. */
 function metadataOf(shape: OutputShape): Record<string, string> {
+  const input = { ...shape.inputMetadata };
+  // diffusers scales by this LoraConfig's lora_alpha / r: with the scale folded in, it would
+  // scale twice (docs/design.md, "Output namings").
+  if (shape.layers.some((o) => o.keys?.foldScale)) delete input[DIFFUSERS_ADAPTER_METADATA];
   return {
-    ...shape.inputMetadata,
+    ...input,
     ...(shape.networkMetadata ?? networkDimAlpha(shape.layers, shape.dtype)),
     ...lycorisConversion(shape),
     ...SSHS_PLACEHOLDERS,
@@ -189,7 +233,9 @@ function lycorisConversion(shape: OutputShape): Record<string, string> {
 }
 
 function specsOf(shape: OutputShape): TensorSpec[] {
-  const specs = shape.layers.filter((o) => o.kept > 0).flatMap((o) => layerSpecs(o, shape.dtype));
+  const specs = shape.layers.filter((o) => o.kept > 0).flatMap((o) =>
+    orderedSpecs(layerSpecs(o, shape.dtype))
+  );
   for (const t of shape.passThrough) {
     specs.push({ name: t.name, dtype: castDType(t.dtype, shape.dtype), shape: t.shape });
   }
@@ -233,10 +279,21 @@ export type OutputFactorsSource =
   | OutputFactors
   | (() => OutputFactors | Promise<OutputFactors>);
 
-/** The bytes of factor data in `dtype` (as is when already so). */
-function encodedAs(data: FloatData, dtype: OutputDType): Uint8Array {
-  if (data.dtype === dtype) return data.bytes;
-  return encodeFloats(decodeFloats(data.bytes, data.dtype, Float32Array), dtype);
+/** The bytes of factor data times `factor` in `dtype` (as is when already so). */
+function encodedAs(data: FloatData, dtype: OutputDType, factor = 1): Uint8Array {
+  if (data.dtype === dtype && factor === 1) return data.bytes;
+  const values = decodeFloats(data.bytes, data.dtype, Float32Array);
+  if (factor !== 1) { for (let i = 0; i < values.length; i++) values[i] *= factor; }
+  return encodeFloats(values, dtype);
+}
+
+/** Options of {@link buildOutput}. */
+export interface BuildOutputOptions {
+  /**
+   * Per layer of `shape.layers`: its factors already carry alpha/k′ (a naming without alpha,
+   * folded by the rebuild), so they are written as given.
+   */
+  readonly folded?: readonly boolean[];
 }
 
 /**
@@ -257,23 +314,33 @@ function encodedAs(data: FloatData, dtype: OutputDType): Uint8Array {
 export function buildOutput(
   shape: OutputShape,
   factors: readonly OutputFactorsSource[],
+  options: BuildOutputOptions = {},
 ): OutputContents {
   const { dtype } = shape;
   const tensors: TensorSource[] = [];
   let next = 0;
-  for (const o of shape.layers) {
-    if (o.kept === 0) continue;
+  shape.layers.forEach((o, i) => {
+    if (o.kept === 0) return;
     const source = factors[next++];
     let asked: Promise<OutputFactors> | undefined;
     const f = () => asked ??= Promise.resolve(typeof source === "function" ? source() : source);
-    const [alpha, down, up, dora] = layerSpecs(o, dtype);
+    // A naming without alpha carries alpha/k′ in the factors, √ on each side.
+    const fold = o.keys?.foldScale && !options.folded?.[i] ? Math.sqrt(alphaOf(o) / o.kept) : 1;
+    const { alpha, down, up, dora } = layerSpecs(o, dtype);
+    if (alpha) tensors.push({ ...alpha, data: encodeFloats([alphaOf(o)], dtype) });
     tensors.push(
-      { ...alpha, data: encodeFloats([alphaOf(o)], dtype) },
-      { ...down, data: async () => encodedAs((await f()).down, dtype) },
-      { ...up, data: async () => encodedAs((await f()).up, dtype) },
+      { ...down, data: async () => encodedAs((await f()).down, dtype, fold) },
+      { ...up, data: async () => encodedAs((await f()).up, dtype, fold) },
     );
-    if (dora) tensors.push(castTensor(o.layer.doraScale!, dtype));
-  }
+    // A reshaped DoRA magnitude keeps its values in order: only its name and shape change.
+    if (dora) {
+      tensors.push({
+        ...castTensor(o.layer.doraScale!, dtype),
+        name: dora.name,
+        shape: dora.shape,
+      });
+    }
+  });
   for (const t of shape.passThrough) tensors.push(castTensor(t, dtype));
   return { tensors, metadata: metadataOf(shape) };
 }

@@ -299,10 +299,12 @@ function checkLog(expected: string[], got: string[]) {
 // `deno run -A tools/record_conformance_outputs.ts` on commit d9c1fd8 (before the pipeline was
 // split into stages; the HTML reports hashed with their paths substituted back, so that the record
 // holds in any checkout). Since then `inspect --json` changed on purpose (it reports each file's
-// naming, and each layer's type: LoRA, LoHa or LoKr), and issue 20 changed what is printed (the -v
+// naming, and each layer's type: LoRA, LoHa or LoKr), issue 20 changed what is printed (the -v
 // summary of the base weights without a layer, "usable rank", thresholds as file names write them,
-// the report's trade-off chart, `inspect`'s usable ranks), every written .safetensors file's hash
-// unchanged. A change that moves one byte of an output or one log line fails here.
+// the report's trade-off chart, `inspect`'s usable ranks), and the log of every resize and dry run
+// gained one INFO line (each LoRA's naming and the naming its outputs are written in); every
+// written .safetensors file's hash unchanged. A change that moves one byte of an output or one log
+// line fails here.
 const recorded: Record<string, RecordedRun[]> = JSON.parse(
   await Deno.readTextFile(join(FIXTURES, "conformance_outputs.json")),
 );

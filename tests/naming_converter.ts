@@ -280,3 +280,47 @@ export function testLayer(
     up: values(out * rank),
   };
 }
+
+/** The layers of the test LoRA: attention, projections, feed-forward, resnet linears, LoCon convs, embeddings, both encoders. */
+export function sdxlTestLayers(
+  baseShape: (key: string) => readonly number[],
+): TestLayer[] {
+  const next = rng(17);
+  const layers: TestLayer[] = [];
+  const unet = (path: string, rank: number, alpha: number) =>
+    layers.push(
+      testLayer(
+        { part: "unet", path },
+        baseShape(`model.diffusion_model.${path}.weight`),
+        rank,
+        alpha,
+        next,
+      ),
+    );
+  unet("input_blocks.4.1.transformer_blocks.0.attn1.to_q", 4, 2);
+  unet("input_blocks.4.1.transformer_blocks.0.attn2.to_k", 3, 3);
+  unet("input_blocks.7.1.transformer_blocks.1.attn1.to_out.0", 4, 1);
+  unet("input_blocks.5.1.proj_in", 2, 1);
+  unet("middle_block.1.proj_out", 4, 4);
+  unet("middle_block.1.transformer_blocks.3.ff.net.0.proj", 4, 2);
+  unet("output_blocks.2.1.transformer_blocks.1.attn2.to_v", 2, 0.5);
+  unet("output_blocks.4.1.transformer_blocks.0.ff.net.2", 3, 1.5);
+  unet("input_blocks.1.0.emb_layers.1", 2, 2);
+  unet("output_blocks.3.0.skip_connection", 3, 3);
+  unet("input_blocks.0.0", 2, 1); // conv_in, LoCon
+  unet("input_blocks.3.0.op", 3, 1); // downsampler, LoCon
+  unet("input_blocks.4.0.in_layers.2", 4, 2); // resnet conv1, LoCon
+  unet("middle_block.2.out_layers.3", 2, 2); // mid resnet conv2, LoCon
+  unet("output_blocks.5.2.conv", 3, 1.5); // upsampler, LoCon
+  unet("out.2", 2, 1); // conv_out, LoCon
+  unet("time_embed.0", 2, 1);
+  unet("label_emb.0.0", 3, 1);
+  const te = (part: "te1" | "te2", path: string, shape: number[], rank: number, alpha: number) =>
+    layers.push(testLayer({ part, path }, shape, rank, alpha, next));
+  te("te1", "text_model.encoder.layers.3.self_attn.q_proj", [12, 12], 2, 1);
+  te("te1", "text_model.encoder.layers.5.mlp.fc1", [48, 12], 3, 3);
+  te("te2", "text_model.encoder.layers.2.self_attn.q_proj", [20, 20], 2, 2); // a q block of in_proj
+  te("te2", "text_model.encoder.layers.4.mlp.fc1", [80, 20], 4, 1);
+  te("te2", "text_model.encoder.layers.1.self_attn.out_proj", [20, 20], 2, 1);
+  return layers;
+}

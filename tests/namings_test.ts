@@ -10,10 +10,8 @@ import { assert, assertClose, assertEquals, assertRelClose } from "./assert.ts";
 import {
   diffusersUnetPath,
   keysIn,
-  rng,
+  sdxlTestLayers,
   storesAlpha,
-  type TestLayer,
-  testLayer,
   type TestNaming,
   writeInNaming,
 } from "./naming_converter.ts";
@@ -32,6 +30,7 @@ import {
   sgmFromDiffusers,
 } from "../src/namings/mod.ts";
 import { dotted } from "../src/namings/dotted.ts";
+import { comfyKeyMap, comfyModelKey } from "./comfy_key_map.ts";
 import { sd15BaseSpecs } from "../src/testing/synthetic_sd15.ts";
 
 const BASE = "tests/fixtures/micro_sdxl_base.safetensors";
@@ -128,65 +127,8 @@ Deno.test("every naming spells every canonical SDXL name it can and reads it bac
   }
 });
 
-// ComfyUI's key map, transcribed from comfy/lora.py (model_lora_keys_unet, model_lora_keys_clip)
-// in comfyanonymous/ComfyUI@41444b5236c613ee5ff7d09aa620f94b702f30eb, for an SDXL model: the
-// LoRA key it loads → the model key it patches. ComfyUI's SDXL state dict keys are
-// `diffusion_model.<SGM path>.weight`, and `clip_l.transformer.text_model.…` /
-// `clip_g.transformer.text_model.…` (Hugging Face CLIP names for both encoders).
-function comfyKeyMap(): Map<string, string> {
-  const map = new Map<string, string>();
-  for (const [key, { shape }] of Object.entries(sdxlTensors)) {
-    if (!key.startsWith(UNET) || !key.endsWith(".weight") || shape.length < 2) continue;
-    const path = key.slice(UNET.length, -".weight".length);
-    const model = `diffusion_model.${path}.weight`;
-    map.set(`lora_unet_${under(path)}`, model);
-    map.set(`diffusion_model.${path}`, model); // "generic lora format"
-    const diffusers = diffusersUnetPath(path); // utils.unet_to_diffusers
-    map.set(`lora_unet_${under(diffusers)}`, model);
-    map.set(`lycoris_${under(diffusers)}`, model); // SimpleTuner
-    let processor = diffusers.replace(".to_", ".processor.to_");
-    if (processor.endsWith(".to_out.0")) processor = processor.slice(0, -2);
-    for (const p of ["", "unet."]) map.set(p + processor, model);
-  }
-  const LORA_CLIP = [
-    "mlp.fc1",
-    "mlp.fc2",
-    "self_attn.k_proj",
-    "self_attn.q_proj",
-    "self_attn.v_proj",
-    "self_attn.out_proj",
-  ];
-  for (
-    const [enc, layers, kohya, dotted] of [["clip_l", 12, "lora_te1_", "text_encoder."], [
-      "clip_g",
-      32,
-      "lora_te2_",
-      "text_encoder_2.",
-    ]] as const
-  ) {
-    for (let b = 0; b < layers; b++) {
-      for (const c of LORA_CLIP) {
-        const model = `${enc}.transformer.text_model.encoder.layers.${b}.${c}.weight`;
-        map.set(`text_encoders.${model.slice(0, -".weight".length)}`, model);
-        map.set(`${kohya}text_model_encoder_layers_${b}_${under(c)}`, model);
-        map.set(`${dotted}text_model.encoder.layers.${b}.${c}`, model);
-      }
-    }
-  }
-  return map;
-}
-
-/** The ComfyUI model key of a canonical SDXL name (its module, whichever way spelled). */
-function comfyModelKey(canonical: string): string {
-  if (canonical.startsWith("lora_unet_")) {
-    return `diffusion_model.${dotted(canonical.slice("lora_unet_".length))}.weight`;
-  }
-  const [, te, path] = /^lora_te([12])_(.*)$/.exec(canonical)!;
-  return `clip_${te === "1" ? "l" : "g"}.transformer.${dotted(path)}.weight`;
-}
-
 Deno.test("ComfyUI's key map loads every layer in kohya, kohya-diffusers, SimpleTuner and ComfyUI names", () => {
-  const map = comfyKeyMap();
+  const map = comfyKeyMap(sdxlTensors);
   const canonical = sdxlCanonicalNames();
   for (const naming of NAMINGS) {
     const missing: string[] = [];
@@ -221,43 +163,7 @@ const base = await SafetensorsFile.open(BASE);
 const baseShape = (key: string) => base.info(key).shape;
 base.close();
 
-/** The layers of the test LoRA: attention, projections, feed-forward, resnet linears, LoCon convs, embeddings, both encoders. */
-function testLayers(): TestLayer[] {
-  const next = rng(17);
-  const layers: TestLayer[] = [];
-  const unet = (path: string, rank: number, alpha: number) =>
-    layers.push(
-      testLayer({ part: "unet", path }, baseShape(`${UNET}${path}.weight`), rank, alpha, next),
-    );
-  unet("input_blocks.4.1.transformer_blocks.0.attn1.to_q", 4, 2);
-  unet("input_blocks.4.1.transformer_blocks.0.attn2.to_k", 3, 3);
-  unet("input_blocks.7.1.transformer_blocks.1.attn1.to_out.0", 4, 1);
-  unet("input_blocks.5.1.proj_in", 2, 1);
-  unet("middle_block.1.proj_out", 4, 4);
-  unet("middle_block.1.transformer_blocks.3.ff.net.0.proj", 4, 2);
-  unet("output_blocks.2.1.transformer_blocks.1.attn2.to_v", 2, 0.5);
-  unet("output_blocks.4.1.transformer_blocks.0.ff.net.2", 3, 1.5);
-  unet("input_blocks.1.0.emb_layers.1", 2, 2);
-  unet("output_blocks.3.0.skip_connection", 3, 3);
-  unet("input_blocks.0.0", 2, 1); // conv_in, LoCon
-  unet("input_blocks.3.0.op", 3, 1); // downsampler, LoCon
-  unet("input_blocks.4.0.in_layers.2", 4, 2); // resnet conv1, LoCon
-  unet("middle_block.2.out_layers.3", 2, 2); // mid resnet conv2, LoCon
-  unet("output_blocks.5.2.conv", 3, 1.5); // upsampler, LoCon
-  unet("out.2", 2, 1); // conv_out, LoCon
-  unet("time_embed.0", 2, 1);
-  unet("label_emb.0.0", 3, 1);
-  const te = (part: "te1" | "te2", path: string, shape: number[], rank: number, alpha: number) =>
-    layers.push(testLayer({ part, path }, shape, rank, alpha, next));
-  te("te1", "text_model.encoder.layers.3.self_attn.q_proj", [12, 12], 2, 1);
-  te("te1", "text_model.encoder.layers.5.mlp.fc1", [48, 12], 3, 3);
-  te("te2", "text_model.encoder.layers.2.self_attn.q_proj", [20, 20], 2, 2); // a q block of in_proj
-  te("te2", "text_model.encoder.layers.4.mlp.fc1", [80, 20], 4, 1);
-  te("te2", "text_model.encoder.layers.1.self_attn.out_proj", [20, 20], 2, 1);
-  return layers;
-}
-
-const LAYERS = testLayers();
+const LAYERS = sdxlTestLayers(baseShape);
 const NAMES: TestNaming[] = [
   "kohya",
   "kohya-diffusers",

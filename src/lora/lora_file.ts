@@ -244,7 +244,10 @@ export async function readLoraFile(path: string): Promise<LoraModel> {
   const { name, dir } = parsePath(path);
   const folder = dir === "" ? "." : dir;
   const warnings: string[] = [];
-  await peftDefaults(path, folder, found, raw, alphas, warnings);
+  // resize-lora writes PEFT layers with their scale in the factors: an adapter_config.json beside
+  // such a file is its input's and would scale it twice (docs/design.md, "Output namings").
+  const scaled = Object.hasOwn(file.metadata, "resize_params");
+  if (!scaled) await peftDefaults(path, folder, found, raw, alphas, warnings);
 
   const claimed = new Set<string>();
   const layers = found.map((named) => buildLayer(path, named, raw, alphas.get(named.key)));

@@ -32,6 +32,7 @@ export {
   type OutputKeys,
   outputKeys,
   type OutputKeysOptions,
+  type OutputNaming,
 } from "./output_keys.ts";
 export { diffusers, diffusersAttnProcs, peft } from "./peft.ts";
 export { peftAlphas, type PeftConfig, readPeftConfig } from "./peft_config.ts";

@@ -12,8 +12,28 @@ import { kohyaDiffusers } from "./kohya_diffusers.ts";
 import type { NamingId } from "./naming.ts";
 import type { Architecture } from "./unet_blocks.ts";
 
+/**
+ * The namings outputs can be written in (`--naming`, `ResizeOptions.naming`); PEFT and diffusers
+ * store no alpha, so their outputs carry the scale in the factors.
+ *
+ * @example
+ * ```ts
+ * import { type OutputNaming, plan } from "@x/resize-lora";
+ * import { writeDemoFiles } from "@x/resize-lora/testing";
+ * const dir = await Deno.makeTempDir();
+ * const { base, lora } = await writeDemoFiles(dir, { scale: 1 / 64, rank: 4 });
+ * const bytes = async (naming: OutputNaming) =>
+ *   (await plan({ checkpoint: base, loras: [lora], naming, device: "cpu", normsCache: false }))
+ *     .outputs[0].bytes;
+ * // PEFT has no alpha tensors, and its keys are spelled differently.
+ * if (await bytes("peft") === await bytes("kohya")) throw new Error("same size");
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
+export type OutputNaming = "kohya" | "comfyui" | "peft" | "diffusers";
+
 /** The namings `--naming` offers. */
-export const OUTPUT_NAMINGS: readonly NamingId[] = ["kohya", "comfyui", "peft", "diffusers"];
+export const OUTPUT_NAMINGS: readonly OutputNaming[] = ["kohya", "comfyui", "peft", "diffusers"];
 
 /** A layer as the writer knows it. */
 export interface NamedLayerRef {

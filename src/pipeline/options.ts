@@ -5,10 +5,11 @@
  * @module
  */
 
-import { OutputError } from "../errors.ts";
+import { OutputError, UsageError } from "../errors.ts";
 import type { Backend } from "../linalg/backend.ts";
 import type { DeviceChoice } from "../linalg/select_backend.ts";
 import { type LogFn, type LogLevel, silent } from "../log.ts";
+import { OUTPUT_NAMINGS, type OutputNaming } from "../namings/output_keys.ts";
 import type { OutputDType } from "../output.ts";
 import { parseRecipes, type Recipe } from "../recipe/recipe.ts";
 import { type RecipeNeeds, recipeNeeds } from "../recipe/score.ts";
@@ -92,6 +93,12 @@ export interface ResizeOptions {
   /** Output element type (default `F16`). */
   readonly outputDtype?: OutputDType;
   /**
+   * The naming outputs are written in (default: each layer's own; a merge of files in different
+   * namings: kohya). Namings without alpha get the scale folded into the factors
+   * (docs/design.md, "Output namings").
+   */
+  readonly naming?: OutputNaming;
+  /**
    * `auto` (default), `cpu` or `gpu`; ignored when `backend` is given. `auto` and `gpu` ask for a
    * WebGPU adapter: do that on a process's main thread only (see the README's Library section:
    * elsewhere the process can crash at exit where wgpu opens its GL backend).
@@ -147,6 +154,8 @@ export interface ResolvedOptions {
   readonly outputPath: string | undefined;
   /** Output element type. */
   readonly outputDtype: OutputDType;
+  /** The output naming asked for, if any. */
+  readonly naming: OutputNaming | undefined;
   /** Device to ask for when no backend is given. */
   readonly device: DeviceChoice;
   /** The caller's backend, if any. */
@@ -209,6 +218,7 @@ export function resolveOptions(options: ResizeOptions): ResolvedOptions {
     outputFolder: options.outputFolder,
     outputPath: options.outputPath,
     outputDtype: options.outputDtype ?? DEFAULT_OUTPUT_DTYPE,
+    naming: checkedNaming(options.naming),
     device: options.device ?? "auto",
     backend: options.backend,
     normsCache: options.normsCache,
@@ -220,4 +230,17 @@ export function resolveOptions(options: ResizeOptions): ResolvedOptions {
     curve: options.curve ?? false,
     alsoWrites: options.alsoWrites ?? [],
   };
+}
+
+/** `naming` when it is one of {@link OUTPUT_NAMINGS}; a one-line usage error otherwise. */
+function checkedNaming(naming: string | undefined): OutputNaming | undefined {
+  if (naming === undefined || (OUTPUT_NAMINGS as readonly string[]).includes(naming)) {
+    return naming as OutputNaming | undefined;
+  }
+  throw new UsageError(
+    `argument --naming: invalid choice: '${naming}' (choose from ${
+      OUTPUT_NAMINGS.map((n) => `'${n}'`).join(", ")
+    })`,
+    { key: "--naming" },
+  );
 }

@@ -9,6 +9,7 @@
 import type { LoraLayer, LoraModel, RawTensor } from "../lora/lora_file.ts";
 import { type PairedLayer, pairLayers, unmatchedBaseMessage } from "../lora/pairing.ts";
 import { untouchedSummary } from "../report/untouched.ts";
+import { namingLine } from "./output_naming.ts";
 import type { Session } from "./session.ts";
 
 /** The layers of a LoRA that will be resized, and the tensors carried over as they are. */
@@ -24,6 +25,7 @@ export async function pairWithBase(session: Session, model: LoraModel): Promise<
   const { log, dropUnmapped } = session.options;
   await session.openBase();
   log("INFO", `Processing LoRA model: ${model.entry}`);
+  log("INFO", namingLine(model, session.options.naming));
   const pairing = pairLayers(model, session.checkpoint);
   // dropUnmapped keeps nothing but resized layers, as the original did.
   const passThrough = dropUnmapped ? [] : [...model.passThrough];

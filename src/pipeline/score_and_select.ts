@@ -23,6 +23,7 @@ import {
   truncationError,
 } from "../recipe/score.ts";
 import type { LayerSummary, OutputSummary } from "../summary.ts";
+import { layerOutputKeys } from "./output_naming.ts";
 import { type PreparedLora, withZeroLayers } from "./prepare_lora.ts";
 import { selectDimensions } from "./select_dimensions.ts";
 import { exactLora } from "../lora/lycoris_layers.ts";
@@ -84,8 +85,14 @@ async function selectRecipe(
   });
 
   let kohya: KohyaSelection | undefined;
+  const keys = layerOutputKeys(lora.model, lora.layers.map((p) => p.layer), options.naming);
   const shapeFor: OutputShapeFn = (kept, threshold) => ({
-    layers: lora.layers.map((p, i) => ({ layer: p.layer, kept: kept[i], alpha: kohya?.alphas[i] })),
+    layers: lora.layers.map((p, i) => ({
+      layer: p.layer,
+      kept: kept[i],
+      alpha: kohya?.alphas[i],
+      keys: keys[i],
+    })),
     passThrough: lora.passThrough,
     dtype: options.outputDtype,
     inputMetadata: lora.model.metadata,

@@ -43,15 +43,18 @@ export async function writeOutputs(
     const union = lora.layers.map((_, i) =>
       sortedUnion(group.map((s) => s.summary.layers[i]?.keep ?? []))
     );
+    const fold = foldings(lora, group);
     const rebuild = startRebuild(session, lora, union, {
       rescale,
       dtype: session.options.outputDtype,
+      fold,
     });
     try {
       for (const selection of group) {
         await writeOutput(
           session,
           selection,
+          fold.map((f) => f === "rebuild"),
           (i, keep) => async () =>
             extractKeptFactors(await rebuild.layer(i), {
               built: union[i],
@@ -70,10 +73,27 @@ export async function writeOutputs(
   return selections.map((s) => written.get(s)!);
 }
 
+/**
+ * How each layer's scale gets into its factors, for a naming without alpha: by the rebuild
+ * (scaling its singular values, no extra rounding) when every output of the group stores the
+ * default alpha α·k′/r, else when written (kohya's rules set their own alphas), from factors the
+ * rebuild gives in F32 so that the output dtype rounds them once.
+ */
+type Folding = "none" | "rebuild" | "write";
+
+function foldings(lora: PreparedLora, group: readonly RecipeSelection[]): Folding[] {
+  return lora.layers.map((_, i) => {
+    const outputs = group.map((s) => s.shape.layers[i]).filter((o) => o !== undefined);
+    if (!outputs.some((o) => o.keys?.foldScale)) return "none";
+    return outputs.every((o) => o.alpha === undefined) ? "rebuild" : "write";
+  });
+}
+
 /** Writes one output, asking `factorsOf` for each layer's factors as the writer reaches it. */
 async function writeOutput(
   session: Session,
   { summary, shape, folder }: RecipeSelection,
+  folded: readonly boolean[],
   factorsOf: (layer: number, keep: readonly number[]) => () => Promise<OutputFactors>,
 ): Promise<void> {
   const { path, bytes } = summary;
@@ -89,7 +109,7 @@ async function writeOutput(
     const own = factorsOf(i, keep);
     return [async () => withZeroDimensions(await own(), kept - keep.length, zeros)];
   });
-  const { tensors, metadata } = buildOutput(shape, factors);
+  const { tensors, metadata } = buildOutput(shape, factors, { folded });
   session.options.log("INFO", `Saving ${path}`);
   await Deno.mkdir(folder, { recursive: true }).catch((e) => {
     throw new OutputError(`${folder}: cannot create the output folder (${e.message})`, {
@@ -117,7 +137,7 @@ function startRebuild(
   session: Session,
   lora: PreparedLora,
   keeps: readonly (readonly number[])[],
-  how: { readonly rescale: number; readonly dtype: OutputDType },
+  how: { readonly rescale: number; readonly dtype: OutputDType; readonly fold: readonly Folding[] },
 ): RebuildStream {
   const pending = new Map<number, PromiseWithResolvers<OutputFactors>>();
   const requests: LayerRebuildRequest[] = [];
@@ -127,7 +147,15 @@ function startRebuild(
     result.promise.catch(() => {}); // a write that stops early leaves the rest unasked
     pending.set(i, result);
     const { layer } = lora.layers[i];
-    requests.push({ layer, decomposition: lora.decompositions[i], keep, ...how });
+    // up·down·scale = rescale·ΔW: a rescale times `scale` leaves up·down = ΔW itself.
+    const fold = how.fold[i];
+    requests.push({
+      layer,
+      decomposition: lora.decompositions[i],
+      keep,
+      rescale: fold === "rebuild" ? how.rescale * layer.factors.scale : how.rescale,
+      dtype: fold === "write" ? "F32" : how.dtype,
+    });
   });
   const layerOf = [...pending.keys()];
   const abort = new AbortController();
