@@ -219,8 +219,8 @@ function outputStemOf(entry: string, outputFolder?: string): { name: string; fol
 
 /** What {@link checkRunPaths} checks. */
 export interface RunPaths {
-  /** The base checkpoint. */
-  readonly checkpoint: string;
+  /** The base checkpoint, when the run has one. */
+  readonly checkpoint?: string;
   /** LoRA entries (paths or merge specs). */
   readonly loras: readonly string[];
   /** The run's recipes. */
@@ -246,7 +246,9 @@ export interface RunPaths {
  */
 export async function checkRunPaths(run: RunPaths): Promise<OutputPaths> {
   // A diffusers-folder base is its component files.
-  const base = await isFolder(run.checkpoint)
+  const base = run.checkpoint === undefined
+    ? []
+    : await isFolder(run.checkpoint)
     ? (await diffusersFiles(run.checkpoint)).map((f) => f.path)
     : [run.checkpoint];
   const inputs = [

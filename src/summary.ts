@@ -77,8 +77,8 @@ export interface CurvePoint {
 export interface LayerSummary {
   /** Layer name. */
   readonly name: string;
-  /** The base weight (or q/k/v block) it modifies, as the original labels it. */
-  readonly base: string;
+  /** The base weight (or q/k/v block) it modifies, as the original labels it (none without a base). */
+  readonly base?: string;
   /** `linear`, or `conv` for a LoCon kernel (4-D down weight). */
   readonly kind: "linear" | "conv";
   /** Rows of ΔW. */

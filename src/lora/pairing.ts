@@ -18,14 +18,14 @@ import { ARCHITECTURE_LABELS } from "../namings/unet_blocks.ts";
 import { type LoraLayer, type LoraModel, shapeText } from "./lora_file.ts";
 import { fitLycorisToBase } from "./lycoris_layers.ts";
 
-/** A LoRA layer and its base weight. */
+/** A LoRA layer to resize, and its base weight when the run has a base. */
 export interface PairedLayer {
   /** The LoRA layer (a LyCORIS layer with the base weight's trailing dims: see `fitLycorisToBase`). */
   readonly layer: LoraLayer;
-  /** The base weight (or q/k/v block) it modifies. */
-  readonly base: BaseEntry;
-  /** Which name family matched (`short` aliases are lossy: worth a warning). */
-  readonly matchedBy: NameKind;
+  /** The base weight (or q/k/v block) it modifies; none in a run without a base. */
+  readonly base?: BaseEntry;
+  /** Which name family matched (`short` aliases are lossy: worth a warning); none without a base. */
+  readonly matchedBy?: NameKind;
 }
 
 /** The result of {@link pairLayers}. */

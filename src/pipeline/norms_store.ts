@@ -62,12 +62,14 @@ export class NormsStore {
    */
   async fetch(layers: readonly PairedLayer[], wanted: NormsWanted): Promise<BaseNorms[]> {
     const missing = new Map<string, { entry: BaseEntry; layer: string }>();
-    for (const p of layers) {
-      const key = normsKey(p.base);
-      const known = this.get(p.base);
+    for (const { base, layer } of layers) {
+      // A store exists only in a run with a base, where every resized layer has its weight.
+      if (!base) throw new Error(`layer ${layer.name} has no base weight`); // cannot happen
+      const key = normsKey(base);
+      const known = this.get(base);
       const lacks = (wanted.frobenius && known?.frobenius === undefined) ||
         (wanted.spectral && known?.spectral === undefined);
-      if (lacks && !missing.has(key)) missing.set(key, { entry: p.base, layer: p.layer.name });
+      if (lacks && !missing.has(key)) missing.set(key, { entry: base, layer: layer.name });
     }
     const todo = [...missing.values()];
     let start = 0;
@@ -75,7 +77,7 @@ export class NormsStore {
       await this.#compute(batch, wanted, (done) => start + done, todo.length);
       start += batch.length;
     }
-    return layers.map((p) => this.get(p.base) ?? {});
+    return layers.map((p) => this.get(p.base!) ?? {});
   }
 
   /**

@@ -5,14 +5,14 @@
  * @module
  */
 
-import { OutputError, UsageError } from "../errors.ts";
+import { OutputError, RecipeError, UsageError } from "../errors.ts";
 import type { Backend } from "../linalg/backend.ts";
 import type { DeviceChoice } from "../linalg/select_backend.ts";
 import { type LogFn, type LogLevel, silent } from "../log.ts";
 import { OUTPUT_NAMINGS, type OutputNaming } from "../namings/output_keys.ts";
 import type { OutputDType } from "../output.ts";
 import { parseRecipes, type Recipe } from "../recipe/recipe.ts";
-import { type RecipeNeeds, recipeNeeds } from "../recipe/score.ts";
+import { type RecipeNeeds, recipeNeeds, WEIGHT_EPSILON } from "../recipe/score.ts";
 import type { SizeAccounting } from "../recipe/select.ts";
 
 /**
@@ -80,8 +80,13 @@ export type ProgressFn = (label: string, done: number, total: number) => void;
  * ```
  */
 export interface ResizeOptions {
-  /** Base checkpoint (single-file SGM SDXL safetensors). */
-  readonly checkpoint: string;
+  /**
+   * Base checkpoint (an SDXL or SD1.5 single file, or a diffusers folder). Needed only by
+   * recipes that score against the base (`fro_ckpt`, `spn_ckpt`, `subspace`); without it every
+   * layer the LoRA holds is resized, paired by name alone (docs/design.md, "Resizing without a
+   * base").
+   */
+  readonly checkpoint?: string;
   /** LoRA entries: paths, or merge specs `"a.safetensors:0.7,b.safetensors:0.3"`. */
   readonly loras: readonly string[];
   /** Recipes separated by `:` (default {@link DEFAULT_RECIPES}). */
@@ -138,8 +143,8 @@ export interface ResizeOptions {
 
 /** {@link ResizeOptions} with every default filled in and the recipes parsed. */
 export interface ResolvedOptions {
-  /** Base checkpoint. */
-  readonly checkpoint: string;
+  /** Base checkpoint, when the run has one. */
+  readonly checkpoint: string | undefined;
   /** LoRA entries, as given. */
   readonly loras: readonly string[];
   /** The parsed recipes, in order. */
@@ -178,6 +183,21 @@ export interface ResolvedOptions {
   readonly alsoWrites: readonly { readonly path: string; readonly source: string }[];
 }
 
+/** The score keys that weigh a dimension against the base model's weights. */
+const BASE_AWARE_KEYS = ["fro_ckpt", "spn_ckpt", "subspace"] as const;
+
+/** A recipe that needs the base, in a run without one: a {@link RecipeError} naming the key. */
+function checkBaseFree(recipe: Recipe, isDefault: boolean): void {
+  const key = BASE_AWARE_KEYS.find((k) => Math.abs(recipe.weights[k]) > WEIGHT_EPSILON);
+  if (key === undefined) return;
+  throw new RecipeError(
+    `recipe ${recipe.text}${
+      isDefault ? " (the default)" : ""
+    }: ${key} scores against the base model, and no base checkpoint is given (give it first, or with --base)`,
+    { key },
+  );
+}
+
 /**
  * Fills in the defaults of `options` and parses its recipes (a `RecipeError` names the recipe
  * that does not parse).
@@ -202,9 +222,11 @@ export function resolveOptions(options: ResizeOptions): ResolvedOptions {
     );
   }
   const debug = options.logLevel === "DEBUG";
-  // The DEBUG layer report and reports add every layer's Frobenius norm.
-  const layerReport = debug || options.layerNorms === true;
+  // The DEBUG layer report and reports add every layer's Frobenius norm, where there is a base.
+  const hasBase = options.checkpoint !== undefined;
+  const layerReport = hasBase && (debug || options.layerNorms === true);
   const needs = recipes.map((r) => recipeNeeds(r, { layerReport }));
+  if (!hasBase) { for (const r of recipes) checkBaseFree(r, options.recipes === undefined); }
   return {
     checkpoint: options.checkpoint,
     loras: options.loras,

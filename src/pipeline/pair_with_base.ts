@@ -20,12 +20,22 @@ export interface PairedLora {
   readonly passThrough: readonly RawTensor[];
 }
 
-/** Opens the base (once per run) and pairs `model`'s layers with its weights. */
+/**
+ * Opens the base (once per run) and pairs `model`'s layers with its weights; without a base,
+ * every layer the LoRA holds is resized as it is (docs/design.md, "Resizing without a base").
+ */
 export async function pairWithBase(session: Session, model: LoraModel): Promise<PairedLora> {
   const { log, dropUnmapped } = session.options;
   await session.openBase();
   log("INFO", `Processing LoRA model: ${model.entry}`);
   log("INFO", namingLine(model, session.options.naming));
+  if (!session.hasBase) {
+    log("INFO", `No base checkpoint: resizing all ${model.layers.length} layers of ${model.entry}`);
+    const paired = model.layers.map((layer) => ({ layer }));
+    const passThrough = dropUnmapped ? [] : model.passThrough;
+    reportPassThrough(session, model, [], passThrough);
+    return { paired, passThrough };
+  }
   const pairing = pairLayers(model, session.checkpoint);
   // dropUnmapped keeps nothing but resized layers, as the original did.
   const passThrough = dropUnmapped ? [] : [...model.passThrough];
@@ -55,7 +65,7 @@ export async function pairWithBase(session: Session, model: LoraModel): Promise<
       "WARNING",
       `${short.length} layers of ${model.entry} matched only through lossy short aliases (e.g. '${
         short[0].layer.name
-      }' → '${short[0].base.label}'); check the pairing with -v`,
+      }' → '${short[0].base!.label}'); check the pairing with -v`,
     );
   }
   return { paired: pairing.paired, passThrough };

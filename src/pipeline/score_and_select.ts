@@ -201,10 +201,10 @@ function layerSummaries(
         formatLayerDebugLine(p.layer.name, { ...e, dims: sigma.length, kept: keep[i].length }),
       );
     }
-    const known = session.norms.get(p.base);
+    const known = p.base && session.norms.get(p.base);
     return {
       name: p.layer.name,
-      base: p.base.label,
+      base: p.base?.label,
       kind: p.layer.inShape.length > 1 ? "conv" as const : "linear" as const,
       out: p.layer.factors.out,
       inShape: p.layer.inShape,
@@ -245,7 +245,7 @@ function relativeError(
  */
 async function subspaceScales(session: Session, lora: PreparedLora): Promise<Float64Array[]> {
   if (lora.subspace) return lora.subspace;
-  const weights = lora.layers.map((p) => session.checkpoint.weightRef(p.base));
+  const weights = lora.layers.map((p) => session.checkpoint.weightRef(p.base!));
   const plain = lora.layers.flatMap((p, i) => {
     const decomposition = lora.decompositions[i];
     return isKronecker(decomposition)
@@ -271,7 +271,7 @@ async function subspaceScales(session: Session, lora: PreparedLora): Promise<Flo
   );
   checkFiniteSubspaceScales(
     session.checkpoint.path,
-    lora.layers.map((p) => p.base.key),
+    lora.layers.map((p) => p.base!.key),
     lora.subspace,
   );
   return lora.subspace;

@@ -1,7 +1,7 @@
 /**
  * The resources of one `resize()` or `plan()` call: the resolved options, the backend, and —
  * opened once, after the first LoRA's decomposition has started — the base checkpoint and its
- * norms.
+ * norms, when the run has a base.
  *
  * @module
  */
@@ -52,8 +52,8 @@ export class Session implements AsyncDisposable {
    * LoRA's decomposition is under way by then.
    */
   async openBase(): Promise<void> {
-    if (this.#base) return;
     const { options } = this;
+    if (this.#base || options.checkpoint === undefined) return;
     let cache: NormsCache | undefined;
     if (options.normsCache !== false) {
       cache = await NormsCache.open(options.checkpoint, { location: options.normsCache });
@@ -69,6 +69,11 @@ export class Session implements AsyncDisposable {
       onProgress: options.onProgress,
     });
     this.#base = { checkpoint, norms };
+  }
+
+  /** Whether the run has a base checkpoint (without one, layers pair by name alone). */
+  get hasBase(): boolean {
+    return this.options.checkpoint !== undefined;
   }
 
   /** The base checkpoint ({@link openBase} first). */
