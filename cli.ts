@@ -3,7 +3,7 @@
  * The `resize-lora` command line (docs/design.md, "Command line" and "Logs and progress").
  *
  * ```
- * resize-lora CHECKPOINT LORA... [-o DIR] [-t 16|32|bf16] [-d auto|cpu|gpu] [-r RECIPES] [-v|-vv]
+ * resize-lora [CHECKPOINT] LORA... [-o DIR] [-t 16|32|bf16] [-d auto|cpu|gpu] [-r RECIPES] [-v|-vv]
  * resize-lora inspect LORA [CHECKPOINT] [-r RECIPE] [--json]
  * resize-lora demo [-o DIR]
  * ```
@@ -40,13 +40,17 @@ import { isKohyaCommandLine, kohyaToResizeLoraArgs, translateKohyaArgs } from ".
 const HELP = `resize-lora ${VERSION}
 Resizes multiple LoRAs with specified parameters.
 
-usage: resize-lora CHECKPOINT LORA [LORA ...] [options]
+usage: resize-lora [CHECKPOINT] LORA [LORA ...] [options]
        resize-lora inspect LORA [CHECKPOINT] [-r RECIPE] [--json]
        resize-lora demo [-o DIR]
 
 positional arguments:
   CHECKPOINT            base model: an SDXL or SD1.5 single-file .safetensors checkpoint
-                        (fp8 included), or a diffusers model folder
+                        (fp8 included), or a diffusers model folder. Needed only by
+                        fro_ckpt, spn_ckpt and subspace; without it every layer of the LoRA
+                        is resized, any architecture. The first positional is the base when
+                        it is a folder or its tensor names are a full model's, a LoRA when
+                        they are an adapter's (neither: the base if LoRAs follow)
   LORA                  LoRA .safetensors files in kohya, PEFT, diffusers or ComfyUI naming
                         (globs are expanded), or weighted merges
                         "a.safetensors:0.7,b.safetensors:0.3"
@@ -57,6 +61,8 @@ options:
   -o, --output_folder DIR
                         folder for the outputs (default: each LoRA's folder; created when missing)
   --save_to FILE        the output file, when the run makes one (one LoRA, one recipe)
+  --base, --checkpoint CHECKPOINT
+                        the base model, given by option: every positional is then a LoRA
   -t, --output_dtype {16,32,bf16}
                         output element type (default: 16)
   --naming {kohya,comfyui,peft,diffusers}
@@ -98,6 +104,8 @@ const OPTIONS = {
   version: { type: "boolean" },
   output_folder: { type: "string", short: "o" },
   save_to: { type: "string" },
+  base: { type: "string" },
+  checkpoint: { type: "string" },
   "save-to": { type: "string" },
   "output-folder": { type: "string" },
   output_dtype: { type: "string", short: "t" },
@@ -274,17 +282,19 @@ async function inspectCommand(values: Values, args: string[], out: Console): Pro
   return 0;
 }
 
-/** `resize-lora CHECKPOINT LORA...`: resize (or plan, with --dry_run), and the report. */
+/** `resize-lora [CHECKPOINT] LORA...`: resize (or plan, with --dry_run), and the report. */
 async function resizeCommand(
   values: Values,
   args: string[],
   out: Console,
   kohyaVerbose = false,
 ): Promise<number> {
-  if (args.length < 2) {
-    throw new UsageError("the following arguments are required: CHECKPOINT, LORA (see --help)");
+  const { runInputs } = await import("./src/run_inputs.ts");
+  const base = optionValue<string>(values, "base") ?? optionValue<string>(values, "checkpoint");
+  const { checkpoint, loras: loraArgs } = await runInputs(args, { base });
+  if (loraArgs.length < 1) {
+    throw new UsageError("the following arguments are required: LORA (see --help)");
   }
-  const [checkpoint, ...loraArgs] = args;
   const loras = (await Promise.all(loraArgs.map(expandGlob))).flat();
   // From the headers alone, before any work: a base and a LoRA given the other way round.
   // (A malformed merge spec is left to the run, which says what is wrong with it.)

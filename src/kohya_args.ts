@@ -16,8 +16,9 @@
  * resize-lora's own `auto` and `gpu` are taken as they are; any other device
  * (`cuda`, `cuda:0`, `mps`) is the default choice, `auto`.
  *
- * Until resize-lora resizes without a base model, the base checkpoint is
- * given with `--checkpoint PATH` (a resize-lora option; kohya has none).
+ * Like kohya's, the command needs no base model. `--checkpoint PATH` (a
+ * resize-lora option; kohya has none) still adds one: the layers are then
+ * paired with its weights, as in resize-lora's own form.
  *
  * @module
  */
@@ -40,7 +41,7 @@ export interface KohyaCommand {
   readonly device: "auto" | "cpu" | "gpu";
   /** `--verbose`. */
   readonly verbose: boolean;
-  /** `--checkpoint`: the base checkpoint, while resize-lora needs one. */
+  /** `--checkpoint`: a base checkpoint (kohya's rules use none). */
   readonly checkpoint?: string;
 }
 
@@ -258,7 +259,7 @@ export function translateKohyaArgs(argv: readonly string[]): KohyaCommand {
  */
 export function kohyaToResizeLoraArgs(command: KohyaCommand): string[] {
   return [
-    ...(command.checkpoint !== undefined ? [command.checkpoint] : []),
+    ...(command.checkpoint !== undefined ? ["--base", command.checkpoint] : []),
     command.model,
     "--save_to",
     command.saveTo,

@@ -66,7 +66,7 @@ Deno.test("argparse spellings: --opt=value, unique prefixes; cuda means the defa
   );
   assertEquals(
     kohyaToResizeLoraArgs(translateKohyaArgs([...IO, "--checkpoint", "b.safetensors"])).slice(0, 2),
-    ["b.safetensors", "in.safetensors"],
+    ["--base", "b.safetensors"],
   );
 });
 

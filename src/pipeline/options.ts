@@ -193,7 +193,7 @@ function checkBaseFree(recipe: Recipe, isDefault: boolean): void {
   throw new RecipeError(
     `recipe ${recipe.text}${
       isDefault ? " (the default)" : ""
-    }: ${key} scores against the base model, and no base checkpoint is given (give it first, or with --base)`,
+    }: ${key} scores against the base model, and no base checkpoint is given`,
     { key },
   );
 }
