@@ -5,7 +5,8 @@
  * CPU backend) and with the pasted kohya command line (CLI, CPU in process
  * and WebGPU in a child where an adapter exists). Every layer's rank and
  * alpha exactly, ‖ΔW‖_F within rounding, the data section to the byte, kohya's
- * ss_ metadata, every other input key kept.
+ * ss_ metadata, every other input key kept. Without a base, as kohya runs, and
+ * (recipe keys) with the micro base too.
  */
 import { createHash } from "node:crypto";
 import { join } from "node:path";
@@ -83,9 +84,9 @@ async function checkAgainstKohya(path: string, c: KCase, rescale = 1) {
   assertEquals(f.metadata.sshs_model_hash, sha);
 }
 
+/** A K case's run, without a base (as kohya runs) unless `more` gives one. */
 function options(c: KCase, dir: string, more: Partial<ResizeOptions> = {}): ResizeOptions {
   return {
-    checkpoint: BASE,
     loras: [join(FIXTURES, c.input_lora)],
     recipes: caseRecipe(c.argv),
     outputFolder: dir,
@@ -96,23 +97,28 @@ function options(c: KCase, dir: string, more: Partial<ResizeOptions> = {}): Resi
   };
 }
 
-for (const c of kCases) {
-  Deno.test(`${c.id}: recipe ${caseRecipe(c.argv)} reproduces kohya through plan() and resize()`, async () => {
-    await withDir(async (dir) => {
-      const planned = (await plan(options(c, dir))).outputs;
-      const { outputs } = await resize(options(c, dir));
-      assertEquals(outputs.length, 1);
-      const [p, o] = [planned[0], outputs[0]];
-      const ranks = Object.fromEntries(p.layers.map((l) => [l.name, l.kept]));
-      const want = Object.fromEntries(
-        Object.entries(c.outputs[0].layers).map(([n, l]) => [n, l.rank]),
-      );
-      assertEquals(ranks, want, "plan(): per-layer ranks");
-      assertEquals([o.bytes, o.rankAfter], [p.bytes, p.rankAfter], "the dry run's size and rank");
-      assertEquals((await Deno.stat(o.path)).size, o.bytes);
-      await checkAgainstKohya(o.path, c);
-    });
-  });
+for (const [c, base] of kCases.flatMap((c) => [[c, undefined], [c, BASE]] as const)) {
+  Deno.test(
+    `${c.id}: recipe ${caseRecipe(c.argv)} reproduces kohya through plan() and resize() (${
+      base ? "with" : "without"
+    } a base)`,
+    async () => {
+      await withDir(async (dir) => {
+        const planned = (await plan(options(c, dir, { checkpoint: base }))).outputs;
+        const { outputs } = await resize(options(c, dir, { checkpoint: base }));
+        assertEquals(outputs.length, 1);
+        const [p, o] = [planned[0], outputs[0]];
+        const ranks = Object.fromEntries(p.layers.map((l) => [l.name, l.kept]));
+        const want = Object.fromEntries(
+          Object.entries(c.outputs[0].layers).map(([n, l]) => [n, l.rank]),
+        );
+        assertEquals(ranks, want, "plan(): per-layer ranks");
+        assertEquals([o.bytes, o.rankAfter], [p.bytes, p.rankAfter], "the dry run's size and rank");
+        assertEquals((await Deno.stat(o.path)).size, o.bytes);
+        await checkAgainstKohya(o.path, c);
+      });
+    },
+  );
 }
 
 Deno.test("kohya keys with other recipes in one pass, and rescale: the same ranks and alphas, ΔW scaled", async () => {
@@ -122,7 +128,7 @@ Deno.test("kohya keys with other recipes in one pass, and rescale: the same rank
     const recipes = `${caseRecipe(k01.argv)}:fro_ckpt=1,thr=-3.5:${
       caseRecipe(k03.argv)
     },rescale=0.5`;
-    const { outputs } = await resize(options(k01, dir, { recipes }));
+    const { outputs } = await resize(options(k01, dir, { recipes, checkpoint: BASE }));
     assertEquals(outputs.map((o) => o.path.split("/").pop()), [
       "microA_r8_te_svfro0.9_rank16.safetensors",
       "microA_r8_te_frockpt1_th-3.5.safetensors",
@@ -314,12 +320,30 @@ for (const [c, device] of kCases.flatMap((c) => [[c, "cpu"], [c, "gpu"]] as cons
       await withDir(async (dir) => {
         const args = c.argv.map((a) => a.replaceAll("$DATA/", FIXTURES).replaceAll("$OUT", dir))
           .map((a) => a === "cpu" ? device : a);
-        args.push("--checkpoint", BASE);
         const { code, stderr } = device === "gpu"
           ? await runDeno(["run", "-A", "cli.ts", ...args])
           : await runQuiet(args);
         assertEquals(code, 0, stderr.join("\n"));
         await checkAgainstKohya(join(dir, c.outputs[0].file), c);
+      });
+    },
+  );
+  Deno.test(
+    {
+      name: `${c.id}: recipe ${caseRecipe(c.argv)} on the command line, without a base (${device})`,
+      ignore: device === "gpu" && !adapter,
+    },
+    async () => {
+      await withDir(async (dir) => {
+        const t = { F32: "32", F16: "16", BF16: "bf16" }[caseDType(c.argv)];
+        const out = join(dir, c.outputs[0].file);
+        const args = [join(FIXTURES, c.input_lora), "-r", caseRecipe(c.argv), "-t", t];
+        args.push("--save_to", out, "-d", device, "--no_norms_cache");
+        const { code, stderr } = device === "gpu"
+          ? await runDeno(["run", "-A", "cli.ts", ...args])
+          : await runQuiet(args);
+        assertEquals(code, 0, stderr.join("\n"));
+        await checkAgainstKohya(out, c);
       });
     },
   );
