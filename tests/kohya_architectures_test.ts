@@ -19,6 +19,7 @@ import { writeSafetensors } from "../src/safetensors/writer.ts";
 import { decodeFloats, encodeFloats } from "../src/safetensors/dtype.ts";
 import { type KohyaRule, selectKohya } from "../src/recipe/kohya.ts";
 import { kohyaLayerOf } from "../src/recipe/kohya_layers.ts";
+import { kohyaReference } from "./kohya_reference.ts";
 
 /** Deterministic uniform numbers in [−0.5, 0.5) (Park–Miller). */
 function rng(seed: number): () => number {
@@ -213,32 +214,6 @@ function denseSingularValues(
     }
   }
   return jacobiEigenvalues(gram, n).map((e) => Math.sqrt(Math.max(e, 0)));
-}
-
-/** kohya's rank_resize on all n singular values S of ΔW (scale included). */
-function kohyaReference(
-  S: readonly number[],
-  scale: number,
-  conv: boolean,
-  rule: KohyaRule,
-): number {
-  const n = S.length;
-  const cap = (conv ? rule.convRank ?? rule.rank : rule.rank) ?? Infinity;
-  const search = (values: number[], target: number) => {
-    const total = values.reduce((a, b) => a + b, 0);
-    let sum = 0;
-    return values.findIndex((v) => (sum += v) / total >= target);
-  };
-  let rank: number;
-  if (rule.method === "sv_ratio") {
-    rank = Math.max(1, Math.min(S.filter((s) => s > S[0] / rule.param!).length, n - 1)) + 1;
-  } else if (rule.method === "sv_cumulative") {
-    rank = Math.max(1, Math.min(search([...S], rule.param!) + 1, n - 1)) + 1;
-  } else if (rule.method === "sv_fro") {
-    rank = Math.max(1, Math.min(search(S.map((s) => s * s), rule.param! ** 2) + 1, n - 1)) + 1;
-  } else rank = cap;
-  if (S[0] / scale <= 1e-6) return 1;
-  return Math.min(rank, cap, n); // n: where kohya's reshape fails, resize-lora stops at the layer's size
 }
 
 Deno.test("kohya's rules on SD1.5 and Flux layers at real widths equal the rule on a dense SVD's σ", async () => {

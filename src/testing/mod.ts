@@ -88,6 +88,13 @@ export {
   type SyntheticSd15Options,
   writeSyntheticSd15Base,
 } from "./synthetic_sd15.ts";
+export {
+  type FluxLayerOptions,
+  type FluxLayerSpec,
+  fluxLoraLayers,
+  type SyntheticFluxLoraOptions,
+  writeSyntheticFluxLora,
+} from "./synthetic_flux.ts";
 export { type DemoFiles, type DemoOptions, writeDemoFiles } from "./demo_files.ts";
 export {
   type KroneckerForm,

@@ -352,8 +352,8 @@ function layerSpectrum(seed: number, name: string): { tau: number; decay: number
   return { tau: Math.exp(2.4 * (rng.next() - 0.5)), decay: 1 + 0.8 * rng.next() };
 }
 
-/** `down` rows `(k+1)^-p · uₖ` (unit vectors `uₖ`), flattened `rank × inFlat`. */
-function loraDown(seed: number, name: string, rank: number, inFlat: number): Float32Array {
+/** `down` rows `(k+1)^-p · uₖ` (unit vectors `uₖ`), flattened `rank × inFlat` (also Flux layers). */
+export function loraDown(seed: number, name: string, rank: number, inFlat: number): Float32Array {
   const { decay } = layerSpectrum(seed, name);
   const rng = new Rng(seed, `${name}.lora_down.weight`);
   const down = new Float32Array(rank * inFlat);
@@ -369,7 +369,7 @@ function loraDown(seed: number, name: string, rank: number, inFlat: number): Flo
  * `up` columns `t · wₖ` (unit vectors `wₖ`) with `t = τ · r/α` and
  * `τ = 0.02 · √out · e^{U(-1.2, 1.2)}`, so `α/r · up · down ≈ Σ τ (k+1)^-p wₖ uₖᵀ`.
  */
-function loraUp(
+export function loraUp(
   seed: number,
   name: string,
   out: number,
