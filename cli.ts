@@ -5,6 +5,7 @@
  * ```
  * resize-lora [CHECKPOINT] LORA... [-o DIR] [-t 16|32|bf16] [-d auto|cpu|gpu] [-r RECIPES] [-v|-vv]
  * resize-lora inspect LORA [CHECKPOINT] [-r RECIPE] [--json]
+ * resize-lora evaluate CHECKPOINT LORA [-o DIR] [--json] [--report FILE.html]
  * resize-lora demo [-o DIR]
  * ```
  *
@@ -42,6 +43,7 @@ Resizes multiple LoRAs with specified parameters.
 
 usage: resize-lora [CHECKPOINT] LORA [LORA ...] [options]
        resize-lora inspect LORA [CHECKPOINT] [-r RECIPE] [--json]
+       resize-lora evaluate CHECKPOINT LORA [-o DIR] [--json] [--report FILE.html]
        resize-lora demo [-o DIR]
 
 positional arguments:
@@ -97,7 +99,13 @@ is kept at rank 1), rank=N (alone: a fixed rank per layer; with another selectio
 cap), conv_rank=N (the same for every 4-D layer, 1x1 included; default: rank).
 A pasted kohya resize_lora.py command line (--model IN --save_to OUT --new_rank N
 --dynamic_method M --dynamic_param P --new_conv_rank N --save_precision P --device D --verbose)
-runs as the equivalent recipe, with kohya's defaults: --new_rank 4, float32 output.`;
+runs as the equivalent recipe, with kohya's defaults: --new_rank 4, float32 output.
+
+evaluate compresses LORA three ways and compares them: (1) spn_ckpt=1,thr=-1.2, a file of
+S MiB; (2) spn_lora=1,size=S, cut at a threshold T; (3) kohya's sv_ratio=10^-T capped at the
+LoRA's own rank. It prints sizes, ranks per block, the error of ΔW and relative to the base
+weights, and how far (2) and (3) agree; --json gives each step's recipe (run alone, it writes
+the same file), file and bytes.`;
 
 const OPTIONS = {
   help: { type: "boolean", short: "h" },
@@ -282,6 +290,43 @@ async function inspectCommand(values: Values, args: string[], out: Console): Pro
   return 0;
 }
 
+/** `resize-lora evaluate CHECKPOINT LORA`: the three-step comparison (src/report/evaluate.ts). */
+async function evaluateCommand(values: Values, args: string[], out: Console): Promise<number> {
+  if (args.length !== 2) {
+    throw new UsageError(
+      "usage: resize-lora evaluate CHECKPOINT LORA [-o DIR] [--json] [--report FILE.html]",
+    );
+  }
+  const { evaluate, formatEvaluation } = await import("./src/report/evaluate.ts");
+  const report = values.report as string | undefined;
+  const { evaluation, outputs } = await evaluate({
+    checkpoint: args[0],
+    lora: args[1],
+    outputFolder: optionValue<string>(values, "output_folder"),
+    ...common(values),
+    log: out.log,
+    logLevel: out.level,
+    onProgress: out.progress,
+    curve: report !== undefined,
+    alsoWrites: report === undefined ? [] : [{ path: report, source: "the report" }],
+  });
+  console.log(
+    values.json ? JSON.stringify(evaluation, null, 2) : escapeLines(formatEvaluation(evaluation)),
+  );
+  if (report !== undefined) {
+    const { renderReport } = await import("./src/report/html.ts");
+    const html = await renderReport({
+      outputs,
+      checkpoint: args[0],
+      title: "resize-lora evaluation",
+      footer: `resize-lora ${VERSION}`,
+    });
+    await writeTextAtomic(report, html);
+    if (!values.json) console.log(`report: ${report}`);
+  }
+  return 0;
+}
+
 /** `resize-lora [CHECKPOINT] LORA...`: resize (or plan, with --dry_run), and the report. */
 async function resizeCommand(
   values: Values,
@@ -421,6 +466,7 @@ export async function main(args: readonly string[]): Promise<number> {
     const [command, ...rest] = parsed.positionals;
     if (command === "demo") return await demo(values, verbosity, out);
     if (command === "inspect") return await inspectCommand(values, rest, out);
+    if (command === "evaluate") return await evaluateCommand(values, rest, out);
     return await resizeCommand(values, parsed.positionals, out, kohya?.verbose);
   } catch (e) {
     if (e instanceof ResizeLoraError) {
