@@ -1,0 +1,5 @@
+import logging
+
+
+def setup_logging(*args, **kwargs):
+    logging.basicConfig(level=logging.WARNING)
