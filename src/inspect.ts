@@ -1,9 +1,10 @@
 /**
  * `inspect()`: what a LoRA holds, per layer and per block, before resizing it.
  *
- * Without a checkpoint only the LoRA is read and decomposed. With one, the recipes are also
- * selected as `plan()` selects them (nothing written), from the same loaded and decomposed LoRA:
- * base norms, per-dimension scores and kept ranks join the layer rows. The result and its table
+ * Without a checkpoint or recipes only the LoRA is read and decomposed. With either, the recipes
+ * are also selected as `plan()` selects them (nothing written), from the same loaded and
+ * decomposed LoRA: per-dimension scores and kept ranks join the layer rows, and base norms with a
+ * checkpoint. Without one, only recipes that need no base can be planned. The result and its table
  * are in `src/report/inspect.ts`.
  *
  * @module
@@ -47,7 +48,10 @@ export interface InspectOptions {
   readonly lora: string;
   /** Base checkpoint: adds base norms, and the scores and kept ranks of `recipes`. */
   readonly checkpoint?: string;
-  /** Recipes to plan when a checkpoint is given (default: the original's default recipe). */
+  /**
+   * Recipes to plan (default with a checkpoint: the original's default recipe; without one, none
+   * unless given, and then only recipes that need no base).
+   */
   readonly recipes?: string;
   /** `auto` (default), `cpu` or `gpu`; ignored when `backend` is given. */
   readonly device?: DeviceChoice;
@@ -89,7 +93,7 @@ export interface InspectOptions {
  * ```
  */
 export async function inspect(options: InspectOptions): Promise<InspectResult> {
-  if (options.checkpoint === undefined) {
+  if (options.checkpoint === undefined && options.recipes === undefined) {
     const log = options.log ?? silent;
     const model = await loadLora(options.lora);
     const backend = options.backend ?? await selectBackend(options.device ?? "auto", { log });
@@ -102,7 +106,6 @@ export async function inspect(options: InspectOptions): Promise<InspectResult> {
   }
   await using session = await openSession({
     ...options,
-    checkpoint: options.checkpoint,
     loras: [options.lora],
     layerNorms: true,
   }, { writes: false });

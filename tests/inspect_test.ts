@@ -298,3 +298,26 @@ Deno.test("inspect: a bad path fails with the file named", async () => {
   }
   assert(message.includes("missing.safetensors"), message);
 });
+
+Deno.test("inspect without a checkpoint plans recipes that need no base, and names a key that does", async () => {
+  await using backend = await selectBackend("cpu");
+  const recipes = "fro_lora=1,thr=-1:spn_lora=1,thr=-0.1";
+  const free = await inspect({ lora: HAND, recipes, normsCache: false, backend });
+  assertJson(free);
+  assertEquals(free.checkpoint, null);
+  // The same σ and scores as with the base; here every layer is resized, the one that pairs with
+  // no base weight included (σ (3, 2, 2⁻⁶), (2, 0) and its own).
+  const byName = new Map(free.layers.map((l) => [l.name, l]));
+  assertEquals(byName.get("lora_unet_input_blocks_4_1_proj_in")!.recipes.map((r) => r.kept), [
+    2,
+    1,
+  ]);
+  assertEquals(byName.get("lora_unet_output_blocks_2_2_conv")!.recipes.map((r) => r.kept), [1, 1]);
+  assert(byName.get("lora_unet_foo_proj")!.recipes.length === 2, "resized without a base");
+  assert(free.layers.every((l) => l.baseFrobenius === null));
+  const error = await inspect({ lora: HAND, recipes: "spn_ckpt=1,thr=-1", backend }).then(
+    () => undefined,
+    (e) => e,
+  );
+  assertEquals([error?.name, error?.key], ["RecipeError", "spn_ckpt"]);
+});

@@ -410,7 +410,12 @@ function inspectHeader(result: InspectResult): string[] {
     `naming      ${result.namings.join(", ") || "–"}${
       result.architecture ? ` (${ARCHITECTURE_LABELS[result.architecture]})` : ""
     }`,
-    `checkpoint  ${result.checkpoint ?? "(none: no base norms, scores or kept ranks)"}`,
+    `checkpoint  ${
+      result.checkpoint ??
+        (result.recipes.length > 0
+          ? "(none: no base norms)"
+          : "(none: no base norms, scores or kept ranks)")
+    }`,
     `layers      ${formatCount(result.layerCount)}` +
     (result.zeroLayers > 0 ? ` (${result.zeroLayers} all-zero)` : "") +
     `, stored rank ${formatCount(result.totalRank)}, usable rank ${
