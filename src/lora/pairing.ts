@@ -28,10 +28,18 @@ export interface PairedLayer {
   readonly matchedBy?: NameKind;
 }
 
+/** A LoRA layer paired with a base weight by {@link pairLayers}. */
+export interface BasePairedLayer extends PairedLayer {
+  /** The base weight (or q/k/v block) it modifies. */
+  readonly base: BaseEntry;
+  /** Which name family matched. */
+  readonly matchedBy: NameKind;
+}
+
 /** The result of {@link pairLayers}. */
 export interface Pairing {
   /** Layers with a base weight, in layer-name order. */
-  readonly paired: readonly PairedLayer[];
+  readonly paired: readonly BasePairedLayer[];
   /** Layers whose name maps to no base weight, in name order (their tensors pass through). */
   readonly unmapped: readonly LoraLayer[];
   /** Base entries no layer modifies, in label order (the original's INFO log order). */
@@ -69,7 +77,7 @@ export function pairLayers(model: LoraModel, checkpoint: BaseCheckpoint): Pairin
       { file: model.entry },
     );
   }
-  const paired: PairedLayer[] = [];
+  const paired: BasePairedLayer[] = [];
   const unmapped: LoraLayer[] = [];
   const used = new Map<BaseEntry, LoraLayer>();
   for (const layer of model.layers) {

@@ -65,7 +65,7 @@ export async function pairWithBase(session: Session, model: LoraModel): Promise<
       "WARNING",
       `${short.length} layers of ${model.entry} matched only through lossy short aliases (e.g. '${
         short[0].layer.name
-      }' → '${short[0].base!.label}'); check the pairing with -v`,
+      }' → '${short[0].base.label}'); check the pairing with -v`,
     );
   }
   return { paired: pairing.paired, passThrough };
