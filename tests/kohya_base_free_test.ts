@@ -11,6 +11,7 @@
 import { join } from "node:path";
 import { assert, assertEquals } from "./assert.ts";
 import { resize } from "../src/resize.ts";
+import { main } from "../cli.ts";
 import { RecipeError } from "../src/errors.ts";
 import { createCpuBackend } from "../src/linalg/cpu/backend.ts";
 import { SafetensorsFile } from "../src/safetensors/reader.ts";
@@ -25,6 +26,7 @@ import { matrix, qr, svd, transpose } from "./reference/matrix.ts";
 import { kohyaReference } from "./kohya_reference.ts";
 
 const backend = await createCpuBackend({ workers: 2 });
+const FIXTURES = join(import.meta.dirname!, "fixtures");
 
 /** The recipes checked: each kohya method with caps, a fixed rank, a rank above every layer's. */
 const RECIPES = [
@@ -312,3 +314,41 @@ async function assertMissing(path: string): Promise<void> {
   const exists = await Deno.stat(path).then(() => true, () => false);
   assert(!exists, `${path} was written`);
 }
+
+Deno.test("bad kohya values and a base-aware key without a base: one line, non-zero exit, nothing written", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "resize-lora-basefree-" });
+  const lora = join(FIXTURES, "microA_r8_te.safetensors");
+  const out = join(dir, "out");
+  const save = join(out, "k.safetensors");
+  const cases: [string[], number, RegExp][] = [
+    [["--model", lora, "--save_to", save, "--dynamic_method", "foo"], 2, /--dynamic_method.*'foo'/],
+    [["--model", lora, "--save_to", save, "--dynamic_param", "0.5"], 2, /needs --dynamic_method/],
+    [[lora, "-o", out, "-r", "sv_ratio=0"], 1, /sv_ratio/],
+    [[lora, "-o", out, "-r", "rank=0"], 1, /rank/],
+    [[lora, "-o", out, "-r", "sv_fro=1.5"], 1, /sv_fro/],
+    [[lora, "-o", out, "-r", "sv_fro=0.9:fro_ckpt=1,thr=-2"], 1, /fro_ckpt .*no base checkpoint/],
+    [[lora, "-o", out], 1, /\(the default\): fro_ckpt/],
+  ];
+  const { error, log } = console;
+  try {
+    for (const [args, code, message] of cases) {
+      const errors: string[] = [];
+      console.error = (...a: unknown[]) => errors.push(a.join(" "));
+      console.log = () => {};
+      // kohya's spelling takes --device, resize-lora's -d.
+      const device = args[0] === "--model" ? ["--device", "cpu"] : ["-d", "cpu"];
+      const status = await main([...args, ...device]);
+      console.error = error;
+      console.log = log;
+      assertEquals(status, code, args.join(" "));
+      const lines = errors.filter((l) => l.startsWith("error:"));
+      assertEquals(lines.length, 1, errors.join("\n"));
+      assert(message.test(lines[0]), lines[0]);
+      await assertMissing(out);
+    }
+  } finally {
+    console.error = error;
+    console.log = log;
+    await Deno.remove(dir, { recursive: true });
+  }
+});
