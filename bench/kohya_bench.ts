@@ -17,11 +17,13 @@
  * bench/kohya_standins/ first on PYTHONPATH (Debian's torch has no `safetensors` package).
  *
  * ```sh
- * deno run -A bench/kohya_bench.ts --kohya ~/sd-scripts [--subset 20] [--flux-subset 3]
+ * deno run -A bench/kohya_bench.ts --kohya ~/sd-scripts [--subset 20] [--flux-subset 1]
  *   [--scale 1] [--flux-blocks 19,38] [--method sv_fro --param 0.9 --rank 32] [--python PATH]
  * ```
  *
- * `--scale 1/16 --flux-blocks 1,1 --subset 2 --flux-subset 1` checks the bench quickly.
+ * `--scale 1/16 --flux-blocks 1,1 --subset 2 --flux-subset 0` checks the bench quickly (0: kohya is
+ * not run on the Flux file). kohya takes about a minute per Flux layer here (a full SVD of up to
+ * 21504 × 3072), so the default Flux subset is one layer of each of its 7 shapes.
  *
  * @module
  */
@@ -52,7 +54,7 @@ const kohya = values.kohya ?? Deno.env.get("KOHYA_SD_SCRIPTS") ?? "";
 if (!kohya) throw new Error("--kohya DIR (an sd-scripts folder with networks/resize_lora.py)");
 const python = values.python ?? "/usr/bin/python3";
 const subset = Number(values.subset ?? 20);
-const fluxSubset = Number(values["flux-subset"] ?? 3);
+const fluxSubset = Number(values["flux-subset"] ?? 1);
 // "1/16" as well as "0.0625".
 const scale = (values.scale ?? "1").split("/").map(Number).reduce((a, b) => a / b);
 const [doubleBlocks, singleBlocks] = (values["flux-blocks"] ?? "19,38").split(",").map(Number);
