@@ -22,8 +22,9 @@
  * ```
  *
  * `--scale 1/16 --flux-blocks 1,1 --subset 2 --flux-subset 0` checks the bench quickly (0: kohya is
- * not run on the Flux file). kohya takes about a minute per Flux layer here (a full SVD of up to
- * 21504 × 3072), so the default Flux subset is one layer of each of its 7 shapes.
+ * not run on the Flux file). kohya's full SVD of a Flux layer (up to 21504 × 3072) is slow: 13
+ * layers took over 10 minutes here without finishing, so the default Flux subset is one layer of
+ * each of its 7 shapes.
  *
  * @module
  */
