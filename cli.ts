@@ -17,7 +17,7 @@
 import { dirname } from "node:path";
 import { parseArgs } from "node:util";
 import { OutputError, ResizeLoraError, UsageError } from "./src/errors.ts";
-import { argumentOrderProblem } from "./src/file_kind.ts";
+import { argumentOrderProblem, fileKind } from "./src/file_kind.ts";
 import { expandGlob } from "./src/glob.ts";
 import { oneLine } from "./src/one_line.ts";
 import {
@@ -350,7 +350,15 @@ async function resizeCommand(
       return [];
     }
   };
-  const problem = await argumentOrderProblem(checkpoint, loras.flatMap(members));
+  const files = loras.flatMap(members);
+  // Without a base the first positional holds a LoRA: a full checkpoint after it was meant first.
+  const baseAmongLoras = checkpoint === undefined && files.length > 1 &&
+    (await Promise.all(files.slice(1).map(fileKind))).includes("checkpoint");
+  const problem = checkpoint !== undefined
+    ? await argumentOrderProblem(checkpoint, files)
+    : baseAmongLoras
+    ? await argumentOrderProblem(files[0], files.slice(1))
+    : undefined;
   if (problem) throw new UsageError(problem);
   const report = values.report as string | undefined;
   const options = {
