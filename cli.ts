@@ -314,7 +314,7 @@ async function evaluateCommand(values: Values, args: string[], out: Console): Pr
     values.json ? JSON.stringify(evaluation, null, 2) : escapeLines(formatEvaluation(evaluation)),
   );
   if (report !== undefined) {
-    const { renderReport } = await import("./src/report/html.ts");
+    const { renderReport } = await importReport();
     const html = await renderReport({
       outputs,
       checkpoint: args[0],

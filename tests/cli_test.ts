@@ -303,3 +303,16 @@ Deno.test("bad input in other namings: one line, exit 1, nothing written", async
     assert(said[0].includes("no adapter_config.json is beside the file"), said[0]);
   });
 });
+
+Deno.test("running the CLI on a fresh machine downloads nothing: npm packages load only with a report", async () => {
+  // A fresh Deno cache: every module the CLI's graph names would be fetched and logged here.
+  const cache = await Deno.makeTempDir({ prefix: "resize-lora-fresh-cache-" });
+  try {
+    const r = await runDeno(["run", "-A", "cli.ts", "--version"], { DENO_DIR: cache });
+    assertEquals(r.code, 0, r.stderr.join("\n"));
+    assertEquals(r.stdout, [`resize-lora ${VERSION}`]);
+    assertEquals(r.stderr.filter((l) => l.startsWith("Download")), []);
+  } finally {
+    await Deno.remove(cache, { recursive: true });
+  }
+});
