@@ -7,7 +7,7 @@
  * @module
  */
 
-import { SafetensorsFile } from "./safetensors/reader.ts";
+import { headerNames } from "./safetensors/header.ts";
 
 /** What a file holds: an adapter, a full checkpoint, or neither recognisably. */
 export type FileKind = "lora" | "checkpoint" | "unknown";
@@ -56,22 +56,29 @@ export function classifySafetensors(names: Iterable<string>): FileKind {
 /** Headers up to this size are classified (an SDXL checkpoint's is about 200 KB). */
 const MAX_CLASSIFIED_HEADER = 16 * 2 ** 20;
 
-/** The header length a `.safetensors` file declares in its first 8 bytes (NaN if short). */
-async function headerLength(path: string): Promise<number> {
+/** The header bytes of a `.safetensors` file, if it declares at most `limit` of them. */
+async function headerBytes(path: string, limit: number): Promise<Uint8Array | undefined> {
   using file = await Deno.open(path);
-  const bytes = new Uint8Array(8);
-  let got = 0;
-  while (got < 8) {
-    const n = await file.read(bytes.subarray(got));
-    if (n === null) return NaN;
-    got += n;
-  }
-  return Number(new DataView(bytes.buffer).getBigUint64(0, true));
+  const read = async (buffer: Uint8Array) => {
+    for (let got = 0; got < buffer.length;) {
+      const n = await file.read(buffer.subarray(got));
+      if (n === null) return false;
+      got += n;
+    }
+    return true;
+  };
+  const prefix = new Uint8Array(8);
+  if (!await read(prefix)) return undefined;
+  const length = new DataView(prefix.buffer).getBigUint64(0, true);
+  if (length > BigInt(limit)) return undefined;
+  const json = new Uint8Array(Number(length));
+  return await read(json) ? json : undefined;
 }
 
 /**
- * The kind of the `.safetensors` file at `path`, from its header; `unknown`
- * when it cannot be read (whoever opens it next reports why).
+ * The kind of the `.safetensors` file at `path`, from its header's tensor names; `unknown`
+ * when it cannot be read (whoever opens it next reports why). Only the names are parsed: the
+ * run validates the header when it opens the file.
  *
  * @example
  * ```ts ignore
@@ -80,20 +87,15 @@ async function headerLength(path: string): Promise<number> {
  * ```
  */
 export async function fileKind(path: string): Promise<FileKind> {
-  let file: SafetensorsFile;
   try {
     // Only regular files (opening a FIFO would block), and no header far larger than any model's:
     // the run looks at such inputs once, and says what is wrong with them.
     if (!(await Deno.stat(path)).isFile) return "unknown";
-    if (!(await headerLength(path) <= MAX_CLASSIFIED_HEADER)) return "unknown";
-    file = await SafetensorsFile.open(path);
+    const json = await headerBytes(path, MAX_CLASSIFIED_HEADER);
+    const names = json && headerNames(json);
+    return names ? classifySafetensors(names) : "unknown";
   } catch {
     return "unknown";
-  }
-  try {
-    return classifySafetensors(file.names);
-  } finally {
-    file.close();
   }
 }
 

@@ -275,6 +275,32 @@ function checkEntry(
 }
 
 /**
+ * The tensor names a header declares, from a light parse: nesting depth bounded, no field
+ * checked, so that telling what a file holds costs a fraction of opening it (which validates
+ * everything). `undefined` when the header is not a JSON object.
+ *
+ * @example
+ * ```ts
+ * import { headerNames } from "./header.ts";
+ * import assert from "node:assert/strict";
+ * const json = new TextEncoder().encode('{"__metadata__":{},"a.lora_up.weight":{}}');
+ * assert.deepEqual(headerNames(json), ["a.lora_up.weight"]);
+ * assert.equal(headerNames(new TextEncoder().encode("[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]")), undefined);
+ * ```
+ */
+export function headerNames(json: Uint8Array): string[] | undefined {
+  if (nestingDepthAbove(json, MAX_HEADER_DEPTH) !== undefined) return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(utf8.decode(json));
+  } catch {
+    return undefined;
+  }
+  if (typeName(parsed) !== "object") return undefined;
+  return Object.keys(parsed as object).filter((k) => k !== "__metadata__");
+}
+
+/**
  * The byte offset where JSON text first nests deeper than `limit` objects and
  * arrays, or `undefined`; brackets inside strings do not count. A byte scan:
  * it allocates nothing, whatever the size.
