@@ -5,35 +5,13 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals } from "./assert.ts";
-import { main } from "../cli.ts";
+import { BASE, LOCON, run as runCli, withDir } from "./hostile.ts";
 import { runDeno } from "./webgpu_child.ts";
 
-const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
-const BASE = join(FIXTURES, "micro_sdxl_base.safetensors");
-const LOCON = join(FIXTURES, "microB-locon-r8c4.safetensors");
 
 /** Runs the CLI in this process on the CPU, collecting what it prints. */
-async function run(args: string[]): Promise<{ code: number; stdout: string[]; stderr: string[] }> {
-  const stdout: string[] = [];
-  const stderr: string[] = [];
-  const { error, log } = console;
-  console.error = (...a: unknown[]) => stderr.push(a.join(" "));
-  console.log = (...a: unknown[]) => stdout.push(a.join(" "));
-  try {
-    return { code: await main([...args, "-d", "cpu", "--no_norms_cache"]), stdout, stderr };
-  } finally {
-    console.error = error;
-    console.log = log;
-  }
-}
-
-async function withDir(fn: (dir: string) => Promise<void>) {
-  const dir = await Deno.makeTempDir({ prefix: "resize-lora-cli-output-" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+function run(args: string[]): ReturnType<typeof runCli> {
+  return runCli([...args, "-d", "cpu", "--no_norms_cache"]);
 }
 
 async function listFiles(dir: string): Promise<string[]> {

@@ -4,39 +4,13 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals } from "./assert.ts";
-import { main } from "../cli.ts";
+import { BASE, LOCON, run, withDir } from "./hostile.ts";
 import { runDeno } from "./webgpu_child.ts";
 import { VERSION } from "../src/version.ts";
 import { writeSafetensors } from "../src/safetensors/writer.ts";
 import { encodeFloats } from "../src/safetensors/dtype.ts";
 import denoJson from "../deno.json" with { type: "json" };
 
-const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
-const BASE = join(FIXTURES, "micro_sdxl_base.safetensors");
-const LOCON = join(FIXTURES, "microB-locon-r8c4.safetensors");
-
-async function run(args: string[]): Promise<{ code: number; stdout: string[]; stderr: string[] }> {
-  const stdout: string[] = [];
-  const stderr: string[] = [];
-  const { error, log } = console;
-  console.error = (...a: unknown[]) => stderr.push(a.join(" "));
-  console.log = (...a: unknown[]) => stdout.push(a.join(" "));
-  try {
-    return { code: await main(args), stdout, stderr };
-  } finally {
-    console.error = error;
-    console.log = log;
-  }
-}
-
-async function withDir(fn: (dir: string) => Promise<void>) {
-  const dir = await Deno.makeTempDir({ prefix: "resize-lora-cli-" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
 
 async function listFiles(dir: string): Promise<string[]> {
   const names: string[] = [];

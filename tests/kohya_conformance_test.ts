@@ -11,7 +11,7 @@
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { assert, assertEquals, assertRelClose } from "./assert.ts";
-import { main } from "../cli.ts";
+import { run as runQuiet } from "./hostile.ts";
 import { plan, resize, type ResizeOptions } from "../src/resize.ts";
 import { createCpuBackend } from "../src/linalg/cpu/backend.ts";
 import { SafetensorsFile } from "../src/safetensors/reader.ts";
@@ -243,22 +243,6 @@ Deno.test("--save_to: one output at the given path; an input path or several out
     ]);
   });
 });
-
-/** Runs the CLI in this process, collecting what it prints. */
-async function runQuiet(
-  args: string[],
-): Promise<{ code: number; stdout: string[]; stderr: string[] }> {
-  const stdout: string[] = [], stderr: string[] = [];
-  const { error, log } = console;
-  console.error = (...a: unknown[]) => stderr.push(a.join(" "));
-  console.log = (...a: unknown[]) => stdout.push(a.join(" "));
-  try {
-    return { code: await main(args), stdout, stderr };
-  } finally {
-    console.error = error;
-    console.log = log;
-  }
-}
 
 Deno.test("the pasted command's --verbose prints kohya's per-layer lines and the mean retention", async () => {
   const c = kCases[4]; // K05: sv_fro 0.8 on the LoCon, conv cap 3

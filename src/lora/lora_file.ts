@@ -220,22 +220,7 @@ export async function readLoraFile(path: string): Promise<LoraModel> {
     ...found.flatMap((l) => [l.keys.down, l.keys.up]),
     ...lycorisFactorNames(lycoris),
   ]);
-  const raw = new Map<string, RawTensor>();
-  const eager = file.tensors.filter((t) => !factorNames.has(t.name));
-  const bytes = await file.readTensors(eager.map((t) => t.name));
-  for (const { name, dtype, shape } of eager) {
-    raw.set(name, { name, dtype, shape, bytes: bytes.get(name)! });
-  }
-  for (const { name, dtype, shape, dataOffsets: [begin, end] } of file.tensors) {
-    if (!factorNames.has(name)) continue;
-    const stored = new StoredBytes({
-      path,
-      offset: file.dataStart + begin,
-      byteLength: end - begin,
-      tensor: name,
-    });
-    raw.set(name, new StoredTensor(name, dtype, shape, stored));
-  }
+  const raw = await readRawTensors(file, factorNames);
   const alphas = new Map<string, number>();
   for (const layer of found) {
     const alpha = raw.get(layer.keys.alpha);
@@ -276,6 +261,30 @@ export async function readLoraFile(path: string): Promise<LoraModel> {
     ...(architecture ? { architecture } : {}),
     warnings,
   };
+}
+
+/** Every tensor of `file`: the factors left in the file, the rest read now, into one buffer. */
+async function readRawTensors(
+  file: SafetensorsFile,
+  factorNames: ReadonlySet<string>,
+): Promise<Map<string, RawTensor>> {
+  const raw = new Map<string, RawTensor>();
+  const eager = file.tensors.filter((t) => !factorNames.has(t.name));
+  const bytes = await file.readTensors(eager.map((t) => t.name));
+  for (const { name, dtype, shape } of eager) {
+    raw.set(name, { name, dtype, shape, bytes: bytes.get(name)! });
+  }
+  for (const { name, dtype, shape, dataOffsets: [begin, end] } of file.tensors) {
+    if (!factorNames.has(name)) continue;
+    const stored = new StoredBytes({
+      path: file.path,
+      offset: file.dataStart + begin,
+      byteLength: end - begin,
+      tensor: name,
+    });
+    raw.set(name, new StoredTensor(name, dtype, shape, stored));
+  }
+  return raw;
 }
 
 /** Two layers that name the same module: the file is ambiguous. */

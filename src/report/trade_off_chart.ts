@@ -76,19 +76,7 @@ export function tradeOffSpec(outputs: readonly OutputSummary[]): Spec {
 /** The chart of labelled recipes (see {@link tradeOffSpec}). */
 export function curveSpec(recipes: readonly Labelled[], colorScale: ColorScale): Spec {
   const styles = recipes.map((_, i) => recipeStyle(i, recipes.length));
-  const curve = recipes.flatMap((r, i) => {
-    const points = r.output.curve ?? [];
-    // Markers staggered between recipes, so that those of coinciding curves sit side by side.
-    const step = Math.max(1, Math.floor(points.length / CURVE_MARKERS));
-    const phase = Math.floor((step * i) / Math.max(1, recipes.length));
-    return points.map((p, j) => ({
-      recipe: r.label,
-      rank: p.rank,
-      mib: p.bytes / MIB,
-      error: 100 * p.relativeError,
-      marker: j % step === phase,
-    }));
-  });
+  const curve = curvePoints(recipes);
   const chosen = recipes.map((r) => ({
     recipe: r.label,
     id: r.id,
@@ -136,57 +124,96 @@ export function curveSpec(recipes: readonly Labelled[], colorScale: ColorScale):
           },
         ]
         : []),
-      // Per recipe, in order: its curve (the first drawn widest), markers along it, its choice.
-      ...recipes.map((r, i) => ({
-        data: { values: curve.filter((p) => p.recipe === r.label) },
-        mark: {
-          type: "line" as const,
-          interpolate: "linear" as const,
-          strokeDash: [...styles[i].dash],
-          strokeWidth: styles[i].width,
-          opacity: 0.9,
-        },
-        encoding: { x, y, color, order: { field: "rank", type: "quantitative" as const } },
-      })),
-      ...recipes.map((r, i) => ({
-        data: { values: curve.filter((p) => p.recipe === r.label && p.marker) },
-        mark: {
-          type: "point" as const,
-          shape: styles[i].shape,
-          filled: false,
-          size: 45,
-          strokeWidth: 1.5,
-          opacity: 1,
-        },
-        encoding: { x, y, color },
-      })),
-      ...chosen.map((c, i) => ({
-        data: { values: [c] },
-        mark: {
-          type: "point" as const,
-          shape: styles[i].shape,
-          filled: true,
-          size: 110,
-          stroke: "#222",
-          strokeWidth: 1.2,
-          opacity: 1,
-        },
-        encoding: { x, y, color },
-      })),
-      // One label layer per recipe, each at its own height: coinciding choices stay legible.
-      ...chosen.map((c, i) => ({
-        data: { values: [c] },
-        mark: {
-          type: "text" as const,
-          align: "left" as const,
-          dx: 9,
-          dy: styles[i].labelDy,
-          fontSize: 11,
-          fontWeight: 600 as const,
-          color: recipes[i].color,
-        },
-        encoding: { x, y, text: { field: "text" } },
-      })),
+      ...curveLayers(recipes, styles, curve, { x, y, color }),
+      ...choiceLayers(recipes, styles, chosen, { x, y, color }),
     ],
   };
+}
+
+/** Every recipe's curve points, markers staggered between recipes. */
+function curvePoints(recipes: readonly Labelled[]) {
+  return recipes.flatMap((r, i) => {
+    const points = r.output.curve ?? [];
+    // Markers staggered between recipes, so that those of coinciding curves sit side by side.
+    const step = Math.max(1, Math.floor(points.length / CURVE_MARKERS));
+    const phase = Math.floor((step * i) / Math.max(1, recipes.length));
+    return points.map((p, j) => ({
+      recipe: r.label,
+      rank: p.rank,
+      mib: p.bytes / MIB,
+      error: 100 * p.relativeError,
+      marker: j % step === phase,
+    }));
+  });
+}
+
+/** Per recipe, in order: its curve (the first drawn widest), then markers along each. */
+function curveLayers<X, Y, C>(
+  recipes: readonly Labelled[],
+  styles: readonly ReturnType<typeof recipeStyle>[],
+  curve: ReturnType<typeof curvePoints>,
+  { x, y, color }: { x: X; y: Y; color: C },
+) {
+  return [
+    ...recipes.map((r, i) => ({
+      data: { values: curve.filter((p) => p.recipe === r.label) },
+      mark: {
+        type: "line" as const,
+        interpolate: "linear" as const,
+        strokeDash: [...styles[i].dash],
+        strokeWidth: styles[i].width,
+        opacity: 0.9,
+      },
+      encoding: { x, y, color, order: { field: "rank", type: "quantitative" as const } },
+    })),
+    ...recipes.map((r, i) => ({
+      data: { values: curve.filter((p) => p.recipe === r.label && p.marker) },
+      mark: {
+        type: "point" as const,
+        shape: styles[i].shape,
+        filled: false,
+        size: 45,
+        strokeWidth: 1.5,
+        opacity: 1,
+      },
+      encoding: { x, y, color },
+    })),
+  ];
+}
+
+/** Each recipe's chosen point, and its label at a height of its own (coinciding choices stay legible). */
+function choiceLayers<P, X, Y, C>(
+  recipes: readonly Labelled[],
+  styles: readonly ReturnType<typeof recipeStyle>[],
+  chosen: readonly P[],
+  { x, y, color }: { x: X; y: Y; color: C },
+) {
+  return [
+    ...chosen.map((c, i) => ({
+      data: { values: [c] },
+      mark: {
+        type: "point" as const,
+        shape: styles[i].shape,
+        filled: true,
+        size: 110,
+        stroke: "#222",
+        strokeWidth: 1.2,
+        opacity: 1,
+      },
+      encoding: { x, y, color },
+    })),
+    ...chosen.map((c, i) => ({
+      data: { values: [c] },
+      mark: {
+        type: "text" as const,
+        align: "left" as const,
+        dx: 9,
+        dy: styles[i].labelDy,
+        fontSize: 11,
+        fontWeight: 600 as const,
+        color: recipes[i].color,
+      },
+      encoding: { x, y, text: { field: "text" } },
+    })),
+  ];
 }

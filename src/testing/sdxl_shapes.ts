@@ -98,6 +98,55 @@ export const SDXL_PREFIXES = {
   vae: "first_stage_model.",
 } as const;
 
+/** Adds the tensors of one module (weight and bias) to a list of specs. */
+export interface TensorSpecBuilder {
+  /** The specs added so far, in order. */
+  readonly specs: TensorSpec[];
+  /** One tensor (of the builder's dtype unless given). */
+  add(name: string, shape: number[], dtype?: DType): void;
+  /** A norm's weight and bias, `[c]` each. */
+  norm(name: string, c: number): void;
+  /** A linear layer's `[out, in]` weight and (unless `bias` is false) its `[out]` bias. */
+  linear(name: string, out: number, inp: number, bias?: boolean): void;
+  /** A `k × k` conv's weight and bias. */
+  conv(name: string, out: number, inp: number, k: number): void;
+}
+
+/**
+ * A list of tensor specs built module by module, shared by the SDXL and SD1.5 shape sets.
+ *
+ * @example
+ * ```ts
+ * import { tensorSpecBuilder } from "./sdxl_shapes.ts";
+ * const b = tensorSpecBuilder("F16");
+ * b.linear("proj", 4, 3);
+ * b.conv("conv", 2, 3, 3);
+ * if (b.specs.map((s) => s.shape.join("x")).join() !== "4x3,4,2x3x3x3,2") throw new Error();
+ * ```
+ */
+export function tensorSpecBuilder(dtype: DType): TensorSpecBuilder {
+  const specs: TensorSpec[] = [];
+  const add = (name: string, shape: number[], dt: DType = dtype) => {
+    specs.push({ name, dtype: dt, shape });
+  };
+  return {
+    specs,
+    add,
+    norm: (name, c) => {
+      add(`${name}.weight`, [c]);
+      add(`${name}.bias`, [c]);
+    },
+    linear: (name, out, inp, bias = true) => {
+      add(`${name}.weight`, [out, inp]);
+      if (bias) add(`${name}.bias`, [out]);
+    },
+    conv: (name, out, inp, k) => {
+      add(`${name}.weight`, [out, inp, k, k]);
+      add(`${name}.bias`, [out]);
+    },
+  };
+}
+
 /**
  * Every tensor (name, dtype, shape) of an SGM single-file SDXL base
  * checkpoint at a scale, built from the architecture.
@@ -113,21 +162,7 @@ export const SDXL_PREFIXES = {
 export function sdxlBaseSpecs(options: BaseSpecOptions = {}): TensorSpec[] {
   const w = sdxlWidths(options.scale ?? 1);
   const dtype = options.dtype ?? "F16";
-  const specs: TensorSpec[] = [];
-  const add = (name: string, shape: number[], dt: DType = dtype) =>
-    specs.push({ name, dtype: dt, shape });
-  const norm = (name: string, c: number) => {
-    add(`${name}.weight`, [c]);
-    add(`${name}.bias`, [c]);
-  };
-  const linear = (name: string, out: number, inp: number, bias = true) => {
-    add(`${name}.weight`, [out, inp]);
-    if (bias) add(`${name}.bias`, [out]);
-  };
-  const conv = (name: string, out: number, inp: number, k: number) => {
-    add(`${name}.weight`, [out, inp, k, k]);
-    add(`${name}.bias`, [out]);
-  };
+  const { specs, add, norm, linear, conv } = tensorSpecBuilder(dtype);
   unetSpecs(w, SDXL_PREFIXES.unet, { norm, linear, conv });
   clipLSpecs(w, SDXL_PREFIXES.te1, { norm, linear, add });
   clipGSpecs(w, SDXL_PREFIXES.te2, { norm, linear, add });

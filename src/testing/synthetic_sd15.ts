@@ -13,11 +13,11 @@
  * @module
  */
 
-import type { DType } from "../safetensors/dtype.ts";
 import type { TensorSpec } from "../safetensors/header.ts";
 import { type TensorSource, type WriteResult, writeSafetensors } from "../safetensors/writer.ts";
 import type { SyntheticDType } from "./generator.ts";
 import { syntheticBaseTensor } from "./synthetic_base.ts";
+import { tensorSpecBuilder } from "./sdxl_shapes.ts";
 
 /** Key prefixes of an SD1.5 single-file checkpoint's UNet and text encoder. */
 export const SD15_PREFIXES = {
@@ -53,21 +53,7 @@ export interface Sd15SpecOptions {
 export function sd15BaseSpecs(options: Sd15SpecOptions = {}): TensorSpec[] {
   const h = Math.max(1, Math.round(64 * (options.scale ?? 1)));
   const dtype = options.dtype ?? "F16";
-  const specs: TensorSpec[] = [];
-  const add = (name: string, shape: number[], dt: DType = dtype) =>
-    specs.push({ name, dtype: dt, shape });
-  const norm = (name: string, c: number) => {
-    add(`${name}.weight`, [c]);
-    add(`${name}.bias`, [c]);
-  };
-  const linear = (name: string, out: number, inp: number, bias = true) => {
-    add(`${name}.weight`, [out, inp]);
-    if (bias) add(`${name}.bias`, [out]);
-  };
-  const conv = (name: string, out: number, inp: number, k: number) => {
-    add(`${name}.weight`, [out, inp, k, k]);
-    add(`${name}.bias`, [out]);
-  };
+  const { specs, add, norm, linear, conv } = tensorSpecBuilder(dtype);
   unet(SD15_PREFIXES.unet, h, { norm, linear, conv });
   const d = 12 * h, te = SD15_PREFIXES.te;
   add(`${te}embeddings.position_embedding.weight`, [77, d]);
