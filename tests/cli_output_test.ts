@@ -8,7 +8,6 @@ import { assert, assertEquals } from "./assert.ts";
 import { BASE, LOCON, run as runCli, withDir } from "./hostile.ts";
 import { runDeno } from "./webgpu_child.ts";
 
-
 /** Runs the CLI in this process on the CPU, collecting what it prints. */
 function run(args: string[]): ReturnType<typeof runCli> {
   return runCli([...args, "-d", "cpu", "--no_norms_cache"]);

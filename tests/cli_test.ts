@@ -11,7 +11,6 @@ import { writeSafetensors } from "../src/safetensors/writer.ts";
 import { encodeFloats } from "../src/safetensors/dtype.ts";
 import denoJson from "../deno.json" with { type: "json" };
 
-
 async function listFiles(dir: string): Promise<string[]> {
   const names: string[] = [];
   try {
