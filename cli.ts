@@ -194,6 +194,11 @@ class Console {
 }
 
 /** Options shared by the main command and `inspect`. */
+/** Where a command's library call logs and reports progress: this CLI's console. */
+function reporting(out: Console) {
+  return { log: out.log, logLevel: out.level, onProgress: out.progress };
+}
+
 function common(values: Values) {
   const noCache = optionValue<boolean>(values, "no_norms_cache");
   return {
@@ -280,9 +285,7 @@ async function inspectCommand(values: Values, args: string[], out: Console): Pro
     checkpoint: args[1],
     recipes: optionValue<string>(values, "score_recipes"),
     ...common(values),
-    log: out.log,
-    logLevel: out.level,
-    onProgress: out.progress,
+    ...reporting(out),
   });
   console.log(
     values.json ? JSON.stringify(result, null, 2) : escapeLines(formatInspectTable(result)),
@@ -304,9 +307,7 @@ async function evaluateCommand(values: Values, args: string[], out: Console): Pr
     lora: args[1],
     outputFolder: optionValue<string>(values, "output_folder"),
     ...common(values),
-    log: out.log,
-    logLevel: out.level,
-    onProgress: out.progress,
+    ...reporting(out),
     curve: report !== undefined,
     alsoWrites: report === undefined ? [] : [{ path: report, source: "the report" }],
   });
@@ -369,9 +370,7 @@ async function resizeCommand(
     outputPath: optionValue<string>(values, "save_to"),
     naming: optionValue<string>(values, "naming") as OutputNaming | undefined,
     ...common(values),
-    log: out.log,
-    logLevel: out.level,
-    onProgress: out.progress,
+    ...reporting(out),
     curve: report !== undefined,
     alsoWrites: report === undefined ? [] : [{ path: report, source: "the report" }],
   };
