@@ -32,6 +32,7 @@
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { ensureBenchFixtures } from "./fixtures.ts";
+import { measureProcess, type ProcessMeasure } from "./process_measure.ts";
 import { BENCH_DIR } from "./fixtures.ts";
 import { writeSyntheticFluxLora } from "../src/testing/mod.ts";
 import { SafetensorsFile } from "../src/safetensors/reader.ts";
@@ -69,27 +70,8 @@ const cli = join(here, "../cli.ts");
 const pythonPath = `${join(here, "kohya_standins")}:${kohya}`;
 const work = await Deno.makeTempDir({ prefix: "resize-lora-kohya-bench-" });
 
-interface Measure {
-  readonly seconds: number;
-  readonly peakMiB: number;
-  readonly stdout: string;
-}
-
-/** Runs a command under GNU time: wall seconds and peak RSS; fails loudly. */
-async function measure(argv: string[], env: Record<string, string> = {}): Promise<Measure> {
-  const t0 = performance.now();
-  const out = await new Deno.Command("/usr/bin/time", {
-    args: ["-f", "%e %M", ...argv],
-    env,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const seconds = (performance.now() - t0) / 1000;
-  const stderr = new TextDecoder().decode(out.stderr);
-  if (!out.success) throw new Error(`${argv.join(" ")} failed:\n${stderr}`);
-  const [, kb] = (stderr.trim().split("\n").pop() ?? "").split(" ").map(Number);
-  return { seconds, peakMiB: kb / 1024, stdout: new TextDecoder().decode(out.stdout) };
-}
+type Measure = ProcessMeasure;
+const measure = measureProcess;
 
 /** A layer's shape key: its down and up shapes. */
 function shapeOf(f: SafetensorsFile, layer: string): string {

@@ -17,6 +17,7 @@
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { ensureLycorisBenchFixtures } from "./fixtures.ts";
+import { measureProcess, type ProcessMeasure } from "./process_measure.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -38,26 +39,21 @@ const files = await ensureLycorisBenchFixtures({ scale, log: (l) => console.erro
 const work = await Deno.makeTempDir({ prefix: "resize-lora-lycoris-bench-" });
 const cache = join(work, "norms");
 
-interface Measure {
-  seconds: number;
-  peakMiB: number;
-}
+type Measure = ProcessMeasure;
 
-/** Runs the CLI under GNU time (wall seconds, max RSS); fails loudly. */
-async function measure(args: string[]): Promise<Measure> {
-  const hasTime = await Deno.stat("/usr/bin/time").then(() => true, () => false);
-  const argv = [Deno.execPath(), "run", "-A", cli, ...args, "-d", device, "-o", join(work, "out")];
-  const t0 = performance.now();
-  const out = await new Deno.Command(hasTime ? "/usr/bin/time" : argv[0], {
-    args: hasTime ? ["-f", "%e %M", ...argv] : argv.slice(1),
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const seconds = (performance.now() - t0) / 1000;
-  const stderr = new TextDecoder().decode(out.stderr);
-  if (!out.success) throw new Error(`${args.join(" ")} failed:\n${stderr}`);
-  const [, kb] = (stderr.trim().split("\n").pop() ?? "").split(" ").map(Number);
-  return { seconds, peakMiB: hasTime ? kb / 1024 : NaN };
+/** Runs the CLI (wall seconds, max RSS); fails loudly. */
+function measure(args: string[]): Promise<Measure> {
+  return measureProcess([
+    Deno.execPath(),
+    "run",
+    "-A",
+    cli,
+    ...args,
+    "-d",
+    device,
+    "-o",
+    join(work, "out"),
+  ]);
 }
 
 const cases: [string, string][] = [

@@ -60,15 +60,9 @@ export async function checkInputFile(path: string): Promise<Deno.FileInfo> {
   try {
     info = await Deno.stat(path);
   } catch (e) {
-    throw new SafetensorsError(`${path}: cannot open (${describeOsError(e)})`, {
-      file: path,
-      cause: e,
-    });
+    throw cannotStat(path, e);
   }
-  if (!info.isFile) {
-    throw new SafetensorsError(`${path}: cannot open (${kindOf(info)})`, { file: path });
-  }
-  return info;
+  return regularFile(path, info);
 }
 
 /** The synchronous twin of {@link checkInputFile}, for readers that open files synchronously. */
@@ -77,11 +71,20 @@ export function checkInputFileSync(path: string): Deno.FileInfo {
   try {
     info = Deno.statSync(path);
   } catch (e) {
-    throw new SafetensorsError(`${path}: cannot open (${describeOsError(e)})`, {
-      file: path,
-      cause: e,
-    });
+    throw cannotStat(path, e);
   }
+  return regularFile(path, info);
+}
+
+function cannotStat(path: string, e: unknown): SafetensorsError {
+  return new SafetensorsError(`${path}: cannot open (${describeOsError(e)})`, {
+    file: path,
+    cause: e,
+  });
+}
+
+/** `info` when it describes a regular file; otherwise the one-line error naming what it is. */
+function regularFile(path: string, info: Deno.FileInfo): Deno.FileInfo {
   if (!info.isFile) {
     throw new SafetensorsError(`${path}: cannot open (${kindOf(info)})`, { file: path });
   }

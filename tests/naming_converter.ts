@@ -101,15 +101,19 @@ export interface TestLayer {
   readonly up: Float32Array;
 }
 
-/** The namings the converter writes. */
-export type TestNaming =
-  | "kohya"
-  | "kohya-diffusers"
-  | "simpletuner"
-  | "peft"
-  | "diffusers"
-  | "diffusers-attn-procs"
-  | "comfyui";
+/** The namings the converter writes, in the order the tests run them. */
+export const TEST_NAMINGS = [
+  "kohya",
+  "kohya-diffusers",
+  "simpletuner",
+  "peft",
+  "diffusers",
+  "diffusers-attn-procs",
+  "comfyui",
+] as const;
+
+/** One of {@link TEST_NAMINGS}. */
+export type TestNaming = typeof TEST_NAMINGS[number];
 
 const under = (s: string) => s.replaceAll(".", "_");
 const TE_KOHYA = { te1: "lora_te1_", te2: "lora_te2_" } as const;

@@ -15,6 +15,7 @@ import {
   keysIn,
   sdxlTestLayers,
   storesAlpha,
+  TEST_NAMINGS,
   type TestLayer,
   type TestNaming,
   writeInNaming,
@@ -40,15 +41,7 @@ const sdxlTensors = (JSON.parse(await Deno.readTextFile("tests/fixtures/sdxl_key
   tensors: Record<string, { shape: number[] }>;
 }).tensors;
 
-const NAMES: TestNaming[] = [
-  "kohya",
-  "kohya-diffusers",
-  "simpletuner",
-  "peft",
-  "diffusers",
-  "diffusers-attn-procs",
-  "comfyui",
-];
+const NAMES: readonly TestNaming[] = TEST_NAMINGS;
 // Keeps every dimension of some layers, some of others, none of one.
 const RECIPE = "fro_ckpt=1,thr=-0.3";
 const backend = await createCpuBackend({ workers: 0 });

@@ -12,6 +12,7 @@ import {
   keysIn,
   sdxlTestLayers,
   storesAlpha,
+  TEST_NAMINGS,
   type TestNaming,
   writeInNaming,
 } from "./naming_converter.ts";
@@ -164,15 +165,7 @@ const baseShape = (key: string) => base.info(key).shape;
 base.close();
 
 const LAYERS = sdxlTestLayers(baseShape);
-const NAMES: TestNaming[] = [
-  "kohya",
-  "kohya-diffusers",
-  "simpletuner",
-  "peft",
-  "diffusers",
-  "diffusers-attn-procs",
-  "comfyui",
-];
+const NAMES: readonly TestNaming[] = TEST_NAMINGS;
 
 /** ΔW = α/r · up · down of a read layer, in f64. */
 function deltaOf(layer: LoraModel["layers"][number]): Float64Array {
