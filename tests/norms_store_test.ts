@@ -21,6 +21,8 @@ function fakeNormsBackend(asked: [string[], NormRequest][]): Backend {
     decompose: fail,
     rebuild: fail,
     subspaceScales: fail,
+    spectra: fail,
+    singularPairs: fail,
     close: () => Promise.resolve(),
     [Symbol.asyncDispose]: () => Promise.resolve(),
     baseNorms: (weights: readonly BaseWeightRef[], which: NormRequest) => {

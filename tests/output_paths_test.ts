@@ -133,6 +133,8 @@ function recordingBackend(): Backend & { calls: string[] } {
     rebuild: record("rebuild"),
     baseNorms: record("baseNorms"),
     subspaceScales: record("subspaceScales"),
+    spectra: record("spectra"),
+    singularPairs: record("singularPairs"),
     close: () => Promise.resolve(),
     [Symbol.asyncDispose]: () => Promise.resolve(),
   };

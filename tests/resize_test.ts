@@ -229,6 +229,8 @@ function spy(inner: Backend, failAfter = Infinity): Backend & { reads: BaseWeigh
       reads.push(...weights);
       return inner.baseNorms(weights, which, opts);
     },
+    spectra: (matrices, opts) => inner.spectra(matrices, opts),
+    singularPairs: (requests, opts) => inner.singularPairs(requests, opts),
     subspaceScales(requests, opts) {
       reads.push(...requests.map((r) => r.weight));
       return inner.subspaceScales(requests, opts);
@@ -465,6 +467,8 @@ Deno.test("layers that pair with nothing are decomposed early, and a failure amo
       rebuild: (r, o) => backend.rebuild(r, o),
       baseNorms: (w, which, o) => backend.baseNorms(w, which, o),
       subspaceScales: (r, o) => backend.subspaceScales(r, o),
+      spectra: (m, o) => backend.spectra(m, o),
+      singularPairs: (r, o) => backend.singularPairs(r, o),
     };
     const plain = await resize(options(join(dir, "plain"), {}));
     const { outputs } = await resize(options(dir, { loras: [input], backend: counting }));
@@ -502,6 +506,8 @@ Deno.test("the first LoRA's decomposition starts before the base is read, and st
       rebuild: (r, o) => backend.rebuild(r, o),
       baseNorms: (w, which, o) => backend.baseNorms(w, which, o),
       subspaceScales: (r, o) => backend.subspaceScales(r, o),
+      spectra: (m, o) => backend.spectra(m, o),
+      singularPairs: (r, o) => backend.singularPairs(r, o),
     };
     const log = (level: string, message: string) =>
       events.push(`${level} ${message.split(" ")[0]}`);
@@ -552,6 +558,8 @@ function withRebuild(rebuild: Backend["rebuild"]): Backend {
     rebuild,
     baseNorms: (w, which, o) => backend.baseNorms(w, which, o),
     subspaceScales: (r, o) => backend.subspaceScales(r, o),
+    spectra: (m, o) => backend.spectra(m, o),
+    singularPairs: (r, o) => backend.singularPairs(r, o),
   };
 }
 

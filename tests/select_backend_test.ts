@@ -108,6 +108,8 @@ function recorder(name: string, calls: string[]): Backend {
     baseNorms: (weights: readonly BaseWeightRef[], which: NormRequest) =>
       record(which.spectral ? "spectral" : "frobenius", weights.map(() => ({}))),
     subspaceScales: (requests) => record("subspace", requests.map(() => new Float64Array())),
+    spectra: (matrices) => record("spectra", matrices.map(() => ({}) as never)),
+    singularPairs: (requests) => record("singularPairs", requests.map(() => ({}) as never)),
     close: () => record("close", undefined),
     [Symbol.asyncDispose]: () => Promise.resolve(),
   };

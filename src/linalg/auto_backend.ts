@@ -14,10 +14,13 @@ import type {
   BaseNorms,
   BaseWeightRef,
   Decomposition,
+  FullMatrix,
   LowRankFactors,
+  MatrixSpectrum,
   NormRequest,
   RebuildRequest,
   RebuiltFactors,
+  SingularPairsRequest,
   SubspaceRequest,
 } from "./backend.ts";
 import { dtypeSize } from "../safetensors/dtype.ts";
@@ -110,6 +113,22 @@ class AutoBackend implements Backend {
   ): Promise<Float64Array[]> {
     const bytes = sum(requests, (r) => weightBytes(r.weight));
     return (await this.#pick("subspace", bytes)).subspaceScales(requests, options);
+  }
+
+  // Full matrices run on the host's WASM kernels whichever backend takes them; the CPU
+  // backend's workers share the work out.
+  spectra(
+    matrices: readonly FullMatrix[],
+    options?: BackendCallOptions<MatrixSpectrum>,
+  ): Promise<MatrixSpectrum[]> {
+    return this.options.cpu.spectra(matrices, options);
+  }
+
+  singularPairs(
+    requests: readonly SingularPairsRequest[],
+    options?: BackendCallOptions<RebuiltFactors>,
+  ): Promise<RebuiltFactors[]> {
+    return this.options.cpu.singularPairs(requests, options);
   }
 
   async close(): Promise<void> {

@@ -12,6 +12,10 @@
  * - `baseNorms`: Frobenius and spectral norms of base weights, read by the
  *   backend straight from the checkpoint file (F16/BF16/F32).
  * - `subspaceScales`: |uᵢᵀ·W·vᵢ| per dimension.
+ * - `spectra` and `singularPairs`: a matrix stored in full (a LoKr factor)
+ *   in two steps, its singular values alone (from the eigenvalues of its
+ *   short-side Gram matrix), then the singular pairs of the dimensions kept
+ *   (`full_matrix_svd.ts`).
  *
  * @module
  */
@@ -191,6 +195,38 @@ export interface SubspaceRequest {
   readonly decomposition: Decomposition;
 }
 
+/** A matrix stored in full, rows × cols (a LoKr factor that is not a low-rank product). */
+export interface FullMatrix {
+  /** Its elements, row-major (conv kernels flattened as in×kh×kw). */
+  readonly data: FloatData;
+  /** Rows. */
+  readonly rows: number;
+  /** Columns. */
+  readonly cols: number;
+}
+
+/** The singular values of a full matrix, and what finding some of their vectors later needs. */
+export interface MatrixSpectrum {
+  /** min(rows, cols) singular values, descending (zero below rounding noise). */
+  readonly sigma: Float64Array;
+  /**
+   * The tridiagonal form of the matrix's short-side Gram matrix and its reflectors, kept so
+   * that each kept dimension's vectors cost O(n²) instead of a second O(n³) reduction. Opaque:
+   * given back to {@link Backend.singularPairs} as it came.
+   */
+  readonly tridiagonal: Float64Array;
+}
+
+/** A request for the singular pairs of the kept dimensions of a full matrix. */
+export interface SingularPairsRequest {
+  /** The matrix. */
+  readonly matrix: FullMatrix;
+  /** Its spectrum, from {@link Backend.spectra}. */
+  readonly spectrum: MatrixSpectrum;
+  /** Indices (into `spectrum.sigma`) of the dimensions to keep, ascending. */
+  readonly keep: readonly number[];
+}
+
 /** Progress callback: items done so far and the total. */
 export type Progress = (done: number, total: number) => void;
 
@@ -251,6 +287,19 @@ export interface Backend extends AsyncDisposable {
     requests: readonly SubspaceRequest[],
     options?: BackendCallOptions<Float64Array>,
   ): Promise<Float64Array[]>;
+  /** The singular values of each full matrix, without vectors (see the module doc). */
+  spectra(
+    matrices: readonly FullMatrix[],
+    options?: BackendCallOptions<MatrixSpectrum>,
+  ): Promise<MatrixSpectrum[]>;
+  /**
+   * The kept singular pairs of each full matrix as f32 LoRA factors: up = U·diag(√σ)
+   * (rows × k), down = diag(√σ)·Vᵀ (k × cols) over the kept dimensions.
+   */
+  singularPairs(
+    requests: readonly SingularPairsRequest[],
+    options?: BackendCallOptions<RebuiltFactors>,
+  ): Promise<RebuiltFactors[]>;
   /** Releases workers / GPU resources. */
   close(): Promise<void>;
 }

@@ -11,9 +11,13 @@
  * (Eckart–Young), and dimension (i, j) becomes one LoRA rank with
  * up = √σ1ᵢ·u1ᵢ ⊗ √σ2ⱼ·u2ⱼ and down = (√σ1ᵢ·v1ᵢ ⊗ √σ2ⱼ·v2ⱼ)ᵀ.
  *
- * The factor SVDs are ordinary backend decompositions (a factor stored as a
- * product is its own up and down; a full one is itself times an identity on
- * its short side), so every backend serves LoKr unchanged.
+ * A factor stored as a product is its own up and down, decomposed as a LoRA
+ * is. A factor stored whole (LyCORIS's usual `lokr_w1`, and `lokr_w2` at a
+ * large dim) goes through the backends' two-step SVD of a full matrix: its
+ * singular values alone for ranking, then the singular pairs of the few
+ * dimensions kept (`full_matrix_svd.ts`). Its vectors for all 80–160
+ * dimensions would cost several times what ranking needs, and a resize keeps
+ * a handful of them.
  *
  * @module
  */
@@ -25,10 +29,13 @@ import type {
   BackendCallOptions,
   Decomposition,
   FloatData,
+  FullMatrix,
   LowRankFactors,
+  MatrixSpectrum,
   RebuildDType,
   RebuildRequest,
   RebuiltFactors,
+  SingularPairsRequest,
 } from "./backend.ts";
 import {
   decodeFactor,
@@ -44,12 +51,46 @@ export type KroneckerFactor =
   | { readonly full: FactorMatrix }
   | { readonly up: FactorMatrix; readonly down: FactorMatrix };
 
+/**
+ * One Kronecker factor as the backends take it: LoRA factors of scale 1 (a factor stored as a
+ * product), or the matrix itself (a factor stored whole, a {@link FullMatrix} with its name).
+ */
+export type KroneckerOperand = LowRankFactors | FactorMatrix;
+
+/**
+ * Whether a Kronecker operand is a matrix stored whole.
+ *
+ * @example
+ * ```ts
+ * import { isFullMatrix } from "./kronecker.ts";
+ * const data = { dtype: "F32" as const, bytes: new Uint8Array(16) };
+ * if (!isFullMatrix({ data, rows: 2, cols: 2, name: "w" })) throw new Error("a full matrix");
+ * ```
+ */
+export function isFullMatrix(f: KroneckerOperand): f is FactorMatrix {
+  return "data" in f;
+}
+
+/**
+ * Rows and columns of an operand.
+ *
+ * @example
+ * ```ts
+ * import { operandShape } from "./kronecker.ts";
+ * const data = { dtype: "F32" as const, bytes: new Uint8Array(24) };
+ * if (operandShape({ data, rows: 2, cols: 3, name: "w" }).cols !== 3) throw new Error();
+ * ```
+ */
+export function operandShape(f: KroneckerOperand): { rows: number; cols: number } {
+  return isFullMatrix(f) ? { rows: f.rows, cols: f.cols } : { rows: f.out, cols: f.inFlat };
+}
+
 /** A LoKr layer: ΔW = scale · first ⊗ second, each factor as backend input (scale 1). */
 export interface KroneckerLayer {
-  /** W1 as LoRA factors (its own scale is 1). */
-  readonly first: LowRankFactors;
-  /** W2 as LoRA factors (its own scale is 1). */
-  readonly second: LowRankFactors;
+  /** W1. */
+  readonly first: KroneckerOperand;
+  /** W2. */
+  readonly second: KroneckerOperand;
   /** Scale of the product. */
   readonly scale: number;
   /** Rows of ΔW: o1·o2. */
@@ -58,6 +99,12 @@ export interface KroneckerLayer {
   readonly inFlat: number;
 }
 
+/**
+ * The SVD of one Kronecker factor: a product's decomposition, or a whole matrix's spectrum
+ * (its kept vectors are found when the layer is rebuilt).
+ */
+export type FactorDecomposition = Decomposition | MatrixSpectrum;
+
 /** The SVD of a Kronecker layer, from its factors' SVDs. */
 export interface KroneckerDecomposition {
   /** |scale|·σ1ᵢ·σ2ⱼ for every pair, descending (ties: by i, then j). */
@@ -65,9 +112,9 @@ export interface KroneckerDecomposition {
   /** The pair (i, j) of each singular value: `pairs[2t]` = i, `pairs[2t + 1]` = j. */
   readonly pairs: Uint32Array;
   /** The SVD of W1. */
-  readonly first: Decomposition;
+  readonly first: FactorDecomposition;
   /** The SVD of W2. */
-  readonly second: Decomposition;
+  readonly second: FactorDecomposition;
 }
 
 /** A request to build output factors for the kept dimensions of one Kronecker layer. */
@@ -98,49 +145,59 @@ function factorShape(f: KroneckerFactor): { rows: number; cols: number } {
   return { rows: f.up.rows, cols: f.down.cols };
 }
 
+/** Factor bytes checked finite when they are read (a NaN fails naming the tensor). */
+function checked(m: FactorMatrix): FormedFloatData {
+  return new FormedFloatData(m.data.dtype, m.rows * m.cols, () => {
+    decodeFactor(m);
+    return m.data.bytes;
+  });
+}
+
 /**
- * A Kronecker factor as LoRA factors of scale 1. A full matrix goes on the
- * side that leaves the shorter inner dimension (the rank the decomposition
- * works at), with the identity on the other; its values are checked finite
- * when read.
+ * A Kronecker factor as the backends take it: a product as LoRA factors of scale 1 (their
+ * values checked finite when read), a whole matrix as itself (read where it lies: a NaN gives
+ * NaN singular values, and the layer's exact LoRA factors then name the tensor).
  *
  * @example
  * ```ts
- * import { kroneckerFactorAsLowRank } from "./kronecker.ts";
+ * import { isFullMatrix, kroneckerOperand } from "./kronecker.ts";
  * const full = { data: { dtype: "F32" as const, bytes: new Uint8Array(4 * 8) }, rows: 2, cols: 4, name: "w" };
- * const f = kroneckerFactorAsLowRank({ full });
- * if (f.rank !== 2 || f.out !== 2 || f.inFlat !== 4) throw new Error("identity on the short side");
+ * const f = kroneckerOperand({ full });
+ * if (!isFullMatrix(f) || f.rows !== 2 || f.cols !== 4) throw new Error("the matrix itself");
  * ```
  */
-export function kroneckerFactorAsLowRank(f: KroneckerFactor): LowRankFactors {
+export function kroneckerOperand(f: KroneckerFactor): KroneckerOperand {
+  if ("full" in f) return f.full;
   const { rows, cols } = factorShape(f);
-  const checked = (m: FactorMatrix) =>
-    new FormedFloatData(m.data.dtype, m.rows * m.cols, () => {
-      decodeFactor(m); // fails on a NaN, naming the tensor
-      return m.data.bytes;
-    });
-  if (!("full" in f)) {
-    return {
-      up: checked(f.up),
-      down: checked(f.down),
-      out: rows,
-      rank: f.up.cols,
-      inFlat: cols,
-      scale: 1,
-    };
-  }
-  const m = f.full;
+  return {
+    up: checked(f.up),
+    down: checked(f.down),
+    out: rows,
+    rank: f.up.cols,
+    inFlat: cols,
+    scale: 1,
+  };
+}
+
+/**
+ * An operand as LoRA factors of scale 1: a whole matrix goes on the side that leaves the shorter
+ * inner dimension, with the identity on the other, its values checked finite when read.
+ */
+function operandAsLowRank(f: KroneckerOperand): LowRankFactors {
+  if (!isFullMatrix(f)) return f;
+  const { rows, cols } = f;
+  const m = checked(f);
   return rows <= cols
     ? {
       up: new FormedFloatData("F32", rows * rows, () => identityF32(rows)),
-      down: checked(m),
+      down: m,
       out: rows,
       rank: rows,
       inFlat: cols,
       scale: 1,
     }
     : {
-      up: checked(m),
+      up: m,
       down: new FormedFloatData("F32", cols * cols, () => identityF32(cols)),
       out: rows,
       rank: cols,
@@ -168,8 +225,8 @@ export function kroneckerLayer(
 ): KroneckerLayer {
   const a = factorShape(first), b = factorShape(second);
   return {
-    first: kroneckerFactorAsLowRank(first),
-    second: kroneckerFactorAsLowRank(second),
+    first: kroneckerOperand(first),
+    second: kroneckerOperand(second),
     scale,
     out: a.rows * b.rows,
     inFlat: a.cols * b.cols,
@@ -181,44 +238,64 @@ export function kroneckerLayer(
  * their singular values, in descending order, ties broken by (i, j) so the
  * order is deterministic.
  *
+ * Both spectra are descending, so each i gives a descending run σ1ᵢ·σ2₀, σ1ᵢ·σ2₁, …
+ * (multiplying by a fixed factor ≥ 0 keeps floating-point order), and the runs are merged
+ * through a heap: O(k1·k2·log k1) instead of a comparison sort of all k1·k2 products, which a
+ * full LoKr factor pair makes 10⁵-long per layer.
+ *
  * @example
  * ```ts
  * import { combineKronecker } from "./kronecker.ts";
- * const d = (s: number[]) => ({
- *   sigma: new Float64Array(s), upTransform: new Float64Array(0), downTransform: new Float64Array(0),
- * });
+ * const d = (s: number[]) => ({ sigma: new Float64Array(s), tridiagonal: new Float64Array(0) });
  * const k = combineKronecker(d([3, 1]), d([2, 0.5]), -1);
  * if (k.sigma.join() !== "6,2,1.5,0.5" || k.pairs.join() !== "0,0,1,0,0,1,1,1") throw new Error();
  * ```
  */
 export function combineKronecker(
-  first: Decomposition,
-  second: Decomposition,
+  first: FactorDecomposition,
+  second: FactorDecomposition,
   scale: number,
 ): KroneckerDecomposition {
-  const k1 = first.sigma.length, k2 = second.sigma.length;
-  const values = new Float64Array(k1 * k2);
-  const order = new Uint32Array(k1 * k2);
-  for (let i = 0; i < k1; i++) {
-    for (let j = 0; j < k2; j++) {
-      values[i * k2 + j] = Math.abs(scale) * first.sigma[i] * second.sigma[j];
-      order[i * k2 + j] = i * k2 + j;
+  const s1 = first.sigma, s2 = second.sigma, k1 = s1.length, k2 = s2.length;
+  const sigma = new Float64Array(k1 * k2), pairs = new Uint32Array(2 * k1 * k2);
+  if (k2 === 0) return { sigma, pairs, first, second };
+  const lead = Float64Array.from(s1, (x) => Math.abs(scale) * x);
+  // heap[h] = run i; next[i] = the run's next j. Run a before run b: larger value, then smaller i
+  // (the runs' own order is by j, so ties come out by (i, j)).
+  const next = new Uint32Array(k1), heap = Uint32Array.from(s1.keys());
+  const value = (i: number) => lead[i] * s2[next[i]];
+  const before = (a: number, b: number) => {
+    const va = value(a), vb = value(b);
+    return va > vb || (va === vb && a < b);
+  };
+  let size = k1;
+  const siftDown = (h: number) => {
+    for (;;) {
+      const l = 2 * h + 1, r = l + 1;
+      let top = h;
+      if (l < size && before(heap[l], heap[top])) top = l;
+      if (r < size && before(heap[r], heap[top])) top = r;
+      if (top === h) return;
+      [heap[h], heap[top]] = [heap[top], heap[h]];
+      h = top;
     }
+  };
+  for (let h = (size >> 1) - 1; h >= 0; h--) siftDown(h);
+  for (let t = 0; size > 0; t++) {
+    const i = heap[0], j = next[i];
+    sigma[t] = lead[i] * s2[j];
+    pairs[2 * t] = i;
+    pairs[2 * t + 1] = j;
+    if (j + 1 < k2) next[i] = j + 1;
+    else heap[0] = heap[--size];
+    siftDown(0);
   }
-  // Index order breaks ties: (i, j) ascending.
-  order.sort((a, b) => values[b] - values[a] || a - b);
-  const sigma = new Float64Array(order.length), pairs = new Uint32Array(2 * order.length);
-  order.forEach((t, n) => {
-    sigma[n] = values[t];
-    pairs[2 * n] = Math.floor(t / k2);
-    pairs[2 * n + 1] = t % k2;
-  });
   return { sigma, pairs, first, second };
 }
 
 /**
- * Decomposes Kronecker layers with a backend: one backend call for all the
- * factors (first factors, then second factors), combined per layer.
+ * Decomposes Kronecker layers with a backend: products through `decompose`, whole matrices
+ * through `spectra` (both calls at once), combined per layer.
  *
  * @example
  * ```ts ignore
@@ -229,19 +306,54 @@ export function combineKronecker(
 export async function decomposeKronecker(
   backend: Backend,
   layers: readonly KroneckerLayer[],
-  options: Pick<BackendCallOptions<Decomposition>, "onProgress" | "signal"> = {},
+  options: Pick<BackendCallOptions<unknown>, "onProgress" | "signal"> = {},
 ): Promise<KroneckerDecomposition[]> {
-  const factors = [...layers.map((l) => l.first), ...layers.map((l) => l.second)];
-  const d = await backend.decompose(factors, options);
+  const operands = [...layers.map((l) => l.first), ...layers.map((l) => l.second)];
+  const d = await decomposeOperands(backend, operands, options);
   return layers.map((l, n) => combineKronecker(d[n], d[layers.length + n], l.scale));
+}
+
+/**
+ * The SVD of each operand, in order: products through the backend's `decompose`, whole
+ * matrices through its `spectra`, the two calls at once, progress counted over both.
+ *
+ * @example
+ * ```ts ignore
+ * const [d] = await decomposeOperands(backend, [layer.first]);
+ * ```
+ */
+export async function decomposeOperands(
+  backend: Backend,
+  operands: readonly KroneckerOperand[],
+  options: Pick<BackendCallOptions<unknown>, "onProgress" | "signal"> = {},
+): Promise<FactorDecomposition[]> {
+  const whole: FullMatrix[] = [], lowRank: LowRankFactors[] = [];
+  const at = operands.map((f) => isFullMatrix(f) ? whole.push(f) - 1 : lowRank.push(f) - 1);
+  const done = [0, 0], total = whole.length + lowRank.length;
+  const progress = (part: number) => (d: number) => {
+    done[part] = d;
+    options.onProgress?.(done[0] + done[1], total);
+  };
+  const { signal } = options;
+  const [spectra, decompositions] = await Promise.all([
+    whole.length ? backend.spectra(whole, { signal, onProgress: progress(0) }) : [],
+    lowRank.length ? backend.decompose(lowRank, { signal, onProgress: progress(1) }) : [],
+  ]);
+  return operands.map((f, n) => {
+    if (!isFullMatrix(f)) return decompositions[at[n]];
+    // A NaN or infinite element gives NaN singular values: named here, as a product's factors
+    // are when they are read.
+    if (!spectra[at[n]].sigma.every(Number.isFinite)) decodeFactor(f);
+    return spectra[at[n]];
+  });
 }
 
 /**
  * Builds the output factors for the kept dimensions of Kronecker layers,
  * under the contract of {@link RebuiltFactors}: up·down·scale = rescale·ΔW
  * restricted to the kept dimensions (so a writer sets alpha = scale·k′ as for
- * a LoRA). One backend rebuild of each factor's kept dimensions (f32), then
- * the Kronecker products, rounded once to the requested type.
+ * a LoRA). The kept dimensions of each factor (f32), then the Kronecker
+ * products, rounded once to the requested type.
  *
  * @example
  * ```ts ignore
@@ -254,7 +366,7 @@ export async function rebuildKronecker(
   options: Pick<BackendCallOptions<RebuiltFactors>, "onResult" | "signal"> = {},
 ): Promise<RebuiltFactors[]> {
   const plans = requests.map(planKroneckerRebuild);
-  const parts = await backend.rebuild([
+  const parts = await rebuildFactors(backend, [
     ...plans.map((p) => p.first),
     ...plans.map((p) => p.second),
   ], { signal: options.signal });
@@ -265,18 +377,86 @@ export async function rebuildKronecker(
   });
 }
 
+/** The rebuild of one factor's kept dimensions: a product's, or a whole matrix's pairs. */
+export type FactorRebuild =
+  | { readonly rebuild: RebuildRequest }
+  | { readonly pairs: SingularPairsRequest };
+
 /**
- * One Kronecker rebuild as two ordinary rebuilds (each factor's kept dimensions, f32, rescale
- * 1) and the product that joins their results, so a caller can put the factor rebuilds into a
- * backend call of its own, among other layers'.
+ * Each factor rebuild, in order, by the backend's `rebuild` and `singularPairs` (both calls at
+ * once); `onResult` gets each part as it comes, by its index in `parts`.
+ *
+ * @example
+ * ```ts ignore
+ * const [a, b] = await rebuildFactors(backend, [plan.first, plan.second]);
+ * ```
+ */
+export async function rebuildFactors(
+  backend: Backend,
+  parts: readonly FactorRebuild[],
+  options: BackendCallOptions<RebuiltFactors> = {},
+): Promise<RebuiltFactors[]> {
+  const rebuilds: RebuildRequest[] = [], pairs: SingularPairsRequest[] = [];
+  const back: number[][] = [[], []]; // part index of each request of each call
+  parts.forEach((p, n) => {
+    if ("rebuild" in p) {
+      back[0].push(n);
+      rebuilds.push(p.rebuild);
+    } else {
+      back[1].push(n);
+      pairs.push(p.pairs);
+    }
+  });
+  const done = [0, 0];
+  const call = (c: number) => ({
+    signal: options.signal,
+    onResult: (j: number, f: RebuiltFactors) => options.onResult?.(back[c][j], f),
+    onProgress: (d: number) => {
+      done[c] = d;
+      options.onProgress?.(done[0] + done[1], parts.length);
+    },
+  });
+  const [a, b] = await Promise.all([
+    rebuilds.length ? backend.rebuild(rebuilds, call(0)) : [],
+    pairs.length ? backend.singularPairs(pairs, call(1)) : [],
+  ]);
+  const results: RebuiltFactors[] = new Array(parts.length);
+  a.forEach((f, j) => results[back[0][j]] = f);
+  b.forEach((f, j) => results[back[1][j]] = f);
+  return results;
+}
+
+/**
+ * One Kronecker rebuild as two factor rebuilds (each factor's kept dimensions, f32, rescale 1)
+ * and the product that joins their results, so a caller can put the factor rebuilds into
+ * backend calls of its own, among other layers'.
  */
 export interface KroneckerRebuildPlan {
   /** The rebuild of W1's kept dimensions. */
-  readonly first: RebuildRequest;
+  readonly first: FactorRebuild;
   /** The rebuild of W2's kept dimensions. */
-  readonly second: RebuildRequest;
+  readonly second: FactorRebuild;
   /** The layer's output factors from the two results (see {@link rebuildKronecker}). */
   combine(first: RebuiltFactors, second: RebuiltFactors): RebuiltFactors;
+}
+
+/**
+ * The rebuild of the given dimensions of one factor, unscaled: up·down = the factor over those
+ * dimensions (f32).
+ */
+export function factorRebuild(
+  operand: KroneckerOperand,
+  decomposition: FactorDecomposition,
+  keep: readonly number[],
+): FactorRebuild {
+  if (isFullMatrix(operand)) {
+    if (!("tridiagonal" in decomposition)) {
+      throw new RangeError("a whole factor needs its spectrum");
+    }
+    return { pairs: { matrix: operand, spectrum: decomposition, keep } };
+  }
+  if ("tridiagonal" in decomposition) throw new RangeError("a product needs its decomposition");
+  return { rebuild: { factors: operand, decomposition, keep, rescale: 1 } };
 }
 
 /**
@@ -285,7 +465,7 @@ export interface KroneckerRebuildPlan {
  * @example
  * ```ts ignore
  * const plan = planKroneckerRebuild({ layer, decomposition, keep: [0, 1], rescale: 1 });
- * const [a, b] = await backend.rebuild([plan.first, plan.second]);
+ * const [a, b] = await rebuildFactors(backend, [plan.first, plan.second]);
  * const { up, down } = plan.combine(a, b);
  * ```
  */
@@ -293,28 +473,18 @@ export function planKroneckerRebuild(request: KroneckerRebuildRequest): Kronecke
   const plan = pairsKept(request);
   const { layer, decomposition } = request;
   return {
-    first: {
-      factors: layer.first,
-      decomposition: decomposition.first,
-      keep: plan.firsts,
-      rescale: 1,
-    },
-    second: {
-      factors: layer.second,
-      decomposition: decomposition.second,
-      keep: plan.seconds,
-      rescale: 1,
-    },
+    first: factorRebuild(layer.first, decomposition.first, plan.firsts),
+    second: factorRebuild(layer.second, decomposition.second, plan.seconds),
     combine: (first, second) => kroneckerOutput(request, plan, first, second),
   };
 }
 
 /**
  * A Kronecker layer as exact LoRA factors: up = B1 ⊗ B2, down = A1 ⊗ A2 (each factor's own up
- * and down), so scale·up·down = scale·(B1·A1) ⊗ (B2·A2) = ΔW. Its rank is the product of the
- * factors' ranks, often far above ΔW's dimension count's worth of work: the structured
- * {@link decomposeKronecker} and {@link rebuildKronecker} are what the pipeline uses; these
- * factors serve what has no structured form (their bytes are formed, f32, on each read).
+ * and down; a whole matrix is itself times an identity), so scale·up·down = ΔW. Its rank is
+ * the product of the factors' ranks, often far above ΔW's dimension count's worth of work: the
+ * structured {@link decomposeKronecker} and {@link rebuildKronecker} are what the pipeline uses;
+ * these factors serve what has no structured form (their bytes are formed, f32, on each read).
  *
  * @example
  * ```ts
@@ -330,7 +500,7 @@ export function planKroneckerRebuild(request: KroneckerRebuildRequest): Kronecke
  * ```
  */
 export function kroneckerLowRank(layer: KroneckerLayer): LowRankFactors {
-  const { first: a, second: b } = layer;
+  const a = operandAsLowRank(layer.first), b = operandAsLowRank(layer.second);
   const f32 = (d: FloatData) => decodeFloats(d.bytes, d.dtype, Float32Array);
   const rank = a.rank * b.rank;
   const up = new FormedFloatData("F32", layer.out * rank, () => {
@@ -404,8 +574,8 @@ function kroneckerOutput(
 ): RebuiltFactors {
   const { layer, rescale } = request;
   const dtype = request.dtype ?? "F32";
-  const o1 = layer.first.out, i1 = layer.first.inFlat;
-  const o2 = layer.second.out, i2 = layer.second.inFlat;
+  const { rows: o1, cols: i1 } = operandShape(layer.first);
+  const { rows: o2, cols: i2 } = operandShape(layer.second);
   const n1 = plan.firsts.length, n2 = plan.seconds.length, k = plan.at.length;
   const up1 = decodeFloats(first.up.bytes, first.up.dtype, Float64Array);
   const down1 = decodeFloats(first.down.bytes, first.down.dtype, Float64Array);

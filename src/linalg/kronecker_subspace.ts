@@ -15,7 +15,13 @@
 import { decodeFloats, dtypeSize } from "../safetensors/dtype.ts";
 import { readFileRange } from "../safetensors/file_range.ts";
 import type { Backend, BaseWeightRef, RebuiltFactors } from "./backend.ts";
-import type { KroneckerDecomposition, KroneckerLayer } from "./kronecker.ts";
+import {
+  factorRebuild,
+  type KroneckerDecomposition,
+  type KroneckerLayer,
+  operandShape,
+  rebuildFactors,
+} from "./kronecker.ts";
 
 /** A request for the subspace scales of one Kronecker layer. */
 export interface KroneckerSubspaceRequest {
@@ -41,15 +47,13 @@ export async function kroneckerSubspaceScales(
   requests: readonly KroneckerSubspaceRequest[],
 ): Promise<Float64Array[]> {
   const all = (n: number) => [...Array(n).keys()];
-  const vectors = await backend.rebuild(requests.flatMap(({ layer, decomposition: d }) => [
-    { factors: layer.first, decomposition: d.first, keep: all(d.first.sigma.length), rescale: 1 },
-    {
-      factors: layer.second,
-      decomposition: d.second,
-      keep: all(d.second.sigma.length),
-      rescale: 1,
-    },
-  ]));
+  const vectors = await rebuildFactors(
+    backend,
+    requests.flatMap(({ layer, decomposition: d }) => [
+      factorRebuild(layer.first, d.first, all(d.first.sigma.length)),
+      factorRebuild(layer.second, d.second, all(d.second.sigma.length)),
+    ]),
+  );
   return requests.map((r, n) => scalesOf(r, vectors[2 * n], vectors[2 * n + 1]));
 }
 
@@ -74,8 +78,8 @@ function scalesOf(
   first: RebuiltFactors,
   second: RebuiltFactors,
 ): Float64Array {
-  const o1 = layer.first.out, i1 = layer.first.inFlat;
-  const o2 = layer.second.out, i2 = layer.second.inFlat;
+  const { rows: o1, cols: i1 } = operandShape(layer.first);
+  const { rows: o2, cols: i2 } = operandShape(layer.second);
   const cols = i1 * i2;
   const w = decodeFloats(
     readFileRange({

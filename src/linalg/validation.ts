@@ -12,8 +12,10 @@ import {
   type BaseWeightRef,
   type Decomposition,
   floatByteLength,
+  type FullMatrix,
   type LowRankFactors,
   type RebuildRequest,
+  type SingularPairsRequest,
 } from "./backend.ts";
 
 function isCount(n: unknown): n is number {
@@ -105,7 +107,15 @@ export function checkRebuild(request: RebuildRequest, where: string): void {
   if (!Number.isFinite(rescale) || rescale < 0) {
     throw new BackendError(`${where}: rescale ${rescale} is not a finite number ≥ 0`);
   }
-  const k = decomposition.sigma.length;
+  checkKeep(keep, decomposition.sigma.length, where);
+  const { dtype } = request;
+  if (dtype !== undefined && dtype !== "F16" && dtype !== "BF16" && dtype !== "F32") {
+    throw new BackendError(`${where}: cannot rebuild factors as ${dtype} (F16, BF16 or F32)`);
+  }
+}
+
+/** Throws a {@link BackendError} unless `keep` is ascending whole indices below k. */
+function checkKeep(keep: readonly number[], k: number, where: string): void {
   keep.forEach((m, j) => {
     if (!Number.isInteger(m) || m < 0 || m >= k || (j > 0 && m <= keep[j - 1])) {
       throw new BackendError(
@@ -113,10 +123,53 @@ export function checkRebuild(request: RebuildRequest, where: string): void {
       );
     }
   });
-  const { dtype } = request;
-  if (dtype !== undefined && dtype !== "F16" && dtype !== "BF16" && dtype !== "F32") {
-    throw new BackendError(`${where}: cannot rebuild factors as ${dtype} (F16, BF16 or F32)`);
+}
+
+/**
+ * Checks a full matrix's shape and byte length (without reading stored data).
+ *
+ * @example
+ * ```ts
+ * import { checkMatrix } from "./validation.ts";
+ * checkMatrix({ data: { dtype: "F16", bytes: new Uint8Array(12) }, rows: 2, cols: 3 }, "matrix 0");
+ * ```
+ */
+export function checkMatrix(m: FullMatrix, where: string): void {
+  if (!isCount(m.rows) || !isCount(m.cols)) {
+    throw new BackendError(`${where}: shape ${m.rows}×${m.cols} is not positive whole numbers`);
   }
+  if (!isFloatDType(m.data.dtype)) {
+    throw new BackendError(`${where}: unsupported dtype ${m.data.dtype}`);
+  }
+  const expected = m.rows * m.cols * dtypeSize(m.data.dtype), length = floatByteLength(m.data);
+  if (length !== expected) {
+    throw new BackendError(
+      `${where}: ${length} bytes, expected ${expected} (${m.data.dtype} ${m.rows}×${m.cols})`,
+    );
+  }
+}
+
+/**
+ * Checks a singular-pairs request: the matrix, a spectrum of its size, and `keep`.
+ *
+ * @example
+ * ```ts
+ * import { checkSingularPairs } from "./validation.ts";
+ * const matrix = { data: { dtype: "F32" as const, bytes: new Uint8Array(16) }, rows: 2, cols: 2 };
+ * const spectrum = { sigma: new Float64Array(2), tridiagonal: new Float64Array(7) };
+ * checkSingularPairs({ matrix, spectrum, keep: [1] }, "matrix 0");
+ * ```
+ */
+export function checkSingularPairs(request: SingularPairsRequest, where: string): void {
+  const { matrix, spectrum, keep } = request;
+  checkMatrix(matrix, where);
+  const n = Math.min(matrix.rows, matrix.cols);
+  if (spectrum.sigma.length !== n) {
+    throw new BackendError(
+      `${where}: ${spectrum.sigma.length} singular values for a ${matrix.rows}×${matrix.cols} matrix`,
+    );
+  }
+  checkKeep(keep, n, where);
 }
 
 /**

@@ -1,9 +1,10 @@
 /**
  * Decomposition and rebuild of a LoRA's layers, whatever they were stored as: LoRA and LoHa
  * layers through their (exact) low-rank factors, LoKr layers through the SVDs of their two
- * Kronecker factors (docs/design.md, "LyCORIS layers"). Each call is one backend call, with a
- * LoKr layer's two factors next to each other in layer order, so that results still come
- * roughly in layer order for the writer.
+ * Kronecker factors (docs/design.md, "LyCORIS layers"). Each stage is one backend call for the
+ * low-rank products and one for the factors stored whole (running together), with a LoKr
+ * layer's two factors next to each other in layer order, so that results still come roughly in
+ * layer order for the writer.
  *
  * @module
  */
@@ -13,14 +14,17 @@ import type {
   BackendCallOptions,
   Decomposition,
   RebuildDType,
-  RebuildRequest,
   RebuiltFactors,
 } from "../linalg/backend.ts";
 import {
   combineKronecker,
+  decomposeOperands,
+  type FactorRebuild,
   type KroneckerDecomposition,
+  type KroneckerOperand,
   type KroneckerRebuildPlan,
   planKroneckerRebuild,
+  rebuildFactors,
 } from "../linalg/kronecker.ts";
 import type { LoraLayer } from "../lora/lora_file.ts";
 
@@ -46,14 +50,14 @@ export async function decomposeLayers(
   layers: readonly LoraLayer[],
   options: Pick<BackendCallOptions<Decomposition>, "onProgress" | "signal"> = {},
 ): Promise<LayerDecomposition[]> {
-  const items = layers.flatMap((l) => {
+  const items = layers.flatMap((l): KroneckerOperand[] => {
     const k = l.lycoris?.kind === "lokr" ? l.lycoris.kronecker : undefined;
     return k ? [k.first, k.second] : [l.factors];
   });
-  const results = await backend.decompose(items, options);
+  const results = await decomposeOperands(backend, items, options);
   let next = 0;
   return layers.map((l) => {
-    if (l.lycoris?.kind !== "lokr") return results[next++];
+    if (l.lycoris?.kind !== "lokr") return results[next++] as Decomposition;
     const d = combineKronecker(results[next], results[next + 1], l.lycoris.kronecker.scale);
     next += 2;
     return d;
@@ -85,7 +89,7 @@ export async function rebuildLayers(
   options: BackendCallOptions<RebuiltFactors> = {},
 ): Promise<RebuiltFactors[]> {
   const plans: (KroneckerRebuildPlan | undefined)[] = [];
-  const items: RebuildRequest[] = [];
+  const items: FactorRebuild[] = [];
   const owner: number[] = []; // request index of each backend item
   requests.forEach((r, n) => {
     const lokr = r.layer.lycoris?.kind === "lokr" ? r.layer.lycoris : undefined;
@@ -103,7 +107,7 @@ export async function rebuildLayers(
     } else if (!isKronecker(r.decomposition)) {
       plans.push(undefined);
       const { layer, decomposition, keep, rescale, dtype } = r;
-      items.push({ factors: layer.factors, decomposition, keep, rescale, dtype });
+      items.push({ rebuild: { factors: layer.factors, decomposition, keep, rescale, dtype } });
       owner.push(n);
     } else {
       throw new RangeError(`rebuild: layer '${r.layer.name}' is not a LoKr layer`); // cannot happen
@@ -126,7 +130,7 @@ export async function rebuildLayers(
     results[n] = f;
     options.onResult?.(n, f);
   };
-  const parts = await backend.rebuild(items, {
+  const parts = await rebuildFactors(backend, items, {
     onProgress: options.onProgress,
     signal: options.signal,
     onResult: take,

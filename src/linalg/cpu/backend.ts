@@ -17,17 +17,27 @@ import type {
   BaseNorms,
   BaseWeightRef,
   Decomposition,
+  FullMatrix,
   LowRankFactors,
+  MatrixSpectrum,
   NormRequest,
   RebuildRequest,
   RebuiltFactors,
+  SingularPairsRequest,
   SubspaceRequest,
 } from "../backend.ts";
 import { Kernels } from "../wasm/kernels.ts";
 import { RangeReader } from "../range_reader.ts";
 import { WorkerPool } from "./pool.ts";
 import { runWorkItem, type WorkItem, type WorkResult } from "./work_items.ts";
-import { checkDecomposition, checkFactors, checkRebuild, checkWeight } from "../validation.ts";
+import {
+  checkDecomposition,
+  checkFactors,
+  checkMatrix,
+  checkRebuild,
+  checkSingularPairs,
+  checkWeight,
+} from "../validation.ts";
 
 /**
  * Options of {@link createCpuBackend}.
@@ -207,6 +217,32 @@ class CpuBackend implements Backend {
       requests.map((request) => ({ kind: "subspace", request })),
       requests.map(({ weight: w, factors: f }) => w.rows * w.cols * f.rank),
       "largest-first",
+      options,
+    );
+  }
+
+  spectra(
+    matrices: readonly FullMatrix[],
+    options?: BackendCallOptions<MatrixSpectrum>,
+  ): Promise<MatrixSpectrum[]> {
+    matrices.forEach((matrix, i) => checkMatrix(matrix, `spectra: matrix ${i}`));
+    return this.#run(
+      matrices.map((matrix) => ({ kind: "spectrum", matrix })),
+      matrices.map(({ rows, cols }) => Math.min(rows, cols) ** 2 * (rows + cols)),
+      "in-order",
+      options,
+    );
+  }
+
+  singularPairs(
+    requests: readonly SingularPairsRequest[],
+    options?: BackendCallOptions<RebuiltFactors>,
+  ): Promise<RebuiltFactors[]> {
+    requests.forEach((request, i) => checkSingularPairs(request, `singularPairs: matrix ${i}`));
+    return this.#run(
+      requests.map((request) => ({ kind: "singularPairs", request })),
+      requests.map(({ matrix: m, keep }) => (m.rows + m.cols) ** 2 * Math.max(1, keep.length)),
+      "in-order",
       options,
     );
   }

@@ -13,15 +13,19 @@ import {
   type BaseWeightRef,
   type Decomposition,
   type FloatData,
+  type FullMatrix,
   type LowRankFactors,
+  type MatrixSpectrum,
   type NormRequest,
   type RebuildRequest,
   type RebuiltFactors,
+  type SingularPairsRequest,
   StoredFloatData,
   type SubspaceRequest,
 } from "../backend.ts";
 import { FormedFloatData } from "../factor_matrix.ts";
 import { decomposeLayer } from "./decompose.ts";
+import { matrixSingularPairs, matrixSpectrum } from "./full_matrix.ts";
 import type { ItemContext } from "./item_context.ts";
 import { weightNorms } from "./norms.ts";
 import { rebuildLayer } from "./rebuild.ts";
@@ -32,10 +36,17 @@ export type WorkItem =
   | { readonly kind: "decompose"; readonly layer: LowRankFactors }
   | { readonly kind: "rebuild"; readonly request: RebuildRequest }
   | { readonly kind: "norms"; readonly weight: BaseWeightRef; readonly which: NormRequest }
-  | { readonly kind: "subspace"; readonly request: SubspaceRequest };
+  | { readonly kind: "subspace"; readonly request: SubspaceRequest }
+  | { readonly kind: "spectrum"; readonly matrix: FullMatrix }
+  | { readonly kind: "singularPairs"; readonly request: SingularPairsRequest };
 
 /** What each kind of task returns. */
-export type WorkResult = Decomposition | RebuiltFactors | BaseNorms | Float64Array;
+export type WorkResult =
+  | Decomposition
+  | RebuiltFactors
+  | BaseNorms
+  | Float64Array
+  | MatrixSpectrum;
 
 /**
  * Runs a task on this thread.
@@ -55,6 +66,10 @@ export function runWorkItem(context: ItemContext, task: WorkItem): WorkResult {
       return weightNorms(context, task.weight, task.which);
     case "subspace":
       return subspaceScales(context, task.request);
+    case "spectrum":
+      return matrixSpectrum(context, task.matrix);
+    case "singularPairs":
+      return matrixSingularPairs(context, task.request);
   }
 }
 
@@ -117,6 +132,12 @@ function withFactorData(task: WorkItem, map: (data: FloatData) => FloatData): Wo
     up: map(f.up),
     down: map(f.down),
   });
+  // Just the matrix's own fields: a caller's matrix may carry more (a tensor name).
+  const matrix = ({ data, rows, cols }: FullMatrix): FullMatrix => ({
+    data: map(data),
+    rows,
+    cols,
+  });
   switch (task.kind) {
     case "decompose":
       return { kind: "decompose", layer: factors(task.layer) };
@@ -129,6 +150,13 @@ function withFactorData(task: WorkItem, map: (data: FloatData) => FloatData): Wo
       return {
         kind: "subspace",
         request: { ...task.request, factors: factors(task.request.factors) },
+      };
+    case "spectrum":
+      return { kind: "spectrum", matrix: matrix(task.matrix) };
+    case "singularPairs":
+      return {
+        kind: "singularPairs",
+        request: { ...task.request, matrix: matrix(task.request.matrix) },
       };
     case "norms":
       return task;
@@ -148,6 +176,9 @@ function withFactorData(task: WorkItem, map: (data: FloatData) => FloatData): Wo
  */
 export function resultTransfer(result: WorkResult): ArrayBuffer[] {
   if (result instanceof Float64Array) return [result.buffer as ArrayBuffer];
+  if ("tridiagonal" in result) {
+    return [result.sigma.buffer, result.tridiagonal.buffer] as ArrayBuffer[];
+  }
   if ("sigma" in result) {
     return [result.sigma, result.upTransform, result.downTransform].map((a) =>
       a.buffer as ArrayBuffer

@@ -28,14 +28,18 @@ import type {
   BaseNorms,
   BaseWeightRef,
   Decomposition,
+  FullMatrix,
   LowRankFactors,
+  MatrixSpectrum,
   NormRequest,
   RebuildRequest,
   RebuiltFactors,
+  SingularPairsRequest,
   SubspaceRequest,
 } from "../backend.ts";
 import { withBatchBuffers } from "./batches.ts";
 import { decomposeOnGpu } from "./decompose.ts";
+import { singularPairsOnHost, spectraOnHost } from "./full_matrix.ts";
 import { GpuContext } from "./device.ts";
 import { baseNormsOnGpu } from "./norms.ts";
 import { Format } from "./pack.ts";
@@ -146,6 +150,20 @@ class GpuBackend implements Backend {
     options?: BackendCallOptions<Float64Array>,
   ): Promise<Float64Array[]> {
     return subspaceOnGpu(this.#ctx, requests, options);
+  }
+
+  spectra(
+    matrices: readonly FullMatrix[],
+    options?: BackendCallOptions<MatrixSpectrum>,
+  ): Promise<MatrixSpectrum[]> {
+    return spectraOnHost(matrices, options);
+  }
+
+  singularPairs(
+    requests: readonly SingularPairsRequest[],
+    options?: BackendCallOptions<RebuiltFactors>,
+  ): Promise<RebuiltFactors[]> {
+    return singularPairsOnHost(requests, options);
   }
 
   close(): Promise<void> {

@@ -173,6 +173,29 @@ export interface KernelExports {
    */
   symmetricEigenvectors(c: number, n: number, zt: number, d: number, e: number, w: number): number;
   /**
+   * Householder tridiagonalisation of a symmetric n × n f64 matrix c (full storage, overwritten
+   * by the reflectors): diagonal into d, off-diagonal into e, reflector scales into tau (n f64
+   * each); p is scratch for n f64.
+   */
+  tridiagonalize(c: number, n: number, d: number, e: number, tau: number, p: number): void;
+  /** Eigenvalues (unsorted) of the tridiagonal d, e into d (both overwritten); 0, or −1 if QL did not converge. */
+  tridiagonalEigenvalues(d: number, e: number, n: number): number;
+  /**
+   * Unit eigenvectors of the tridiagonal d, e (read only) for `count` of its eigenvalues
+   * (lambdas, descending) as the rows of out (count × n f64); work is scratch for 6n f64.
+   */
+  eigenvectorsAt(
+    d: number,
+    e: number,
+    n: number,
+    lambdas: number,
+    count: number,
+    out: number,
+    work: number,
+  ): void;
+  /** Each of the `count` rows y of ys (n f64) ← Q·y, Q the reflectors `tridiagonalize` left. */
+  applyReflectors(c: number, n: number, tau: number, ys: number, count: number): void;
+  /**
    * Y ← R₁₁⁻¹·Y for the leading kept × kept triangle of a `pivotedCholesky` factor (rt, r,
    * pivots); Y is kept × count f64 with row stride ldy.
    */

@@ -92,17 +92,14 @@ export function pivotedCholesky(
 }
 
 /**
- * Eigenvectors of the symmetric n × n matrix c (full storage; overwritten) as the rows of zt
- * (n × n, orthonormal to working precision): Householder tridiagonalisation C = Q·T·Qᵀ, Q
- * accumulated backwards, then implicit QL with Wilkinson shifts on T, each rotation applied to
- * two rows of Zᵀ = Qᵀ. Eigenvalues are left in d (n f64, unsorted); e and w are scratch for n
- * and 2n f64. Returns 0, or −1 when QL did not converge.
+ * Householder tridiagonalisation C = Q·T·Qᵀ of the symmetric n × n matrix c (full storage;
+ * overwritten): T's diagonal into d (n f64) and off-diagonal into e (e[k] couples k and k + 1; n
+ * f64, the last 0); reflector k, H = I − τ·v·vᵀ on indices k + 1…, keeps v in row k of c right of
+ * the diagonal and τ in tau[k] (n f64; 0 where H = I). p is scratch for n f64.
  */
-export function symmetricEigenvectors(c: usize, size: i32, zt: usize, d: usize, e: usize, w: usize): i32 {
+export function tridiagonalize(c: usize, size: i32, d: usize, e: usize, tau: usize, p: usize): void {
   const n = <usize> size;
-  if (n == 0) return 0;
-  const p = w, tau = w + (n << 3);
-  // Tridiagonalisation: step k maps row k's part right of the diagonal, x, to e[k]·e₀ by
+  // Step k maps row k's part right of the diagonal, x, to e[k]·e₀ by
   // H = I − τ·v·vᵀ and updates the trailing block B ← H·B·H = B − v·qᵀ − q·vᵀ with
   // q = τ·B·v − (τ²/2)(vᵀ·B·v)·v; v is kept in row k.
   for (let k: usize = 0; k < n; k++) {
@@ -130,6 +127,20 @@ export function symmetricEigenvectors(c: usize, size: i32, zt: usize, d: usize, 
     for (let i: usize = 0; i < len; i++) put(p, i, at(p, i) - half * at(x, i));
     for (let i: usize = 0; i < len; i++) subtract2(b + i * ld, at(x, i), p, at(p, i), x, len);
   }
+}
+
+/**
+ * Eigenvectors of the symmetric n × n matrix c (full storage; overwritten) as the rows of zt
+ * (n × n, orthonormal to working precision): Householder tridiagonalisation C = Q·T·Qᵀ, Q
+ * accumulated backwards, then implicit QL with Wilkinson shifts on T, each rotation applied to
+ * two rows of Zᵀ = Qᵀ. Eigenvalues are left in d (n f64, unsorted); e and w are scratch for n
+ * and 2n f64. Returns 0, or −1 when QL did not converge.
+ */
+export function symmetricEigenvectors(c: usize, size: i32, zt: usize, d: usize, e: usize, w: usize): i32 {
+  const n = <usize> size;
+  if (n == 0) return 0;
+  const p = w, tau = w + (n << 3);
+  tridiagonalize(c, size, d, e, tau, p);
   // Q = H₀·H₁ ⋯ (each Hₖ acting on indices k + 1…), built from the last reflector back so that
   // Hₖ only meets the trailing block; then transposed in place to Zᵀ = Qᵀ.
   memory.fill(zt, 0, (n * n) << 3);

@@ -14,7 +14,8 @@ export {
 } from "./products";
 export { encodeBF16, encodeF16 } from "./encode";
 export { orthogonalizeRows } from "./jacobi";
-export { backSubstitute, pivotedCholesky, symmetricEigenvectors } from "./core";
+export { backSubstitute, pivotedCholesky, symmetricEigenvectors, tridiagonalize } from "./core";
+export { applyReflectors, eigenvectorsAt, tridiagonalEigenvalues } from "./spectrum";
 export { gramMatvec, rowsTimesTransposed, sumSquares } from "./norms";
 
 /** First free byte after the module's static data. */

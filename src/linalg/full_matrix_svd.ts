@@ -1,0 +1,192 @@
+/**
+ * The SVD of a matrix stored in full (a LoKr factor that is not a low-rank product), shared by
+ * both backends, in two steps: its singular values alone, which is all that ranking its
+ * dimensions needs, then the singular pairs of the few dimensions a resize keeps.
+ *
+ * Both steps go through the eigenvalues of the Gram matrix on the short side, G = M·Mᵀ (or MᵀM
+ * when M is tall): Householder tridiagonalisation T = Qᵀ·G·Q, then T's eigenvalues by implicit
+ * QL without vectors, σᵢ = √λᵢ. The pairs step forms the same T from the same bytes, so its
+ * eigenvalues are the first step's bit for bit; eigenvectors of the kept eigenvalues come from
+ * inverse iteration on T (orthogonalised within clusters of close eigenvalues) taken back
+ * through Q, and the other side's vectors from M itself. All n eigenvectors, as the LoRA core
+ * computes, would cost several times the tridiagonalisation; a full LoKr factor has 80–160
+ * dimensions per layer, of which a resize keeps a handful (docs/design.md, "LyCORIS layers").
+ *
+ * Accuracy: rounding makes λᵢ exact to about ε·n·λ₁, so σᵢ is exact to a relative
+ * ε·n·(σ₁/σᵢ)², far under input precision for any dimension a resize keeps. An eigenvalue at or
+ * below the noise bound ε·max(rows, cols)·max(diag G) (what rounding leaves of an exactly
+ * rank-deficient matrix, the bound the LoRA core's pivoting uses) gives σ = 0 and no vectors.
+ *
+ * @module
+ */
+
+import { BackendError } from "../errors.ts";
+import type { MatrixSpectrum, RebuiltFactors } from "./backend.ts";
+import { pivotTolerance } from "./gram_svd.ts";
+import { DTYPE_CODES, type Kernels } from "./wasm/kernels.ts";
+
+/** A full matrix already in kernel memory. */
+export interface KernelMatrix {
+  /** Its bytes. */
+  readonly ptr: number;
+  /** Kernel dtype code of the bytes. */
+  readonly dtype: number;
+  /** Rows. */
+  readonly rows: number;
+  /** Columns. */
+  readonly cols: number;
+}
+
+/**
+ * The singular values of a full matrix in kernel memory (min(rows, cols) of them, descending;
+ * NaN when an element is not finite) and the tridiagonal form of its short-side Gram, which
+ * {@link fullMatrixSingularPairs} takes back. Uses kernel memory from its current top.
+ *
+ * @example
+ * ```ts
+ * import { Kernels } from "./wasm/kernels.ts";
+ * import { fullMatrixSpectrum } from "./full_matrix_svd.ts";
+ * const kernels = await Kernels.load();
+ * // [[3, 0], [0, 4]] has the singular values 4 and 3.
+ * const ptr = kernels.put(new Uint8Array(new Float32Array([3, 0, 0, 4]).buffer));
+ * const { sigma } = fullMatrixSpectrum(kernels, { ptr, dtype: 2, rows: 2, cols: 2 });
+ * if (Math.abs(sigma[0] - 4) > 1e-12 || Math.abs(sigma[1] - 3) > 1e-12) throw new Error(`${sigma}`);
+ * ```
+ */
+export function fullMatrixSpectrum(kernels: Kernels, m: KernelMatrix): MatrixSpectrum {
+  const tall = m.rows > m.cols, n = Math.min(m.rows, m.cols);
+  const x = kernels.exports;
+  const g = kernels.alloc(n * n * 8);
+  const scratch = kernels.alloc(Math.max(n * x.gramBlockWidth(n) * 12, 8 * n));
+  x.gramOf(m.ptr, m.dtype, m.rows, m.cols, tall, g, scratch);
+  const view = kernels.f64(g, n * n);
+  const diagonalOfG = Float64Array.from({ length: n }, (_, i) => view[i * n + i]);
+  const tridiagonal = new Float64Array(tridiagonalLength(n));
+  if (!diagonalOfG.every(Number.isFinite)) {
+    // A NaN or infinite element (callers name it), never mistaken for a zero dimension.
+    return { sigma: new Float64Array(n).fill(NaN), tridiagonal };
+  }
+  const tolerance = pivotTolerance(diagonalOfG, Math.max(m.rows, m.cols));
+  const d = kernels.alloc(n * 8), e = kernels.alloc(n * 8), tau = kernels.alloc(n * 8);
+  x.tridiagonalize(g, n, d, e, tau, scratch);
+  // Kept: T's diagonals, the reflector scales and the reflectors (row k right of the diagonal).
+  tridiagonal.set(kernels.f64(d, n), 0);
+  tridiagonal.set(kernels.f64(e, n), n);
+  tridiagonal.set(kernels.f64(tau, n), 2 * n);
+  for (let k = 0, at = 3 * n; k < n; at += n - k - 1, k++) {
+    tridiagonal.set(view.subarray(k * n + k + 1, (k + 1) * n), at);
+  }
+  if (x.tridiagonalEigenvalues(d, e, n) !== 0) {
+    throw new BackendError(
+      `the eigenvalues of a ${m.rows}×${m.cols} matrix's Gram did not converge`,
+    );
+  }
+  const sigma = Float64Array.from(kernels.f64(d, n), (l) => l > tolerance ? Math.sqrt(l) : 0);
+  sigma.sort().reverse();
+  return { sigma, tridiagonal };
+}
+
+/** Length of a {@link MatrixSpectrum}'s tridiagonal for a short side of n. */
+function tridiagonalLength(n: number): number {
+  return 3 * n + n * (n - 1) / 2;
+}
+
+/**
+ * The singular pairs of the kept dimensions of a full matrix in kernel memory, as LoRA factors
+ * in f32: up = U[:, keep]·diag(√σ) (rows × k) and down = diag(√σ)·V[:, keep]ᵀ (k × cols), so
+ * up·down is the matrix restricted to the kept dimensions. `spectrum` is the matrix's own (from
+ * {@link fullMatrixSpectrum}); `keep` indexes its singular values, ascending; a kept σ = 0 gives
+ * zero vectors. Uses kernel memory from its current top.
+ *
+ * @example
+ * ```ts
+ * import { Kernels } from "./wasm/kernels.ts";
+ * import { fullMatrixSingularPairs, fullMatrixSpectrum } from "./full_matrix_svd.ts";
+ * const kernels = await Kernels.load();
+ * const m = { ptr: kernels.put(new Uint8Array(new Float32Array([3, 0, 0, 4]).buffer)), dtype: 2, rows: 2, cols: 2 };
+ * const { up, down } = fullMatrixSingularPairs(kernels, m, fullMatrixSpectrum(kernels, m), [0]);
+ * const u = new Float32Array(up.bytes.slice().buffer), d = new Float32Array(down.bytes.slice().buffer);
+ * // The top pair rebuilds the 4: up·down = [[0, 0], [0, 4]].
+ * if (Math.abs(u[1] * d[1] - 4) > 1e-6 || Math.abs(u[0] * d[0]) > 1e-6) throw new Error();
+ * ```
+ */
+export function fullMatrixSingularPairs(
+  kernels: Kernels,
+  m: KernelMatrix,
+  spectrum: MatrixSpectrum,
+  keep: readonly number[],
+): RebuiltFactors {
+  const tall = m.rows > m.cols, n = Math.min(m.rows, m.cols), long = Math.max(m.rows, m.cols);
+  const { sigma, tridiagonal } = spectrum;
+  if (sigma.length !== n || tridiagonal.length !== tridiagonalLength(n)) {
+    throw new BackendError(
+      `singular pairs of a ${m.rows}×${m.cols} matrix: its spectrum has ${sigma.length} values and a tridiagonal of ${tridiagonal.length}`,
+    );
+  }
+  const k = keep.length, x = kernels.exports;
+  // Eigenvectors of the nonzero kept σ on the short side, as rows (k′ × n).
+  const wanted = keep.filter((j) => sigma[j] > 0);
+  const vectors = kernels.alloc(Math.max(1, wanted.length * n) * 8);
+  if (wanted.length > 0) {
+    const d = kernels.alloc(n * 8), e = kernels.alloc(n * 8), tau = kernels.alloc(n * 8);
+    const reflectors = kernels.alloc(n * n * 8);
+    kernels.f64(d, n).set(tridiagonal.subarray(0, n));
+    kernels.f64(e, n).set(tridiagonal.subarray(n, 2 * n));
+    kernels.f64(tau, n).set(tridiagonal.subarray(2 * n, 3 * n));
+    const c = kernels.f64(reflectors, n * n);
+    for (let k = 0, at = 3 * n; k < n; at += n - k - 1, k++) {
+      c.set(tridiagonal.subarray(at, at + n - k - 1), k * n + k + 1);
+    }
+    const lambdas = kernels.alloc(wanted.length * 8);
+    kernels.f64(lambdas, wanted.length).set(wanted.map((j) => sigma[j] * sigma[j]));
+    const work = kernels.alloc(6 * n * 8);
+    x.eigenvectorsAt(d, e, n, lambdas, wanted.length, vectors, work);
+    x.applyReflectors(reflectors, n, tau, vectors, wanted.length);
+  }
+  const short = kernels.f64(vectors, wanted.length * n).slice();
+  // Short side: √σ·(unit vector), written directly. Long side: M (or Mᵀ) times the vector/√σ,
+  // by the rebuild kernels, which round once to f32.
+  const direct = new Float32Array(k * n); // row t: √σ·(short vector t)
+  const through = new Float32Array(k * n); // row t: (short vector t)/√σ
+  let w = 0;
+  keep.forEach((j, t) => {
+    if (!(sigma[j] > 0)) return;
+    const g = Math.sqrt(sigma[j]);
+    for (let i = 0; i < n; i++) {
+      direct[t * n + i] = g * short[w * n + i];
+      through[t * n + i] = short[w * n + i] / g;
+    }
+    w++;
+  });
+  const longBytes = k * long * 4;
+  const result = kernels.alloc(Math.max(4, longBytes));
+  const ldt = (k + 3) & ~3;
+  const scratch = kernels.alloc(Math.max(UP_ROWS * (n + 2 * ldt), DOWN_COLUMNS * (n + k)) * 4);
+  if (k > 0 && !tall) {
+    // down = diag(1/√σ)·Uᵀ·M (k × cols).
+    const tat = kernels.alloc(through.byteLength);
+    kernels.f32(tat, through.length).set(through);
+    x.rebuildDown(m.ptr, m.dtype, m.rows, m.cols, tat, k, result, DTYPE_CODES.F32, scratch);
+  } else if (k > 0) {
+    // up = M·V·diag(1/√σ) (rows × k), the transform's rows padded to whole SIMD vectors.
+    const tb = new Float32Array(n * ldt);
+    for (let t = 0; t < k; t++) for (let i = 0; i < n; i++) tb[i * ldt + t] = through[t * n + i];
+    const tbPtr = kernels.alloc(tb.byteLength);
+    kernels.f32(tbPtr, tb.length).set(tb);
+    x.rebuildUp(m.ptr, m.dtype, m.rows, m.cols, tbPtr, ldt, k, result, DTYPE_CODES.F32, scratch);
+  }
+  const longSide = kernels.u8(result, longBytes).slice();
+  // The short side as stored: up is rows × k (column t), down is k × cols (row t).
+  const shortSide = new Float32Array(k * n);
+  if (tall) shortSide.set(direct);
+  else {for (let t = 0; t < k; t++) {
+      for (let i = 0; i < n; i++) shortSide[i * k + t] = direct[t * n + i];
+    }}
+  const shortBytes = new Uint8Array(shortSide.buffer);
+  return tall
+    ? { up: { dtype: "F32", bytes: longSide }, down: { dtype: "F32", bytes: shortBytes } }
+    : { up: { dtype: "F32", bytes: shortBytes }, down: { dtype: "F32", bytes: longSide } };
+}
+
+/** Row and column blocks of the kernels' rebuildUp / rebuildDown (their scratch sizes). */
+const UP_ROWS = 64, DOWN_COLUMNS = 256;
