@@ -12,6 +12,14 @@ import type { PairedLayer } from "../lora/pairing.ts";
 import { decomposeLayers, type LayerDecomposition } from "./layer_maths.ts";
 import type { Session } from "./session.ts";
 
+/**
+ * Dimensions of a layer whose transforms are held from decomposition to rebuild: a rank-256
+ * layer's are 1 MB (f64), 0.7 GB over an SDXL UNet, while a resize seldom keeps more than this
+ * many of one layer's dimensions (a rebuild that does decomposes the layer again). At or below
+ * it, nothing is trimmed.
+ */
+export const HELD_DIMENSIONS = 64;
+
 /** A decomposition of every layer of a LoRA, under way. */
 export interface PendingDecomposition {
   /**
@@ -51,8 +59,11 @@ export function startDecomposition(session: Session, model: LoraModel): PendingD
     if (shown) options.onProgress("SVD", d, t);
   };
   const early = new AbortController();
+  // Transforms past the leading dimensions are let go, unless a recipe scores by subspace
+  // (which reads every dimension's vectors).
+  const heldDimensions = options.anyNeeds.subspace ? undefined : HELD_DIMENSIONS;
   const decomposing = Promise.try(() =>
-    decomposeLayers(backend, model.layers, { onProgress, signal: early.signal })
+    decomposeLayers(backend, model.layers, { onProgress, signal: early.signal, heldDimensions })
   );
   decomposing.catch(() => {}); // awaited by of(); not unhandled if the pairing fails first
   // By name: pairing gives a LyCORIS layer the base weight's shape in a copy of its own.
@@ -74,7 +85,10 @@ export function startDecomposition(session: Session, model: LoraModel): PendingD
       return decomposing.then(
         (all) => ({ paired: paired.map((p) => all[index.get(p.layer.name)!]), all }),
         async () => ({
-          paired: await decomposeLayers(backend, paired.map((p) => p.layer), { onProgress }),
+          paired: await decomposeLayers(backend, paired.map((p) => p.layer), {
+            onProgress,
+            heldDimensions,
+          }),
           all: model.layers.map(() => undefined),
         }),
       );

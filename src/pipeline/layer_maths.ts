@@ -19,7 +19,9 @@ import type {
 import {
   combineKronecker,
   decomposeOperands,
+  type FactorDecomposition,
   type FactorRebuild,
+  isFullMatrix,
   type KroneckerDecomposition,
   type KroneckerOperand,
   type KroneckerRebuildPlan,
@@ -28,16 +30,52 @@ import {
 } from "../linalg/kronecker.ts";
 import type { LoraLayer } from "../lora/lora_file.ts";
 
-/** The SVD of one layer: as the backend gives it, or from a LoKr layer's two factors. */
-export type LayerDecomposition = Decomposition | KroneckerDecomposition;
+/**
+ * A decomposition holding the transforms of its leading dimensions only: a high-rank layer's
+ * full transforms (rank × k f64 each) are let go once decomposed, so that a file of rank-256
+ * layers does not hold gigabytes of them until selection ends. A rebuild that keeps a dimension
+ * past the leading ones decomposes the layer again (the same numbers: results do not depend on
+ * batching).
+ */
+export interface TrimmedDecomposition {
+  /** Every singular value, as the backend gave them. */
+  readonly sigma: Float64Array;
+  /** The decomposition of the leading dimensions (`sigma` and transforms cut to them). */
+  readonly leading: Decomposition;
+}
+
+/** The SVD of one layer: as the backend gives it (maybe trimmed), or a LoKr layer's. */
+export type LayerDecomposition = Decomposition | KroneckerDecomposition | TrimmedDecomposition;
 
 /** Whether a layer's decomposition is a Kronecker one (a LoKr layer's). */
 export function isKronecker(d: LayerDecomposition): d is KroneckerDecomposition {
   return "pairs" in d;
 }
 
+/** Whether a layer's decomposition holds its leading dimensions' transforms only. */
+export function isTrimmed(d: LayerDecomposition): d is TrimmedDecomposition {
+  return "leading" in d;
+}
+
+/** Options of {@link decomposeLayers}. */
+export interface DecomposeOptions
+  extends Pick<BackendCallOptions<unknown>, "onProgress" | "signal"> {
+  /**
+   * Keep the transforms of this many leading dimensions of each layer decomposed beyond it
+   * (see {@link TrimmedDecomposition}); all of them when undefined.
+   */
+  readonly heldDimensions?: number;
+  /** With `heldDimensions`: transform bytes per backend call (default {@link SLICE_BYTES}). */
+  readonly sliceBytes?: number;
+}
+
+/** Transform bytes in one backend call when decompositions are trimmed (two run at a time). */
+export const SLICE_BYTES = 64 * 2 ** 20;
+
 /**
- * The SVD of every layer, in order: one backend call for all of them.
+ * The SVD of every layer, in order: one backend call for the low-rank products and one for
+ * factors stored whole. With `heldDimensions`, in slices of about {@link SLICE_BYTES} of
+ * transforms, two slices at a time, each trimmed as it completes.
  *
  * @example
  * ```ts ignore
@@ -48,20 +86,84 @@ export function isKronecker(d: LayerDecomposition): d is KroneckerDecomposition 
 export async function decomposeLayers(
   backend: Backend,
   layers: readonly LoraLayer[],
-  options: Pick<BackendCallOptions<Decomposition>, "onProgress" | "signal"> = {},
+  options: DecomposeOptions = {},
 ): Promise<LayerDecomposition[]> {
   const items = layers.flatMap((l): KroneckerOperand[] => {
     const k = l.lycoris?.kind === "lokr" ? l.lycoris.kronecker : undefined;
     return k ? [k.first, k.second] : [l.factors];
   });
-  const results = await decomposeOperands(backend, items, options);
+  const { heldDimensions: held } = options;
+  // A LoKr layer's factors are kept whole: Kronecker pairs index all their dimensions.
+  const trimmable = layers.flatMap((l) => l.lycoris?.kind === "lokr" ? [false, false] : [true]);
+  const results = held === undefined
+    ? await decomposeOperands(backend, items, options)
+    : await decomposeTrimmed(
+      backend,
+      items,
+      (d, i) => trimmable[i] ? trimmed(d, held) : d,
+      options,
+    );
   let next = 0;
   return layers.map((l) => {
-    if (l.lycoris?.kind !== "lokr") return results[next++] as Decomposition;
-    const d = combineKronecker(results[next], results[next + 1], l.lycoris.kronecker.scale);
+    if (l.lycoris?.kind !== "lokr") return results[next++] as Decomposition | TrimmedDecomposition;
+    const [a, b] = [results[next], results[next + 1]] as FactorDecomposition[];
     next += 2;
-    return d;
+    return combineKronecker(a, b, l.lycoris.kronecker.scale);
   });
+}
+
+/** The decompositions of `items` in slices, each passed through `trim` as its slice completes. */
+async function decomposeTrimmed(
+  backend: Backend,
+  items: readonly KroneckerOperand[],
+  trim: (d: FactorDecomposition, item: number) => FactorDecomposition | TrimmedDecomposition,
+  options: DecomposeOptions,
+): Promise<(FactorDecomposition | TrimmedDecomposition)[]> {
+  const slices: number[][] = [[]], limit = options.sliceBytes ?? SLICE_BYTES;
+  let bytes = 0;
+  items.forEach((f, i) => {
+    const size = isFullMatrix(f) ? 0 : 16 * f.rank * Math.min(f.out, f.inFlat, f.rank);
+    if (bytes + size > limit && slices.at(-1)!.length > 0) {
+      slices.push([]);
+      bytes = 0;
+    }
+    slices.at(-1)!.push(i);
+    bytes += size;
+  });
+  const results: (FactorDecomposition | TrimmedDecomposition)[] = new Array(items.length);
+  const done = slices.map(() => 0);
+  let next = 0;
+  const run = async (): Promise<void> => {
+    for (let s = next++; s < slices.length; s = next++) {
+      const part = await decomposeOperands(backend, slices[s].map((i) => items[i]), {
+        signal: options.signal,
+        onProgress: (d) => {
+          done[s] = d;
+          options.onProgress?.(done.reduce((a, b) => a + b, 0), items.length);
+        },
+      });
+      part.forEach((d, j) => results[slices[s][j]] = trim(d, slices[s][j]));
+    }
+  };
+  await Promise.all([run(), run()]);
+  return results;
+}
+
+/** A backend decomposition cut to its leading `held` dimensions (unchanged when it has no more). */
+function trimmed(d: FactorDecomposition, held: number): FactorDecomposition | TrimmedDecomposition {
+  if ("tridiagonal" in d || d.sigma.length <= held) return d;
+  const k = d.sigma.length, r = d.upTransform.length / k;
+  const cut = (t: Float64Array) => {
+    const out = new Float64Array(r * held);
+    for (let a = 0; a < r; a++) out.set(t.subarray(a * k, a * k + held), a * held);
+    return out;
+  };
+  const leading = {
+    sigma: d.sigma.slice(0, held),
+    upTransform: cut(d.upTransform),
+    downTransform: cut(d.downTransform),
+  };
+  return { sigma: d.sigma, leading };
 }
 
 /** A request to rebuild the kept dimensions of one layer. */
@@ -88,10 +190,11 @@ export async function rebuildLayers(
   requests: readonly LayerRebuildRequest[],
   options: BackendCallOptions<RebuiltFactors> = {},
 ): Promise<RebuiltFactors[]> {
+  const decompositions = await untrimmed(backend, requests, options.signal);
   const plans: (KroneckerRebuildPlan | undefined)[] = [];
   const items: FactorRebuild[] = [];
   const owner: number[] = []; // request index of each backend item
-  requests.forEach((r, n) => {
+  requests.map((r, n) => ({ ...r, decomposition: decompositions[n] })).forEach((r, n) => {
     const lokr = r.layer.lycoris?.kind === "lokr" ? r.layer.lycoris : undefined;
     if (lokr && isKronecker(r.decomposition)) {
       const plan = planKroneckerRebuild({
@@ -104,7 +207,7 @@ export async function rebuildLayers(
       plans.push(plan);
       items.push(plan.first, plan.second);
       owner.push(n, n);
-    } else if (!isKronecker(r.decomposition)) {
+    } else if (!isKronecker(r.decomposition) && !isTrimmed(r.decomposition)) {
       plans.push(undefined);
       const { layer, decomposition, keep, rescale, dtype } = r;
       items.push({ rebuild: { factors: layer.factors, decomposition, keep, rescale, dtype } });
@@ -137,4 +240,28 @@ export async function rebuildLayers(
   });
   parts.forEach((f, j) => take(j, f)); // what was not reported as it came
   return results;
+}
+
+/**
+ * Each request's decomposition as a rebuild can take it: a trimmed one's leading part when the
+ * kept dimensions lie in it, else the layer decomposed again (all such layers in one call).
+ */
+async function untrimmed(
+  backend: Backend,
+  requests: readonly LayerRebuildRequest[],
+  signal?: AbortSignal,
+): Promise<(Decomposition | KroneckerDecomposition)[]> {
+  const again: number[] = [];
+  const out = requests.map((r, n) => {
+    const d = r.decomposition;
+    if (!isTrimmed(d)) return d;
+    if (r.keep.every((m) => m < d.leading.sigma.length)) return d.leading;
+    again.push(n);
+    return d.leading; // replaced below
+  });
+  if (again.length > 0) {
+    const full = await backend.decompose(again.map((n) => requests[n].layer.factors), { signal });
+    again.forEach((n, j) => out[n] = full[j]);
+  }
+  return out;
 }

@@ -27,7 +27,7 @@ import { layerOutputKeys } from "./output_naming.ts";
 import { type PreparedLora, withZeroLayers } from "./prepare_lora.ts";
 import { selectDimensions } from "./select_dimensions.ts";
 import { exactLora } from "../lora/lycoris_layers.ts";
-import { isKronecker } from "./layer_maths.ts";
+import { isKronecker, isTrimmed } from "./layer_maths.ts";
 import type { Session } from "./session.ts";
 import { tradeOffCurve } from "./trade_off_curve.ts";
 
@@ -248,6 +248,10 @@ async function subspaceScales(session: Session, lora: PreparedLora): Promise<Flo
   const weights = lora.layers.map((p) => session.checkpoint.weightRef(p.base!));
   const plain = lora.layers.flatMap((p, i) => {
     const decomposition = lora.decompositions[i];
+    if (isTrimmed(decomposition)) {
+      // Runs that score by subspace hold every transform (see the decomposition stage).
+      throw new RangeError(`subspace scales of '${p.layer.name}' need all its transforms`);
+    }
     return isKronecker(decomposition)
       ? []
       : [{ weight: weights[i], factors: p.layer.factors, decomposition }];

@@ -29,7 +29,7 @@ import type {
 import { Kernels } from "../wasm/kernels.ts";
 import { RangeReader } from "../range_reader.ts";
 import { WorkerPool } from "./pool.ts";
-import { runWorkItem, type WorkItem, type WorkResult } from "./work_items.ts";
+import { postedBytes, runWorkItem, type WorkItem, type WorkResult } from "./work_items.ts";
 import {
   checkDecomposition,
   checkFactors,
@@ -106,6 +106,8 @@ export function createCpuBackend(options: CpuBackendOptions = {}): Promise<Backe
 const JOBS_PER_WORKER = 24;
 /** Most tasks in one job (each answered message carries all their results). */
 const JOB_TASKS = 64;
+/** Most formed bytes in one job (see the pool's bound on formed bytes posted ahead). */
+const JOB_BYTES = 24 * 2 ** 20;
 
 /** How {@link jobsOf} orders items. */
 type JobOrder = "largest-first" | "in-order";
@@ -116,22 +118,30 @@ type JobOrder = "largest-first" | "in-order";
  * big one goes alone. Largest items first balances items of very different
  * sizes (whole base weights); in input order, results arrive roughly in order
  * (layers: a consumer of `onResult` can start on the first ones), and no
- * layer is big enough for the order to unbalance the workers.
+ * layer is big enough for the order to unbalance the workers. A job also
+ * closes at JOB_BYTES of formed data (`bytes`, per item).
  */
-function jobsOf(work: readonly number[], workers: number, order: JobOrder): number[][] {
+function jobsOf(
+  work: readonly number[],
+  bytes: readonly number[],
+  workers: number,
+  order: JobOrder,
+): number[][] {
   const indices = Array.from(work.keys());
   if (order === "largest-first") indices.sort((a, b) => work[b] - work[a] || a - b);
   const total = work.reduce((a, b) => a + b, 0);
   const target = total / (workers * JOBS_PER_WORKER);
   const jobs: number[][] = [];
-  let job: number[] = [], sum = 0;
+  let job: number[] = [], sum = 0, formed = 0;
   for (const i of indices) {
     job.push(i);
     sum += work[i];
-    if (sum >= target || job.length >= JOB_TASKS) {
+    formed += bytes[i];
+    if (sum >= target || job.length >= JOB_TASKS || formed >= JOB_BYTES) {
       jobs.push(job);
       job = [];
       sum = 0;
+      formed = 0;
     }
   }
   if (job.length > 0) jobs.push(job);
@@ -297,7 +307,7 @@ class CpuBackend implements Backend {
     const pool = this.#pool;
     try {
       await Promise.all(
-        jobsOf(work, pool.size, order).map((job) =>
+        jobsOf(work, tasks.map(postedBytes), pool.size, order).map((job) =>
           pool.run(job.map((i) => tasks[i]), signal).then((rs) =>
             rs.forEach((r, j) => finished(job[j], r))
           )

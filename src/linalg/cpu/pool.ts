@@ -2,8 +2,9 @@
  * A pool of CPU backend workers (`worker.ts`), started on first use or by
  * {@link WorkerPool.start}. Work goes in jobs — a few tasks posted in one
  * message, answered in one, so that small items do not pay a round trip each.
- * Each worker runs one job at a time and has at most one more posted ahead;
- * the rest wait in a queue and go to whichever worker frees up first, so big
+ * Each worker runs one job at a time and has a few more posted ahead (fewer
+ * when their factors are formed data, whose bytes exist from posting until
+ * the answer: see {@link FORMED_BYTES_AHEAD}); the rest wait in a queue and go to whichever worker frees up first, so big
  * and small jobs balance out. Which worker runs an item does not change its
  * result.
  *
@@ -14,6 +15,7 @@ import { BackendError } from "../../errors.ts";
 import {
   type ErrorMessage,
   packWorkItem,
+  postedBytes,
   reviveError,
   type WorkItem,
   type WorkResult,
@@ -23,6 +25,8 @@ const WORKER_URL = new URL("./worker.ts", import.meta.url);
 
 interface Job {
   readonly tasks: readonly WorkItem[];
+  /** Formed bytes its tasks post. */
+  readonly bytes: number;
   readonly signal?: AbortSignal;
   readonly resolve: (results: WorkResult[]) => void;
   readonly reject: (error: unknown) => void;
@@ -41,6 +45,13 @@ interface Slot {
  * thread is busy for a while (a module load, a GC, building an output).
  */
 const DEPTH = 4;
+
+/**
+ * Formed factor bytes (a LoHa layer's Khatri–Rao factors, copies of in-memory data) that may be
+ * posted to one worker and not yet answered; a job that would go past it waits, unless the
+ * worker has nothing posted. Stored factors travel as file ranges and do not count.
+ */
+const FORMED_BYTES_AHEAD = 96 * 2 ** 20;
 
 /** The longest a closing pool waits for a worker to answer the jobs posted to it. */
 const DRAIN_MS = 10_000;
@@ -69,6 +80,7 @@ export class WorkerPool {
   #closed = false;
   #drained: Promise<void> = Promise.resolve();
   #nextId = 0;
+  #peakBytesAhead = 0;
 
   /** A pool of at most `size` workers (none is started yet). */
   constructor(size: number) {
@@ -76,6 +88,11 @@ export class WorkerPool {
   }
 
   /** Starts every worker now (each loads its code and kernels while the caller goes on). */
+  /** The most formed bytes posted to one worker and not yet answered, so far (diagnostics). */
+  get peakBytesAhead(): number {
+    return this.#peakBytesAhead;
+  }
+
   start(): void {
     while (!this.#closed && this.#slots.length < this.size) this.#spawn();
   }
@@ -87,7 +104,7 @@ export class WorkerPool {
   run(tasks: readonly WorkItem[], signal?: AbortSignal): Promise<WorkResult[]> {
     if (this.#closed) return Promise.reject(new BackendError("the CPU backend is closed"));
     return new Promise((resolve, reject) => {
-      this.#queue.push({ tasks, signal, resolve, reject });
+      this.#queue.push({ tasks, bytes: sum(tasks.map(postedBytes)), signal, resolve, reject });
       this.#pump();
     });
   }
@@ -132,6 +149,8 @@ export class WorkerPool {
       if (!slot && this.#slots.length < this.size) slot = this.#spawn();
       slot ??= this.#slots.reduce((a, b) => b.jobs.length < a.jobs.length ? b : a);
       if (slot.jobs.length >= DEPTH) return;
+      const ahead = sum(slot.jobs.map((j) => j.bytes));
+      if (slot.jobs.length > 0 && ahead + this.#queue[0].bytes > FORMED_BYTES_AHEAD) return;
       const job = this.#queue.shift()!;
       if (job.signal?.aborted) {
         job.reject(job.signal.reason);
@@ -144,6 +163,7 @@ export class WorkerPool {
           packed.flatMap((p) => p.transfer),
         );
         slot.jobs.push(job);
+        this.#peakBytesAhead = Math.max(this.#peakBytesAhead, ahead + job.bytes);
       } catch (e) {
         job.reject(e);
       }
@@ -174,4 +194,8 @@ export class WorkerPool {
     this.#slots.push(slot);
     return slot;
   }
+}
+
+function sum(values: readonly number[]): number {
+  return values.reduce((a, b) => a + b, 0);
 }

@@ -12,6 +12,7 @@ import {
   type BaseNorms,
   type BaseWeightRef,
   type Decomposition,
+  floatByteLength,
   type FloatData,
   type FullMatrix,
   type LowRankFactors,
@@ -110,6 +111,27 @@ export function packWorkItem(task: WorkItem): PackedWorkItem {
     return { dtype: data.dtype, bytes };
   };
   return { task: withFactorData(task, own), transfer };
+}
+
+/**
+ * The bytes posting a task forms or copies: its factor data that is not stored in a file
+ * (stored data travels as its file range).
+ *
+ * @example
+ * ```ts
+ * import { postedBytes } from "./work_items.ts";
+ * const data = { dtype: "F32" as const, bytes: new Uint8Array(12) };
+ * const layer = { up: data, down: data, out: 3, rank: 1, inFlat: 3, scale: 1 };
+ * if (postedBytes({ kind: "decompose", layer }) !== 24) throw new Error("both factors count");
+ * ```
+ */
+export function postedBytes(task: WorkItem): number {
+  let bytes = 0;
+  withFactorData(task, (data) => {
+    if (!data.source) bytes += floatByteLength(data);
+    return data;
+  });
+  return bytes;
 }
 
 /**
