@@ -40,6 +40,35 @@ export interface FloatData {
    * demand): validation and batch planning read this instead.
    */
   readonly byteLength?: number;
+  /**
+   * For f32 data formed from two factors (a LoHa layer's exact factors): how to form it, so a
+   * backend with worker threads forms it there from the small factors instead of taking
+   * `bytes` (which forms it on this thread).
+   */
+  readonly khatriRao?: KhatriRaoData;
+}
+
+/** A matrix with its tensor name and file, for messages. */
+export interface NamedMatrix extends FullMatrix {
+  /** Tensor name. */
+  readonly name: string;
+  /** File it lies in. */
+  readonly file?: string;
+}
+
+/**
+ * A Khatri–Rao product of two factors. `"up"`: a (n × r1) and b (n × r2) give n × r1·r2 with
+ * column i·r2 + j = a[:, i] ⊙ b[:, j]. `"down"`: a (r1 × n) and b (r2 × n) give r1·r2 × n
+ * with row i·r2 + j = a[i, :] ⊙ b[j, :]. Formed in f32; a value that is not finite in a or b
+ * fails naming its tensor.
+ */
+export interface KhatriRaoData {
+  /** Which product. */
+  readonly side: "up" | "down";
+  /** The first factor. */
+  readonly a: NamedMatrix;
+  /** The second factor. */
+  readonly b: NamedMatrix;
 }
 
 /**

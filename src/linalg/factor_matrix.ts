@@ -12,7 +12,7 @@
 
 import { LoraError } from "../errors.ts";
 import { decodeFloats, dtypeSize, type FloatDType } from "../safetensors/dtype.ts";
-import type { FloatData } from "./backend.ts";
+import type { FloatData, KhatriRaoData } from "./backend.ts";
 
 /** A 2-D factor (conv factors flattened over in·kh·kw), with the name used in messages. */
 export interface FactorMatrix {
@@ -70,13 +70,21 @@ export class FormedFloatData implements FloatData {
   readonly dtype: FloatDType;
   /** Length of the formed bytes, known without forming them (validation reads this). */
   readonly byteLength: number;
+  /** How a worker forms the same bytes itself, where `form` is a Khatri–Rao product. */
+  readonly khatriRao?: KhatriRaoData;
   readonly #form: () => Uint8Array;
 
-  /** Data of `elements` values of `dtype` that `form` produces. */
-  constructor(dtype: FloatDType, elements: number, form: () => Uint8Array) {
+  /** Data of `elements` values of `dtype` that `form` produces (as `khatriRao` says, if given). */
+  constructor(
+    dtype: FloatDType,
+    elements: number,
+    form: () => Uint8Array,
+    khatriRao?: KhatriRaoData,
+  ) {
     this.dtype = dtype;
     this.byteLength = elements * dtypeSize(dtype);
     this.#form = form;
+    if (khatriRao) this.khatriRao = khatriRao;
   }
 
   /** The bytes, formed now. */

@@ -21,7 +21,7 @@
  */
 
 import { LoraError } from "../errors.ts";
-import type { LowRankFactors } from "./backend.ts";
+import type { KhatriRaoData, LowRankFactors } from "./backend.ts";
 import {
   decodeFactor,
   f32Bytes,
@@ -147,12 +147,8 @@ export function hadamardLowRank(
   const { out, inFlat, r1, r2 } = shape;
   if (route === "khatri-rao") {
     return {
-      up: new FormedFloatData("F32", out * r1 * r2, () => f32Bytes(khatriRaoUp(f, shape))),
-      down: new FormedFloatData(
-        "F32",
-        r1 * r2 * inFlat,
-        () => f32Bytes(khatriRaoDown(f, shape)),
-      ),
+      up: khatriRaoData({ side: "up", a: f.w1a, b: f.w2a }, out * r1 * r2),
+      down: khatriRaoData({ side: "down", a: f.w1b, b: f.w2b }, r1 * r2 * inFlat),
       out,
       rank: r1 * r2,
       inFlat,
@@ -184,33 +180,52 @@ export function hadamardLowRank(
     };
 }
 
-/** B = W1a ⊙ᵣ W2a, out × r1·r2, column i·r2 + j = w1a[:,i] ⊙ w2a[:,j]. */
-export function khatriRaoUp(f: HadamardFactors, shape: HadamardShape): Float32Array {
-  const { out, r1, r2 } = shape;
-  const a = decodeFactor(f.w1a), b = decodeFactor(f.w2a);
-  const up = new Float32Array(out * r1 * r2);
-  for (let o = 0; o < out; o++) {
-    let at = o * r1 * r2;
-    for (let i = 0; i < r1; i++) {
-      const x = a[o * r1 + i];
-      for (let j = 0; j < r2; j++) up[at++] = x * b[o * r2 + j];
+/**
+ * A Khatri–Rao product in f32 (see {@link KhatriRaoData}), its factors checked finite; written
+ * into `into` when given (its length must be the product's).
+ *
+ * @example
+ * ```ts
+ * import { khatriRaoProduct } from "./khatri_rao.ts";
+ * const m = (rows: number, cols: number, values: number[]) => ({
+ *   data: { dtype: "F32" as const, bytes: new Uint8Array(new Float32Array(values).buffer) },
+ *   rows, cols, name: "m",
+ * });
+ * // Rows [1 2] and [3 4 5] give the row [3 4 5 6 8 10] (column i·3 + j = a[:, i]·b[:, j]).
+ * const up = khatriRaoProduct({ side: "up", a: m(1, 2, [1, 2]), b: m(1, 3, [3, 4, 5]) });
+ * if (up.join() !== "3,4,5,6,8,10") throw new Error(`${up}`);
+ * ```
+ */
+export function khatriRaoProduct(
+  { side, a, b }: KhatriRaoData,
+  into?: Float32Array,
+): Float32Array {
+  const x = decodeFactor(a), y = decodeFactor(b);
+  if (side === "up") {
+    const n = a.rows, r1 = a.cols, r2 = b.cols;
+    const up = into ?? new Float32Array(n * r1 * r2);
+    for (let o = 0, at = 0; o < n; o++) {
+      for (let i = 0; i < r1; i++) {
+        const v = x[o * r1 + i];
+        for (let j = 0; j < r2; j++) up[at++] = v * y[o * r2 + j];
+      }
     }
+    return up;
   }
-  return up;
-}
-
-/** A = W1b ⊙꜀ W2b, r1·r2 × in′, row i·r2 + j = w1b[i,:] ⊙ w2b[j,:]. */
-export function khatriRaoDown(f: HadamardFactors, shape: HadamardShape): Float32Array {
-  const { inFlat, r1, r2 } = shape;
-  const a = decodeFactor(f.w1b), b = decodeFactor(f.w2b);
-  const down = new Float32Array(r1 * r2 * inFlat);
+  const n = a.cols, r1 = a.rows, r2 = b.rows;
+  const down = into ?? new Float32Array(r1 * r2 * n);
   for (let i = 0; i < r1; i++) {
     for (let j = 0; j < r2; j++) {
-      const row = (i * r2 + j) * inFlat;
-      for (let c = 0; c < inFlat; c++) down[row + c] = a[i * inFlat + c] * b[j * inFlat + c];
+      const row = (i * r2 + j) * n;
+      for (let c = 0; c < n; c++) down[row + c] = x[i * n + c] * y[j * n + c];
     }
   }
   return down;
+}
+
+/** A Khatri–Rao product as data formed where it is read (on a CPU worker, by the worker). */
+function khatriRaoData(product: KhatriRaoData, elements: number): FormedFloatData {
+  return new FormedFloatData("F32", elements, () => f32Bytes(khatriRaoProduct(product)), product);
 }
 
 /** (W1a·W1b) ⊙ (W2a·W2b), out × in′ (without the scale), accumulated in f64. */

@@ -7,7 +7,8 @@
  */
 
 import { dtypeSize } from "../../safetensors/dtype.ts";
-import type { BaseWeightRef, FloatData } from "../backend.ts";
+import { type BaseWeightRef, floatByteLength, type FloatData } from "../backend.ts";
+import { khatriRaoProduct } from "../khatri_rao.ts";
 import type { RangeReader } from "../range_reader.ts";
 import { DTYPE_CODES, type Kernels } from "../wasm/kernels.ts";
 import type { F32Weight } from "./spectral.ts";
@@ -20,9 +21,17 @@ export interface ItemContext {
   readonly reader: RangeReader;
 }
 
-/** Puts factor data into kernel memory: read from its file when stored there, else copied. */
+/**
+ * Puts factor data into kernel memory: read from its file when stored there, formed here when
+ * it is a Khatri–Rao product, else copied.
+ */
 export function loadFactor(context: ItemContext, data: FloatData): number {
   const { kernels } = context;
+  if (data.khatriRao) {
+    const ptr = kernels.alloc(floatByteLength(data));
+    khatriRaoProduct(data.khatriRao, kernels.f32(ptr, floatByteLength(data) / 4));
+    return ptr;
+  }
   if (!data.source) return kernels.put(data.bytes);
   const ptr = kernels.alloc(data.source.byteLength);
   context.reader.read(data.source, kernels.u8(ptr, data.source.byteLength));

@@ -7,7 +7,13 @@
  * @module
  */
 
-import { BackendError, type ResizeLoraError, SafetensorsError } from "../../errors.ts";
+import {
+  BackendError,
+  type ErrorDetails,
+  LoraError,
+  ResizeLoraError,
+  SafetensorsError,
+} from "../../errors.ts";
 import {
   type BaseNorms,
   type BaseWeightRef,
@@ -17,6 +23,7 @@ import {
   type FullMatrix,
   type LowRankFactors,
   type MatrixSpectrum,
+  type NamedMatrix,
   type NormRequest,
   type RebuildRequest,
   type RebuiltFactors,
@@ -100,6 +107,8 @@ export function packWorkItem(task: WorkItem): PackedWorkItem {
     // Stored factors travel as their dtype and file range (a StoredFloatData's own fields):
     // the worker reads them itself.
     if (data.source) return new StoredFloatData(data.dtype, data.source);
+    // A Khatri–Rao product travels as its two factors: the worker forms it.
+    if (data.khatriRao) return formedByWorker(data, own);
     const formed = data.bytes; // read once: formed data is formed on every read
     // Shared memory is posted as is.
     if (formed.buffer instanceof SharedArrayBuffer) return data;
@@ -115,7 +124,7 @@ export function packWorkItem(task: WorkItem): PackedWorkItem {
 
 /**
  * The bytes posting a task forms or copies: its factor data that is not stored in a file
- * (stored data travels as its file range).
+ * (stored data travels as its file range; a Khatri–Rao product as its two factors).
  *
  * @example
  * ```ts
@@ -127,10 +136,12 @@ export function packWorkItem(task: WorkItem): PackedWorkItem {
  */
 export function postedBytes(task: WorkItem): number {
   let bytes = 0;
-  withFactorData(task, (data) => {
-    if (!data.source) bytes += floatByteLength(data);
+  const count = (data: FloatData): FloatData => {
+    if (data.khatriRao) [data.khatriRao.a.data, data.khatriRao.b.data].forEach(count);
+    else if (!data.source) bytes += floatByteLength(data);
     return data;
-  });
+  };
+  withFactorData(task, count);
   return bytes;
 }
 
@@ -144,7 +155,21 @@ export function postedBytes(task: WorkItem): number {
  * ```
  */
 export function unpackWorkItem(task: WorkItem): WorkItem {
-  return withFactorData(task, (d) => d.source ? new StoredFloatData(d.dtype, d.source) : d);
+  const revive = (d: FloatData): FloatData =>
+    d.source ? new StoredFloatData(d.dtype, d.source) : d.khatriRao ? formedByWorker(d, revive) : d;
+  return withFactorData(task, revive);
+}
+
+/** Khatri–Rao data as it travels: no bytes, its factors' data passed through `map`. */
+function formedByWorker(data: FloatData, map: (data: FloatData) => FloatData): FloatData {
+  const { side, a, b } = data.khatriRao!;
+  const factor = (m: NamedMatrix): NamedMatrix => ({ ...m, data: map(m.data) });
+  return {
+    dtype: data.dtype,
+    bytes: new Uint8Array(0),
+    byteLength: floatByteLength(data),
+    khatriRao: { side, a: factor(a), b: factor(b) },
+  };
 }
 
 /** The task with `map` applied to the data of each of its factors. */
@@ -219,6 +244,8 @@ export interface ErrorMessage {
   readonly name: string;
   /** One-line message. */
   readonly message: string;
+  /** What a ResizeLoraError names (file, tensor, key), where it does. */
+  readonly details?: ErrorDetails;
 }
 
 /**
@@ -232,6 +259,10 @@ export interface ErrorMessage {
  * ```
  */
 export function errorMessage(e: unknown): ErrorMessage {
+  if (e instanceof ResizeLoraError) {
+    const { file, tensor, key } = e;
+    return { name: e.name, message: e.message, details: { file, tensor, key } };
+  }
   return e instanceof Error
     ? { name: e.name, message: e.message }
     : { name: "Error", message: String(e) };
@@ -250,7 +281,13 @@ export function errorMessage(e: unknown): ErrorMessage {
  * ```
  */
 export function reviveError(e: ErrorMessage): ResizeLoraError {
-  if (e.name === "SafetensorsError") return new SafetensorsError(e.message);
-  if (e.name === "BackendError") return new BackendError(e.message);
+  // undefined fields are left out, as the errors' constructors leave them.
+  const details = Object.fromEntries(
+    Object.entries(e.details ?? {}).filter(([, v]) => v !== undefined),
+  );
+  if (e.name === "SafetensorsError") return new SafetensorsError(e.message, details);
+  if (e.name === "BackendError") return new BackendError(e.message, details);
+  // A factor that is not finite, found where a worker formed a LoHa layer's factors.
+  if (e.name === "LoraError") return new LoraError(e.message, details);
   return new BackendError(`CPU worker failed: ${e.name}: ${e.message}`);
 }
