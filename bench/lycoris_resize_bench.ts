@@ -3,7 +3,8 @@
  * LoHa of rank 8 × 8, a LoHa of rank 16 × 16 and a rank-32 LoRA over the same layers (every
  * UNet attention and MLP linear of the synthetic SDXL base), each resized to the same size target
  * (`fro_ckpt=1,size=64` at full width; `--recipe` to change it) with a warm norms cache. Wall time
- * (median of `--runs`) and peak RSS of whole processes, and each time over the LoRA's.
+ * (median of `--runs` rounds, each round running every input once) and peak RSS of whole
+ * processes, and each time over the LoRA's.
  *
  * ```sh
  * deno run -A bench/lycoris_resize_bench.ts [--scale 0.25] [--device cpu|gpu] [--runs 5] [--recipe R]
@@ -68,16 +69,22 @@ for (const [, path] of cases) {
 }
 await measure([files.base, files.lora, "-r", recipe, "--norms_cache", cache]);
 
-const rows: [string, Measure, number][] = [];
-for (const [label, path] of cases) {
-  const all: Measure[] = [];
-  for (let i = 0; i < runs; i++) {
-    all.push(await measure([files.base, path, "-r", recipe, "--norms_cache", cache]));
+// Rounds interleave the inputs (LoRA, LoKr, LoHa, LoHa, then again), so that the machine's
+// speed drifting during the bench moves every input's runs alike.
+const all: Measure[][] = cases.map(() => []);
+for (let i = 0; i < runs; i++) {
+  for (const [n, [, path]] of cases.entries()) {
+    all[n].push(await measure([files.base, path, "-r", recipe, "--norms_cache", cache]));
   }
-  all.sort((a, b) => a.seconds - b.seconds);
+}
+const rows: [string, Measure, number][] = [];
+for (const [n, [label, path]] of cases.entries()) {
+  const sorted = all[n].toSorted((a, b) => a.seconds - b.seconds);
   const bytes = (await Deno.stat(path)).size;
-  rows.push([label, all[all.length >> 1], bytes]);
-  console.error(`${label}: ${all.map((m) => m.seconds.toFixed(2)).join(" s, ")} s`);
+  // The median run's time; the highest peak RSS of all runs.
+  const peakMiB = Math.max(...all[n].map((m) => m.peakMiB));
+  rows.push([label, { ...sorted[sorted.length >> 1], peakMiB }, bytes]);
+  console.error(`${label}: ${all[n].map((m) => m.seconds.toFixed(2)).join(" s, ")} s`);
 }
 
 const cpuinfo = await Deno.readTextFile("/proc/cpuinfo").catch(() => "");
@@ -85,7 +92,7 @@ const model = cpuinfo.match(/model name\s*:\s*(.*)/)?.[1] ?? "unknown CPU";
 console.log(
   `\nLyCORIS → LoRA resize, scale ${scale}, device ${device}, recipe ${recipe}, warm norms cache, ${navigator.hardwareConcurrency} × ${model}\n`,
 );
-console.log(`| input | file | wall (median of ${runs}) | × LoRA | peak RSS |`);
+console.log(`| input | file | wall (median of ${runs}) | × LoRA | peak RSS (highest run) |`);
 console.log("|---|---:|---:|---:|---:|");
 const lora = rows[0][1].seconds;
 for (const [label, m, bytes] of rows) {
