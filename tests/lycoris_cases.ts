@@ -13,7 +13,8 @@
  */
 
 import type { Backend } from "../src/linalg/backend.ts";
-import { decomposeKronecker, rebuildKronecker } from "../src/linalg/kronecker.ts";
+import { decomposeKronecker } from "../src/linalg/kronecker.ts";
+import { rebuildKronecker } from "../src/linalg/kronecker_rebuild.ts";
 import { type LycorisLayer, readLycorisLayers } from "../src/lora/lycoris.ts";
 import { decodeFloats, type FloatDType } from "../src/safetensors/dtype.ts";
 import { SafetensorsFile } from "../src/safetensors/reader.ts";

@@ -15,13 +15,8 @@
 import { decodeFloats, dtypeSize } from "../safetensors/dtype.ts";
 import { readFileRange } from "../safetensors/file_range.ts";
 import type { Backend, BaseWeightRef, RebuiltFactors } from "./backend.ts";
-import {
-  factorRebuild,
-  type KroneckerDecomposition,
-  type KroneckerLayer,
-  operandShape,
-  rebuildFactors,
-} from "./kronecker.ts";
+import { type KroneckerDecomposition, type KroneckerLayer, operandShape } from "./kronecker.ts";
+import { factorRebuild, rebuildFactors } from "./kronecker_rebuild.ts";
 
 /** A request for the subspace scales of one Kronecker layer. */
 export interface KroneckerSubspaceRequest {

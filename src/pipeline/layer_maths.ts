@@ -20,14 +20,16 @@ import {
   combineKronecker,
   decomposeOperands,
   type FactorDecomposition,
-  type FactorRebuild,
   isFullMatrix,
   type KroneckerDecomposition,
   type KroneckerOperand,
+} from "../linalg/kronecker.ts";
+import {
+  type FactorRebuild,
   type KroneckerRebuildPlan,
   planKroneckerRebuild,
   rebuildFactors,
-} from "../linalg/kronecker.ts";
+} from "../linalg/kronecker_rebuild.ts";
 import type { LoraLayer } from "../lora/lora_file.ts";
 
 /**

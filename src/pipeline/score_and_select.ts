@@ -56,6 +56,32 @@ export async function selectRecipes(
   return selections;
 }
 
+/** The base norms a recipe needs (fetched now) and its score of every dimension of every layer. */
+async function scoreRecipe(
+  session: Session,
+  lora: PreparedLora,
+  recipe: Recipe,
+  needs: RecipeNeeds,
+): Promise<{ norms: BaseNorms[]; scores: Float64Array[] }> {
+  const norms: BaseNorms[] = needs.frobenius || needs.spectral
+    ? await session.norms.fetch(lora.layers, needs)
+    : lora.layers.map(() => ({}));
+  const subspace = needs.subspace ? await subspaceScales(session, lora) : undefined;
+  const scores = lora.layers.map((p, i) => {
+    session.options.onProgress(`Scoring ${recipe.text}`, i + 1, lora.layers.length);
+    return scoreLayer(recipe, {
+      sigma: lora.decompositions[i].sigma,
+      out: p.layer.factors.out,
+      inFlat: p.layer.factors.inFlat,
+      froCkpt: norms[i].frobenius,
+      spnCkpt: norms[i].spectral,
+      subspace: subspace?.[i],
+      name: p.layer.name,
+    });
+  });
+  return { norms, scores };
+}
+
 /** Scores and selects one recipe (base norms fetched as it needs them); nothing is written. */
 async function selectRecipe(
   session: Session,
@@ -67,22 +93,7 @@ async function selectRecipe(
   const rule = kohyaRuleOf(recipe);
   // kohya's rules keep all-zero layers, at rank 1.
   const lora = rule ? withZeroLayers(prepared) : prepared;
-  const norms: BaseNorms[] = needs.frobenius || needs.spectral
-    ? await session.norms.fetch(lora.layers, needs)
-    : lora.layers.map(() => ({}));
-  const subspace = needs.subspace ? await subspaceScales(session, lora) : undefined;
-  const scores = lora.layers.map((p, i) => {
-    options.onProgress(`Scoring ${recipe.text}`, i + 1, lora.layers.length);
-    return scoreLayer(recipe, {
-      sigma: lora.decompositions[i].sigma,
-      out: p.layer.factors.out,
-      inFlat: p.layer.factors.inFlat,
-      froCkpt: norms[i].frobenius,
-      spnCkpt: norms[i].spectral,
-      subspace: subspace?.[i],
-      name: p.layer.name,
-    });
-  });
+  const { norms, scores } = await scoreRecipe(session, lora, recipe, needs);
 
   let kohya: KohyaSelection | undefined;
   const keys = layerOutputKeys(lora.model, lora.layers.map((p) => p.layer), options.naming);
