@@ -16,16 +16,9 @@ import { SafetensorsFile } from "../src/safetensors/reader.ts";
 import { writeSafetensors } from "../src/safetensors/writer.ts";
 import { assert, assertEquals, assertRejects, assertRelClose } from "./assert.ts";
 import { streamed } from "./streamed.ts";
+import { rng } from "./rng.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url);
-
-function rng(seed: number): () => number {
-  let s = seed;
-  return () => {
-    s = (s * 16807) % 2147483647;
-    return s / 2147483647 - 0.5;
-  };
-}
 
 function floatData(values: ArrayLike<number>, dtype: FloatDType): FloatData {
   return { dtype, bytes: encodeFloats(values, dtype) };

@@ -11,15 +11,7 @@ import {
   transpose,
 } from "./reference/matrix.ts";
 import { assert, assertClose, assertEquals } from "./assert.ts";
-
-/** Deterministic uniform numbers in [−0.5, 0.5) (Park–Miller). */
-function rng(seed: number): () => number {
-  let s = seed;
-  return () => {
-    s = (s * 16807) % 2147483647;
-    return s / 2147483647 - 0.5;
-  };
-}
+import { rng } from "./rng.ts";
 
 function random(rows: number, cols: number, next: () => number): Matrix {
   return matrix(rows, cols, Array.from({ length: rows * cols }, next));

@@ -12,14 +12,7 @@ import type { FullMatrix, RebuiltFactors } from "../src/linalg/backend.ts";
 import { createCpuBackend } from "../src/linalg/cpu/backend.ts";
 import { singularPairsOnHost, spectraOnHost } from "../src/linalg/gpu/full_matrix.ts";
 import { decodeFloats, encodeFloats, type FloatDType } from "../src/safetensors/dtype.ts";
-
-function rng(seed: number): () => number {
-  let s = seed;
-  return () => {
-    s = (s * 16807) % 2147483647;
-    return s / 2147483647 - 0.5;
-  };
-}
+import { rng } from "./rng.ts";
 
 /** A full matrix of the given values in `dtype`, and the values as that dtype holds them. */
 function full(rows: number, cols: number, values: ArrayLike<number>, dtype: FloatDType = "F32") {

@@ -20,15 +20,7 @@ import { decodeFloats, encodeFloats } from "../src/safetensors/dtype.ts";
 import { type KohyaRule, selectKohya } from "../src/recipe/kohya.ts";
 import { kohyaLayerOf } from "../src/recipe/kohya_layers.ts";
 import { kohyaReference } from "./kohya_reference.ts";
-
-/** Deterministic uniform numbers in [−0.5, 0.5) (Park–Miller). */
-function rng(seed: number): () => number {
-  let s = seed;
-  return () => {
-    s = (s * 16807) % 2147483647;
-    return s / 2147483647 - 0.5;
-  };
-}
+import { rng } from "./rng.ts";
 
 interface LayerSpec {
   name: string;

@@ -24,6 +24,7 @@ import { writeSyntheticFluxLora } from "../src/testing/mod.ts";
 import { jacobiSingularValues } from "./jacobi_svd.ts";
 import { matrix, qr, svd, transpose } from "./reference/matrix.ts";
 import { kohyaReference } from "./kohya_reference.ts";
+import { rng } from "./rng.ts";
 
 const backend = await createCpuBackend({ workers: 2 });
 const FIXTURES = join(import.meta.dirname!, "fixtures");
@@ -36,15 +37,6 @@ const RECIPES = [
   "rank=24,conv_rank=4",
   "rank=200",
 ];
-
-/** Deterministic uniform numbers in [−0.5, 0.5) (Park–Miller). */
-function rng(seed: number): () => number {
-  let s = seed;
-  return () => {
-    s = (s * 16807) % 2147483647;
-    return s / 2147483647 - 0.5;
-  };
-}
 
 interface Sd15Layer {
   name: string;

@@ -13,6 +13,7 @@ import { SafetensorsFile } from "../src/safetensors/reader.ts";
 import { writeSafetensors } from "../src/safetensors/writer.ts";
 import { encodeFloats } from "../src/safetensors/dtype.ts";
 import { BackendError, OutputError } from "../src/errors.ts";
+import { delegating } from "./delegating_backend.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
 const BASE = join(FIXTURES, "micro_sdxl_base.safetensors");
@@ -220,23 +221,17 @@ function spy(inner: Backend, failAfter = Infinity): Backend & { reads: BaseWeigh
   const reads: BaseWeightRef[] = [];
   return {
     reads,
-    name: inner.name,
-    description: inner.description,
-    decompose: (layers, opts) => inner.decompose(layers, opts),
-    rebuild: (requests, opts) => inner.rebuild(requests, opts),
-    baseNorms(weights, which, opts) {
-      if (reads.length >= failAfter) return Promise.reject(new Error("interrupted"));
-      reads.push(...weights);
-      return inner.baseNorms(weights, which, opts);
-    },
-    spectra: (matrices, opts) => inner.spectra(matrices, opts),
-    singularPairs: (requests, opts) => inner.singularPairs(requests, opts),
-    subspaceScales(requests, opts) {
-      reads.push(...requests.map((r) => r.weight));
-      return inner.subspaceScales(requests, opts);
-    },
-    close: () => Promise.resolve(),
-    [Symbol.asyncDispose]: () => Promise.resolve(),
+    ...delegating(inner, {
+      baseNorms(weights, which, opts) {
+        if (reads.length >= failAfter) return Promise.reject(new Error("interrupted"));
+        reads.push(...weights);
+        return inner.baseNorms(weights, which, opts);
+      },
+      subspaceScales(requests, opts) {
+        reads.push(...requests.map((r) => r.weight));
+        return inner.subspaceScales(requests, opts);
+      },
+    }),
   };
 }
 
@@ -456,20 +451,12 @@ Deno.test("layers that pair with nothing are decomposed early, and a failure amo
     const input = join(dir, "odd.safetensors");
     await writeSafetensors(input, [...tensors, ...odd], { metadata });
     const decomposed: number[] = [];
-    const counting: Backend = {
-      ...backend,
-      name: backend.name,
-      description: backend.description,
+    const counting: Backend = delegating(backend, {
       decompose: (layers, opts) => {
         decomposed.push(layers.length);
         return backend.decompose(layers, opts);
       },
-      rebuild: (r, o) => backend.rebuild(r, o),
-      baseNorms: (w, which, o) => backend.baseNorms(w, which, o),
-      subspaceScales: (r, o) => backend.subspaceScales(r, o),
-      spectra: (m, o) => backend.spectra(m, o),
-      singularPairs: (r, o) => backend.singularPairs(r, o),
-    };
+    });
     const plain = await resize(options(join(dir, "plain"), {}));
     const { outputs } = await resize(options(dir, { loras: [input], backend: counting }));
     // Every layer first, refused; then the paired ones alone.
@@ -494,21 +481,13 @@ Deno.test("the first LoRA's decomposition starts before the base is read, and st
   await withDir(async (dir) => {
     const events: string[] = [];
     let signal: AbortSignal | undefined;
-    const watching: Backend = {
-      ...backend,
-      name: backend.name,
-      description: backend.description,
+    const watching: Backend = delegating(backend, {
       decompose: (layers, opts) => {
         events.push("decompose");
         signal = opts?.signal;
         return backend.decompose(layers, opts);
       },
-      rebuild: (r, o) => backend.rebuild(r, o),
-      baseNorms: (w, which, o) => backend.baseNorms(w, which, o),
-      subspaceScales: (r, o) => backend.subspaceScales(r, o),
-      spectra: (m, o) => backend.spectra(m, o),
-      singularPairs: (r, o) => backend.singularPairs(r, o),
-    };
+    });
     const log = (level: string, message: string) =>
       events.push(`${level} ${message.split(" ")[0]}`);
     await resize(options(dir, {
@@ -550,17 +529,7 @@ Deno.test("the first LoRA's decomposition starts before the base is read, and st
 
 /** A backend like the shared one whose rebuild is `rebuild`. */
 function withRebuild(rebuild: Backend["rebuild"]): Backend {
-  return {
-    ...backend,
-    name: backend.name,
-    description: backend.description,
-    decompose: (l, o) => backend.decompose(l, o),
-    rebuild,
-    baseNorms: (w, which, o) => backend.baseNorms(w, which, o),
-    subspaceScales: (r, o) => backend.subspaceScales(r, o),
-    spectra: (m, o) => backend.spectra(m, o),
-    singularPairs: (r, o) => backend.singularPairs(r, o),
-  };
+  return delegating(backend, { rebuild });
 }
 
 /** Names in a folder (none when it does not exist). */

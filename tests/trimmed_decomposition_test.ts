@@ -16,14 +16,8 @@ import {
   rebuildLayers,
 } from "../src/pipeline/layer_maths.ts";
 import { encodeFloats } from "../src/safetensors/dtype.ts";
-
-function rng(seed: number): () => number {
-  let s = seed;
-  return () => {
-    s = (s * 16807) % 2147483647;
-    return s / 2147483647 - 0.5;
-  };
-}
+import { rng } from "./rng.ts";
+import { delegating } from "./delegating_backend.ts";
 
 function layer(name: string, out: number, rank: number, inFlat: number, seed: number): LoraLayer {
   const r = rng(seed);
@@ -59,21 +53,12 @@ const LAYERS = [
 
 /** A backend that counts the layers each `decompose` call gets. */
 function counting(inner: Backend, calls: number[]): Backend {
-  return {
-    name: inner.name,
-    description: inner.description,
+  return delegating(inner, {
     decompose: (layers, o) => {
       calls.push(layers.length);
       return inner.decompose(layers, o);
     },
-    rebuild: (r, o) => inner.rebuild(r, o),
-    baseNorms: (w, which, o) => inner.baseNorms(w, which, o),
-    subspaceScales: (r, o) => inner.subspaceScales(r, o),
-    spectra: (m, o) => inner.spectra(m, o),
-    singularPairs: (r, o) => inner.singularPairs(r, o),
-    close: () => Promise.resolve(),
-    [Symbol.asyncDispose]: () => Promise.resolve(),
-  };
+  });
 }
 
 async function rebuilt(backend: Backend, decompositions: LayerDecomposition[], keep: number[][]) {

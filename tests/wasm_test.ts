@@ -5,14 +5,7 @@ import { matrix, type RowOrthogonalizer, svd } from "./reference/matrix.ts";
 import { DTYPE_CODES, Kernels, KERNELS_URL } from "../src/linalg/wasm/kernels.ts";
 import { decodeFloats, encodeFloats, type FloatDType } from "../src/safetensors/dtype.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
-
-function rng(seed: number): () => number {
-  let s = seed;
-  return () => {
-    s = (s * 16807) % 2147483647;
-    return s / 2147483647 - 0.5;
-  };
-}
+import { rng } from "./rng.ts";
 
 /** The kernels' one-sided Jacobi step as the reference SVD's row orthogonalizer. */
 function kernelJacobi(k: Kernels): RowOrthogonalizer {

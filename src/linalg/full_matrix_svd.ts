@@ -139,7 +139,7 @@ export function fullMatrixSingularPairs(
     }
     const lambdas = kernels.alloc(wanted.length * 8);
     kernels.f64(lambdas, wanted.length).set(wanted.map((j) => sigma[j] * sigma[j]));
-    const work = kernels.alloc(6 * n * 8);
+    const work = kernels.alloc(5 * n * 8);
     x.eigenvectorsAt(d, e, n, lambdas, wanted.length, vectors, work);
     x.applyReflectors(reflectors, n, tau, vectors, wanted.length);
   }

@@ -1,8 +1,9 @@
 /**
- * The WebGPU backend's `spectra` and `singularPairs`: on the host, with the CPU backend's WASM
- * kernels (`../full_matrix_svd.ts`). A full LoKr factor is at most a few hundred wide, its
- * Gram a few MFLOP: the time goes into an n × n tridiagonalisation, sequential work that a GPU
- * does not speed up (and `-d auto` runs these calls on the CPU backend, whose workers share it).
+ * The WebGPU backend's `spectra` and `singularPairs`: on the host, with the CPU backend's items
+ * and WASM kernels (`../cpu/full_matrix.ts`). A full LoKr factor is at most a few hundred wide,
+ * its Gram a few MFLOP: the time goes into an n × n tridiagonalisation, sequential work that a
+ * GPU does not speed up (and `-d auto` runs these calls on the CPU backend, whose workers share
+ * it).
  *
  * @module
  */
@@ -14,35 +15,31 @@ import type {
   RebuiltFactors,
   SingularPairsRequest,
 } from "../backend.ts";
-import {
-  fullMatrixSingularPairs,
-  fullMatrixSpectrum,
-  type KernelMatrix,
-} from "../full_matrix_svd.ts";
+import { matrixSingularPairs, matrixSpectrum } from "../cpu/full_matrix.ts";
+import type { ItemContext } from "../cpu/item_context.ts";
+import { RangeReader } from "../range_reader.ts";
 import { checkMatrix, checkSingularPairs } from "../validation.ts";
-import { DTYPE_CODES, Kernels } from "../wasm/kernels.ts";
+import { Kernels } from "../wasm/kernels.ts";
 
 /** Runs `each` over `items` on the host kernels, reporting as the backend contract asks. */
 async function onHost<I, T>(
   items: readonly I[],
-  each: (kernels: Kernels, item: I) => T,
+  each: (context: ItemContext, item: I) => T,
   options: BackendCallOptions<T>,
 ): Promise<T[]> {
-  const kernels = await Kernels.shared();
-  const results: T[] = [];
-  for (const [i, item] of items.entries()) {
-    options.signal?.throwIfAborted();
-    kernels.reset();
-    results.push(each(kernels, item));
-    options.onResult?.(i, results[i]);
-    options.onProgress?.(i + 1, items.length);
+  const context = { kernels: await Kernels.shared(), reader: new RangeReader() };
+  try {
+    const results: T[] = [];
+    for (const [i, item] of items.entries()) {
+      options.signal?.throwIfAborted();
+      results.push(each(context, item));
+      options.onResult?.(i, results[i]);
+      options.onProgress?.(i + 1, items.length);
+    }
+    return results;
+  } finally {
+    context.reader.close();
   }
-  return results;
-}
-
-function inKernels(kernels: Kernels, m: FullMatrix): KernelMatrix {
-  const ptr = kernels.put(m.data.bytes);
-  return { ptr, dtype: DTYPE_CODES[m.data.dtype], rows: m.rows, cols: m.cols };
 }
 
 /**
@@ -61,7 +58,7 @@ export function spectraOnHost(
   options: BackendCallOptions<MatrixSpectrum> = {},
 ): Promise<MatrixSpectrum[]> {
   matrices.forEach((matrix, i) => checkMatrix(matrix, `spectra: matrix ${i}`));
-  return onHost(matrices, (k, m) => fullMatrixSpectrum(k, inKernels(k, m)), options);
+  return onHost(matrices, matrixSpectrum, options);
 }
 
 /**
@@ -83,9 +80,5 @@ export function singularPairsOnHost(
   options: BackendCallOptions<RebuiltFactors> = {},
 ): Promise<RebuiltFactors[]> {
   requests.forEach((request, i) => checkSingularPairs(request, `singularPairs: matrix ${i}`));
-  return onHost(
-    requests,
-    (k, r) => fullMatrixSingularPairs(k, inKernels(k, r.matrix), r.spectrum, r.keep),
-    options,
-  );
+  return onHost(requests, matrixSingularPairs, options);
 }

@@ -182,7 +182,7 @@ export interface KernelExports {
   tridiagonalEigenvalues(d: number, e: number, n: number): number;
   /**
    * Unit eigenvectors of the tridiagonal d, e (read only) for `count` of its eigenvalues
-   * (lambdas, descending) as the rows of out (count × n f64); work is scratch for 6n f64.
+   * (lambdas, descending) as the rows of out (count × n f64); work is scratch for 5n f64.
    */
   eigenvectorsAt(
     d: number,

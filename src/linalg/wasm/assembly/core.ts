@@ -161,7 +161,16 @@ export function symmetricEigenvectors(c: usize, size: i32, zt: usize, d: usize, 
       put(zt, j * n + i, a);
     }
   }
-  // Implicit QL (as tridiagonalEigen in ../../tridiagonal.ts), rotating rows i, i + 1 of Zᵀ.
+  return implicitQl(d, e, size, zt, true);
+}
+
+/**
+ * Implicit QL with Wilkinson shifts (as tridiagonalEigen in ../../tridiagonal.ts) on the
+ * tridiagonal d, e (overwritten; eigenvalues left in d, unsorted), each rotation applied to rows
+ * i, i + 1 of zt (n × n) when `vectors`. Returns 0, or −1 when QL did not converge.
+ */
+export function implicitQl(d: usize, e: usize, size: i32, zt: usize, vectors: bool): i32 {
+  const n = <usize> size;
   const ld = n << 3;
   for (let l: isize = 0; l < <isize> n; l++) {
     for (let iter: i32 = 0;; iter++) {
@@ -192,7 +201,7 @@ export function symmetricEigenvectors(c: usize, size: i32, zt: usize, d: usize, 
         q = s * r;
         put(d, i + 1, g + q);
         g = co * r - bb;
-        rotate(zt + <usize> i * ld, zt + <usize> (i + 1) * ld, n, co, s);
+        if (vectors) rotate(zt + <usize> i * ld, zt + <usize> (i + 1) * ld, n, co, s);
       }
       if (r == 0 && i >= l) continue;
       put(d, l, at(d, l) - q);

@@ -5,10 +5,10 @@
 // Each step costs O(n²) or less after the O(n³) tridiagonalisation, where eigenvectors for all
 // n would cost several times that.
 
+import { implicitQl } from "./core";
 import { dot } from "./jacobi";
 
 const EPS: f64 = 2.220446049250313e-16;
-const MAX_QL_ITERATIONS: i32 = 100;
 /** Solves per eigenvector: the eigenvalue is exact to rounding, so each solve gains ~1/ε. */
 const SOLVES: i32 = 3;
 /** Eigenvalues closer than this · ‖T‖ form a cluster, whose vectors are orthogonalised. */
@@ -24,49 +24,11 @@ const CLUSTER: f64 = 1e-3;
 
 /**
  * Eigenvalues of the symmetric tridiagonal matrix with diagonal d and off-diagonal e (as
- * tridiagonalize leaves them; both overwritten) into d, unsorted: implicit QL with Wilkinson
- * shifts, the iteration of symmetricEigenvectors without the rotation of vectors. Returns 0, or
- * −1 when QL did not converge.
+ * tridiagonalize leaves them; both overwritten) into d, unsorted: symmetricEigenvectors' implicit
+ * QL without the rotation of vectors. Returns 0, or −1 when QL did not converge.
  */
 export function tridiagonalEigenvalues(d: usize, e: usize, size: i32): i32 {
-  const n = <isize> size;
-  for (let l: isize = 0; l < n; l++) {
-    for (let iter: i32 = 0;; iter++) {
-      let m = l;
-      for (; m < n - 1; m++) {
-        if (Math.abs(at(e, m)) <= EPS * (Math.abs(at(d, m)) + Math.abs(at(d, m + 1)))) break;
-      }
-      if (m == l) break;
-      if (iter == MAX_QL_ITERATIONS) return -1;
-      let g = (at(d, l + 1) - at(d, l)) / (2 * at(e, l));
-      let r = Math.hypot(g, 1);
-      g = at(d, m) - at(d, l) + at(e, l) / (g + (g >= 0 ? r : -r));
-      let s: f64 = 1, co: f64 = 1, q: f64 = 0;
-      let i = m - 1;
-      for (; i >= l; i--) {
-        const f = s * at(e, i), bb = co * at(e, i);
-        r = Math.hypot(f, g);
-        put(e, i + 1, r);
-        if (r == 0) {
-          put(d, i + 1, at(d, i + 1) - q);
-          put(e, m, 0);
-          break;
-        }
-        s = f / r;
-        co = g / r;
-        g = at(d, i + 1) - q;
-        r = (at(d, i) - g) * s + 2 * co * bb;
-        q = s * r;
-        put(d, i + 1, g + q);
-        g = co * r - bb;
-      }
-      if (r == 0 && i >= l) continue;
-      put(d, l, at(d, l) - q);
-      put(e, l, g);
-      put(e, m, 0);
-    }
-  }
-  return 0;
+  return implicitQl(d, e, size, 0, false);
 }
 
 /**
@@ -76,7 +38,7 @@ export function tridiagonalEigenvalues(d: usize, e: usize, size: i32): i32 {
  * of (T − λ·I)·x = x by Gaussian elimination with partial pivoting, on T / ‖T‖ so that nothing
  * overflows. A vector is orthogonalised against the earlier ones of its cluster after each solve,
  * and an eigenvalue within 10·ε·‖T‖ of the previous one is moved that far below it, so that the
- * two solves differ. work is scratch for 6n f64.
+ * two solves differ. work is scratch for 5n f64.
  */
 export function eigenvectorsAt(
   d: usize,
@@ -98,9 +60,6 @@ export function eigenvectorsAt(
   }
   if (!(norm > 0)) norm = 1; // T = 0: every vector is an eigenvector
   const inv = 1 / norm;
-  // U of the factorisation: its diagonal, two superdiagonals; the multipliers and row swaps.
-  const u0 = work, u1 = work + bytes, u2 = work + 2 * bytes;
-  const mult = work + 3 * bytes, swap = work + 4 * bytes;
   let clusterStart: usize = 0, previous: f64 = 0;
   for (let j: usize = 0; j < <usize> count; j++) {
     let lambda = at(lambdas, j) * inv;
@@ -109,7 +68,7 @@ export function eigenvectorsAt(
       else if (previous - lambda < 10 * EPS) lambda = previous - 10 * EPS;
     }
     previous = lambda;
-    factorShifted(d, e, n, inv, lambda, u0, u1, u2, mult, swap);
+    factorShifted(d, e, n, inv, lambda, work);
     const x = out + j * bytes;
     let seed: u32 = <u32> (j + 1) * 0x9e3779b9;
     for (let i: usize = 0; i < n; i++) {
@@ -119,7 +78,7 @@ export function eigenvectorsAt(
       put(x, i, <f64> seed / 4294967296.0 - 0.5);
     }
     for (let solve: i32 = 0; solve < SOLVES; solve++) {
-      solveShifted(x, n, u0, u1, u2, mult, swap);
+      solveShifted(x, n, work);
       for (let p = clusterStart; p < j; p++) {
         const y = out + p * bytes;
         const c = dot(x, y, n);
@@ -133,23 +92,14 @@ export function eigenvectorsAt(
 }
 
 /**
- * Gaussian elimination with partial pivoting of (T·inv − λ·I): U's diagonal, superdiagonals and
- * the multipliers and swaps of each step, pivots below ε replaced by ±ε (T·inv has norm 1).
- * The row being eliminated has nonzeros in two columns only, so U's second superdiagonal is
- * nonzero only where rows were swapped.
+ * Gaussian elimination with partial pivoting of (T·inv − λ·I) into lu (5n f64: U's diagonal,
+ * first and second superdiagonals, then each step's multiplier and row swap), pivots below ε
+ * replaced by ±ε (T·inv has norm 1). The row being eliminated has nonzeros in two columns only,
+ * so U's second superdiagonal is nonzero only where rows were swapped.
  */
-function factorShifted(
-  d: usize,
-  e: usize,
-  n: usize,
-  inv: f64,
-  lambda: f64,
-  u0: usize,
-  u1: usize,
-  u2: usize,
-  mult: usize,
-  swap: usize,
-): void {
+function factorShifted(d: usize, e: usize, n: usize, inv: f64, lambda: f64, lu: usize): void {
+  const u0 = lu, u1 = lu + (n << 3), u2 = lu + 2 * (n << 3);
+  const mult = lu + 3 * (n << 3), swap = lu + 4 * (n << 3);
   let r0 = at(d, 0) * inv - lambda, r1 = n > 1 ? at(e, 0) * inv : 0;
   for (let i: usize = 0; i + 1 < n; i++) {
     const sub = at(e, i) * inv, next = at(d, i + 1) * inv - lambda;
@@ -181,16 +131,10 @@ function factorShifted(
   return Math.abs(pivot) >= EPS ? pivot : pivot < 0 ? -EPS : EPS;
 }
 
-/** x ← U⁻¹·L⁻¹·x with the factorisation of factorShifted. */
-function solveShifted(
-  x: usize,
-  n: usize,
-  u0: usize,
-  u1: usize,
-  u2: usize,
-  mult: usize,
-  swap: usize,
-): void {
+/** x ← U⁻¹·L⁻¹·x with the factorisation factorShifted left in lu. */
+function solveShifted(x: usize, n: usize, lu: usize): void {
+  const u0 = lu, u1 = lu + (n << 3), u2 = lu + 2 * (n << 3);
+  const mult = lu + 3 * (n << 3), swap = lu + 4 * (n << 3);
   let carry = at(x, 0);
   for (let i: usize = 0; i + 1 < n; i++) {
     const below = at(x, i + 1), m = at(mult, i);
