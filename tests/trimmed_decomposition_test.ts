@@ -15,7 +15,12 @@ import {
   type LayerDecomposition,
   rebuildLayers,
 } from "../src/pipeline/layer_maths.ts";
+import { join } from "node:path";
 import { encodeFloats } from "../src/safetensors/dtype.ts";
+import { resize } from "../src/resize.ts";
+import { SafetensorsFile } from "../src/safetensors/reader.ts";
+import { writeSafetensors } from "../src/safetensors/writer.ts";
+import { type Matrix, matrix, multiply, svd } from "./reference/matrix.ts";
 import { rng } from "./rng.ts";
 import { delegating } from "./delegating_backend.ts";
 
@@ -50,6 +55,8 @@ const LAYERS = [
   layer("b", 50, 40, 60, 2),
   layer("c", 200, 128, 130, 3),
 ];
+
+const f32 = (values: ArrayLike<number>) => encodeFloats(Array.from(values), "F32");
 
 /** A backend that counts the layers each `decompose` call gets. */
 function counting(inner: Backend, calls: number[]): Backend {
@@ -123,4 +130,73 @@ Deno.test("rebuilds from trimmed decompositions equal those from whole ones, byt
   const past = [[0, 64, 95], [0, 39], [3, 127]];
   assertEquals(await rebuilt(backend, trimmed, past), await rebuilt(backend, full, past));
   assertEquals(calls, [2], "layers a and c are decomposed again, in one call");
+});
+
+Deno.test("resizing a rank-96 LoRA keeps the optimal rank-k layers past the 64 held dimensions and within them", async () => {
+  // Two SD1.5 attention layers (kohya names), rank 96, 320 × 320 and 320 × 768: their
+  // decompositions have 96 dimensions, so they are trimmed to 64 until a rebuild.
+  const layers = [
+    { name: "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", inFlat: 320 },
+    { name: "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k", inFlat: 768 },
+  ];
+  const out = 320, rank = 96, alpha = 48;
+  const next = rng(96);
+  const dir = await Deno.makeTempDir();
+  try {
+    const dense = new Map<string, Matrix>();
+    const tensors = layers.flatMap(({ name, inFlat }) => {
+      // A decaying spectrum: column j of up scaled by 0.97^j.
+      const up = Float32Array.from({ length: out * rank }, (_, i) => next() * 0.97 ** (i % rank));
+      const down = Float32Array.from({ length: rank * inFlat }, next);
+      const dw = multiply(matrix(out, rank, up), matrix(rank, inFlat, down));
+      dense.set(name, matrix(out, inFlat, dw.data.map((x) => x * alpha / rank)));
+      return [
+        {
+          name: `${name}.lora_up.weight`,
+          dtype: "F32" as const,
+          shape: [out, rank],
+          data: f32(up),
+        },
+        {
+          name: `${name}.lora_down.weight`,
+          dtype: "F32" as const,
+          shape: [rank, inFlat],
+          data: f32(down),
+        },
+        { name: `${name}.alpha`, dtype: "F32" as const, shape: [], data: f32([alpha]) },
+      ];
+    });
+    const lora = join(dir, "r96.safetensors");
+    await writeSafetensors(lora, tensors);
+    for (const k of [80, 20]) {
+      const { outputs: [output] } = await resize({
+        loras: [lora],
+        recipes: `rank=${k}`,
+        outputFolder: join(dir, `k${k}`),
+        outputDtype: "F32",
+      });
+      await using f = await SafetensorsFile.open(output.path);
+      for (const { name, inFlat } of layers) {
+        const up = await f.readFloat64(`${name}.lora_up.weight`);
+        const down = await f.readFloat64(`${name}.lora_down.weight`);
+        const a = await f.readScalar(`${name}.alpha`);
+        assertEquals(f.info(`${name}.lora_down.weight`).shape, [k, inFlat]);
+        const got = multiply(matrix(out, k, up), matrix(k, inFlat, down)).data.map((x) =>
+          x * a / k
+        );
+        const want = dense.get(name)!;
+        const s = svd(want).s;
+        // Eckart–Young: the best rank-k error is the energy of the dropped singular values.
+        const optimum = s.slice(k).reduce((n, x) => n + x * x, 0);
+        const total = s.reduce((n, x) => n + x * x, 0);
+        const error = want.data.reduce((n, x, i) => n + (x - got[i]) ** 2, 0);
+        assert(
+          Math.abs(error - optimum) <= 1e-6 * total,
+          `${name} at ${k}: ${error} vs ${optimum}`,
+        );
+      }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
