@@ -116,6 +116,31 @@ Deno.test("the singular pairs of chosen dimensions are the dense SVD's rank-one 
   }
 });
 
+Deno.test("a matrix wider than 256 on its short side carries no tridiagonal, and its pairs are still the dense SVD's", async () => {
+  for (const [rows, cols] of [[257, 300], [256, 270]] as const) {
+    const { m, held } = randomFull(rows, cols, 8);
+    const [spectrum] = await spectraOnHost([m]);
+    assertEquals(spectrum.tridiagonal.length === 0, rows > 256, `${rows}×${cols}`);
+    const keep = [0, 7, rows - 1];
+    const [pairs] = await singularPairsOnHost([{ matrix: m, spectrum, keep }]);
+    const up = decodeFloats(pairs.up.bytes, "F32", Float64Array);
+    const down = decodeFloats(pairs.down.bytes, "F32", Float64Array);
+    const ref = svd(held);
+    assert(maxDiff(spectrum.sigma, ref.s) <= 1e-12 * cols * ref.s[0]);
+    keep.forEach((j, t) => {
+      let worst = 0;
+      for (let a = 0; a < rows; a++) {
+        for (let b = 0; b < cols; b++) {
+          const got = up[a * keep.length + t] * down[t * cols + b];
+          const want = ref.s[j] * ref.u.data[a * ref.u.cols + j] * ref.v.data[b * ref.v.cols + j];
+          worst = Math.max(worst, Math.abs(got - want));
+        }
+      }
+      assert(worst <= 1e-6 * ref.s[0], `${rows}×${cols} dimension ${j}: ${worst}`);
+    });
+  }
+});
+
 Deno.test("a rank-deficient matrix has exact zero singular values, whose kept vectors are zero", async () => {
   const r = rng(3);
   const b = matrix(12, 3, Array.from({ length: 36 }, r));

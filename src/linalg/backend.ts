@@ -240,8 +240,9 @@ export interface MatrixSpectrum {
   readonly sigma: Float64Array;
   /**
    * The tridiagonal form of the matrix's short-side Gram matrix and its reflectors, kept so
-   * that each kept dimension's vectors cost O(n²) instead of a second O(n³) reduction. Opaque:
-   * given back to {@link Backend.singularPairs} as it came.
+   * that each kept dimension's vectors cost O(n²) instead of a second O(n³) reduction; empty
+   * for a short side over 256, whose form would hold n²/2 values (`singularPairs` forms it
+   * again). Opaque: given back to {@link Backend.singularPairs} as it came.
    */
   readonly tridiagonal: Float64Array;
 }

@@ -54,6 +54,46 @@ export interface KernelMatrix {
  * ```
  */
 export function fullMatrixSpectrum(kernels: Kernels, m: KernelMatrix): MatrixSpectrum {
+  const form = tridiagonalForm(kernels, m);
+  const { n, sigma } = form;
+  if (!form.kernel || n > KEPT_TRIDIAGONAL) return { sigma, tridiagonal: new Float64Array(0) };
+  // Kept: T's diagonals, the reflector scales and the reflectors (row k right of the diagonal).
+  const { d, e, tau, reflectors } = form.kernel;
+  const tridiagonal = new Float64Array(3 * n + n * (n - 1) / 2);
+  tridiagonal.set(kernels.f64(d, n), 0);
+  tridiagonal.set(kernels.f64(e, n), n);
+  tridiagonal.set(kernels.f64(tau, n), 2 * n);
+  const c = kernels.f64(reflectors, n * n);
+  for (let k = 0, at = 3 * n; k < n; at += n - k - 1, k++) {
+    tridiagonal.set(c.subarray(k * n + k + 1, (k + 1) * n), at);
+  }
+  return { sigma, tridiagonal };
+}
+
+/**
+ * Short sides up to which a {@link MatrixSpectrum} carries its tridiagonal form (n²/2 f64, 256 KB
+ * at 256): a factor-8 LoKr's full factors are 80–160 wide. A wider matrix's (factor 2 or 4) would
+ * hold hundreds of megabytes over a UNet, so {@link fullMatrixSingularPairs} forms it again.
+ */
+export const KEPT_TRIDIAGONAL = 256;
+
+/** The tridiagonal form of a matrix's short-side Gram, in kernel memory. */
+interface TridiagonalForm {
+  /** The short side. */
+  readonly n: number;
+  /** Singular values, descending (zero at or below the noise bound; NaN for a bad element). */
+  readonly sigma: Float64Array;
+  /** T's diagonal, off-diagonal, reflector scales and reflectors (absent for a bad element). */
+  readonly kernel?: {
+    readonly d: number;
+    readonly e: number;
+    readonly tau: number;
+    readonly reflectors: number;
+  };
+}
+
+/** Forms the short-side Gram, tridiagonalises it and finds the eigenvalues (σ = √λ). */
+function tridiagonalForm(kernels: Kernels, m: KernelMatrix): TridiagonalForm {
   const tall = m.rows > m.cols, n = Math.min(m.rows, m.cols);
   const x = kernels.exports;
   const g = kernels.alloc(n * n * 8);
@@ -61,34 +101,38 @@ export function fullMatrixSpectrum(kernels: Kernels, m: KernelMatrix): MatrixSpe
   x.gramOf(m.ptr, m.dtype, m.rows, m.cols, tall, g, scratch);
   const view = kernels.f64(g, n * n);
   const diagonalOfG = Float64Array.from({ length: n }, (_, i) => view[i * n + i]);
-  const tridiagonal = new Float64Array(tridiagonalLength(n));
   if (!diagonalOfG.every(Number.isFinite)) {
     // A NaN or infinite element (callers name it), never mistaken for a zero dimension.
-    return { sigma: new Float64Array(n).fill(NaN), tridiagonal };
+    return { n, sigma: new Float64Array(n).fill(NaN) };
   }
   const tolerance = pivotTolerance(diagonalOfG, Math.max(m.rows, m.cols));
   const d = kernels.alloc(n * 8), e = kernels.alloc(n * 8), tau = kernels.alloc(n * 8);
   x.tridiagonalize(g, n, d, e, tau, scratch);
-  // Kept: T's diagonals, the reflector scales and the reflectors (row k right of the diagonal).
-  tridiagonal.set(kernels.f64(d, n), 0);
-  tridiagonal.set(kernels.f64(e, n), n);
-  tridiagonal.set(kernels.f64(tau, n), 2 * n);
-  for (let k = 0, at = 3 * n; k < n; at += n - k - 1, k++) {
-    tridiagonal.set(view.subarray(k * n + k + 1, (k + 1) * n), at);
-  }
-  if (x.tridiagonalEigenvalues(d, e, n) !== 0) {
+  const lambda = kernels.alloc(n * 8), offDiagonal = kernels.alloc(n * 8);
+  kernels.f64(lambda, n).set(kernels.f64(d, n));
+  kernels.f64(offDiagonal, n).set(kernels.f64(e, n));
+  if (x.tridiagonalEigenvalues(lambda, offDiagonal, n) !== 0) {
     throw new BackendError(
       `the eigenvalues of a ${m.rows}×${m.cols} matrix's Gram did not converge`,
     );
   }
-  const sigma = Float64Array.from(kernels.f64(d, n), (l) => l > tolerance ? Math.sqrt(l) : 0);
+  const sigma = Float64Array.from(kernels.f64(lambda, n), (l) => l > tolerance ? Math.sqrt(l) : 0);
   sigma.sort().reverse();
-  return { sigma, tridiagonal };
+  return { n, sigma, kernel: { d, e, tau, reflectors: g } };
 }
 
-/** Length of a {@link MatrixSpectrum}'s tridiagonal for a short side of n. */
-function tridiagonalLength(n: number): number {
-  return 3 * n + n * (n - 1) / 2;
+/** A spectrum's tridiagonal form back in kernel memory. */
+function unpacked(kernels: Kernels, n: number, tridiagonal: Float64Array) {
+  const d = kernels.alloc(n * 8), e = kernels.alloc(n * 8), tau = kernels.alloc(n * 8);
+  const reflectors = kernels.alloc(n * n * 8);
+  kernels.f64(d, n).set(tridiagonal.subarray(0, n));
+  kernels.f64(e, n).set(tridiagonal.subarray(n, 2 * n));
+  kernels.f64(tau, n).set(tridiagonal.subarray(2 * n, 3 * n));
+  const c = kernels.f64(reflectors, n * n);
+  for (let k = 0, at = 3 * n; k < n; at += n - k - 1, k++) {
+    c.set(tridiagonal.subarray(at, at + n - k - 1), k * n + k + 1);
+  }
+  return { d, e, tau, reflectors };
 }
 
 /**
@@ -118,7 +162,8 @@ export function fullMatrixSingularPairs(
 ): RebuiltFactors {
   const tall = m.rows > m.cols, n = Math.min(m.rows, m.cols), long = Math.max(m.rows, m.cols);
   const { sigma, tridiagonal } = spectrum;
-  if (sigma.length !== n || tridiagonal.length !== tridiagonalLength(n)) {
+  const packed = 3 * n + n * (n - 1) / 2;
+  if (sigma.length !== n || (tridiagonal.length !== packed && tridiagonal.length !== 0)) {
     throw new BackendError(
       `singular pairs of a ${m.rows}×${m.cols} matrix: its spectrum has ${sigma.length} values and a tridiagonal of ${tridiagonal.length}`,
     );
@@ -128,20 +173,15 @@ export function fullMatrixSingularPairs(
   const wanted = keep.filter((j) => sigma[j] > 0);
   const vectors = kernels.alloc(Math.max(1, wanted.length * n) * 8);
   if (wanted.length > 0) {
-    const d = kernels.alloc(n * 8), e = kernels.alloc(n * 8), tau = kernels.alloc(n * 8);
-    const reflectors = kernels.alloc(n * n * 8);
-    kernels.f64(d, n).set(tridiagonal.subarray(0, n));
-    kernels.f64(e, n).set(tridiagonal.subarray(n, 2 * n));
-    kernels.f64(tau, n).set(tridiagonal.subarray(2 * n, 3 * n));
-    const c = kernels.f64(reflectors, n * n);
-    for (let k = 0, at = 3 * n; k < n; at += n - k - 1, k++) {
-      c.set(tridiagonal.subarray(at, at + n - k - 1), k * n + k + 1);
-    }
+    // The same tridiagonal as the spectrum's: carried, or formed again from the same bytes.
+    const form = tridiagonal.length > 0
+      ? unpacked(kernels, n, tridiagonal)
+      : tridiagonalForm(kernels, m).kernel!;
     const lambdas = kernels.alloc(wanted.length * 8);
     kernels.f64(lambdas, wanted.length).set(wanted.map((j) => sigma[j] * sigma[j]));
     const work = kernels.alloc(5 * n * 8);
-    x.eigenvectorsAt(d, e, n, lambdas, wanted.length, vectors, work);
-    x.applyReflectors(reflectors, n, tau, vectors, wanted.length);
+    x.eigenvectorsAt(form.d, form.e, n, lambdas, wanted.length, vectors, work);
+    x.applyReflectors(form.reflectors, n, form.tau, vectors, wanted.length);
   }
   const short = kernels.f64(vectors, wanted.length * n).slice();
   // Short side: √σ·(unit vector), written directly. Long side: M (or Mᵀ) times the vector/√σ,
