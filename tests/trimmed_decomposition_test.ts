@@ -200,3 +200,31 @@ Deno.test("resizing a rank-96 LoRA keeps the optimal rank-k layers past the 64 h
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("trimmed decomposition in slices stops at the caller's abort and at a failing slice", async () => {
+  await using cpu = await createCpuBackend({ workers: 2, inlineWork: 0 });
+  const aborted = new AbortController();
+  const reason = new Error("stop");
+  let calls = 0;
+  const abortingAfterOne = delegating(cpu, {
+    decompose: async (layers, o) => {
+      const d = await cpu.decompose(layers, o);
+      if (++calls === 1) aborted.abort(reason);
+      return d;
+    },
+  });
+  const stopped = await decomposeLayers(abortingAfterOne, LAYERS, {
+    heldDimensions: 64,
+    sliceBytes: 1,
+    signal: aborted.signal,
+  }).then(() => undefined, (e) => e);
+  assertEquals(stopped, reason);
+  const failing = delegating(cpu, {
+    decompose: (layers, o) =>
+      calls++ === 2 ? Promise.reject(new Error("bad")) : cpu.decompose(layers, o),
+  });
+  calls = 0;
+  const failed = await decomposeLayers(failing, LAYERS, { heldDimensions: 64, sliceBytes: 1 })
+    .then(() => undefined, (e) => e);
+  assert(failed instanceof Error && failed.message === "bad", `${failed}`);
+});

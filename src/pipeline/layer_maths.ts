@@ -135,10 +135,13 @@ async function decomposeTrimmed(
   const results: (FactorDecomposition | TrimmedDecomposition)[] = new Array(items.length);
   const done = slices.map(() => 0);
   let next = 0;
+  // A failing slice stops the other, and the caller's signal stops both.
+  const failed = new AbortController();
+  const signal = options.signal ? AbortSignal.any([failed.signal, options.signal]) : failed.signal;
   const run = async (): Promise<void> => {
-    for (let s = next++; s < slices.length; s = next++) {
+    for (let s = next++; s < slices.length && !signal.aborted; s = next++) {
       const part = await decomposeOperands(backend, slices[s].map((i) => items[i]), {
-        signal: options.signal,
+        signal,
         onProgress: (d) => {
           done[s] = d;
           options.onProgress?.(done.reduce((a, b) => a + b, 0), items.length);
@@ -147,7 +150,13 @@ async function decomposeTrimmed(
       part.forEach((d, j) => results[slices[s][j]] = trim(d, slices[s][j]));
     }
   };
-  await Promise.all([run(), run()]);
+  await Promise.all([run(), run()].map((p) =>
+    p.catch((e) => {
+      failed.abort(e);
+      throw e;
+    })
+  ));
+  signal.throwIfAborted(); // aborted between slices
   return results;
 }
 
