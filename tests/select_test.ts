@@ -3,10 +3,10 @@
 import { assert, assertClose, assertEquals, assertStrictEquals } from "./assert.ts";
 import { parseRecipe, parseRecipes, type Recipe } from "../src/recipe/recipe.ts";
 import { scoreLayer } from "../src/recipe/score.ts";
+import { rankDimensions } from "../src/recipe/ranking.ts";
 import {
   type FileSizeFn,
   formatTotalRankLine,
-  rankDimensions,
   selectBySizeFile,
   selectBySizeOriginal,
   selectByThreshold,
@@ -35,6 +35,31 @@ Deno.test("rankDimensions: descending, ties in layer then dimension order, NaN l
   const infinite = rankDimensions([f64(-Infinity, Infinity), f64(-Infinity)]);
   assertEquals(Array.from(infinite.layer), [0, 0, 1]);
   assertEquals(Array.from(infinite.dim), [1, 0, 0]);
+});
+
+Deno.test("rankDimensions equals a stable sort by score, then layer, then dimension: descending layers (merged) and any layers (sorted)", () => {
+  let seed = 11;
+  const next = () => (seed = (seed * 16807) % 2147483647) / 2147483647;
+  for (const monotone of [true, false]) {
+    for (let trial = 0; trial < 20; trial++) {
+      // Scores on a coarse grid, so that ties across and within layers are common.
+      const scores = Array.from({ length: 1 + Math.floor(next() * 30) }, () => {
+        const layer = Float64Array.from(
+          { length: Math.floor(next() * 40) },
+          () => next() < 0.05 ? NaN : Math.round(next() * 12) / 4 - 3,
+        );
+        if (monotone) layer.sort().reverse(); // NaNs sort last, then reverse: first
+        return layer;
+      });
+      const want = scores.flatMap((layer, l) =>
+        Array.from(layer, (score, dim) => ({ score, l, dim })).filter((x) => !Number.isNaN(x.score))
+      ).sort((a, b) => b.score - a.score || a.l - b.l || a.dim - b.dim);
+      const got = rankDimensions(scores);
+      assertEquals(Array.from(got.score), want.map((x) => x.score));
+      assertEquals(Array.from(got.layer), want.map((x) => x.l));
+      assertEquals(Array.from(got.dim), want.map((x) => x.dim));
+    }
+  }
 });
 
 /** A worked example of the original's size mode: L1 4×6, σ = [2, 0.5]; L2 3×3, σ = [1]; `params=1`; F16. */

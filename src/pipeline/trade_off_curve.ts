@@ -7,7 +7,7 @@
 
 import { outputFileSize, type OutputShapeFn } from "../output.ts";
 import type { Recipe } from "../recipe/recipe.ts";
-import { rankDimensions } from "../recipe/select.ts";
+import { rankDimensions } from "../recipe/ranking.ts";
 import type { CurvePoint } from "../summary.ts";
 import type { PreparedLora } from "./prepare_lora.ts";
 

@@ -33,14 +33,8 @@ export {
   scoreLayer,
   type ScoreRecipe,
 } from "./score.ts";
-export {
-  rankDimensions,
-  type Ranking,
-  selectByThreshold,
-  type Selection,
-  type SizeAccounting,
-  type SizeCut,
-} from "./select.ts";
+export { rankDimensions, type Ranking } from "./ranking.ts";
+export { selectByThreshold, type Selection, type SizeAccounting, type SizeCut } from "./select.ts";
 export { fileNameNumber, parsePythonFloat, pyRepr } from "./pyfloat.ts";
 export {
   KOHYA_METHODS,
