@@ -331,6 +331,21 @@ Deno.test("Kronecker singular values are every product σ1ᵢ·σ2ⱼ times |sca
   const k = combineKronecker(d([3, 2, 1]), d([3, 2, 1]), -2);
   assertEquals([...k.sigma], [18, 12, 12, 8, 6, 6, 4, 4, 2]);
   assertEquals([...k.pairs], [0, 0, 0, 1, 1, 0, 1, 1, 0, 2, 2, 0, 1, 2, 2, 1, 2, 2]);
+  // Against a sort of every product: random spectra with zeros and repeated values.
+  let seed = 3;
+  const next = () => (seed = (seed * 16807) % 2147483647) / 2147483647;
+  for (let trial = 0; trial < 20; trial++) {
+    const spectrum = (n: number) =>
+      Array.from({ length: n }, () => Math.round(next() * 6) / 2).sort((a, b) => b - a);
+    const [s1, s2] = [spectrum(1 + trial % 7), spectrum(1 + trial % 5)];
+    const want = s1.flatMap((a, i) => s2.map((b, j) => ({ v: 0.5 * a * b, i, j })))
+      .sort((x, y) => y.v - x.v || x.i - y.i || x.j - y.j);
+    const got = combineKronecker(d(s1), d(s2), 0.5);
+    assertEquals([...got.sigma], want.map((x) => x.v));
+    assertEquals([...got.pairs], want.flatMap((x) => [x.i, x.j]));
+  }
+  // A NaN σ (a product that overflowed) makes every product NaN, still k1·k2 of them.
+  assertEquals([...combineKronecker(d([1, NaN]), d([2, 1]), 1).sigma], [NaN, NaN, NaN, NaN]);
 });
 
 Deno.test("the synthetic SDXL LoHa and LoKr cover every UNet attention and MLP linear with LyCORIS's names and shapes", async () => {

@@ -23,6 +23,7 @@
  * @module
  */
 
+import { mergeDescendingRuns } from "../descending_runs.ts";
 import { LoraError } from "../errors.ts";
 import { decodeFloats } from "../safetensors/dtype.ts";
 import type {
@@ -223,8 +224,7 @@ export function kroneckerLayer(
  *
  * Both spectra are descending, so each i gives a descending run σ1ᵢ·σ2₀, σ1ᵢ·σ2₁, …
  * (multiplying by a fixed factor ≥ 0 keeps floating-point order), and the runs are merged
- * through a heap: O(k1·k2·log k1) instead of a comparison sort of all k1·k2 products, which a
- * full LoKr factor pair makes 10⁵-long per layer.
+ * through a heap (`../descending_runs.ts`) instead of sorting all k1·k2 products.
  *
  * @example
  * ```ts
@@ -241,38 +241,19 @@ export function combineKronecker(
 ): KroneckerDecomposition {
   const s1 = first.sigma, s2 = second.sigma, k1 = s1.length, k2 = s2.length;
   const sigma = new Float64Array(k1 * k2), pairs = new Uint32Array(2 * k1 * k2);
-  if (k2 === 0) return { sigma, pairs, first, second };
-  const lead = Float64Array.from(s1, (x) => Math.abs(scale) * x);
-  // heap[h] = run i; next[i] = the run's next j. Run a before run b: larger value, then smaller i
-  // (the runs' own order is by j, so ties come out by (i, j)).
-  const next = new Uint32Array(k1), heap = Uint32Array.from(s1.keys());
-  const value = (i: number) => lead[i] * s2[next[i]];
-  const before = (a: number, b: number) => {
-    const va = value(a), vb = value(b);
-    return va > vb || (va === vb && a < b);
-  };
-  let size = k1;
-  const siftDown = (h: number) => {
-    for (;;) {
-      const l = 2 * h + 1, r = l + 1;
-      let top = h;
-      if (l < size && before(heap[l], heap[top])) top = l;
-      if (r < size && before(heap[r], heap[top])) top = r;
-      if (top === h) return;
-      [heap[h], heap[top]] = [heap[top], heap[h]];
-      h = top;
-    }
-  };
-  for (let h = (size >> 1) - 1; h >= 0; h--) siftDown(h);
-  for (let t = 0; size > 0; t++) {
-    const i = heap[0], j = next[i];
-    sigma[t] = lead[i] * s2[j];
-    pairs[2 * t] = i;
-    pairs[2 * t + 1] = j;
-    if (j + 1 < k2) next[i] = j + 1;
-    else heap[0] = heap[--size];
-    siftDown(0);
+  if ([...s1, ...s2].some(Number.isNaN)) {
+    // A factor's bad element: every product NaN, in index order, for the caller to name.
+    sigma.fill(NaN);
+    for (let t = 0; t < k1 * k2; t++) [pairs[2 * t], pairs[2 * t + 1]] = [t / k2 | 0, t % k2];
+    return { sigma, pairs, first, second };
   }
+  const runs = Array.from(s1, (x) => {
+    const lead = Math.abs(scale) * x;
+    return Float64Array.from(s2, (y) => lead * y);
+  });
+  const { run, index, value } = mergeDescendingRuns(runs);
+  sigma.set(value);
+  for (let t = 0; t < run.length; t++) [pairs[2 * t], pairs[2 * t + 1]] = [run[t], index[t]];
   return { sigma, pairs, first, second };
 }
 
