@@ -228,3 +228,30 @@ Deno.test("trimmed decomposition in slices stops at the caller's abort and at a 
     .then(() => undefined, (e) => e);
   assert(failed instanceof Error && failed.message === "bad", `${failed}`);
 });
+
+Deno.test("layers kept past their held dimensions are decomposed again run by run, results and progress in order", async () => {
+  await using cpu = await createCpuBackend({ workers: 2, inlineWork: 0 });
+  const calls: number[] = [];
+  const backend = counting(cpu, calls);
+  const full = await decomposeLayers(backend, LAYERS);
+  const trimmed = await decomposeLayers(backend, LAYERS, { heldDimensions: 64 });
+  calls.length = 0;
+  const keep = [[0, 64, 95], [0, 39], [3, 127]];
+  const order: number[] = [], progress: [number, number][] = [];
+  const requests = LAYERS.map((layer, i) => ({
+    layer,
+    decomposition: trimmed[i],
+    keep: keep[i],
+    rescale: 1,
+  }));
+  const out = await rebuildLayers(backend, requests, {
+    sliceBytes: 1, // a run for each layer decomposed again
+    onResult: (n) => order.push(n),
+    onProgress: (done, total) => progress.push([done, total]),
+  });
+  assertEquals(calls, [1, 1], "layers a and c, one run each");
+  assertEquals(out.map((f) => [f.up.bytes, f.down.bytes]), await rebuilt(backend, full, keep));
+  assertEquals(order, [0, 1, 2]);
+  assertEquals(progress.at(-1), [3, 3]);
+  assert(progress.every(([d], i) => i === 0 || d >= progress[i - 1][0]), `${progress}`);
+});

@@ -90,13 +90,14 @@ export async function decomposeLayers(
   layers: readonly LoraLayer[],
   options: DecomposeOptions = {},
 ): Promise<LayerDecomposition[]> {
+  // A LoKr layer's factors are never trimmed: Kronecker pairs index all their dimensions.
+  const trimmable: boolean[] = [];
   const items = layers.flatMap((l): KroneckerOperand[] => {
     const k = l.lycoris?.kind === "lokr" ? l.lycoris.kronecker : undefined;
+    trimmable.push(...(k ? [false, false] : [true]));
     return k ? [k.first, k.second] : [l.factors];
   });
   const { heldDimensions: held } = options;
-  // A LoKr layer's factors are kept whole: Kronecker pairs index all their dimensions.
-  const trimmable = layers.flatMap((l) => l.lycoris?.kind === "lokr" ? [false, false] : [true]);
   const results = held === undefined
     ? await decomposeOperands(backend, items, options)
     : await decomposeTrimmed(
@@ -191,26 +192,94 @@ export interface LayerRebuildRequest {
   readonly dtype?: RebuildDType;
 }
 
+/** Options of {@link rebuildLayers}. */
+export interface RebuildOptions extends BackendCallOptions<RebuiltFactors> {
+  /** Transform bytes of the layers decomposed again per run (default {@link SLICE_BYTES}). */
+  readonly sliceBytes?: number;
+}
+
 /**
  * Output factors of the kept dimensions of every layer, in order (`onResult` with each as soon
  * as it is ready): up·down·(layer scale) = rescale·ΔW over the kept dimensions, for every kind,
- * so a writer sets alpha = scale·k′.
+ * so a writer sets alpha = scale·k′. Layers kept past their held dimensions are decomposed again
+ * first, in runs of about {@link SLICE_BYTES} of transforms, each run rebuilt before the next
+ * (so their full transforms are never all held at once).
  */
 export async function rebuildLayers(
   backend: Backend,
   requests: readonly LayerRebuildRequest[],
-  options: BackendCallOptions<RebuiltFactors> = {},
+  options: RebuildOptions = {},
 ): Promise<RebuiltFactors[]> {
-  const decompositions = await untrimmed(backend, requests, options.signal);
+  const runs = rebuildRuns(requests, options.sliceBytes ?? SLICE_BYTES);
+  const results: RebuiltFactors[] = [];
+  const items = runs.map((run) =>
+    run.reduce((n, r) => n + (isKronecker(r.decomposition) ? 2 : 1), 0)
+  );
+  const total = items.reduce((a, b) => a + b, 0);
+  let offset = 0, itemsDone = 0;
+  for (const [i, run] of runs.entries()) {
+    const decompositions = await untrimmed(backend, run, options.signal);
+    const at = offset, before = itemsDone;
+    results.push(
+      ...await rebuildRun(backend, run, decompositions, {
+        signal: options.signal,
+        onResult: (n, f) => options.onResult?.(at + n, f),
+        onProgress: (d) => options.onProgress?.(before + d, total),
+      }),
+    );
+    offset += run.length;
+    itemsDone += items[i];
+  }
+  return results;
+}
+
+/**
+ * Consecutive runs of requests, each closing once the layers it must decompose again would
+ * hold {@link SLICE_BYTES} of transforms (one run when none must).
+ */
+function rebuildRuns(
+  requests: readonly LayerRebuildRequest[],
+  limit: number,
+): LayerRebuildRequest[][] {
+  const runs: LayerRebuildRequest[][] = [[]];
+  let bytes = 0;
+  for (const r of requests) {
+    runs.at(-1)!.push(r);
+    if (!decomposedAgain(r)) continue;
+    const f = r.layer.factors;
+    bytes += 16 * f.rank * Math.min(f.out, f.inFlat, f.rank);
+    if (bytes >= limit) {
+      runs.push([]);
+      bytes = 0;
+    }
+  }
+  return runs.filter((run) => run.length > 0);
+}
+
+/** Whether a request keeps a dimension past those its (trimmed) decomposition holds. */
+function decomposedAgain({ decomposition: d, keep }: LayerRebuildRequest): boolean {
+  if (!isTrimmed(d)) return false;
+  const held = d.leading.sigma.length;
+  return keep.some((m) => m >= held);
+}
+
+/** {@link rebuildLayers} for one run, its decompositions untrimmed. */
+async function rebuildRun(
+  backend: Backend,
+  requests: readonly LayerRebuildRequest[],
+  decompositions: readonly (Decomposition | KroneckerDecomposition)[],
+  options: BackendCallOptions<RebuiltFactors>,
+): Promise<RebuiltFactors[]> {
   const plans: (KroneckerRebuildPlan | undefined)[] = [];
   const items: FactorRebuild[] = [];
   const owner: number[] = []; // request index of each backend item
-  requests.map((r, n) => ({ ...r, decomposition: decompositions[n] })).forEach((r, n) => {
+  requests.forEach((r, n) => {
+    const decomposition = decompositions[n];
     const lokr = r.layer.lycoris?.kind === "lokr" ? r.layer.lycoris : undefined;
-    if (lokr && isKronecker(r.decomposition)) {
+    if (lokr && isKronecker(decomposition)) {
       const plan = planKroneckerRebuild({
         layer: lokr.kronecker,
-        decomposition: r.decomposition,
+        decomposition,
         keep: r.keep,
         rescale: r.rescale,
         dtype: r.dtype,
@@ -218,9 +287,9 @@ export async function rebuildLayers(
       plans.push(plan);
       items.push(plan.first, plan.second);
       owner.push(n, n);
-    } else if (!isKronecker(r.decomposition) && !isTrimmed(r.decomposition)) {
+    } else if (!isKronecker(decomposition)) {
       plans.push(undefined);
-      const { layer, decomposition, keep, rescale, dtype } = r;
+      const { layer, keep, rescale, dtype } = r;
       items.push({ rebuild: { factors: layer.factors, decomposition, keep, rescale, dtype } });
       owner.push(n);
     } else {
@@ -244,11 +313,7 @@ export async function rebuildLayers(
     results[n] = f;
     options.onResult?.(n, f);
   };
-  const parts = await rebuildFactors(backend, items, {
-    onProgress: options.onProgress,
-    signal: options.signal,
-    onResult: take,
-  });
+  const parts = await rebuildFactors(backend, items, { ...options, onResult: take });
   parts.forEach((f, j) => take(j, f)); // what was not reported as it came
   return results;
 }
@@ -266,9 +331,8 @@ async function untrimmed(
   const out = requests.map((r, n) => {
     const d = r.decomposition;
     if (!isTrimmed(d)) return d;
-    if (r.keep.every((m) => m < d.leading.sigma.length)) return d.leading;
-    again.push(n);
-    return d.leading; // replaced below
+    if (decomposedAgain(r)) again.push(n); // replaced below
+    return d.leading;
   });
   if (again.length > 0) {
     const full = await backend.decompose(again.map((n) => requests[n].layer.factors), { signal });
