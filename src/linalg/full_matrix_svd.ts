@@ -21,7 +21,7 @@
  */
 
 import { BackendError } from "../errors.ts";
-import type { MatrixSpectrum, RebuiltFactors } from "./backend.ts";
+import type { FloatData, MatrixSpectrum, RebuiltFactors } from "./backend.ts";
 import { pivotTolerance } from "./gram_svd.ts";
 import { DTYPE_CODES, type Kernels } from "./wasm/kernels.ts";
 
@@ -160,7 +160,7 @@ export function fullMatrixSingularPairs(
   spectrum: MatrixSpectrum,
   keep: readonly number[],
 ): RebuiltFactors {
-  const tall = m.rows > m.cols, n = Math.min(m.rows, m.cols), long = Math.max(m.rows, m.cols);
+  const n = Math.min(m.rows, m.cols);
   const { sigma, tridiagonal } = spectrum;
   const packed = 3 * n + n * (n - 1) / 2;
   if (sigma.length !== n || (tridiagonal.length !== packed && tridiagonal.length !== 0)) {
@@ -168,64 +168,82 @@ export function fullMatrixSingularPairs(
       `singular pairs of a ${m.rows}×${m.cols} matrix: its spectrum has ${sigma.length} values and a tridiagonal of ${tridiagonal.length}`,
     );
   }
-  const k = keep.length, x = kernels.exports;
-  // Eigenvectors of the nonzero kept σ on the short side, as rows (k′ × n).
   const wanted = keep.filter((j) => sigma[j] > 0);
-  const vectors = kernels.alloc(Math.max(1, wanted.length * n) * 8);
-  if (wanted.length > 0) {
-    // The same tridiagonal as the spectrum's: carried, or formed again from the same bytes.
-    const form = tridiagonal.length > 0
-      ? unpacked(kernels, n, tridiagonal)
-      : tridiagonalForm(kernels, m).kernel!;
-    const lambdas = kernels.alloc(wanted.length * 8);
-    kernels.f64(lambdas, wanted.length).set(wanted.map((j) => sigma[j] * sigma[j]));
-    const work = kernels.alloc(5 * n * 8);
-    x.eigenvectorsAt(form.d, form.e, n, lambdas, wanted.length, vectors, work);
-    x.applyReflectors(form.reflectors, n, form.tau, vectors, wanted.length);
-  }
-  const short = kernels.f64(vectors, wanted.length * n).slice();
-  // Short side: √σ·(unit vector), written directly. Long side: M (or Mᵀ) times the vector/√σ,
-  // by the rebuild kernels, which round once to f32.
-  const direct = new Float32Array(k * n); // row t: √σ·(short vector t)
-  const through = new Float32Array(k * n); // row t: (short vector t)/√σ
+  const vectors = shortSideVectors(kernels, m, spectrum, wanted);
+  // Row t: the short-side vector of kept dimension t (zero for σ = 0), its √σ, as f32 pairs.
+  const k = keep.length, g = keep.map((j) => sigma[j] > 0 ? Math.sqrt(sigma[j]) : 0);
+  const direct = new Float32Array(k * n), through = new Float32Array(k * n);
   let w = 0;
   keep.forEach((j, t) => {
-    if (!(sigma[j] > 0)) return;
-    const g = Math.sqrt(sigma[j]);
+    if (g[t] === 0) return;
     for (let i = 0; i < n; i++) {
-      direct[t * n + i] = g * short[w * n + i];
-      through[t * n + i] = short[w * n + i] / g;
+      direct[t * n + i] = g[t] * vectors[w * n + i]; // √σ·u
+      through[t * n + i] = vectors[w * n + i] / g[t]; // u/√σ, for the long side
     }
     w++;
   });
-  const longBytes = k * long * 4;
-  const result = kernels.alloc(Math.max(4, longBytes));
-  const ldt = (k + 3) & ~3;
+  const long = longSide(kernels, m, through, k);
+  // The short side as stored: up is rows × k (column t), down is k × cols (row t).
+  if (m.rows > m.cols) return { up: long, down: f32Data(direct) };
+  const up = new Float32Array(k * n);
+  for (let t = 0; t < k; t++) for (let i = 0; i < n; i++) up[i * k + t] = direct[t * n + i];
+  return { up: f32Data(up), down: long };
+}
+
+/** f32 values as factor data. */
+function f32Data(values: Float32Array): FloatData {
+  return { dtype: "F32", bytes: new Uint8Array(values.buffer) };
+}
+
+/**
+ * Unit eigenvectors of the short-side Gram for the wanted dimensions (σ > 0), as rows
+ * (wanted × n): inverse iteration on the spectrum's tridiagonal (carried, or formed again from
+ * the same bytes), taken back through its reflectors.
+ */
+function shortSideVectors(
+  kernels: Kernels,
+  m: KernelMatrix,
+  { sigma, tridiagonal }: MatrixSpectrum,
+  wanted: readonly number[],
+): Float64Array {
+  const n = Math.min(m.rows, m.cols), x = kernels.exports;
+  if (wanted.length === 0) return new Float64Array(0);
+  const vectors = kernels.alloc(wanted.length * n * 8);
+  const form = tridiagonal.length > 0
+    ? unpacked(kernels, n, tridiagonal)
+    : tridiagonalForm(kernels, m).kernel!;
+  const lambdas = kernels.alloc(wanted.length * 8);
+  kernels.f64(lambdas, wanted.length).set(wanted.map((j) => sigma[j] * sigma[j]));
+  const work = kernels.alloc(5 * n * 8);
+  x.eigenvectorsAt(form.d, form.e, n, lambdas, wanted.length, vectors, work);
+  x.applyReflectors(form.reflectors, n, form.tau, vectors, wanted.length);
+  return kernels.f64(vectors, wanted.length * n).slice();
+}
+
+/**
+ * The long side of the kept pairs, f32: down = Tᵀ·M (k × cols) for a wide M, up = M·T
+ * (rows × k) for a tall one, T's rows being the short-side vectors over √σ (`through`, k × n),
+ * by the rebuild kernels, which round once to f32.
+ */
+function longSide(kernels: Kernels, m: KernelMatrix, through: Float32Array, k: number): FloatData {
+  const n = Math.min(m.rows, m.cols), bytes = k * Math.max(m.rows, m.cols) * 4;
+  if (k === 0) return { dtype: "F32", bytes: new Uint8Array(0) };
+  const x = kernels.exports, ldt = (k + 3) & ~3;
+  const result = kernels.alloc(bytes);
   const scratch = kernels.alloc(Math.max(UP_ROWS * (n + 2 * ldt), DOWN_COLUMNS * (n + k)) * 4);
-  if (k > 0 && !tall) {
-    // down = diag(1/√σ)·Uᵀ·M (k × cols).
+  if (m.rows <= m.cols) {
     const tat = kernels.alloc(through.byteLength);
     kernels.f32(tat, through.length).set(through);
     x.rebuildDown(m.ptr, m.dtype, m.rows, m.cols, tat, k, result, DTYPE_CODES.F32, scratch);
-  } else if (k > 0) {
-    // up = M·V·diag(1/√σ) (rows × k), the transform's rows padded to whole SIMD vectors.
+  } else {
+    // T as columns, its rows padded to whole SIMD vectors.
     const tb = new Float32Array(n * ldt);
     for (let t = 0; t < k; t++) for (let i = 0; i < n; i++) tb[i * ldt + t] = through[t * n + i];
     const tbPtr = kernels.alloc(tb.byteLength);
     kernels.f32(tbPtr, tb.length).set(tb);
     x.rebuildUp(m.ptr, m.dtype, m.rows, m.cols, tbPtr, ldt, k, result, DTYPE_CODES.F32, scratch);
   }
-  const longSide = kernels.u8(result, longBytes).slice();
-  // The short side as stored: up is rows × k (column t), down is k × cols (row t).
-  const shortSide = new Float32Array(k * n);
-  if (tall) shortSide.set(direct);
-  else {for (let t = 0; t < k; t++) {
-      for (let i = 0; i < n; i++) shortSide[i * k + t] = direct[t * n + i];
-    }}
-  const shortBytes = new Uint8Array(shortSide.buffer);
-  return tall
-    ? { up: { dtype: "F32", bytes: longSide }, down: { dtype: "F32", bytes: shortBytes } }
-    : { up: { dtype: "F32", bytes: shortBytes }, down: { dtype: "F32", bytes: longSide } };
+  return { dtype: "F32", bytes: kernels.u8(result, bytes).slice() };
 }
 
 /** Row and column blocks of the kernels' rebuildUp / rebuildDown (their scratch sizes). */
