@@ -4,8 +4,8 @@
  * message, answered in one, so that small items do not pay a round trip each.
  * Each worker runs one job at a time and has a few more posted ahead (fewer
  * when their factors are formed data, whose bytes exist from posting until
- * the answer: see {@link FORMED_BYTES_AHEAD}); the rest wait in a queue and go to whichever worker frees up first, so big
- * and small jobs balance out. Which worker runs an item does not change its
+ * the answer: see FORMED_BYTES_AHEAD); the rest wait in a queue and go to
+ * whichever worker frees up first, so big and small jobs balance out. Which worker runs an item does not change its
  * result.
  *
  * @module
@@ -87,12 +87,12 @@ export class WorkerPool {
     this.size = size;
   }
 
-  /** Starts every worker now (each loads its code and kernels while the caller goes on). */
   /** The most formed bytes posted to one worker and not yet answered, so far (diagnostics). */
   get peakBytesAhead(): number {
     return this.#peakBytesAhead;
   }
 
+  /** Starts every worker now (each loads its code and kernels while the caller goes on). */
   start(): void {
     while (!this.#closed && this.#slots.length < this.size) this.#spawn();
   }
