@@ -174,7 +174,7 @@ export function fullMatrixSingularPairs(
   const k = keep.length, g = keep.map((j) => sigma[j] > 0 ? Math.sqrt(sigma[j]) : 0);
   const direct = new Float32Array(k * n), through = new Float32Array(k * n);
   let w = 0;
-  keep.forEach((j, t) => {
+  keep.forEach((_, t) => {
     if (g[t] === 0) return;
     for (let i = 0; i < n; i++) {
       direct[t * n + i] = g[t] * vectors[w * n + i]; // √σ·u

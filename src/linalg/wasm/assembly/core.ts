@@ -165,9 +165,20 @@ export function symmetricEigenvectors(c: usize, size: i32, zt: usize, d: usize, 
 }
 
 /**
+ * √(a² + b²): hypot where vectors are rotated (the LoRA core, whose results are kept bit for
+ * bit), the plain square root otherwise, for a tridiagonal scaled to norm ~1 by the caller
+ * (tridiagonalEigenvalues), where a² + b² can neither overflow nor lose what matters to
+ * underflow; hypot's care costs as much as the rest of the values-only iteration.
+ */
+@inline function length(a: f64, b: f64, exact: bool): f64 {
+  return exact ? Math.hypot(a, b) : Math.sqrt(a * a + b * b);
+}
+
+/**
  * Implicit QL with Wilkinson shifts (as tridiagonalEigen in ../../tridiagonal.ts) on the
  * tridiagonal d, e (overwritten; eigenvalues left in d, unsorted), each rotation applied to rows
- * i, i + 1 of zt (n × n) when `vectors`. Returns 0, or −1 when QL did not converge.
+ * i, i + 1 of zt (n × n) when `vectors`. Without vectors, d and e must be scaled to a norm near
+ * 1 (see length). Returns 0, or −1 when QL did not converge.
  */
 export function implicitQl(d: usize, e: usize, size: i32, zt: usize, vectors: bool): i32 {
   const n = <usize> size;
@@ -181,13 +192,13 @@ export function implicitQl(d: usize, e: usize, size: i32, zt: usize, vectors: bo
       if (m == l) break;
       if (iter == MAX_QL_ITERATIONS) return -1;
       let g = (at(d, l + 1) - at(d, l)) / (2 * at(e, l));
-      let r = Math.hypot(g, 1);
+      let r = length(g, 1, vectors);
       g = at(d, m) - at(d, l) + at(e, l) / (g + (g >= 0 ? r : -r));
       let s: f64 = 1, co: f64 = 1, q: f64 = 0;
       let i = m - 1;
       for (; i >= l; i--) {
         const f = s * at(e, i), bb = co * at(e, i);
-        r = Math.hypot(f, g);
+        r = length(f, g, vectors);
         put(e, i + 1, r);
         if (r == 0) {
           put(d, i + 1, at(d, i + 1) - q);

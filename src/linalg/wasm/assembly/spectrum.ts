@@ -25,10 +25,26 @@ const CLUSTER: f64 = 1e-3;
 /**
  * Eigenvalues of the symmetric tridiagonal matrix with diagonal d and off-diagonal e (as
  * tridiagonalize leaves them; both overwritten) into d, unsorted: symmetricEigenvectors' implicit
- * QL without the rotation of vectors. Returns 0, or −1 when QL did not converge.
+ * QL without the rotation of vectors, on the matrix scaled by a power of two (exact) to a norm
+ * near 1. Returns 0, or −1 when QL did not converge.
  */
 export function tridiagonalEigenvalues(d: usize, e: usize, size: i32): i32 {
-  return implicitQl(d, e, size, 0, false);
+  const n = <usize> size;
+  let norm: f64 = 0;
+  for (let i: usize = 0; i < n; i++) norm = Math.max(norm, Math.abs(at(d, i)) + Math.abs(at(e, i)));
+  if (!(norm > 0) || !isFinite(norm)) return implicitQl(d, e, size, 0, false);
+  const shift = <i32> Math.round(Math.log2(norm));
+  scale(d, n, -shift);
+  scale(e, n, -shift);
+  const status = implicitQl(d, e, size, 0, false);
+  scale(d, n, shift);
+  return status;
+}
+
+/** x[0…n) ← x·2^k, in two exact steps (each factor a normal f64). */
+function scale(x: usize, n: usize, k: i32): void {
+  const half = k / 2, a = Math.pow(2, <f64> half), b = Math.pow(2, <f64> (k - half));
+  for (let i: usize = 0; i < n; i++) put(x, i, at(x, i) * a * b);
 }
 
 /**
