@@ -185,6 +185,31 @@ Deno.test("repeated singular values keep orthonormal vectors: an identity, and a
   }
 });
 
+Deno.test("singular values scale with the matrix, far from 1 (F64 entries around 1e±120), and so do the pairs (1e±15)", async () => {
+  const { m, held } = randomFull(20, 30, 4, "F64");
+  const [spectrum] = await spectraOnHost([m]);
+  const scaled = (c: number) => full(20, 30, held.data.map((x) => x * c), "F64").m;
+  for (const c of [1e120, 1e-120]) {
+    const [{ sigma }] = await spectraOnHost([scaled(c)]);
+    sigma.forEach((v, i) =>
+      assert(Math.abs(v / c - spectrum.sigma[i]) <= 1e-12 * spectrum.sigma[0], `${c}: ${v}`)
+    );
+  }
+  // The pairs are f32, so their √σ must fit one: 1e±15 entries.
+  const [pairs] = await singularPairsOnHost([{ matrix: m, spectrum, keep: [0, 19] }]);
+  const want = product(pairs, 20, 30).dense.data;
+  for (const c of [1e15, 1e-15]) {
+    const matrix = scaled(c);
+    const [got] = await singularPairsOnHost([{
+      matrix,
+      spectrum: (await spectraOnHost([matrix]))[0],
+      keep: [0, 19],
+    }]);
+    const dense = product(got, 20, 30).dense.data.map((x) => x / c);
+    assert(maxDiff(dense, want) <= 1e-6 * maxAbs(want), `${c}`);
+  }
+});
+
 Deno.test("a NaN or an infinity in a full matrix gives NaN singular values, never zeros", async () => {
   for (const bad of [NaN, Infinity]) {
     const values = Array.from({ length: 12 }, (_, i) => i === 7 ? bad : i);

@@ -22,7 +22,7 @@
 
 import { BackendError } from "../errors.ts";
 import type { FloatData, MatrixSpectrum, RebuiltFactors } from "./backend.ts";
-import { pivotTolerance } from "./gram_svd.ts";
+import { pivotTolerance, scaleByPowerOfTwo, scaleToUnit } from "./gram_svd.ts";
 import { DTYPE_CODES, type Kernels } from "./wasm/kernels.ts";
 
 /** A full matrix already in kernel memory. */
@@ -57,17 +57,24 @@ export function fullMatrixSpectrum(kernels: Kernels, m: KernelMatrix): MatrixSpe
   const form = tridiagonalForm(kernels, m);
   const { n, sigma } = form;
   if (!form.kernel || n > KEPT_TRIDIAGONAL) return { sigma, tridiagonal: new Float64Array(0) };
-  // Kept: T's diagonals, the reflector scales and the reflectors (row k right of the diagonal).
-  const { d, e, tau, reflectors } = form.kernel;
-  const tridiagonal = new Float64Array(3 * n + n * (n - 1) / 2);
-  tridiagonal.set(kernels.f64(d, n), 0);
-  tridiagonal.set(kernels.f64(e, n), n);
-  tridiagonal.set(kernels.f64(tau, n), 2 * n);
+  // Kept: the Gram's scale, T's diagonals, the reflector scales and the reflectors (row k right
+  // of the diagonal).
+  const { exponent, d, e, tau, reflectors } = form.kernel;
+  const tridiagonal = new Float64Array(packedLength(n));
+  tridiagonal[0] = exponent;
+  tridiagonal.set(kernels.f64(d, n), 1);
+  tridiagonal.set(kernels.f64(e, n), 1 + n);
+  tridiagonal.set(kernels.f64(tau, n), 1 + 2 * n);
   const c = kernels.f64(reflectors, n * n);
-  for (let k = 0, at = 3 * n; k < n; at += n - k - 1, k++) {
+  for (let k = 0, at = 1 + 3 * n; k < n; at += n - k - 1, k++) {
     tridiagonal.set(c.subarray(k * n + k + 1, (k + 1) * n), at);
   }
   return { sigma, tridiagonal };
+}
+
+/** Length of a carried tridiagonal form for a short side of n. */
+function packedLength(n: number): number {
+  return 1 + 3 * n + n * (n - 1) / 2;
 }
 
 /**
@@ -83,16 +90,26 @@ interface TridiagonalForm {
   readonly n: number;
   /** Singular values, descending (zero at or below the noise bound; NaN for a bad element). */
   readonly sigma: Float64Array;
-  /** T's diagonal, off-diagonal, reflector scales and reflectors (absent for a bad element). */
-  readonly kernel?: {
-    readonly d: number;
-    readonly e: number;
-    readonly tau: number;
-    readonly reflectors: number;
-  };
+  /** Where the form lies (absent for a bad element). */
+  readonly kernel?: KernelTridiagonal;
 }
 
-/** Forms the short-side Gram, tridiagonalises it and finds the eigenvalues (σ = √λ). */
+/** A tridiagonal form in kernel memory. */
+interface KernelTridiagonal {
+  /** The Gram was scaled by 4^−exponent (so σ = √λ·2^exponent). */
+  readonly exponent: number;
+  /** T's diagonal, off-diagonal and reflector scales (n f64 each), and the reflectors (n × n). */
+  readonly d: number;
+  readonly e: number;
+  readonly tau: number;
+  readonly reflectors: number;
+}
+
+/**
+ * Forms the short-side Gram, scales it by a power of four to a largest diagonal near 1 (exact;
+ * the Householder sums would overflow or underflow on factors far from 1), tridiagonalises it
+ * and finds the eigenvalues: σ = √λ times the scale's root.
+ */
 function tridiagonalForm(kernels: Kernels, m: KernelMatrix): TridiagonalForm {
   const tall = m.rows > m.cols, n = Math.min(m.rows, m.cols);
   const x = kernels.exports;
@@ -100,12 +117,13 @@ function tridiagonalForm(kernels: Kernels, m: KernelMatrix): TridiagonalForm {
   const scratch = kernels.alloc(Math.max(n * x.gramBlockWidth(n) * 12, 8 * n));
   x.gramOf(m.ptr, m.dtype, m.rows, m.cols, tall, g, scratch);
   const view = kernels.f64(g, n * n);
-  const diagonalOfG = Float64Array.from({ length: n }, (_, i) => view[i * n + i]);
-  if (!diagonalOfG.every(Number.isFinite)) {
+  const diagonal = () => Float64Array.from({ length: n }, (_, i) => view[i * n + i]);
+  if (!diagonal().every(Number.isFinite)) {
     // A NaN or infinite element (callers name it), never mistaken for a zero dimension.
     return { n, sigma: new Float64Array(n).fill(NaN) };
   }
-  const tolerance = pivotTolerance(diagonalOfG, Math.max(m.rows, m.cols));
+  const exponent = scaleToUnit(view, n);
+  const tolerance = pivotTolerance(diagonal(), Math.max(m.rows, m.cols));
   const d = kernels.alloc(n * 8), e = kernels.alloc(n * 8), tau = kernels.alloc(n * 8);
   x.tridiagonalize(g, n, d, e, tau, scratch);
   const lambda = kernels.alloc(n * 8), offDiagonal = kernels.alloc(n * 8);
@@ -118,21 +136,22 @@ function tridiagonalForm(kernels: Kernels, m: KernelMatrix): TridiagonalForm {
   }
   const sigma = Float64Array.from(kernels.f64(lambda, n), (l) => l > tolerance ? Math.sqrt(l) : 0);
   sigma.sort().reverse();
-  return { n, sigma, kernel: { d, e, tau, reflectors: g } };
+  scaleByPowerOfTwo(sigma, exponent);
+  return { n, sigma, kernel: { exponent, d, e, tau, reflectors: g } };
 }
 
-/** A spectrum's tridiagonal form back in kernel memory. */
-function unpacked(kernels: Kernels, n: number, tridiagonal: Float64Array) {
+/** A carried tridiagonal form back in kernel memory. */
+function unpacked(kernels: Kernels, n: number, tridiagonal: Float64Array): KernelTridiagonal {
   const d = kernels.alloc(n * 8), e = kernels.alloc(n * 8), tau = kernels.alloc(n * 8);
   const reflectors = kernels.alloc(n * n * 8);
-  kernels.f64(d, n).set(tridiagonal.subarray(0, n));
-  kernels.f64(e, n).set(tridiagonal.subarray(n, 2 * n));
-  kernels.f64(tau, n).set(tridiagonal.subarray(2 * n, 3 * n));
+  kernels.f64(d, n).set(tridiagonal.subarray(1, 1 + n));
+  kernels.f64(e, n).set(tridiagonal.subarray(1 + n, 1 + 2 * n));
+  kernels.f64(tau, n).set(tridiagonal.subarray(1 + 2 * n, 1 + 3 * n));
   const c = kernels.f64(reflectors, n * n);
-  for (let k = 0, at = 3 * n; k < n; at += n - k - 1, k++) {
+  for (let k = 0, at = 1 + 3 * n; k < n; at += n - k - 1, k++) {
     c.set(tridiagonal.subarray(at, at + n - k - 1), k * n + k + 1);
   }
-  return { d, e, tau, reflectors };
+  return { exponent: tridiagonal[0], d, e, tau, reflectors };
 }
 
 /**
@@ -162,7 +181,7 @@ export function fullMatrixSingularPairs(
 ): RebuiltFactors {
   const n = Math.min(m.rows, m.cols);
   const { sigma, tridiagonal } = spectrum;
-  const packed = 3 * n + n * (n - 1) / 2;
+  const packed = packedLength(n);
   if (sigma.length !== n || (tridiagonal.length !== packed && tridiagonal.length !== 0)) {
     throw new BackendError(
       `singular pairs of a ${m.rows}×${m.cols} matrix: its spectrum has ${sigma.length} values and a tridiagonal of ${tridiagonal.length}`,
@@ -212,8 +231,11 @@ function shortSideVectors(
   const form = tridiagonal.length > 0
     ? unpacked(kernels, n, tridiagonal)
     : tridiagonalForm(kernels, m).kernel!;
+  // Eigenvalues of the scaled Gram: (σ·2^−exponent)², the scaling exact.
+  const scaled = Float64Array.from(wanted, (j) => sigma[j]);
+  scaleByPowerOfTwo(scaled, -form.exponent);
   const lambdas = kernels.alloc(wanted.length * 8);
-  kernels.f64(lambdas, wanted.length).set(wanted.map((j) => sigma[j] * sigma[j]));
+  kernels.f64(lambdas, wanted.length).set(scaled.map((s) => s * s));
   const work = kernels.alloc(5 * n * 8);
   x.eigenvectorsAt(form.d, form.e, n, lambdas, wanted.length, vectors, work);
   x.applyReflectors(form.reflectors, n, form.tau, vectors, wanted.length);

@@ -171,8 +171,18 @@ function finiteDiagonal(g: Float64Array, r: number): boolean {
   return true;
 }
 
-/** Scales the r × r matrix g in place by 4⁻ᵉ, e chosen so that its largest diagonal is near 1; returns e. */
-function scaleToUnit(g: Float64Array, r: number): number {
+/**
+ * Scales the r × r matrix g in place by 4⁻ᵉ, e chosen so that its largest diagonal is near 1;
+ * returns e. Powers of two scale exactly (barring underflow).
+ *
+ * @example
+ * ```ts
+ * import { scaleToUnit } from "./gram_svd.ts";
+ * const g = new Float64Array([64, 1, 1, 16]);
+ * if (scaleToUnit(g, 2) !== 3 || g.join() !== "1,0.015625,0.015625,0.25") throw new Error(`${g}`);
+ * ```
+ */
+export function scaleToUnit(g: Float64Array, r: number): number {
   let max = 0;
   for (let i = 0; i < r; i++) max = Math.max(max, g[i * r + i]);
   const e = max > 0 && Number.isFinite(max) ? Math.round(Math.log2(max) / 2) : 0;
@@ -180,8 +190,19 @@ function scaleToUnit(g: Float64Array, r: number): number {
   return e;
 }
 
-/** x ← x·2ᵉ in place, in two exact steps (each factor a normal float64). */
-function scaleByPowerOfTwo(x: Float64Array, e: number): void {
+/**
+ * x ← x·2ᵉ in place, in two exact steps (each factor a normal float64).
+ *
+ * @example
+ * ```ts
+ * import { scaleByPowerOfTwo } from "./gram_svd.ts";
+ * const x = new Float64Array([3, 1e-300]);
+ * scaleByPowerOfTwo(x, 900);
+ * scaleByPowerOfTwo(x, -900);
+ * if (x[0] !== 3 || x[1] !== 1e-300) throw new Error(`${x}`);
+ * ```
+ */
+export function scaleByPowerOfTwo(x: Float64Array, e: number): void {
   const half = Math.trunc(e / 2), a = 2 ** half, b = 2 ** (e - half);
   for (let i = 0; i < x.length; i++) x[i] = x[i] * a * b;
 }
