@@ -6,7 +6,7 @@
  */
 
 import { assert, assertEquals, assertRejects } from "./assert.ts";
-import { matrix, multiply, svd, transpose } from "./reference/matrix.ts";
+import { matrix, multiply, type SVD, svd, transpose } from "./reference/matrix.ts";
 import { BackendError } from "../src/errors.ts";
 import type { FullMatrix, RebuiltFactors } from "../src/linalg/backend.ts";
 import { createCpuBackend } from "../src/linalg/cpu/backend.ts";
@@ -59,6 +59,27 @@ function orthonormalityError(x: Float64Array, rows: number, k: number, scales: n
   return worst;
 }
 
+/**
+ * Asserts that kept pair t of `pairs` is the dense SVD's rank-one term σⱼ·uⱼ·vⱼᵀ (j = keep[t]),
+ * within f32 rounding of σ₁ (the term does not depend on the vectors' signs).
+ */
+function assertRankOneTerms(pairs: RebuiltFactors, ref: SVD, keep: readonly number[]): void {
+  const rows = ref.u.rows, cols = ref.v.rows, k = keep.length;
+  const up = decodeFloats(pairs.up.bytes, "F32", Float64Array);
+  const down = decodeFloats(pairs.down.bytes, "F32", Float64Array);
+  keep.forEach((j, t) => {
+    let worst = 0;
+    for (let a = 0; a < rows; a++) {
+      for (let b = 0; b < cols; b++) {
+        const got = up[a * k + t] * down[t * cols + b];
+        const want = ref.s[j] * ref.u.data[a * ref.u.cols + j] * ref.v.data[b * ref.v.cols + j];
+        worst = Math.max(worst, Math.abs(got - want));
+      }
+    }
+    assert(worst <= 1e-6 * ref.s[0], `${rows}×${cols} dimension ${j}: ${worst}`);
+  });
+}
+
 const SHAPES: [number, number][] = [[5, 9], [9, 5], [40, 40], [24, 64], [64, 24], [1, 7], [7, 1]];
 
 Deno.test("the singular values of a full matrix equal a dense SVD's: wide, tall, square, every float dtype", async () => {
@@ -98,21 +119,7 @@ Deno.test("the singular pairs of chosen dimensions are the dense SVD's rank-one 
     const [spectrum] = await spectraOnHost([m]);
     const keep = [0, 3, 4, 17, 29];
     const [pairs] = await singularPairsOnHost([{ matrix: m, spectrum, keep }]);
-    const up = decodeFloats(pairs.up.bytes, "F32", Float64Array);
-    const down = decodeFloats(pairs.down.bytes, "F32", Float64Array);
-    const ref = svd(held);
-    keep.forEach((j, t) => {
-      // σ·u·vᵀ does not depend on the vectors' signs.
-      let worst = 0;
-      for (let a = 0; a < rows; a++) {
-        for (let b = 0; b < cols; b++) {
-          const got = up[a * keep.length + t] * down[t * cols + b];
-          const want = ref.s[j] * ref.u.data[a * ref.u.cols + j] * ref.v.data[b * ref.v.cols + j];
-          worst = Math.max(worst, Math.abs(got - want));
-        }
-      }
-      assert(worst <= 1e-6 * ref.s[0], `${rows}×${cols} dimension ${j}: ${worst}`);
-    });
+    assertRankOneTerms(pairs, svd(held), keep);
   }
 });
 
@@ -123,21 +130,9 @@ Deno.test("a matrix wider than 256 on its short side carries no tridiagonal, and
     assertEquals(spectrum.tridiagonal.length === 0, rows > 256, `${rows}×${cols}`);
     const keep = [0, 7, rows - 1];
     const [pairs] = await singularPairsOnHost([{ matrix: m, spectrum, keep }]);
-    const up = decodeFloats(pairs.up.bytes, "F32", Float64Array);
-    const down = decodeFloats(pairs.down.bytes, "F32", Float64Array);
     const ref = svd(held);
     assert(maxDiff(spectrum.sigma, ref.s) <= 1e-12 * cols * ref.s[0]);
-    keep.forEach((j, t) => {
-      let worst = 0;
-      for (let a = 0; a < rows; a++) {
-        for (let b = 0; b < cols; b++) {
-          const got = up[a * keep.length + t] * down[t * cols + b];
-          const want = ref.s[j] * ref.u.data[a * ref.u.cols + j] * ref.v.data[b * ref.v.cols + j];
-          worst = Math.max(worst, Math.abs(got - want));
-        }
-      }
-      assert(worst <= 1e-6 * ref.s[0], `${rows}×${cols} dimension ${j}: ${worst}`);
-    });
+    assertRankOneTerms(pairs, ref, keep);
   }
 });
 

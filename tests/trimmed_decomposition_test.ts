@@ -81,6 +81,19 @@ async function rebuilt(backend: Backend, decompositions: LayerDecomposition[], k
   return out.map((f) => [f.up.bytes, f.down.bytes]);
 }
 
+/**
+ * LAYERS decomposed whole and trimmed to 64 dimensions, through a backend that counts the
+ * layers of each later `decompose` call.
+ */
+async function decomposedBothWays(cpu: Backend) {
+  const calls: number[] = [];
+  const backend = counting(cpu, calls);
+  const full = await decomposeLayers(backend, LAYERS);
+  const trimmed = await decomposeLayers(backend, LAYERS, { heldDimensions: 64 });
+  calls.length = 0;
+  return { backend, calls, full, trimmed };
+}
+
 Deno.test("a trimmed decomposition keeps every singular value and the leading dimensions' transforms", async () => {
   await using backend = await createCpuBackend({ workers: 2, inlineWork: 0 });
   const full = await decomposeLayers(backend, LAYERS);
@@ -119,11 +132,7 @@ Deno.test("a trimmed decomposition keeps every singular value and the leading di
 
 Deno.test("rebuilds from trimmed decompositions equal those from whole ones, byte for byte, and decompose again only past the leading dimensions", async () => {
   await using cpu = await createCpuBackend({ workers: 2, inlineWork: 0 });
-  const calls: number[] = [];
-  const backend = counting(cpu, calls);
-  const full = await decomposeLayers(backend, LAYERS);
-  const trimmed = await decomposeLayers(backend, LAYERS, { heldDimensions: 64 });
-  calls.length = 0;
+  const { backend, calls, full, trimmed } = await decomposedBothWays(cpu);
   const within = [[0, 5, 63], [1, 39], [0, 2, 10]];
   assertEquals(await rebuilt(backend, trimmed, within), await rebuilt(backend, full, within));
   assertEquals(calls, [], "the leading transforms serve keeps within them");
@@ -231,11 +240,7 @@ Deno.test("trimmed decomposition in slices stops at the caller's abort and at a 
 
 Deno.test("layers kept past their held dimensions are decomposed again run by run, each run's results before the next's", async () => {
   await using cpu = await createCpuBackend({ workers: 2, inlineWork: 0 });
-  const calls: number[] = [];
-  const backend = counting(cpu, calls);
-  const full = await decomposeLayers(backend, LAYERS);
-  const trimmed = await decomposeLayers(backend, LAYERS, { heldDimensions: 64 });
-  calls.length = 0;
+  const { backend, calls, full, trimmed } = await decomposedBothWays(cpu);
   const keep = [[0, 64, 95], [0, 39], [3, 127]];
   const order: number[] = [], progress: [number, number][] = [];
   const requests = LAYERS.map((layer, i) => ({
