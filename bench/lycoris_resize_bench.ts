@@ -18,7 +18,7 @@
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { ensureLycorisBenchFixtures } from "./fixtures.ts";
-import { measureProcess, type ProcessMeasure } from "./process_measure.ts";
+import { measureCli, type ProcessMeasure } from "./process_measure.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -35,7 +35,6 @@ const runs = Number(values.runs ?? 5);
 // A size target: a full LoKr's exact LoRA is as large as ΔW, so a threshold alone would write
 // gigabytes at full size (64 MiB at full width, the same share of the file at other widths).
 const recipe = values.recipe ?? `fro_ckpt=1,size=${Math.max(2, 64 * scale * scale)}`;
-const cli = new URL("../cli.ts", import.meta.url).pathname;
 const files = await ensureLycorisBenchFixtures({ scale, log: (l) => console.error(l) });
 const work = await Deno.makeTempDir({ prefix: "resize-lora-lycoris-bench-" });
 const cache = join(work, "norms");
@@ -43,19 +42,7 @@ const cache = join(work, "norms");
 type Measure = ProcessMeasure;
 
 /** Runs the CLI (wall seconds, max RSS); fails loudly. */
-function measure(args: string[]): Promise<Measure> {
-  return measureProcess([
-    Deno.execPath(),
-    "run",
-    "-A",
-    cli,
-    ...args,
-    "-d",
-    device,
-    "-o",
-    join(work, "out"),
-  ]);
-}
+const measure = (args: string[]) => measureCli(args, { device, outputFolder: join(work, "out") });
 
 const cases: [string, string][] = [
   ["LoRA rank 32", files.lora],

@@ -21,6 +21,7 @@ import { namingById } from "../src/namings/detect.ts";
 import { outputKeys } from "../src/namings/output_keys.ts";
 import { SafetensorsFile } from "../src/safetensors/reader.ts";
 import { type TensorSource, writeSafetensors } from "../src/safetensors/writer.ts";
+import { measureCli } from "./process_measure.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -29,7 +30,6 @@ const { values } = parseArgs({
 const scale = Number(values.scale ?? 1);
 const device = values.device ?? "cpu";
 const RUNS = Number(values.runs ?? 7);
-const cli = new URL("../cli.ts", import.meta.url).pathname;
 const { base, lora } = await ensureBenchFixtures({ scale, log: (l) => console.error(l) });
 const work = await Deno.makeTempDir({ prefix: "resize-lora-naming-bench-" });
 
@@ -62,16 +62,7 @@ async function writePeftCopy(kohya: string, path: string): Promise<void> {
 
 /** Wall seconds of one CLI run. */
 async function measure(args: string[]): Promise<number> {
-  const t0 = performance.now();
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", cli, ...args, "-d", device, "-o", join(work, "out")],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  if (!out.success) {
-    throw new Error(`${args.join(" ")} failed:\n${new TextDecoder().decode(out.stderr)}`);
-  }
-  return (performance.now() - t0) / 1000;
+  return (await measureCli(args, { device, outputFolder: join(work, "out") })).seconds;
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];

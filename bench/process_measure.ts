@@ -39,3 +39,30 @@ export async function measureProcess(
     stdout: new TextDecoder().decode(out.stdout),
   };
 }
+
+/** Where {@link measureCli} runs the CLI. */
+export interface CliRunOptions {
+  /** `-d` of the run. */
+  readonly device: string;
+  /** `-o` of the run. */
+  readonly outputFolder: string;
+}
+
+/** Runs this repository's CLI with `args` (plus `-d` and `-o`) and measures it. */
+export function measureCli(
+  args: readonly string[],
+  options: CliRunOptions,
+): Promise<ProcessMeasure> {
+  const cli = new URL("../cli.ts", import.meta.url).pathname;
+  return measureProcess([
+    Deno.execPath(),
+    "run",
+    "-A",
+    cli,
+    ...args,
+    "-d",
+    options.device,
+    "-o",
+    options.outputFolder,
+  ]);
+}

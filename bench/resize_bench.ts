@@ -13,7 +13,7 @@
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { ensureBenchFixtures } from "./fixtures.ts";
-import { measureProcess, type ProcessMeasure } from "./process_measure.ts";
+import { measureCli, type ProcessMeasure } from "./process_measure.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -21,26 +21,13 @@ const { values } = parseArgs({
 });
 const scale = Number(values.scale ?? 1);
 const device = values.device ?? "cpu";
-const cli = new URL("../cli.ts", import.meta.url).pathname;
 const { base, lora } = await ensureBenchFixtures({ scale, log: (l) => console.error(l) });
 const work = await Deno.makeTempDir({ prefix: "resize-lora-bench-" });
 
 type Measure = ProcessMeasure;
 
 /** Runs the CLI (wall seconds, max RSS); fails loudly. */
-function measure(args: string[]): Promise<Measure> {
-  return measureProcess([
-    Deno.execPath(),
-    "run",
-    "-A",
-    cli,
-    ...args,
-    "-d",
-    device,
-    "-o",
-    join(work, "out"),
-  ]);
-}
+const measure = (args: string[]) => measureCli(args, { device, outputFolder: join(work, "out") });
 
 async function pageCache(path: string) {
   await new Deno.Command("cat", { args: [path], stdout: "null" }).output();
