@@ -21,6 +21,7 @@ import { type KohyaRule, selectKohya } from "../src/recipe/kohya.ts";
 import { kohyaLayerOf } from "../src/recipe/kohya_layers.ts";
 import { kohyaReference } from "./kohya_reference.ts";
 import { rng } from "./rng.ts";
+import { kohyaLayerTensors } from "./lora_tensors.ts";
 
 interface LayerSpec {
   name: string;
@@ -229,29 +230,7 @@ Deno.test("kohya's rules on SD1.5 and Flux layers at real widths equal the rule 
           ? [...spec.s!.map((s) => s * scale), ...new Array(n - spec.rank).fill(0)]
           : denseSingularValues(up, down, spec.out, inFlat, scale),
       );
-      const conv = spec.inShape.length === 3;
-      tensors.push(
-        {
-          name: `${spec.name}.lora_up.weight`,
-          dtype: "F32" as const,
-          shape: conv ? [spec.out, spec.rank, 1, 1] : [spec.out, spec.rank],
-          data: encodeFloats(up, "F32"),
-        },
-        {
-          name: `${spec.name}.lora_down.weight`,
-          dtype: "F32" as const,
-          shape: [spec.rank, ...spec.inShape],
-          data: encodeFloats(down, "F32"),
-        },
-      );
-      if (spec.alpha !== undefined) {
-        tensors.push({
-          name: `${spec.name}.alpha`,
-          dtype: "F32" as const,
-          shape: [],
-          data: encodeFloats([spec.alpha], "F32"),
-        });
-      }
+      tensors.push(...kohyaLayerTensors(spec.name, { ...spec, up, down }));
     }
     const path = join(dir, "sd15_flux.safetensors");
     await writeSafetensors(path, tensors);

@@ -25,6 +25,7 @@ import { jacobiSingularValues } from "./jacobi_svd.ts";
 import { matrix, qr, svd, transpose } from "./reference/matrix.ts";
 import { kohyaReference } from "./kohya_reference.ts";
 import { rng } from "./rng.ts";
+import { kohyaLayerTensors } from "./lora_tensors.ts";
 
 const backend = await createCpuBackend({ workers: 2 });
 const FIXTURES = join(import.meta.dirname!, "fixtures");
@@ -129,29 +130,7 @@ async function writeSd15(path: string): Promise<Map<string, number[]>> {
       }
       dense.set(l.name, [...jacobiSingularValues(dw, l.out, inFlat)]);
     }
-    const conv = l.inShape.length === 3;
-    tensors.push(
-      {
-        name: `${l.name}.lora_up.weight`,
-        dtype: "F32" as const,
-        shape: conv ? [l.out, l.rank, 1, 1] : [l.out, l.rank],
-        data: encodeFloats(up, "F32"),
-      },
-      {
-        name: `${l.name}.lora_down.weight`,
-        dtype: "F32" as const,
-        shape: [l.rank, ...l.inShape],
-        data: encodeFloats(down, "F32"),
-      },
-    );
-    if (l.alpha !== undefined) {
-      tensors.push({
-        name: `${l.name}.alpha`,
-        dtype: "F32" as const,
-        shape: [],
-        data: encodeFloats([l.alpha], "F32"),
-      });
-    }
+    tensors.push(...kohyaLayerTensors(l.name, { ...l, up, down }));
   }
   await writeSafetensors(path, tensors);
   await using f = await SafetensorsFile.open(path);

@@ -23,6 +23,7 @@ import { writeSafetensors } from "../src/safetensors/writer.ts";
 import { type Matrix, matrix, multiply, svd } from "./reference/matrix.ts";
 import { rng } from "./rng.ts";
 import { delegating } from "./delegating_backend.ts";
+import { kohyaLayerTensors } from "./lora_tensors.ts";
 
 function layer(name: string, out: number, rank: number, inFlat: number, seed: number): LoraLayer {
   const r = rng(seed);
@@ -55,8 +56,6 @@ const LAYERS = [
   layer("b", 50, 40, 60, 2),
   layer("c", 200, 128, 130, 3),
 ];
-
-const f32 = (values: ArrayLike<number>) => encodeFloats(Array.from(values), "F32");
 
 /** A backend that counts the layers each `decompose` call gets. */
 function counting(inner: Backend, calls: number[]): Backend {
@@ -159,21 +158,7 @@ Deno.test("resizing a rank-96 LoRA keeps the optimal rank-k layers past the 64 h
       const down = Float32Array.from({ length: rank * inFlat }, next);
       const dw = multiply(matrix(out, rank, up), matrix(rank, inFlat, down));
       dense.set(name, matrix(out, inFlat, dw.data.map((x) => x * alpha / rank)));
-      return [
-        {
-          name: `${name}.lora_up.weight`,
-          dtype: "F32" as const,
-          shape: [out, rank],
-          data: f32(up),
-        },
-        {
-          name: `${name}.lora_down.weight`,
-          dtype: "F32" as const,
-          shape: [rank, inFlat],
-          data: f32(down),
-        },
-        { name: `${name}.alpha`, dtype: "F32" as const, shape: [], data: f32([alpha]) },
-      ];
+      return kohyaLayerTensors(name, { out, rank, inShape: [inFlat], up, down, alpha });
     });
     const lora = join(dir, "r96.safetensors");
     await writeSafetensors(lora, tensors);
